@@ -1,0 +1,22 @@
+//! bcs-api's control plane: the REST API, the store, and start-up.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`server`] | start-up and shutdown |
+//! | [`rest`] | the REST API, one module per resource |
+//! | [`store`] | users, tokens, clusters, credentials on SQLite or MySQL |
+//! | [`sealer`] | encryption at rest for register tokens and cluster tokens |
+//! | [`bootstrap`] | `bootstrap_users` |
+//! | [`metrics`], [`logging`] | observability |
+pub mod bootstrap;
+pub mod logging;
+pub mod metrics;
+pub mod rest;
+pub mod sealer;
+pub mod server;
+pub mod store;
+
+/// Now, in Unix seconds: the store's time unit.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}

@@ -1,0 +1,96 @@
+//! `/rest/clusters/{cluster_id}/register_tokens`: the secret an agent presents to report the
+//! cluster's credentials. For the cluster's creator and super users; stored sealed.
+use axum::extract::{Path, State};
+use axum::Json;
+use bcs_shared::secret::{random_token, REGISTER_TOKEN_LEN};
+
+use super::clusters::{load, require_creator_or_super};
+use super::error::ApiError;
+use super::extract::Caller;
+use super::views::RegisterTokenView;
+use super::AppState;
+use crate::sealer::register_token_purpose;
+use crate::store::model::RegisterToken;
+use crate::store::StoreError;
+
+/// `GET`: an array with the cluster's one token.
+pub async fn get(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
+    let cluster = load(&app, &id).await?;
+    require_creator_or_super(&caller, &cluster)?;
+    let token = app
+        .store
+        .register_token(&cluster.id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "RTOKEN_NOT_FOUND",
+                format_args!("cluster {} has no register token", cluster.id),
+            )
+        })?;
+    Ok(Json(vec![view(&app, token)?]))
+}
+
+/// `POST`: creates the cluster's token; 409 if it has one (rotate it instead).
+pub async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
+    let cluster = load(&app, &id).await?;
+    require_creator_or_super(&caller, &cluster)?;
+    let value = random_token(REGISTER_TOKEN_LEN);
+    let sealed = app
+        .sealer
+        .seal(&register_token_purpose(&cluster.id), &value);
+    let token = app
+        .store
+        .create_register_token(&cluster.id, sealed, crate::now())
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::conflict(
+                "RTOKEN_ALREADY_EXISTS",
+                format_args!("cluster {} already has a register token", cluster.id),
+            ),
+            e => e.into(),
+        })?;
+    tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created register token");
+    Ok(Json(vec![RegisterTokenView::new(
+        token,
+        value.expose().to_owned(),
+    )]))
+}
+
+/// `POST .../register_tokens/rotate`: replaces the token; the old one stops working at once.
+pub async fn rotate(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
+    let cluster = load(&app, &id).await?;
+    require_creator_or_super(&caller, &cluster)?;
+    let value = random_token(REGISTER_TOKEN_LEN);
+    let sealed = app
+        .sealer
+        .seal(&register_token_purpose(&cluster.id), &value);
+    let token = app
+        .store
+        .rotate_register_token(&cluster.id, sealed, crate::now())
+        .await?;
+    tracing::info!(cluster = %cluster.id, by = %caller.user.name, "rotated register token");
+    Ok(Json(vec![RegisterTokenView::new(
+        token,
+        value.expose().to_owned(),
+    )]))
+}
+
+fn view(app: &AppState, token: RegisterToken) -> Result<RegisterTokenView, ApiError> {
+    let value = app.sealer.open(
+        &register_token_purpose(&token.cluster_id),
+        &token.token_sealed,
+    )?;
+    Ok(RegisterTokenView::new(token, value.expose().to_owned()))
+}

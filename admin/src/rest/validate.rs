@@ -1,0 +1,105 @@
+//! Field checks of the REST API. Each failure is a 400 naming the field.
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use super::error::ApiError;
+
+/// User names: 1 to 128 of `[A-Za-z0-9._@-]`. They become Kubernetes user names
+/// (`Impersonate-User: plain.<name>`), so nothing that a header or an RBAC subject would mangle.
+pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
+    charset(
+        field,
+        value,
+        128,
+        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'),
+        "letters, digits, '.', '_', '@' or '-'",
+    )
+}
+
+/// Cluster and project ids: 1 to `max` of `[A-Za-z0-9._-]`; cluster ids become part of the
+/// proxy URL.
+pub fn id(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    charset(
+        field,
+        value,
+        max,
+        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+        "letters, digits, '.', '_' or '-'",
+    )
+}
+
+fn charset(
+    field: &str,
+    value: &str,
+    max: usize,
+    ok: impl Fn(char) -> bool,
+    allowed: &str,
+) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max || !value.chars().all(ok) {
+        return Err(ApiError::validation(
+            field,
+            format_args!("must be 1 to {max} {allowed}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `server_addresses`: `;`-separated http(s) URLs with a host, at most 16.
+pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
+    const FIELD: &str = "server_addresses";
+    let addresses: Vec<String> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if addresses.is_empty() {
+        return Err(ApiError::required(FIELD));
+    }
+    if addresses.len() > 16 {
+        return Err(ApiError::validation(FIELD, "lists more than 16 addresses"));
+    }
+    for address in &addresses {
+        let url = url::Url::parse(address).map_err(|e| {
+            ApiError::validation(FIELD, format_args!("has an invalid URL {address:?}: {e}"))
+        })?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(ApiError::validation(
+                FIELD,
+                format_args!("has {address:?}, which is not an http(s)://host[:port] URL"),
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ApiError::validation(
+                FIELD,
+                "must not carry credentials in a URL",
+            ));
+        }
+    }
+    Ok(addresses)
+}
+
+/// `cacert_data`: one or more PEM certificates.
+pub fn ca_certificates(value: &str) -> Result<(), ApiError> {
+    const FIELD: &str = "cacert_data";
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(value.as_bytes()) {
+        cert.map_err(|e| ApiError::validation(FIELD, format_args!("is not valid PEM: {e}")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(ApiError::validation(FIELD, "holds no PEM certificate"));
+    }
+    Ok(())
+}
+
+/// A bearer token that will be sent in an HTTP header: visible ASCII, at most 16 KiB.
+pub fn bearer_token(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() > 16 * 1024 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::validation(
+            field,
+            "must be at most 16 KiB of visible ASCII characters",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Versioned schema migrations, applied in order at start. Each version is recorded in
+//! `schema_migrations`; a version already recorded is never applied again. Times are Unix
+//! seconds in both engines. Secrets are stored only as digests (`user_tokens.digest`) or sealed
+//! with the key file (`*_sealed` columns).
+use super::backend::{Backend, Dialect, StoreError};
+
+struct Migration {
+    version: i64,
+    sqlite: &'static [&'static str],
+    mysql: &'static [&'static str],
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: &[
+        "CREATE TABLE users (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            is_super_user INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL)",
+        "CREATE TABLE user_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            type INTEGER NOT NULL,
+            digest TEXT NOT NULL UNIQUE,
+            expires_at INTEGER NOT NULL,
+            revoked_at INTEGER,
+            created_at INTEGER NOT NULL)",
+        "CREATE INDEX user_tokens_user_id ON user_tokens(user_id)",
+        "CREATE TABLE clusters (
+            id TEXT PRIMARY KEY,
+            provider INTEGER NOT NULL,
+            cluster_type INTEGER NOT NULL,
+            creator_id INTEGER NOT NULL,
+            identifier TEXT NOT NULL UNIQUE,
+            created_at INTEGER NOT NULL)",
+        "CREATE TABLE bcs_cluster_infos (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            cluster_id TEXT NOT NULL UNIQUE REFERENCES clusters(id),
+            source_project_id TEXT NOT NULL,
+            source_cluster_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            UNIQUE (source_project_id, source_cluster_id))",
+        "CREATE TABLE register_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            cluster_id TEXT NOT NULL UNIQUE REFERENCES clusters(id),
+            token_sealed TEXT NOT NULL,
+            created_at INTEGER NOT NULL)",
+        "CREATE TABLE cluster_credentials (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            cluster_id TEXT NOT NULL UNIQUE REFERENCES clusters(id),
+            server_addresses TEXT NOT NULL,
+            ca_cert_data TEXT NOT NULL,
+            user_token_sealed TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL)",
+    ],
+    mysql: &[
+        "CREATE TABLE users (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(255) NOT NULL UNIQUE,
+            is_super_user TINYINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE user_tokens (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            user_id BIGINT NOT NULL,
+            type INT NOT NULL,
+            digest CHAR(64) NOT NULL UNIQUE,
+            expires_at BIGINT NOT NULL,
+            revoked_at BIGINT NULL,
+            created_at BIGINT NOT NULL,
+            KEY user_tokens_user_id (user_id),
+            FOREIGN KEY (user_id) REFERENCES users(id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE clusters (
+            id VARCHAR(191) NOT NULL PRIMARY KEY,
+            provider INT NOT NULL,
+            cluster_type INT NOT NULL,
+            creator_id BIGINT NOT NULL,
+            identifier VARCHAR(191) NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE bcs_cluster_infos (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            cluster_id VARCHAR(191) NOT NULL UNIQUE,
+            source_project_id VARCHAR(64) NOT NULL,
+            source_cluster_id VARCHAR(100) NOT NULL,
+            created_at BIGINT NOT NULL,
+            UNIQUE KEY idx_source_cluster_project (source_project_id, source_cluster_id),
+            FOREIGN KEY (cluster_id) REFERENCES clusters(id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE register_tokens (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            cluster_id VARCHAR(191) NOT NULL UNIQUE,
+            token_sealed TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            FOREIGN KEY (cluster_id) REFERENCES clusters(id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE cluster_credentials (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            cluster_id VARCHAR(191) NOT NULL UNIQUE,
+            server_addresses TEXT NOT NULL,
+            ca_cert_data MEDIUMTEXT NOT NULL,
+            user_token_sealed TEXT NOT NULL,
+            fingerprint CHAR(64) NOT NULL,
+            version BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            FOREIGN KEY (cluster_id) REFERENCES clusters(id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    ],
+}];
+
+/// Brings the schema up to the newest version.
+pub async fn apply(backend: &dyn Backend) -> Result<(), StoreError> {
+    let mut tx = backend.begin().await?;
+    tx.exec(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        vec![],
+    )
+    .await?;
+    tx.commit().await?;
+
+    for migration in MIGRATIONS {
+        let mut tx = backend.begin().await?;
+        let applied = tx
+            .query(
+                "SELECT version FROM schema_migrations WHERE version = ?",
+                vec![migration.version.into()],
+            )
+            .await?;
+        if !applied.is_empty() {
+            continue;
+        }
+        let statements = match backend.dialect() {
+            Dialect::Sqlite => migration.sqlite,
+            Dialect::Mysql => migration.mysql,
+        };
+        for statement in statements {
+            tx.exec(statement, vec![]).await?;
+        }
+        tx.exec(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+            vec![
+                migration.version.into(),
+                chrono::Utc::now().timestamp().into(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version = migration.version, "applied schema migration");
+    }
+    Ok(())
+}

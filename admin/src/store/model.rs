@@ -1,0 +1,101 @@
+//! Rows as the rest of the admin sees them. Times are Unix seconds.
+
+/// Token types of the original (`user_tokens.type`).
+pub mod token_type {
+    /// Session token: bootstrap users' tokens.
+    pub const SESSION: i64 = 1;
+    /// Plain kubeconfig token: tokens created through `POST /rest/users/{id}/tokens`.
+    pub const KUBECONFIG_PLAIN: i64 = 3;
+}
+
+/// `clusters.provider` of the original.
+pub mod provider {
+    pub const PLAIN: i64 = 1;
+    pub const BCS: i64 = 2;
+}
+
+/// `cluster_type` of `POST /rest/clusters/bcs`.
+pub mod cluster_type {
+    pub const K8S: i64 = 1;
+    pub const MESOS: i64 = 2;
+    pub const TKE: i64 = 3;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub is_super_user: bool,
+    pub created_at: i64,
+}
+
+/// A user token as stored: its SHA-256 digest, never its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserToken {
+    pub id: i64,
+    pub user_id: i64,
+    pub kind: i64,
+    pub digest: String,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUserToken {
+    pub user_id: i64,
+    pub kind: i64,
+    pub digest: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub id: String,
+    pub provider: i64,
+    pub cluster_type: i64,
+    pub creator_id: i64,
+    pub identifier: String,
+    pub created_at: i64,
+}
+
+/// The mapping of a BCS (project, cluster id) pair to a bcs-api cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BcsClusterInfo {
+    pub source_project_id: String,
+    pub source_cluster_id: String,
+}
+
+/// A cluster's register token, sealed with the key file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterToken {
+    pub id: i64,
+    pub cluster_id: String,
+    pub token_sealed: String,
+    pub created_at: i64,
+}
+
+/// What an agent reported for a cluster; the cluster's token is sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentials {
+    pub id: i64,
+    pub cluster_id: String,
+    pub server_addresses: String,
+    pub ca_cert_data: String,
+    pub user_token_sealed: String,
+    /// Digest of the reported addresses, CA and token: a report that changes it bumps `version`.
+    pub fingerprint: String,
+    /// Starts at 1; the proxy keys its upstream pools on it.
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCredentials {
+    pub cluster_id: String,
+    pub server_addresses: String,
+    pub ca_cert_data: String,
+    pub user_token_sealed: String,
+    pub fingerprint: String,
+}

@@ -1,0 +1,160 @@
+//! The production engine: MySQL or MariaDB through a mysql_async connection pool.
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, TxOpts};
+
+use super::backend::{Backend, Dialect, Executed, Row, StoreError, Tx, Value};
+use super::dsn::MysqlDsn;
+
+/// MySQL's "duplicate entry" error.
+const ER_DUP_ENTRY: u16 = 1062;
+
+pub struct MysqlBackend {
+    pool: Pool,
+    description: String,
+}
+
+impl MysqlBackend {
+    /// Creates the database if it is missing (and the user may), then opens the pool.
+    pub async fn connect(dsn: &MysqlDsn) -> Result<Self, StoreError> {
+        let server = builder(dsn);
+        let mut conn = mysql_async::Conn::new(server).await.map_err(map_err)?;
+        let create = format!(
+            "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            dsn.database
+        );
+        if let Err(e) = conn.query_drop(create).await {
+            // Without the CREATE privilege the database must already exist; opening it tells.
+            tracing::info!(error = %e, "could not create the database; assuming it exists");
+        }
+        conn.disconnect().await.map_err(map_err)?;
+
+        let constraints = PoolConstraints::new(0, 20).expect("0 <= 20");
+        let pool_opts = PoolOpts::default()
+            .with_constraints(constraints)
+            .with_abs_conn_ttl(Some(std::time::Duration::from_secs(60)));
+        let opts = builder(dsn)
+            .db_name(Some(dsn.database.clone()))
+            .pool_opts(pool_opts);
+        let pool = Pool::new(Opts::from(opts));
+        Ok(MysqlBackend {
+            pool,
+            description: format!("mysql {}@{}:{}", dsn.database, dsn.host, dsn.port),
+        })
+    }
+}
+
+fn builder(dsn: &MysqlDsn) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname(dsn.host.clone())
+        .tcp_port(dsn.port)
+        .user(Some(dsn.user.clone()))
+        .pass(Some(dsn.password.expose().to_owned()))
+        // Always the address the DSN names: never switch to a local socket behind its back.
+        .prefer_socket(false)
+}
+
+#[async_trait]
+impl Backend for MysqlBackend {
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let tx = self
+            .pool
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(map_err)?;
+        Ok(Box::new(MysqlTx { tx }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.get_conn().await.map_err(map_err)?;
+        conn.query_drop("SELECT 1").await.map_err(map_err)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Mysql
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// Dropped without `commit`, mysql_async rolls the transaction back.
+struct MysqlTx {
+    tx: mysql_async::Transaction<'static>,
+}
+
+#[async_trait]
+impl Tx for MysqlTx {
+    async fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<Executed, StoreError> {
+        self.tx
+            .exec_drop(sql, to_params(params))
+            .await
+            .map_err(map_err)?;
+        Ok(Executed {
+            affected: self.tx.affected_rows(),
+            last_insert_id: self.tx.last_insert_id().unwrap_or(0) as i64,
+        })
+    }
+
+    async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        let rows: Vec<mysql_async::Row> = self
+            .tx
+            .exec(sql, to_params(params))
+            .await
+            .map_err(map_err)?;
+        rows.into_iter()
+            .map(|row| row.unwrap().into_iter().map(from_mysql).collect())
+            .map(|values: Result<Vec<Value>, StoreError>| values.map(Row))
+            .collect()
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(map_err)
+    }
+}
+
+fn to_params(params: Vec<Value>) -> Params {
+    if params.is_empty() {
+        return Params::Empty;
+    }
+    Params::Positional(
+        params
+            .into_iter()
+            .map(|v| match v {
+                Value::Null => mysql_async::Value::NULL,
+                Value::Int(i) => mysql_async::Value::Int(i),
+                Value::Text(t) => mysql_async::Value::Bytes(t.into_bytes()),
+            })
+            .collect(),
+    )
+}
+
+fn from_mysql(value: mysql_async::Value) -> Result<Value, StoreError> {
+    Ok(match value {
+        mysql_async::Value::NULL => Value::Null,
+        mysql_async::Value::Int(i) => Value::Int(i),
+        mysql_async::Value::UInt(u) => Value::Int(
+            i64::try_from(u).map_err(|_| StoreError::Internal("integer out of range".into()))?,
+        ),
+        mysql_async::Value::Bytes(b) => Value::Text(
+            String::from_utf8(b).map_err(|_| StoreError::Internal("column is not UTF-8".into()))?,
+        ),
+        other => Value::Text(other.as_sql(true)),
+    })
+}
+
+fn map_err(e: mysql_async::Error) -> StoreError {
+    match &e {
+        mysql_async::Error::Server(s) if s.code == ER_DUP_ENTRY => {
+            StoreError::Conflict(s.message.clone())
+        }
+        mysql_async::Error::Server(s) => {
+            StoreError::Internal(format!("{} ({})", s.message, s.code))
+        }
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}

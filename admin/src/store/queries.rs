@@ -1,0 +1,574 @@
+//! Every query of the admin, written once for both engines. Each public method is one
+//! transaction, bounded by [`super::OPERATION_TIMEOUT`].
+use std::future::Future;
+
+use super::backend::{Backend, Row, StoreError, Tx, Value};
+use super::model::*;
+use super::OPERATION_TIMEOUT;
+
+pub struct Store {
+    backend: Box<dyn Backend>,
+}
+
+const USER_COLUMNS: &str = "id, name, is_super_user, created_at";
+const TOKEN_COLUMNS: &str = "id, user_id, type, digest, expires_at, revoked_at, created_at";
+const CLUSTER_COLUMNS: &str = "id, provider, cluster_type, creator_id, identifier, created_at";
+const CREDENTIAL_COLUMNS: &str = "id, cluster_id, server_addresses, ca_cert_data, \
+     user_token_sealed, fingerprint, version, created_at, updated_at";
+
+impl Store {
+    pub fn new(backend: Box<dyn Backend>) -> Self {
+        Store { backend }
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        bounded(self.backend.ping()).await
+    }
+
+    /// Runs `work` in one transaction: committed if it returns Ok, rolled back otherwise.
+    async fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> futures_box::BoxFuture<'t, Result<T, StoreError>>,
+    {
+        bounded(async {
+            let mut tx = self.backend.begin().await?;
+            let out = work(tx.as_mut()).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    // Users.
+
+    /// Creates a user; `Conflict` if the name is taken.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        is_super_user: bool,
+        now: i64,
+    ) -> Result<User, StoreError> {
+        let name = name.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                if find_user(tx, "name", name.clone().into()).await?.is_some() {
+                    return Err(StoreError::Conflict(format!("user {name} already exists")));
+                }
+                let done = tx
+                    .exec(
+                        "INSERT INTO users (name, is_super_user, created_at) VALUES (?, ?, ?)",
+                        vec![name.clone().into(), is_super_user.into(), now.into()],
+                    )
+                    .await?;
+                Ok(User {
+                    id: done.last_insert_id,
+                    name,
+                    is_super_user,
+                    created_at: now,
+                })
+            })
+        })
+        .await
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let name = name.to_owned();
+        self.transaction(move |tx| Box::pin(find_user(tx, "name", name.into())))
+            .await
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+        self.transaction(move |tx| Box::pin(find_user(tx, "id", id.into())))
+            .await
+    }
+
+    // User tokens.
+
+    /// Stores a new token digest; `Conflict` if the digest is already stored.
+    pub async fn create_user_token(
+        &self,
+        new: NewUserToken,
+        now: i64,
+    ) -> Result<UserToken, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let done = tx
+                    .exec(
+                        "INSERT INTO user_tokens (user_id, type, digest, expires_at, revoked_at, created_at) \
+                         VALUES (?, ?, ?, ?, NULL, ?)",
+                        vec![
+                            new.user_id.into(),
+                            new.kind.into(),
+                            new.digest.clone().into(),
+                            new.expires_at.into(),
+                            now.into(),
+                        ],
+                    )
+                    .await?;
+                Ok(UserToken {
+                    id: done.last_insert_id,
+                    user_id: new.user_id,
+                    kind: new.kind,
+                    digest: new.digest,
+                    expires_at: new.expires_at,
+                    revoked_at: None,
+                    created_at: now,
+                })
+            })
+        })
+        .await
+    }
+
+    /// The token with this digest and its user, whatever its expiry or revocation.
+    pub async fn token_by_digest(
+        &self,
+        digest: &str,
+    ) -> Result<Option<(UserToken, User)>, StoreError> {
+        let digest = digest.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE digest = ?");
+                let Some(token) = first(tx.query(&sql, vec![digest.into()]).await?, token_from)?
+                else {
+                    return Ok(None);
+                };
+                let user = find_user(tx, "id", token.user_id.into())
+                    .await?
+                    .ok_or_else(|| StoreError::Internal("token without user".into()))?;
+                Ok(Some((token, user)))
+            })
+        })
+        .await
+    }
+
+    pub async fn user_tokens(&self, user_id: i64) -> Result<Vec<UserToken>, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE user_id = ? ORDER BY id"
+                );
+                all(tx.query(&sql, vec![user_id.into()]).await?, token_from)
+            })
+        })
+        .await
+    }
+
+    /// Marks a user's token revoked; false if the user has no such token. Revoking twice keeps
+    /// the first time.
+    pub async fn revoke_user_token(
+        &self,
+        user_id: i64,
+        token_id: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let found = tx
+                    .query(
+                        "SELECT id FROM user_tokens WHERE id = ? AND user_id = ?",
+                        vec![token_id.into(), user_id.into()],
+                    )
+                    .await?;
+                if found.is_empty() {
+                    return Ok(false);
+                }
+                tx.exec(
+                    "UPDATE user_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    vec![now.into(), token_id.into()],
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    // Clusters.
+
+    /// Creates a cluster, and for BCS clusters its (project, source id) mapping, in one
+    /// transaction; `Conflict` if the id, identifier or mapping exists.
+    pub async fn create_cluster(
+        &self,
+        cluster: Cluster,
+        bcs: Option<BcsClusterInfo>,
+    ) -> Result<Cluster, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                if find_cluster(tx, cluster.id.clone()).await?.is_some() {
+                    return Err(StoreError::Conflict(format!("cluster {} already exists", cluster.id)));
+                }
+                if let Some(info) = &bcs {
+                    let taken = tx
+                        .query(
+                            "SELECT cluster_id FROM bcs_cluster_infos \
+                             WHERE source_project_id = ? AND source_cluster_id = ?",
+                            vec![info.source_project_id.clone().into(), info.source_cluster_id.clone().into()],
+                        )
+                        .await?;
+                    if !taken.is_empty() {
+                        return Err(StoreError::Conflict(format!(
+                            "cluster {} of project {} is already registered",
+                            info.source_cluster_id, info.source_project_id
+                        )));
+                    }
+                }
+                tx.exec(
+                    "INSERT INTO clusters (id, provider, cluster_type, creator_id, identifier, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                    vec![
+                        cluster.id.clone().into(),
+                        cluster.provider.into(),
+                        cluster.cluster_type.into(),
+                        cluster.creator_id.into(),
+                        cluster.identifier.clone().into(),
+                        cluster.created_at.into(),
+                    ],
+                )
+                .await?;
+                if let Some(info) = bcs {
+                    tx.exec(
+                        "INSERT INTO bcs_cluster_infos (cluster_id, source_project_id, source_cluster_id, created_at) \
+                         VALUES (?, ?, ?, ?)",
+                        vec![
+                            cluster.id.clone().into(),
+                            info.source_project_id.into(),
+                            info.source_cluster_id.into(),
+                            cluster.created_at.into(),
+                        ],
+                    )
+                    .await?;
+                }
+                Ok(cluster)
+            })
+        })
+        .await
+    }
+
+    pub async fn cluster(&self, id: &str) -> Result<Option<Cluster>, StoreError> {
+        let id = id.to_owned();
+        self.transaction(move |tx| Box::pin(find_cluster(tx, id)))
+            .await
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY created_at, id");
+                all(tx.query(&sql, vec![]).await?, cluster_from)
+            })
+        })
+        .await
+    }
+
+    /// The cluster registered for a BCS cluster id, within one project or (oldest first) any.
+    pub async fn bcs_cluster(
+        &self,
+        project_id: Option<&str>,
+        source_cluster_id: &str,
+    ) -> Result<Option<Cluster>, StoreError> {
+        let project_id = project_id.map(str::to_owned);
+        let source = source_cluster_id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let mut sql =
+                    "SELECT cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ?"
+                        .to_owned();
+                let mut params: Vec<Value> = vec![source.into()];
+                if let Some(project) = project_id {
+                    sql.push_str(" AND source_project_id = ?");
+                    params.push(project.into());
+                }
+                sql.push_str(" ORDER BY id");
+                let Some(cluster_id) = first(tx.query(&sql, params).await?, |r| r.text(0))? else {
+                    return Ok(None);
+                };
+                find_cluster(tx, cluster_id).await
+            })
+        })
+        .await
+    }
+
+    /// Deletes a cluster with its mapping, register token and credentials; false if unknown.
+    pub async fn delete_cluster(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                for table in [
+                    "cluster_credentials",
+                    "register_tokens",
+                    "bcs_cluster_infos",
+                ] {
+                    let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
+                    tx.exec(&sql, vec![id.clone().into()]).await?;
+                }
+                let done = tx
+                    .exec("DELETE FROM clusters WHERE id = ?", vec![id.into()])
+                    .await?;
+                Ok(done.affected > 0)
+            })
+        })
+        .await
+    }
+
+    // Register tokens.
+
+    /// Stores a cluster's first register token; `Conflict` if it has one.
+    pub async fn create_register_token(
+        &self,
+        cluster_id: &str,
+        token_sealed: String,
+        now: i64,
+    ) -> Result<RegisterToken, StoreError> {
+        let cluster_id = cluster_id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                if find_register_token(tx, cluster_id.clone()).await?.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "cluster {cluster_id} already has a register token"
+                    )));
+                }
+                insert_register_token(tx, cluster_id, token_sealed, now).await
+            })
+        })
+        .await
+    }
+
+    /// Replaces a cluster's register token (or creates the first one).
+    pub async fn rotate_register_token(
+        &self,
+        cluster_id: &str,
+        token_sealed: String,
+        now: i64,
+    ) -> Result<RegisterToken, StoreError> {
+        let cluster_id = cluster_id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                tx.exec(
+                    "DELETE FROM register_tokens WHERE cluster_id = ?",
+                    vec![cluster_id.clone().into()],
+                )
+                .await?;
+                insert_register_token(tx, cluster_id, token_sealed, now).await
+            })
+        })
+        .await
+    }
+
+    pub async fn register_token(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<RegisterToken>, StoreError> {
+        let cluster_id = cluster_id.to_owned();
+        self.transaction(move |tx| Box::pin(find_register_token(tx, cluster_id)))
+            .await
+    }
+
+    // Credentials.
+
+    /// Inserts or updates a cluster's credentials; the version goes up when the fingerprint
+    /// changes.
+    pub async fn upsert_credentials(
+        &self,
+        new: NewCredentials,
+        now: i64,
+    ) -> Result<Credentials, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let previous = find_credentials(tx, new.cluster_id.clone()).await?;
+                let version = match &previous {
+                    None => 1,
+                    Some(p) if p.fingerprint == new.fingerprint => p.version,
+                    Some(p) => p.version + 1,
+                };
+                let params = vec![
+                    new.server_addresses.clone().into(),
+                    new.ca_cert_data.clone().into(),
+                    new.user_token_sealed.clone().into(),
+                    new.fingerprint.clone().into(),
+                    version.into(),
+                    now.into(),
+                    new.cluster_id.clone().into(),
+                ];
+                let (id, created_at) = match previous {
+                    Some(p) => {
+                        tx.exec(
+                            "UPDATE cluster_credentials SET server_addresses = ?, ca_cert_data = ?, \
+                             user_token_sealed = ?, fingerprint = ?, version = ?, updated_at = ? \
+                             WHERE cluster_id = ?",
+                            params,
+                        )
+                        .await?;
+                        (p.id, p.created_at)
+                    }
+                    None => {
+                        let done = tx
+                            .exec(
+                                "INSERT INTO cluster_credentials (server_addresses, ca_cert_data, \
+                                 user_token_sealed, fingerprint, version, updated_at, cluster_id, created_at) \
+                                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [params, vec![now.into()]].concat(),
+                            )
+                            .await?;
+                        (done.last_insert_id, now)
+                    }
+                };
+                Ok(Credentials {
+                    id,
+                    cluster_id: new.cluster_id,
+                    server_addresses: new.server_addresses,
+                    ca_cert_data: new.ca_cert_data,
+                    user_token_sealed: new.user_token_sealed,
+                    fingerprint: new.fingerprint,
+                    version,
+                    created_at,
+                    updated_at: now,
+                })
+            })
+        })
+        .await
+    }
+
+    pub async fn credentials(&self, cluster_id: &str) -> Result<Option<Credentials>, StoreError> {
+        let cluster_id = cluster_id.to_owned();
+        self.transaction(move |tx| Box::pin(find_credentials(tx, cluster_id)))
+            .await
+    }
+}
+
+/// A boxed future borrowing the transaction (what [`Store::transaction`]'s closures return).
+mod futures_box {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+async fn bounded<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(OPERATION_TIMEOUT, work)
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("no answer within {OPERATION_TIMEOUT:?}")))?
+}
+
+fn first<T>(
+    rows: Vec<Row>,
+    convert: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    rows.first().map(convert).transpose()
+}
+
+fn all<T>(
+    rows: Vec<Row>,
+    convert: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(convert).collect()
+}
+
+/// `column` is a fixed column name chosen by this module, never input.
+async fn find_user(
+    tx: &mut dyn Tx,
+    column: &'static str,
+    value: Value,
+) -> Result<Option<User>, StoreError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = ?");
+    first(tx.query(&sql, vec![value]).await?, |r| {
+        Ok(User {
+            id: r.int(0)?,
+            name: r.text(1)?,
+            is_super_user: r.bool(2)?,
+            created_at: r.int(3)?,
+        })
+    })
+}
+
+async fn find_cluster(tx: &mut dyn Tx, id: String) -> Result<Option<Cluster>, StoreError> {
+    let sql = format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = ?");
+    first(tx.query(&sql, vec![id.into()]).await?, cluster_from)
+}
+
+async fn find_register_token(
+    tx: &mut dyn Tx,
+    cluster_id: String,
+) -> Result<Option<RegisterToken>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT id, cluster_id, token_sealed, created_at FROM register_tokens WHERE cluster_id = ?",
+            vec![cluster_id.into()],
+        )
+        .await?;
+    first(rows, |r| {
+        Ok(RegisterToken {
+            id: r.int(0)?,
+            cluster_id: r.text(1)?,
+            token_sealed: r.text(2)?,
+            created_at: r.int(3)?,
+        })
+    })
+}
+
+async fn insert_register_token(
+    tx: &mut dyn Tx,
+    cluster_id: String,
+    token_sealed: String,
+    now: i64,
+) -> Result<RegisterToken, StoreError> {
+    let done = tx
+        .exec(
+            "INSERT INTO register_tokens (cluster_id, token_sealed, created_at) VALUES (?, ?, ?)",
+            vec![
+                cluster_id.clone().into(),
+                token_sealed.clone().into(),
+                now.into(),
+            ],
+        )
+        .await?;
+    Ok(RegisterToken {
+        id: done.last_insert_id,
+        cluster_id,
+        token_sealed,
+        created_at: now,
+    })
+}
+
+async fn find_credentials(
+    tx: &mut dyn Tx,
+    cluster_id: String,
+) -> Result<Option<Credentials>, StoreError> {
+    let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM cluster_credentials WHERE cluster_id = ?");
+    first(tx.query(&sql, vec![cluster_id.into()]).await?, |r| {
+        Ok(Credentials {
+            id: r.int(0)?,
+            cluster_id: r.text(1)?,
+            server_addresses: r.text(2)?,
+            ca_cert_data: r.text(3)?,
+            user_token_sealed: r.text(4)?,
+            fingerprint: r.text(5)?,
+            version: r.int(6)?,
+            created_at: r.int(7)?,
+            updated_at: r.int(8)?,
+        })
+    })
+}
+
+fn token_from(r: &Row) -> Result<UserToken, StoreError> {
+    Ok(UserToken {
+        id: r.int(0)?,
+        user_id: r.int(1)?,
+        kind: r.int(2)?,
+        digest: r.text(3)?,
+        expires_at: r.int(4)?,
+        revoked_at: r.opt_int(5)?,
+        created_at: r.int(6)?,
+    })
+}
+
+fn cluster_from(r: &Row) -> Result<Cluster, StoreError> {
+    Ok(Cluster {
+        id: r.text(0)?,
+        provider: r.int(1)?,
+        cluster_type: r.int(2)?,
+        creator_id: r.int(3)?,
+        identifier: r.text(4)?,
+        created_at: r.int(5)?,
+    })
+}
