@@ -49,18 +49,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 content_type.as_deref().unwrap_or(""),
             ));
         }
+        // serde would read a struct from an array too; the API takes objects only.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("BAD_JSON", "the body must be a JSON object"));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             match inner.classify() {
-                serde_json::error::Category::Data if path != "." => ApiError::validation(
+                serde_json::error::Category::Data => ApiError::validation(
                     &path,
                     format_args!("has the wrong type: {}", strip_position(&inner)),
-                ),
-                serde_json::error::Category::Data => ApiError::bad_request(
-                    "BAD_JSON",
-                    format_args!("the body must be a JSON object: {}", strip_position(&inner)),
                 ),
                 _ => {
                     ApiError::bad_request("BAD_JSON", format_args!("malformed JSON body: {inner}"))
@@ -92,10 +92,10 @@ impl<T> JsonBody<T> {
     }
 }
 
-/// A required, non-blank string field of a request.
+/// A required, non-blank string field of a request, kept exactly as sent.
 pub fn required_field(field: &str, value: Option<String>) -> Result<String, ApiError> {
-    match value.map(|v| v.trim().to_owned()) {
-        Some(v) if !v.is_empty() => Ok(v),
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
         _ => Err(ApiError::required(field)),
     }
 }
@@ -140,19 +140,19 @@ where
             ApiError::unauthorized("anonymous requests is forbidden, please provide a valid token")
         })?;
         let Some((token, user)) = app.store.token_by_digest(&presented.digest()).await? else {
+            tracing::debug!("rejected an unknown token");
             return Err(ApiError::unauthorized("the token is not valid"));
         };
         if token.revoked_at.is_some() {
+            tracing::debug!(user = %user.name, token_id = token.id, "rejected a revoked token");
             return Err(ApiError::unauthorized("the token has been revoked"));
         }
         if token.expires_at <= crate::now() {
+            tracing::debug!(user = %user.name, token_id = token.id, "rejected an expired token");
             return Err(ApiError::unauthorized("the token has expired"));
         }
-        Ok(Caller {
-            user,
-            token,
-            presented,
-        })
+        tracing::debug!(user = %user.name, token_id = token.id, is_super_user = user.is_super_user, "authenticated");
+        Ok(Caller { user, token, presented })
     }
 }
 

@@ -87,6 +87,7 @@ struct MysqlTx {
 #[async_trait]
 impl Tx for MysqlTx {
     async fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<Executed, StoreError> {
+        tracing::trace!(sql, params = params.len(), "exec");
         self.tx
             .exec_drop(sql, to_params(params))
             .await
@@ -98,6 +99,7 @@ impl Tx for MysqlTx {
     }
 
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        tracing::trace!(sql, params = params.len(), "query");
         let rows: Vec<mysql_async::Row> = self
             .tx
             .exec(sql, to_params(params))

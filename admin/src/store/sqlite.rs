@@ -70,6 +70,7 @@ struct SqliteTx {
 #[async_trait]
 impl Tx for SqliteTx {
     async fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<Executed, StoreError> {
+        tracing::trace!(sql, params = params.len(), "exec");
         let conn = &*self.conn;
         blocking(|| {
             let mut stmt = conn.prepare_cached(sql)?;
@@ -83,6 +84,7 @@ impl Tx for SqliteTx {
     }
 
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        tracing::trace!(sql, params = params.len(), "query");
         let conn = &*self.conn;
         blocking(|| {
             let mut stmt = conn.prepare_cached(sql)?;

@@ -1,1 +1,19 @@
+//! Test kit for bcs-api's end-to-end tests: everything here stands in for what cannot run in
+//! a test (or drives what can), never for the product itself.
+//!
+//! - [`process`]: runs a real binary with its output captured, waits for it to be ready,
+//!   stops it on drop.
+//! - [`mysql`]: a fresh database on the real MariaDB per test, dropped afterwards.
+//! - [`forward`]: a TCP forwarder that can cut every connection, to take a dependency "down".
+//! - [`free_port`]: a loopback port nobody listens on.
+pub mod forward;
+pub mod mysql;
+pub mod process;
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}

@@ -1,0 +1,184 @@
+//! The original's documented flow through the real `bcs-api` binary, once on the embedded
+//! SQLite store and once on the real MariaDB through the original's Go-style DSN; then a
+//! restart, after which everything is still there.
+mod common;
+
+use bcs_testkit::mysql::MysqlDatabase;
+use common::{seed_flow, Admin, Options};
+use reqwest::Method;
+use serde_json::json;
+
+async fn flow_survives_restart(options: Options) {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Admin::start(dir.path(), &options).await;
+    assert_eq!(
+        admin.admin_token.len(),
+        32,
+        "the generated bootstrap token is printed once: {}",
+        admin.process.stdout()
+    );
+    let seeded = seed_flow(&admin, "bryanhe", "cluster-sa-token-fixture-1").await;
+
+    // Lookups of the seed's other endpoints.
+    let by_id = admin
+        .call(
+            Method::GET,
+            "/rest/clusters/bcs/query_by_id/?project_id=demo&cluster_id=K8S-001",
+            Some(&seeded.user_token),
+            None,
+        )
+        .await;
+    assert_eq!(by_id.0, 200, "{}", by_id.1);
+    assert_eq!(by_id.1["id"], seeded.cluster_id.as_str());
+    let by_cluster = admin
+        .call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", Some(&seeded.user_token), None)
+        .await;
+    assert_eq!(by_cluster.1["identifier"], seeded.identifier.as_str());
+    let stored = admin
+        .call(Method::GET, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), admin.admin(), None)
+        .await;
+    assert_eq!(stored.0, 200, "{}", stored.1);
+    assert_eq!(stored.1["UserToken"], "cluster-sa-token-fixture-1");
+    assert_eq!(stored.1["ServerAddresses"], "https://127.0.0.1:6443;https://127.0.0.2:6443");
+    assert_eq!(stored.1["Version"], 1);
+
+    let admin = admin.restart().await;
+    assert!(common::printed_token(&admin.process.stdout()).is_none(), "a restart prints no new token");
+
+    // Everything is still there, and the old tokens still work.
+    let user = admin.call(Method::GET, "/rest/users/bryanhe", admin.admin(), None).await;
+    assert_eq!(user.1["ID"], seeded.user_id);
+    let client = admin
+        .call(
+            Method::GET,
+            &format!("/rest/clusters/{}/client_credentials", seeded.cluster_id),
+            Some(&seeded.user_token),
+            None,
+        )
+        .await;
+    assert_eq!(client.0, 200, "{}", client.1);
+    assert_eq!(client.1["server_address_path"], format!("/tunnels/clusters/{}/", seeded.identifier));
+    let register = admin
+        .call(
+            Method::GET,
+            &format!("/rest/clusters/{}/register_tokens", seeded.cluster_id),
+            Some(&seeded.user_token),
+            None,
+        )
+        .await;
+    assert_eq!(register.1[0]["token"], seeded.register_token.as_str());
+
+    // A second report with a new token bumps the credential version.
+    let report = json!({
+        "register_token": seeded.register_token,
+        "server_addresses": "https://127.0.0.1:6443",
+        "cacert_data": common::CLUSTER_CA,
+        "user_token": "cluster-sa-token-fixture-2",
+    });
+    let put =
+        admin.call(Method::PUT, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), None, Some(report)).await;
+    assert_eq!(put.0, 200, "{}", put.1);
+    let stored = admin
+        .call(Method::GET, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), admin.admin(), None)
+        .await;
+    assert_eq!(stored.1["UserToken"], "cluster-sa-token-fixture-2");
+    assert_eq!(stored.1["Version"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_flow_on_sqlite_survives_restart() {
+    flow_survives_restart(Options::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_flow_on_mariadb_with_go_dsn_survives_restart() {
+    let db = MysqlDatabase::fresh("bcs_flow");
+    flow_survives_restart(Options { dsn: db.go_dsn(), ..Options::default() }).await;
+    // The data really is in MariaDB.
+    let names = db.query_strings("SELECT name FROM users ORDER BY id").await;
+    assert_eq!(names, vec!["admin".to_owned(), "plain:bryanhe".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_bootstrap_token_is_accepted_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "configured-admin-token-0123456789abcdef";
+    let admin = Admin::start(dir.path(), &Options { admin_token: token.into(), ..Options::default() }).await;
+    let me = admin.call(Method::GET, "/rest/users/admin", Some(token), None).await;
+    assert_eq!(me.0, 200, "{}", me.1);
+    assert_eq!(me.1["IsSuperUser"], true);
+    assert!(!admin.process.stdout().contains(token));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_listed_without_values_and_revocation_is_immediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Admin::start(dir.path(), &Options::default()).await;
+    let seeded = seed_flow(&admin, "carol", "sa-token-carol").await;
+    let second = admin.call(Method::POST, &format!("/rest/users/{}/tokens", seeded.user_id), admin.admin(), None).await;
+    let second_value = second.1["Value"].as_str().unwrap().to_owned();
+    assert_ne!(second_value, seeded.user_token, "each POST creates a new token");
+
+    // The user lists its own tokens: no values.
+    let list = admin
+        .call(Method::GET, &format!("/rest/users/{}/tokens", seeded.user_id), Some(&seeded.user_token), None)
+        .await;
+    assert_eq!(list.0, 200, "{}", list.1);
+    let tokens = list.1.as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens.iter().all(|t| t.get("Value").is_none()), "{}", list.1);
+
+    // Revoke the second token: it stops working at once; the first still works.
+    let second_id = second.1["ID"].as_i64().unwrap();
+    let revoked = admin
+        .call(
+            Method::DELETE,
+            &format!("/rest/users/{}/tokens/{second_id}", seeded.user_id),
+            Some(&seeded.user_token),
+            None,
+        )
+        .await;
+    assert_eq!(revoked, (200, json!({})));
+    let denied = admin.call(Method::GET, "/rest/clusters", Some(&second_value), None).await;
+    common::assert_error(&denied, 401, "UNAUTHORIZED", "revoked");
+    let list = admin.call(Method::GET, "/rest/clusters", Some(&seeded.user_token), None).await;
+    assert_eq!(list.0, 200);
+    assert_eq!(list.1.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_token_rotation_and_cluster_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Admin::start(dir.path(), &Options::default()).await;
+    let seeded = seed_flow(&admin, "dave", "sa-token-dave").await;
+    let path = format!("/rest/clusters/{}/register_tokens", seeded.cluster_id);
+
+    let rotated = admin.call(Method::POST, &format!("{path}/rotate"), Some(&seeded.user_token), None).await;
+    assert_eq!(rotated.0, 200, "{}", rotated.1);
+    let new_token = rotated.1[0]["token"].as_str().unwrap().to_owned();
+    assert_ne!(new_token, seeded.register_token);
+    let report = |token: &str| json!({"register_token": token, "server_addresses": "https://10.0.0.1:6443", "cacert_data": common::CLUSTER_CA, "user_token": "sa"});
+    let credentials = format!("/rest/clusters/{}/credentials", seeded.cluster_id);
+    let old = admin.call(Method::PUT, &credentials, None, Some(report(&seeded.register_token))).await;
+    common::assert_error(&old, 401, "UNAUTHORIZED", "register token");
+    let new = admin.call(Method::PUT, &credentials, None, Some(report(&new_token))).await;
+    assert_eq!(new.0, 200, "{}", new.1);
+
+    let deleted = admin
+        .call(Method::DELETE, &format!("/rest/clusters/{}", seeded.cluster_id), Some(&seeded.user_token), None)
+        .await;
+    assert_eq!(deleted, (200, json!({})));
+    let gone =
+        admin.call(Method::GET, &format!("/rest/clusters/{}", seeded.cluster_id), Some(&seeded.user_token), None).await;
+    common::assert_error(&gone, 404, "CLUSTER_NOT_FOUND", &seeded.cluster_id);
+    // The (project, cluster id) pair is free again.
+    let again = admin
+        .call(
+            Method::POST,
+            "/rest/clusters/bcs",
+            Some(&seeded.user_token),
+            Some(json!({"id": "K8S-001", "project_id": "demo"})),
+        )
+        .await;
+    assert_eq!(again.0, 200, "{}", again.1);
+}

@@ -1,0 +1,68 @@
+//! Start-up errors of the real binary: each names the key or the address at fault, exits
+//! non-zero, and shows no password.
+mod common;
+
+use std::time::Duration;
+
+use bcs_testkit::process::Process;
+
+/// Runs bcs-api on `yaml` and returns (exit code, stderr).
+fn start_with(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bcs-api.yaml"), yaml).unwrap();
+    let mut process = Process::spawn(&common::binary(), &["--config=bcs-api.yaml"], dir.path(), "bcs-api");
+    let code = process.wait_exit(Duration::from_secs(30));
+    (code, process.stderr())
+}
+
+#[test]
+fn an_unknown_key_stops_the_start_naming_key_and_line() {
+    let (code, stderr) = start_with("edition: ee\nadmin_config:\n  port: 8090\n  prot: 1\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("prot") && stderr.contains("line 4"), "{stderr}");
+}
+
+#[test]
+fn a_wrong_type_and_an_invalid_value_are_named() {
+    let (code, stderr) = start_with("service_config:\n  insecure_port: eighty\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("service_config.insecure_port"), "{stderr}");
+    let (code, stderr) = start_with("admin_config:\n  address: not-an-ip\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("admin_config.address"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = Process::spawn(&common::binary(), &["--config=nowhere.yaml"], dir.path(), "bcs-api");
+    assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(2));
+    assert!(process.stderr().contains("nowhere.yaml"), "{}", process.stderr());
+}
+
+#[test]
+fn a_bad_dsn_is_named_without_its_password() {
+    let (code, stderr) = start_with("core_database:\n  dsn: \"root:topsecretpw@tcp(127.0.0.1:99999)/db\"\n");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("core_database.dsn"), "{stderr}");
+    assert!(!stderr.contains("topsecretpw"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_database_stops_the_start_without_its_password() {
+    let port = bcs_testkit::free_port();
+    let yaml = format!("core_database:\n  dsn: \"root:topsecretpw@tcp(127.0.0.1:{port})/bke_core\"\nadmin_config:\n  port: {}\n", bcs_testkit::free_port());
+    let (code, stderr) = start_with(&yaml);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    assert!(!stderr.contains("topsecretpw"), "{stderr}");
+}
+
+#[test]
+fn a_taken_admin_port_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (code, stderr) = start_with(&format!("admin_config:\n  port: {port}\n  spawn_proxy: false\n"));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains(&format!("admin_config 127.0.0.1:{port}")), "{stderr}");
+}

@@ -1,0 +1,94 @@
+//! A real binary under test: stdout and stderr go to files (read them with [`Process::stdout`]
+//! and [`Process::stderr`]); dropping the handle sends SIGTERM, then kills after 5 s.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Process {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Process {
+    /// Starts `binary` with `args` in `workdir`; output files are `<name>.stdout|stderr` there.
+    pub fn spawn(binary: &Path, args: &[&str], workdir: &Path, name: &str) -> Process {
+        let stdout = workdir.join(format!("{name}.stdout"));
+        let stderr = workdir.join(format!("{name}.stderr"));
+        let child = Command::new(binary)
+            .args(args)
+            .current_dir(workdir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("create stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("create stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Process { child: Some(child), stdout, stderr }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Polls `url` until it answers 200; panics with the process's output after `timeout`
+    /// or if the process exits.
+    pub async fn wait_ready(&mut self, url: &str, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("process exited with {status} before {url} was ready\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+            }
+            if Instant::now() > deadline {
+                panic!("{url} not ready after {timeout:?}\nstderr:\n{}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit by itself (bounded by `timeout`) and returns its code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("process still running after {timeout:?}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
