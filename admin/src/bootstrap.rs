@@ -13,28 +13,17 @@ use crate::rest::users::DEFAULT_TOKEN_LIFETIME_SECS;
 use crate::store::model::{token_type, NewUserToken, User};
 use crate::store::{Store, StoreError};
 
-pub async fn ensure_users(
-    store: &Store,
-    users: &[BootstrapUser],
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn Write) -> anyhow::Result<()> {
     for entry in users {
         let wants_super = entry.is_super_user.unwrap_or(false);
         let (user, created) = match store.user_by_name(&entry.name).await? {
             Some(user) => (user, false),
-            None => match store
-                .create_user(&entry.name, wants_super, crate::now())
-                .await
-            {
+            None => match store.create_user(&entry.name, wants_super, crate::now()).await {
                 Ok(user) => (user, true),
                 // Another instance created it at the same moment.
-                Err(StoreError::Conflict(_)) => (
-                    store
-                        .user_by_name(&entry.name)
-                        .await?
-                        .context("bootstrap user vanished")?,
-                    false,
-                ),
+                Err(StoreError::Conflict(_)) => {
+                    (store.user_by_name(&entry.name).await?.context("bootstrap user vanished")?, false)
+                }
                 Err(e) => return Err(e.into()),
             },
         };
@@ -45,13 +34,16 @@ pub async fn ensure_users(
         }
         for token in &entry.tokens {
             match token {
-                Some(token) if !token.is_empty() => {
-                    ensure_token(store, &user, token.digest()).await?
-                }
+                Some(token) if !token.is_empty() => ensure_token(store, &user, token.digest()).await?,
                 _ if created => {
                     let value = random_token(USER_TOKEN_LEN);
                     ensure_token(store, &user, value.digest()).await?;
-                    writeln!(out, "bcs-api: bootstrap user {} has the token {} (shown once: only its digest is stored)", user.name, value.expose())?;
+                    writeln!(
+                        out,
+                        "bcs-api: bootstrap user {} has the token {} (shown once: only its digest is stored)",
+                        user.name,
+                        value.expose()
+                    )?;
                     out.flush()?;
                     tracing::info!(user = %user.name, "generated a token for the bootstrap user and printed it to stdout");
                 }
@@ -65,10 +57,7 @@ pub async fn ensure_users(
 async fn ensure_token(store: &Store, user: &User, digest: String) -> anyhow::Result<()> {
     if let Some((_, owner)) = store.token_by_digest(&digest).await? {
         if owner.id != user.id {
-            bail!(
-                "bootstrap_users: a token of {} is already the token of another user",
-                user.name
-            );
+            bail!("bootstrap_users: a token of {} is already the token of another user", user.name);
         }
         return Ok(());
     }

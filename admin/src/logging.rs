@@ -24,10 +24,8 @@ pub fn init(config: &Config, format_override: Option<&str>) -> anyhow::Result<Op
         BoxMakeWriter::new(std::io::stderr)
     } else {
         let dir = config.log_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("log_config.log_dir {}: {e}", dir.display()))?;
-        let (file, g) =
-            tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, "bcs-api.log"));
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("log_config.log_dir {}: {e}", dir.display()))?;
+        let (file, g) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, "bcs-api.log"));
         guard = Some(g);
         if log.alsologtostderr.unwrap_or(false) {
             BoxMakeWriter::new(file.and(std::io::stderr))
@@ -36,19 +34,10 @@ pub fn init(config: &Config, format_override: Option<&str>) -> anyhow::Result<Op
         }
     };
     let layer = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(writer)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_writer(writer).boxed()
     } else {
-        tracing_subscriber::fmt::layer()
-            .with_ansi(false)
-            .with_writer(writer)
-            .boxed()
+        tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer).boxed()
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(layer)
-        .try_init()?;
+    tracing_subscriber::registry().with(filter).with(layer).try_init()?;
     Ok(guard)
 }

@@ -8,19 +8,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "bcs-api",
-    version,
-    about = "bcs-api: multi-cluster Kubernetes and Mesos API gateway (control plane)"
-)]
+#[command(name = "bcs-api", version, about = "bcs-api: multi-cluster Kubernetes and Mesos API gateway (control plane)")]
 struct Args {
     /// The configuration file (the original's bcs-api.yaml format; see deploy/bcs-api.yaml).
-    #[arg(
-        long,
-        short = 'f',
-        visible_alias = "file",
-        default_value = "bcs-api.yaml"
-    )]
+    #[arg(long, short = 'f', visible_alias = "file", default_value = "bcs-api.yaml")]
     config: PathBuf,
     /// Log format: text or json (overrides log_config.log_format).
     #[arg(long, value_parser = ["text", "json"])]
@@ -43,10 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(bcs_admin::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -41,9 +41,7 @@ impl Sealer {
                 let key = hex::decode(text.trim())
                     .ok()
                     .filter(|k| k.len() == 32)
-                    .with_context(|| {
-                        format!("{}: the key file must hold 64 hex digits", path.display())
-                    })?;
+                    .with_context(|| format!("{}: the key file must hold 64 hex digits", path.display()))?;
                 key
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -67,38 +65,26 @@ impl Sealer {
                 tracing::info!(path = %path.display(), "created the secret key file");
                 key
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read key file {}", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read key file {}", path.display())),
         };
         Ok(Sealer::from_key(&key))
     }
 
     pub fn from_key(key: &[u8]) -> Sealer {
-        Sealer {
-            cipher: Aes256Gcm::new_from_slice(key).expect("the key is 32 bytes"),
-        }
+        Sealer { cipher: Aes256Gcm::new_from_slice(key).expect("the key is 32 bytes") }
     }
 
     pub fn seal(&self, purpose: &str, secret: &Secret) -> String {
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut nonce)
-            .expect("the operating system's random source works");
-        let payload = Payload {
-            msg: secret.expose().as_bytes(),
-            aad: purpose.as_bytes(),
-        };
+        rand::rngs::OsRng.try_fill_bytes(&mut nonce).expect("the operating system's random source works");
+        let payload = Payload { msg: secret.expose().as_bytes(), aad: purpose.as_bytes() };
         let sealed = self
             .cipher
             .encrypt(Nonce::from_slice(&nonce), payload)
             .expect("AES-GCM encryption of a short value cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
-        format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::STANDARD.encode(out)
-        )
+        format!("{PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(out))
     }
 
     pub fn open(&self, purpose: &str, sealed: &str) -> Result<Secret, SealError> {
@@ -108,17 +94,9 @@ impl Sealer {
             .filter(|raw| raw.len() > NONCE_LEN)
             .ok_or(SealError::Open)?;
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
-        let payload = Payload {
-            msg: ciphertext,
-            aad: purpose.as_bytes(),
-        };
-        let plain = self
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), payload)
-            .map_err(|_| SealError::Open)?;
-        String::from_utf8(plain)
-            .map(Secret::new)
-            .map_err(|_| SealError::Open)
+        let payload = Payload { msg: ciphertext, aad: purpose.as_bytes() };
+        let plain = self.cipher.decrypt(Nonce::from_slice(nonce), payload).map_err(|_| SealError::Open)?;
+        String::from_utf8(plain).map(Secret::new).map_err(|_| SealError::Open)
     }
 }
 
@@ -144,14 +122,8 @@ mod tests {
         assert!(!sealed.contains("the-register-token"));
         assert_eq!(sealer.open("register_token:a", &sealed).unwrap(), secret);
         assert!(sealer.open("register_token:b", &sealed).is_err());
-        assert!(Sealer::from_key(&[8u8; 32])
-            .open("register_token:a", &sealed)
-            .is_err());
-        assert_ne!(
-            sealed,
-            sealer.seal("register_token:a", &secret),
-            "nonces differ"
-        );
+        assert!(Sealer::from_key(&[8u8; 32]).open("register_token:a", &sealed).is_err());
+        assert_ne!(sealed, sealer.seal("register_token:a", &secret), "nonces differ");
         assert!(sealer.open("register_token:a", "v1:!!").is_err());
     }
 

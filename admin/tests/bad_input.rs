@@ -16,103 +16,30 @@ async fn malformed_requests_are_400_413_415_and_change_nothing() {
     let admin = Admin::start(dir.path(), &Options::default()).await;
     let a = admin.admin();
 
-    let r = admin
-        .call_raw(
-            Method::POST,
-            "/rest/users/",
-            a,
-            "application/json",
-            b"{\"user_name\": ".to_vec(),
-        )
-        .await;
+    let r = admin.call_raw(Method::POST, "/rest/users/", a, "application/json", b"{\"user_name\": ".to_vec()).await;
     assert_error(&r, 400, "BAD_JSON", "malformed JSON");
-    let r = admin
-        .call_raw(
-            Method::POST,
-            "/rest/users/",
-            a,
-            "application/json",
-            b"[1, 2]".to_vec(),
-        )
-        .await;
+    let r = admin.call_raw(Method::POST, "/rest/users/", a, "application/json", b"[1, 2]".to_vec()).await;
     assert_error(&r, 400, "BAD_JSON", "JSON object");
     let r = admin
-        .call_raw(
-            Method::POST,
-            "/rest/users/",
-            a,
-            "application/json",
-            b"{\"user_name\": \"x\"} trailing".to_vec(),
-        )
+        .call_raw(Method::POST, "/rest/users/", a, "application/json", b"{\"user_name\": \"x\"} trailing".to_vec())
         .await;
     assert_error(&r, 400, "BAD_JSON", "malformed JSON");
-    let r = admin
-        .call(Method::POST, "/rest/users/", a, Some(json!({})))
-        .await;
+    let r = admin.call(Method::POST, "/rest/users/", a, Some(json!({}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'user_name' is required");
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/users/",
-            a,
-            Some(json!({"user_name": "   "})),
-        )
-        .await;
+    let r = admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "   "}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'user_name' is required");
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/users/",
-            a,
-            Some(json!({"user_name": 42})),
-        )
-        .await;
-    assert_error(
-        &r,
-        400,
-        "VALIDATION_ERROR",
-        "field 'user_name' has the wrong type",
-    );
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/users/",
-            a,
-            Some(json!({"user_name": "bob smith"})),
-        )
-        .await;
+    let r = admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": 42}))).await;
+    assert_error(&r, 400, "VALIDATION_ERROR", "field 'user_name' has the wrong type");
+    let r = admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "bob smith"}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'user_name' must be");
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/users/",
-            a,
-            Some(json!({"user_name": "x".repeat(129)})),
-        )
-        .await;
+    let r = admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "x".repeat(129)}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'user_name'");
     let r = admin.call(Method::POST, "/rest/users/", a, None).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "body is required");
-    let r = admin
-        .call_raw(
-            Method::POST,
-            "/rest/users/",
-            a,
-            "text/plain",
-            b"{\"user_name\": \"bob\"}".to_vec(),
-        )
-        .await;
+    let r = admin.call_raw(Method::POST, "/rest/users/", a, "text/plain", b"{\"user_name\": \"bob\"}".to_vec()).await;
     assert_error(&r, 415, "UNSUPPORTED_MEDIA_TYPE", "text/plain");
     let huge = format!("{{\"user_name\": \"{}\"}}", "a".repeat(1024 * 1024 + 10));
-    let r = admin
-        .call_raw(
-            Method::POST,
-            "/rest/users/",
-            a,
-            "application/json",
-            huge.into_bytes(),
-        )
-        .await;
+    let r = admin.call_raw(Method::POST, "/rest/users/", a, "application/json", huge.into_bytes()).await;
     assert_error(&r, 413, "PAYLOAD_TOO_LARGE", "1048576");
     let r = admin
         .call(
@@ -123,41 +50,13 @@ async fn malformed_requests_are_400_413_415_and_change_nothing() {
         )
         .await;
     assert_error(&r, 400, "CLUSTER_TYPE_INVALID", "swarm");
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/clusters/bcs",
-            a,
-            Some(json!({"id": "k8s/../1", "project_id": "p"})),
-        )
-        .await;
+    let r = admin.call(Method::POST, "/rest/clusters/bcs", a, Some(json!({"id": "k8s/../1", "project_id": "p"}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'id'");
-    let r = admin
-        .call(
-            Method::GET,
-            "/rest/clusters/bcs/query_by_id/?cluster_id=x",
-            a,
-            None,
-        )
-        .await;
-    assert_error(
-        &r,
-        400,
-        "VALIDATION_ERROR",
-        "field 'project_id' is required",
-    );
-    let r = admin
-        .call(Method::POST, "/rest/users/abc/tokens", a, None)
-        .await;
+    let r = admin.call(Method::GET, "/rest/clusters/bcs/query_by_id/?cluster_id=x", a, None).await;
+    assert_error(&r, 400, "VALIDATION_ERROR", "field 'project_id' is required");
+    let r = admin.call(Method::POST, "/rest/users/abc/tokens", a, None).await;
     assert_error(&r, 400, "USER_ID_INVALID", "abc");
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/users/1/tokens",
-            a,
-            Some(json!({"expires_in": 0})),
-        )
-        .await;
+    let r = admin.call(Method::POST, "/rest/users/1/tokens", a, Some(json!({"expires_in": 0}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'expires_in'");
 
     // None of it left a trace.
@@ -165,15 +64,8 @@ async fn malformed_requests_are_400_413_415_and_change_nothing() {
     assert_error(&users, 404, "USER_NOT_FOUND", "bob");
     let clusters = admin.call(Method::GET, "/rest/clusters", a, None).await;
     assert_eq!(clusters, (200, json!([])));
-    let tokens = admin
-        .call(Method::GET, "/rest/users/1/tokens", a, None)
-        .await;
-    assert_eq!(
-        tokens.1.as_array().unwrap().len(),
-        1,
-        "only the bootstrap token: {}",
-        tokens.1
-    );
+    let tokens = admin.call(Method::GET, "/rest/users/1/tokens", a, None).await;
+    assert_eq!(tokens.1.as_array().unwrap().len(), 1, "only the bootstrap token: {}", tokens.1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,82 +73,29 @@ async fn unknown_routes_methods_and_ids() {
     let dir = tempfile::tempdir().unwrap();
     let admin = Admin::start(dir.path(), &Options::default()).await;
     let a = admin.admin();
-    assert_error(
-        &admin.call(Method::GET, "/rest/nothing", a, None).await,
-        404,
-        "NOT_FOUND",
-        "/rest/nothing",
-    );
-    assert_error(
-        &admin.call(Method::GET, "/", None, None).await,
-        404,
-        "NOT_FOUND",
-        "GET /",
-    );
-    assert_error(
-        &admin.call(Method::PATCH, "/rest/users", a, None).await,
-        405,
-        "METHOD_NOT_ALLOWED",
-        "PATCH",
-    );
-    assert_error(
-        &admin.call(Method::GET, "/rest/users/nobody", a, None).await,
-        404,
-        "USER_NOT_FOUND",
-        "nobody",
-    );
-    assert_error(
-        &admin
-            .call(Method::POST, "/rest/users/999/tokens", a, None)
-            .await,
-        404,
-        "USER_NOT_FOUND",
-        "999",
-    );
-    assert_error(
-        &admin
-            .call(Method::DELETE, "/rest/users/1/tokens/999", a, None)
-            .await,
-        404,
-        "TOKEN_NOT_FOUND",
-        "999",
-    );
+    assert_error(&admin.call(Method::GET, "/rest/nothing", a, None).await, 404, "NOT_FOUND", "/rest/nothing");
+    assert_error(&admin.call(Method::GET, "/", None, None).await, 404, "NOT_FOUND", "GET /");
+    assert_error(&admin.call(Method::PATCH, "/rest/users", a, None).await, 405, "METHOD_NOT_ALLOWED", "PATCH");
+    assert_error(&admin.call(Method::GET, "/rest/users/nobody", a, None).await, 404, "USER_NOT_FOUND", "nobody");
+    assert_error(&admin.call(Method::POST, "/rest/users/999/tokens", a, None).await, 404, "USER_NOT_FOUND", "999");
+    assert_error(&admin.call(Method::DELETE, "/rest/users/1/tokens/999", a, None).await, 404, "TOKEN_NOT_FOUND", "999");
     for path in [
         "/rest/clusters/nope",
         "/rest/clusters/nope/register_tokens",
         "/rest/clusters/nope/credentials",
         "/rest/clusters/nope/client_credentials",
     ] {
-        assert_error(
-            &admin.call(Method::GET, path, a, None).await,
-            404,
-            "CLUSTER_NOT_FOUND",
-            "cluster nope not found",
-        );
+        assert_error(&admin.call(Method::GET, path, a, None).await, 404, "CLUSTER_NOT_FOUND", "cluster nope not found");
     }
     let report = json!({"register_token": "x", "server_addresses": "https://1.2.3.4", "cacert_data": common::CLUSTER_CA, "user_token": "t"});
     assert_error(
-        &admin
-            .call(
-                Method::PUT,
-                "/rest/clusters/nope/credentials",
-                None,
-                Some(report),
-            )
-            .await,
+        &admin.call(Method::PUT, "/rest/clusters/nope/credentials", None, Some(report)).await,
         404,
         "CLUSTER_NOT_FOUND",
         "nope",
     );
     assert_error(
-        &admin
-            .call(
-                Method::GET,
-                "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=ghost",
-                a,
-                None,
-            )
-            .await,
+        &admin.call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=ghost", a, None).await,
         404,
         "CLUSTER_NOT_FOUND",
         "ghost",
@@ -271,34 +110,15 @@ async fn authentication_and_authorisation() {
     let user = Some(seeded.user_token.as_str());
 
     // No, unknown, malformed tokens.
+    assert_error(&admin.call(Method::GET, "/rest/clusters", None, None).await, 401, "UNAUTHORIZED", "anonymous");
     assert_error(
-        &admin.call(Method::GET, "/rest/clusters", None, None).await,
-        401,
-        "UNAUTHORIZED",
-        "anonymous",
-    );
-    assert_error(
-        &admin
-            .call(
-                Method::GET,
-                "/rest/clusters",
-                Some("not-a-real-token"),
-                None,
-            )
-            .await,
+        &admin.call(Method::GET, "/rest/clusters", Some("not-a-real-token"), None).await,
         401,
         "UNAUTHORIZED",
         "not valid",
     );
     assert_error(
-        &admin
-            .call(
-                Method::GET,
-                "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001",
-                None,
-                None,
-            )
-            .await,
+        &admin.call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", None, None).await,
         401,
         "UNAUTHORIZED",
         "anonymous",
@@ -315,128 +135,51 @@ async fn authentication_and_authorisation() {
         .await;
     assert_eq!(short.0, 200, "{}", short.1);
     let short = short.1["Value"].as_str().unwrap().to_owned();
-    assert_eq!(
-        admin
-            .call(Method::GET, "/rest/clusters", Some(&short), None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(admin.call(Method::GET, "/rest/clusters", Some(&short), None).await.0, 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_error(
-        &admin
-            .call(Method::GET, "/rest/clusters", Some(&short), None)
-            .await,
-        401,
-        "UNAUTHORIZED",
-        "expired",
-    );
+    assert_error(&admin.call(Method::GET, "/rest/clusters", Some(&short), None).await, 401, "UNAUTHORIZED", "expired");
 
     // Super-user routes.
     assert_error(
-        &admin
-            .call(
-                Method::POST,
-                "/rest/users/",
-                user,
-                Some(json!({"user_name": "mallory"})),
-            )
-            .await,
+        &admin.call(Method::POST, "/rest/users/", user, Some(json!({"user_name": "mallory"}))).await,
+        403,
+        "FORBIDDEN",
+        "super users",
+    );
+    assert_error(&admin.call(Method::GET, "/rest/users/erin", user, None).await, 403, "FORBIDDEN", "super users");
+    assert_error(
+        &admin.call(Method::POST, &format!("/rest/users/{}/tokens", seeded.user_id), user, None).await,
         403,
         "FORBIDDEN",
         "super users",
     );
     assert_error(
-        &admin
-            .call(Method::GET, "/rest/users/erin", user, None)
-            .await,
+        &admin.call(Method::GET, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), user, None).await,
         403,
         "FORBIDDEN",
         "super users",
     );
-    assert_error(
-        &admin
-            .call(
-                Method::POST,
-                &format!("/rest/users/{}/tokens", seeded.user_id),
-                user,
-                None,
-            )
-            .await,
-        403,
-        "FORBIDDEN",
-        "super users",
-    );
-    assert_error(
-        &admin
-            .call(
-                Method::GET,
-                &format!("/rest/clusters/{}/credentials", seeded.cluster_id),
-                user,
-                None,
-            )
-            .await,
-        403,
-        "FORBIDDEN",
-        "super users",
-    );
-    assert_error(
-        &admin
-            .call(Method::GET, "/rest/users/1/tokens", user, None)
-            .await,
-        403,
-        "FORBIDDEN",
-        "itself",
-    );
+    assert_error(&admin.call(Method::GET, "/rest/users/1/tokens", user, None).await, 403, "FORBIDDEN", "itself");
 
     // Another normal user may not touch erin's cluster's register token or delete it.
-    let frank = admin
-        .call(
-            Method::POST,
-            "/rest/users/",
-            admin.admin(),
-            Some(json!({"user_name": "frank"})),
-        )
-        .await
-        .1["ID"]
+    let frank = admin.call(Method::POST, "/rest/users/", admin.admin(), Some(json!({"user_name": "frank"}))).await.1
+        ["ID"]
         .as_i64()
         .unwrap();
-    let frank = admin
-        .call(
-            Method::POST,
-            &format!("/rest/users/{frank}/tokens"),
-            admin.admin(),
-            None,
-        )
-        .await
-        .1["Value"]
+    let frank = admin.call(Method::POST, &format!("/rest/users/{frank}/tokens"), admin.admin(), None).await.1["Value"]
         .as_str()
         .unwrap()
         .to_owned();
     let path = format!("/rest/clusters/{}/register_tokens", seeded.cluster_id);
+    assert_error(&admin.call(Method::GET, &path, Some(&frank), None).await, 403, "FORBIDDEN", "creator");
     assert_error(
-        &admin.call(Method::GET, &path, Some(&frank), None).await,
+        &admin.call(Method::POST, &format!("{path}/rotate"), Some(&frank), None).await,
         403,
         "FORBIDDEN",
         "creator",
     );
     assert_error(
-        &admin
-            .call(Method::POST, &format!("{path}/rotate"), Some(&frank), None)
-            .await,
-        403,
-        "FORBIDDEN",
-        "creator",
-    );
-    assert_error(
-        &admin
-            .call(
-                Method::DELETE,
-                &format!("/rest/clusters/{}", seeded.cluster_id),
-                Some(&frank),
-                None,
-            )
-            .await,
+        &admin.call(Method::DELETE, &format!("/rest/clusters/{}", seeded.cluster_id), Some(&frank), None).await,
         403,
         "FORBIDDEN",
         "creator",
@@ -463,83 +206,32 @@ async fn conflicts_are_409_and_change_nothing() {
     let a = admin.admin();
 
     assert_error(
-        &admin
-            .call(
-                Method::POST,
-                "/rest/users/",
-                a,
-                Some(json!({"user_name": "gina"})),
-            )
-            .await,
+        &admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "gina"}))).await,
         409,
         "USER_ALREADY_EXISTS",
         "gina",
     );
-    let dup = admin
-        .call(
-            Method::POST,
-            "/rest/clusters/bcs",
-            a,
-            Some(json!({"id": "K8S-001", "project_id": "demo"})),
-        )
-        .await;
+    let dup =
+        admin.call(Method::POST, "/rest/clusters/bcs", a, Some(json!({"id": "K8S-001", "project_id": "demo"}))).await;
     assert_error(&dup, 409, "CLUSTER_ALREADY_EXISTS", "already registered");
     // Source cluster ids are case-sensitive (on both engines): another case is another cluster.
     let other = json!({"id": "k8s-001", "project_id": "demo"});
     let other_case = admin.call(Method::POST, "/rest/clusters/bcs", a, Some(other)).await;
     assert_eq!(other_case.0, 200, "{}", other_case.1);
-    assert_eq!(
-        admin
-            .call(
-                Method::POST,
-                "/rest/clusters/",
-                a,
-                Some(json!({"id": "one"}))
-            )
-            .await
-            .0,
-        200
-    );
+    assert_eq!(admin.call(Method::POST, "/rest/clusters/", a, Some(json!({"id": "one"}))).await.0, 200);
     assert_error(
-        &admin
-            .call(
-                Method::POST,
-                "/rest/clusters/",
-                a,
-                Some(json!({"id": "one"})),
-            )
-            .await,
+        &admin.call(Method::POST, "/rest/clusters/", a, Some(json!({"id": "one"}))).await,
         409,
         "CLUSTER_ALREADY_EXISTS",
         "plain-one",
     );
     let path = format!("/rest/clusters/{}/register_tokens", seeded.cluster_id);
-    assert_error(
-        &admin.call(Method::POST, &path, a, None).await,
-        409,
-        "RTOKEN_ALREADY_EXISTS",
-        "already has",
-    );
+    assert_error(&admin.call(Method::POST, &path, a, None).await, 409, "RTOKEN_ALREADY_EXISTS", "already has");
 
     // Still one gina, three clusters, the same register token.
-    assert_eq!(
-        admin.call(Method::GET, "/rest/users/gina", a, None).await.1["ID"],
-        seeded.user_id
-    );
-    assert_eq!(
-        admin
-            .call(Method::GET, "/rest/clusters", a, None)
-            .await
-            .1
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
-    assert_eq!(
-        admin.call(Method::GET, &path, a, None).await.1[0]["token"],
-        seeded.register_token.as_str()
-    );
+    assert_eq!(admin.call(Method::GET, "/rest/users/gina", a, None).await.1["ID"], seeded.user_id);
+    assert_eq!(admin.call(Method::GET, "/rest/clusters", a, None).await.1.as_array().unwrap().len(), 3);
+    assert_eq!(admin.call(Method::GET, &path, a, None).await.1[0]["token"], seeded.register_token.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -553,65 +245,18 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
     let rt = seeded.register_token.as_str();
 
     let cases = [
-        (
-            report("wrong", "https://10.0.0.1:6443", ca, "new"),
-            401,
-            "UNAUTHORIZED",
-            "register token",
-        ),
-        (
-            report("", "https://10.0.0.1:6443", ca, "new"),
-            400,
-            "VALIDATION_ERROR",
-            "field 'register_token' is required",
-        ),
-        (
-            report(rt, "", ca, "new"),
-            400,
-            "VALIDATION_ERROR",
-            "field 'server_addresses' is required",
-        ),
-        (
-            report(rt, "ftp://10.0.0.1", ca, "new"),
-            400,
-            "VALIDATION_ERROR",
-            "field 'server_addresses'",
-        ),
-        (
-            report(rt, "not a url", ca, "new"),
-            400,
-            "VALIDATION_ERROR",
-            "field 'server_addresses'",
-        ),
-        (
-            report(rt, "https://u:p@10.0.0.1", ca, "new"),
-            400,
-            "VALIDATION_ERROR",
-            "credentials",
-        ),
-        (
-            report(rt, "https://10.0.0.1:6443", "not pem", "new"),
-            400,
-            "VALIDATION_ERROR",
-            "field 'cacert_data'",
-        ),
-        (
-            report(rt, "https://10.0.0.1:6443", ca, ""),
-            400,
-            "VALIDATION_ERROR",
-            "field 'user_token' is required",
-        ),
-        (
-            report(rt, "https://10.0.0.1:6443", ca, "two words"),
-            400,
-            "VALIDATION_ERROR",
-            "field 'user_token'",
-        ),
+        (report("wrong", "https://10.0.0.1:6443", ca, "new"), 401, "UNAUTHORIZED", "register token"),
+        (report("", "https://10.0.0.1:6443", ca, "new"), 400, "VALIDATION_ERROR", "field 'register_token' is required"),
+        (report(rt, "", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses' is required"),
+        (report(rt, "ftp://10.0.0.1", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses'"),
+        (report(rt, "not a url", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses'"),
+        (report(rt, "https://u:p@10.0.0.1", ca, "new"), 400, "VALIDATION_ERROR", "credentials"),
+        (report(rt, "https://10.0.0.1:6443", "not pem", "new"), 400, "VALIDATION_ERROR", "field 'cacert_data'"),
+        (report(rt, "https://10.0.0.1:6443", ca, ""), 400, "VALIDATION_ERROR", "field 'user_token' is required"),
+        (report(rt, "https://10.0.0.1:6443", ca, "two words"), 400, "VALIDATION_ERROR", "field 'user_token'"),
     ];
     for (body, status, code, needle) in cases {
-        let r = admin
-            .call(Method::PUT, &path, None, Some(body.clone()))
-            .await;
+        let r = admin.call(Method::PUT, &path, None, Some(body.clone())).await;
         assert_error(&r, status, code, needle);
     }
     // A refused report is not echoed: no register token or cluster token in error bodies.
@@ -620,12 +265,7 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
             Method::PUT,
             &path,
             None,
-            Some(report(
-                "wrong-secret-value",
-                "https://10.0.0.1:6443",
-                ca,
-                "sa-secret-value",
-            )),
+            Some(report("wrong-secret-value", "https://10.0.0.1:6443", ca, "sa-secret-value")),
         )
         .await;
     assert!(!r.1.to_string().contains("secret-value"), "{}", r.1);
@@ -640,34 +280,13 @@ async fn store_down_is_503_and_nothing_is_half_written() {
     let db = MysqlDatabase::fresh("bcs_down");
     let forwarder = Forwarder::start(db.server_address()).await;
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        dsn: db.go_dsn_via("127.0.0.1", forwarder.port()),
-        ..Options::default()
-    };
+    let options = Options { dsn: db.go_dsn_via("127.0.0.1", forwarder.port()), ..Options::default() };
     let admin = Admin::start(dir.path(), &options).await;
     let a = admin.admin();
-    assert_eq!(
-        admin
-            .call(
-                Method::POST,
-                "/rest/users/",
-                a,
-                Some(json!({"user_name": "before"}))
-            )
-            .await
-            .0,
-        200
-    );
+    assert_eq!(admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "before"}))).await.0, 200);
 
     forwarder.cut();
-    let r = admin
-        .call(
-            Method::POST,
-            "/rest/users/",
-            a,
-            Some(json!({"user_name": "during"})),
-        )
-        .await;
+    let r = admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "during"}))).await;
     assert_error(&r, 503, "STORE_UNAVAILABLE", "unavailable");
     let health = admin.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(health.0, 503, "{}", health.1);
@@ -683,30 +302,8 @@ async fn store_down_is_503_and_nothing_is_half_written() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "healthz back to 200 once the store is back");
-    assert_error(
-        &admin.call(Method::GET, "/rest/users/during", a, None).await,
-        404,
-        "USER_NOT_FOUND",
-        "during",
-    );
-    assert_eq!(
-        admin
-            .call(Method::GET, "/rest/users/before", a, None)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        admin
-            .call(
-                Method::POST,
-                "/rest/users/",
-                a,
-                Some(json!({"user_name": "during"}))
-            )
-            .await
-            .0,
-        200
-    );
+    assert_error(&admin.call(Method::GET, "/rest/users/during", a, None).await, 404, "USER_NOT_FOUND", "during");
+    assert_eq!(admin.call(Method::GET, "/rest/users/before", a, None).await.0, 200);
+    assert_eq!(admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "during"}))).await.0, 200);
     assert!(admin.process.stderr().contains("store unavailable"));
 }

@@ -43,9 +43,13 @@ async fn nothing_leaks(options: Options) -> Vec<String> {
     bodies.push(admin.call(Method::GET, "/rest/clusters", Some(BOGUS_BEARER), None).await);
     let report = json!({"register_token": BOGUS_REGISTER, "server_addresses": "https://10.0.0.1:6443",
         "cacert_data": common::CLUSTER_CA, "user_token": CLUSTER_TOKEN});
-    bodies.push(admin.call(Method::PUT, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), None, Some(report)).await);
+    bodies.push(
+        admin.call(Method::PUT, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), None, Some(report)).await,
+    );
     let report = json!({"register_token": seeded.register_token, "server_addresses": "ftp://x", "cacert_data": "x", "user_token": CLUSTER_TOKEN});
-    bodies.push(admin.call(Method::PUT, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), None, Some(report)).await);
+    bodies.push(
+        admin.call(Method::PUT, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), None, Some(report)).await,
+    );
     bodies.push(admin.call(Method::GET, "/rest/users/ivan", Some(&seeded.user_token), None).await);
     bodies.push(admin.call(Method::GET, "/metrics", None, None).await);
     let metrics = reqwest::get(format!("{}/metrics", admin.base)).await.unwrap().text().await.unwrap();

@@ -51,7 +51,10 @@ fn a_bad_dsn_is_named_without_its_password() {
 #[test]
 fn an_unreachable_database_stops_the_start_without_its_password() {
     let port = bcs_testkit::free_port();
-    let yaml = format!("core_database:\n  dsn: \"root:topsecretpw@tcp(127.0.0.1:{port})/bke_core\"\nadmin_config:\n  port: {}\n", bcs_testkit::free_port());
+    let yaml = format!(
+        "core_database:\n  dsn: \"root:topsecretpw@tcp(127.0.0.1:{port})/bke_core\"\nadmin_config:\n  port: {}\n",
+        bcs_testkit::free_port()
+    );
     let (code, stderr) = start_with(&yaml);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot open the store"), "{stderr}");

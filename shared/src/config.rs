@@ -17,18 +17,11 @@ use crate::secret::Secret;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {key}: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: &'static str, message: String },
 }
 
 /// The whole file. Section names are the original's, so its sample loads unchanged.
@@ -270,8 +263,7 @@ impl<'de> serde::de::Visitor<'de> for BkiamAuthVisitor {
                 "bkiam_auth_zookeeper" => out.bkiam_auth_zookeeper = map.next_value()?,
                 "bkiam_auth_sub_server" => out.bkiam_auth_sub_server = map.next_value()?,
                 "bkiam_auth_token_whitelist" => {
-                    out.bkiam_auth_token_whitelist =
-                        map.next_value::<Option<_>>()?.unwrap_or_default()
+                    out.bkiam_auth_token_whitelist = map.next_value::<Option<_>>()?.unwrap_or_default()
                 }
                 other => return Err(serde::de::Error::unknown_field(other, FIELDS)),
             }
@@ -301,10 +293,8 @@ pub mod defaults {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(path, &text)
     }
 
@@ -315,30 +305,16 @@ impl Config {
             Ok(config) => config,
             // An empty file is an all-defaults configuration.
             Err(_) if text.trim().is_empty() => Config::default(),
-            Err(e) => {
-                return Err(ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })
-            }
+            Err(e) => return Err(ConfigError::Parse { path: path.to_owned(), message: e.to_string() }),
         };
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_owned(),
-                key,
-                message,
-            })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let ports = [
             ("service_config.port", self.service_config.port),
-            (
-                "service_config.insecure_port",
-                self.service_config.insecure_port,
-            ),
+            ("service_config.insecure_port", self.service_config.insecure_port),
             ("metric_config.metric_port", self.metric_config.metric_port),
             ("admin_config.port", self.admin_config.port),
             ("consoleproxy_port", self.consoleproxy_port),
@@ -350,17 +326,13 @@ impl Config {
         }
         let addresses = [
             ("service_config.address", &self.service_config.address),
-            (
-                "service_config.insecure_address",
-                &self.service_config.insecure_address,
-            ),
+            ("service_config.insecure_address", &self.service_config.insecure_address),
             ("admin_config.address", &self.admin_config.address),
             ("local_config.local_ip", &self.local_config.local_ip),
         ];
         for (key, address) in addresses {
             if let Some(a) = non_empty(address) {
-                a.parse::<IpAddr>()
-                    .map_err(|_| (key, format!("{a:?} is not an IP address")))?;
+                a.parse::<IpAddr>().map_err(|_| (key, format!("{a:?} is not an IP address")))?;
             }
         }
         if let Some(edition) = non_empty(&self.edition) {
@@ -370,18 +342,12 @@ impl Config {
         }
         if let Some(format) = non_empty(&self.log_config.log_format) {
             if !matches!(format, "text" | "json") {
-                return Err((
-                    "log_config.log_format",
-                    format!("{format:?} is not one of text, json"),
-                ));
+                return Err(("log_config.log_format", format!("{format:?} is not one of text, json")));
             }
         }
         if let Some(url) = non_empty(&self.admin_config.external_url) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err((
-                    "admin_config.external_url",
-                    format!("{url:?} must start with http:// or https://"),
-                ));
+                return Err(("admin_config.external_url", format!("{url:?} must start with http:// or https://")));
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -390,10 +356,7 @@ impl Config {
                 return Err(("bootstrap_users.name", "must not be empty".into()));
             }
             if !names.insert(user.name.as_str()) {
-                return Err((
-                    "bootstrap_users.name",
-                    format!("{:?} is listed twice", user.name),
-                ));
+                return Err(("bootstrap_users.name", format!("{:?} is listed twice", user.name)));
             }
         }
         Ok(())
@@ -441,21 +404,14 @@ impl Config {
         let service = &self.service_config;
         let (scheme, address, port) = if self.tls_configured() {
             let address = non_empty(&service.address).unwrap_or(defaults::SERVICE_ADDRESS);
-            (
-                "https",
-                address,
-                service.port.unwrap_or(defaults::SERVICE_PORT),
-            )
+            ("https", address, service.port.unwrap_or(defaults::SERVICE_PORT))
         } else {
-            let address =
-                non_empty(&service.insecure_address).unwrap_or(defaults::INSECURE_ADDRESS);
+            let address = non_empty(&service.insecure_address).unwrap_or(defaults::INSECURE_ADDRESS);
             let port = service.insecure_port.unwrap_or(defaults::INSECURE_PORT);
             ("http", address, port)
         };
         let host = match address.parse::<IpAddr>() {
-            Ok(ip) if ip.is_unspecified() => {
-                non_empty(&self.local_config.local_ip).unwrap_or("127.0.0.1")
-            }
+            Ok(ip) if ip.is_unspecified() => non_empty(&self.local_config.local_ip).unwrap_or("127.0.0.1"),
             _ => address,
         };
         format!("{scheme}://{}", join_host_port(host, port))

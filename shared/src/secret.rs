@@ -91,10 +91,7 @@ mod tests {
 
     #[test]
     fn digest_is_sha256_hex() {
-        assert_eq!(
-            digest_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(digest_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

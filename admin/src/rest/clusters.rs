@@ -30,17 +30,8 @@ pub async fn create_plain(
 ) -> Result<Json<ClusterView>, ApiError> {
     let id = required_field("id", body.required()?.id)?;
     validate::id("id", &id, CLUSTER_ID_MAX)?;
-    let cluster = new_cluster(
-        format!("plain-{id}"),
-        provider::PLAIN,
-        cluster_type::K8S,
-        &caller,
-    );
-    let cluster = app
-        .store
-        .create_cluster(cluster, None)
-        .await
-        .map_err(already_exists)?;
+    let cluster = new_cluster(format!("plain-{id}"), provider::PLAIN, cluster_type::K8S, &caller);
+    let cluster = app.store.create_cluster(cluster, None).await.map_err(already_exists)?;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created cluster");
     Ok(Json(cluster.into()))
 }
@@ -75,21 +66,10 @@ pub async fn create_bcs(
             ))
         }
     };
-    let id = format!(
-        "bcs-{}-{}",
-        source_id.to_lowercase(),
-        random_alphanumeric(8)
-    );
+    let id = format!("bcs-{}-{}", source_id.to_lowercase(), random_alphanumeric(8));
     let cluster = new_cluster(id, provider::BCS, kind, &caller);
-    let info = BcsClusterInfo {
-        source_project_id: project_id,
-        source_cluster_id: source_id,
-    };
-    let cluster = app
-        .store
-        .create_cluster(cluster, Some(info))
-        .await
-        .map_err(already_exists)?;
+    let info = BcsClusterInfo { source_project_id: project_id, source_cluster_id: source_id };
+    let cluster = app.store.create_cluster(cluster, Some(info)).await.map_err(already_exists)?;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created bcs cluster");
     Ok(Json(cluster.into()))
 }
@@ -102,10 +82,7 @@ pub async fn query_by_id(
 ) -> Result<Json<ClusterView>, ApiError> {
     let project_id = required_field("project_id", q.get("project_id").cloned())?;
     let cluster_id = required_field("cluster_id", q.get("cluster_id").cloned())?;
-    let cluster = app
-        .store
-        .bcs_cluster(Some(&project_id), &cluster_id)
-        .await?;
+    let cluster = app.store.bcs_cluster(Some(&project_id), &cluster_id).await?;
     found(cluster, &cluster_id)
 }
 
@@ -122,18 +99,8 @@ pub async fn query_by_cluster_id(
 }
 
 /// `GET /rest/clusters`: every cluster.
-pub async fn list(
-    State(app): State<AppState>,
-    _caller: Caller,
-) -> Result<Json<Vec<ClusterView>>, ApiError> {
-    Ok(Json(
-        app.store
-            .clusters()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+pub async fn list(State(app): State<AppState>, _caller: Caller) -> Result<Json<Vec<ClusterView>>, ApiError> {
+    Ok(Json(app.store.clusters().await?.into_iter().map(Into::into).collect()))
 }
 
 /// `GET /rest/clusters/{cluster_id}`.
@@ -171,10 +138,7 @@ pub fn require_creator_or_super(caller: &Caller, cluster: &Cluster) -> Result<()
     if caller.is_super() || caller.user.id == cluster.creator_id {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format_args!(
-            "only the creator of cluster {} or a super user may do this",
-            cluster.id
-        )))
+        Err(ApiError::forbidden(format_args!("only the creator of cluster {} or a super user may do this", cluster.id)))
     }
 }
 

@@ -29,56 +29,31 @@ pub async fn put(
     body: JsonBody<Report>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let report = body.required()?;
-    let presented = report
-        .register_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::required("register_token"))?;
-    let addresses = validate::server_addresses(&required_field(
-        "server_addresses",
-        report.server_addresses,
-    )?)?;
+    let presented =
+        report.register_token.filter(|t| !t.is_empty()).ok_or_else(|| ApiError::required("register_token"))?;
+    let addresses = validate::server_addresses(&required_field("server_addresses", report.server_addresses)?)?;
     let ca = required_field("cacert_data", report.cacert_data)?;
     validate::ca_certificates(&ca)?;
-    let cluster_token = report
-        .user_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::required("user_token"))?;
+    let cluster_token = report.user_token.filter(|t| !t.is_empty()).ok_or_else(|| ApiError::required("user_token"))?;
     validate::bearer_token("user_token", cluster_token.expose())?;
 
     let cluster = load(&app, &id).await?;
-    let stored = app
-        .store
-        .register_token(&cluster.id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "RTOKEN_NOT_FOUND",
-                format_args!("cluster {} has no register token", cluster.id),
-            )
-        })?;
-    let expected = app
-        .sealer
-        .open(&register_token_purpose(&cluster.id), &stored.token_sealed)?;
+    let stored = app.store.register_token(&cluster.id).await?.ok_or_else(|| {
+        ApiError::not_found("RTOKEN_NOT_FOUND", format_args!("cluster {} has no register token", cluster.id))
+    })?;
+    let expected = app.sealer.open(&register_token_purpose(&cluster.id), &stored.token_sealed)?;
     if !expected.ct_eq(presented.expose()) {
         tracing::warn!(cluster = %cluster.id, "credentials report with a wrong register token");
-        return Err(ApiError::unauthorized(format_args!(
-            "the register token of cluster {} is not valid",
-            cluster.id
-        )));
+        return Err(ApiError::unauthorized(format_args!("the register token of cluster {} is not valid", cluster.id)));
     }
 
     let server_addresses = addresses.join(";");
-    let fingerprint = digest_hex(&format!(
-        "{server_addresses}\n{ca}\n{}",
-        cluster_token.expose()
-    ));
+    let fingerprint = digest_hex(&format!("{server_addresses}\n{ca}\n{}", cluster_token.expose()));
     let new = NewCredentials {
         cluster_id: cluster.id.clone(),
         server_addresses,
         ca_cert_data: ca,
-        user_token_sealed: app
-            .sealer
-            .seal(&cluster_token_purpose(&cluster.id), &cluster_token),
+        user_token_sealed: app.sealer.seal(&cluster_token_purpose(&cluster.id), &cluster_token),
         fingerprint,
     };
     let saved = app.store.upsert_credentials(new, crate::now()).await?;
@@ -95,14 +70,8 @@ pub async fn get(
     caller.require_super()?;
     let cluster = load(&app, &id).await?;
     let credentials = stored(&app, &cluster).await?;
-    let token = app.sealer.open(
-        &cluster_token_purpose(&cluster.id),
-        &credentials.user_token_sealed,
-    )?;
-    Ok(Json(CredentialsView::new(
-        credentials,
-        token.expose().to_owned(),
-    )))
+    let token = app.sealer.open(&cluster_token_purpose(&cluster.id), &credentials.user_token_sealed)?;
+    Ok(Json(CredentialsView::new(credentials, token.expose().to_owned())))
 }
 
 /// `GET .../client_credentials`: where and how the caller reaches the cluster through the
@@ -127,9 +96,6 @@ pub async fn client(
 
 async fn stored(app: &AppState, cluster: &Cluster) -> Result<Credentials, ApiError> {
     app.store.credentials(&cluster.id).await?.ok_or_else(|| {
-        ApiError::not_found(
-            "CREDENTIALS_NOT_FOUND",
-            format_args!("cluster {} has no credentials yet", cluster.id),
-        )
+        ApiError::not_found("CREDENTIALS_NOT_FOUND", format_args!("cluster {} has no credentials yet", cluster.id))
     })
 }

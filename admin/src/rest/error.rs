@@ -28,17 +28,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        code_name: &'static str,
-        errcode: u32,
-        message: impl std::fmt::Display,
-    ) -> Self {
-        ApiError {
-            status,
-            code_name,
-            message: format!("errcode: {errcode}, {message}"),
-        }
+    fn new(status: StatusCode, code_name: &'static str, errcode: u32, message: impl std::fmt::Display) -> Self {
+        ApiError { status, code_name, message: format!("errcode: {errcode}, {message}") }
     }
 
     /// 400 for a missing or invalid field, naming it.
@@ -56,48 +47,23 @@ impl ApiError {
     }
 
     pub fn bad_request(code_name: &'static str, message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            code_name,
-            errcode::BAD_REQUEST,
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, code_name, errcode::BAD_REQUEST, message)
     }
 
     pub fn unauthorized(message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            errcode::UNAUTHORIZED,
-            message,
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", errcode::UNAUTHORIZED, message)
     }
 
     pub fn forbidden(message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            errcode::NO_AUTHORITY,
-            message,
-        )
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", errcode::NO_AUTHORITY, message)
     }
 
     pub fn not_found(code_name: &'static str, message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            code_name,
-            errcode::NOT_FOUND,
-            message,
-        )
+        Self::new(StatusCode::NOT_FOUND, code_name, errcode::NOT_FOUND, message)
     }
 
     pub fn conflict(code_name: &'static str, message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            code_name,
-            errcode::BAD_REQUEST,
-            message,
-        )
+        Self::new(StatusCode::CONFLICT, code_name, errcode::BAD_REQUEST, message)
     }
 
     pub fn unsupported_media_type(found: &str) -> Self {
@@ -119,12 +85,7 @@ impl ApiError {
     }
 
     pub fn internal(message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            errcode::INTERNAL,
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", errcode::INTERNAL, message)
     }
 }
 
@@ -169,10 +130,7 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            code_name: self.code_name,
-            message: &self.message,
-        };
+        let body = ErrorBody { code_name: self.code_name, message: &self.message };
         (self.status, Json(body)).into_response()
     }
 }

@@ -25,10 +25,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let content_type = req.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let bytes: Bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
             .await
             .map_err(|_| ApiError::payload_too_large(BODY_LIMIT))?;
@@ -36,18 +33,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             return Ok(JsonBody(None));
         }
         let is_json = content_type.as_deref().is_some_and(|ct| {
-            let essence = ct
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
             essence == "application/json" || essence.ends_with("+json")
         });
         if !is_json {
-            return Err(ApiError::unsupported_media_type(
-                content_type.as_deref().unwrap_or(""),
-            ));
+            return Err(ApiError::unsupported_media_type(content_type.as_deref().unwrap_or("")));
         }
         // serde would read a struct from an array too; the API takes objects only.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -58,18 +48,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             let path = e.path().to_string();
             let inner = e.into_inner();
             match inner.classify() {
-                serde_json::error::Category::Data => ApiError::validation(
-                    &path,
-                    format_args!("has the wrong type: {}", strip_position(&inner)),
-                ),
-                _ => {
-                    ApiError::bad_request("BAD_JSON", format_args!("malformed JSON body: {inner}"))
+                serde_json::error::Category::Data => {
+                    ApiError::validation(&path, format_args!("has the wrong type: {}", strip_position(&inner)))
                 }
+                _ => ApiError::bad_request("BAD_JSON", format_args!("malformed JSON body: {inner}")),
             }
         })?;
-        de.end().map_err(|e| {
-            ApiError::bad_request("BAD_JSON", format_args!("malformed JSON body: {e}"))
-        })?;
+        de.end().map_err(|e| ApiError::bad_request("BAD_JSON", format_args!("malformed JSON body: {e}")))?;
         Ok(JsonBody(Some(value)))
     }
 }
@@ -86,9 +71,7 @@ fn strip_position(e: &serde_json::Error) -> String {
 impl<T> JsonBody<T> {
     /// The body, or 400 if there was none.
     pub fn required(self) -> Result<T, ApiError> {
-        self.0.ok_or_else(|| {
-            ApiError::bad_request("VALIDATION_ERROR", "a JSON request body is required")
-        })
+        self.0.ok_or_else(|| ApiError::bad_request("VALIDATION_ERROR", "a JSON request body is required"))
     }
 }
 
@@ -120,9 +103,7 @@ impl Caller {
         if self.is_super() {
             Ok(())
         } else {
-            Err(ApiError::forbidden(
-                "this operation is for super users only",
-            ))
+            Err(ApiError::forbidden("this operation is for super users only"))
         }
     }
 }
@@ -136,9 +117,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = AppState::from_ref(state);
-        let presented = presented_token(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized("anonymous requests is forbidden, please provide a valid token")
-        })?;
+        let presented = presented_token(&parts.headers)
+            .ok_or_else(|| ApiError::unauthorized("anonymous requests is forbidden, please provide a valid token"))?;
         let Some((token, user)) = app.store.token_by_digest(&presented.digest()).await? else {
             tracing::debug!("rejected an unknown token");
             return Err(ApiError::unauthorized("the token is not valid"));
@@ -164,9 +144,7 @@ fn presented_token(headers: &HeaderMap) -> Option<Secret> {
         return Some(Secret::new(credentials)).filter(|s| !s.is_empty());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(credentials)
-            .ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(credentials).ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (_, password) = decoded.split_once(':')?;
         return Some(Secret::new(password)).filter(|s| !s.is_empty());

@@ -45,71 +45,35 @@ pub fn router(app: AppState) -> Router {
     let rest = Router::new()
         .route("/users", post(users::create))
         .route("/users/{user_name}", get(users::get))
-        .route(
-            "/users/{user_id}/tokens",
-            post(users::create_token).get(users::list_tokens),
-        )
-        .route(
-            "/users/{user_id}/tokens/{token_id}",
-            axum::routing::delete(users::revoke_token),
-        )
-        .route(
-            "/clusters",
-            post(clusters::create_plain).get(clusters::list),
-        )
+        .route("/users/{user_id}/tokens", post(users::create_token).get(users::list_tokens))
+        .route("/users/{user_id}/tokens/{token_id}", axum::routing::delete(users::revoke_token))
+        .route("/clusters", post(clusters::create_plain).get(clusters::list))
         .route("/clusters/bcs", post(clusters::create_bcs))
         .route("/clusters/bcs/query_by_id", get(clusters::query_by_id))
-        .route(
-            "/clusters/bcs/query_by_cluster_id",
-            get(clusters::query_by_cluster_id),
-        )
-        .route(
-            "/clusters/{cluster_id}",
-            get(clusters::get).delete(clusters::delete),
-        )
-        .route(
-            "/clusters/{cluster_id}/register_tokens",
-            get(register_tokens::get).post(register_tokens::create),
-        )
-        .route(
-            "/clusters/{cluster_id}/register_tokens/rotate",
-            post(register_tokens::rotate),
-        )
-        .route(
-            "/clusters/{cluster_id}/credentials",
-            get(credentials::get).put(credentials::put),
-        )
-        .route(
-            "/clusters/{cluster_id}/client_credentials",
-            get(credentials::client),
-        );
+        .route("/clusters/bcs/query_by_cluster_id", get(clusters::query_by_cluster_id))
+        .route("/clusters/{cluster_id}", get(clusters::get).delete(clusters::delete))
+        .route("/clusters/{cluster_id}/register_tokens", get(register_tokens::get).post(register_tokens::create))
+        .route("/clusters/{cluster_id}/register_tokens/rotate", post(register_tokens::rotate))
+        .route("/clusters/{cluster_id}/credentials", get(credentials::get).put(credentials::put))
+        .route("/clusters/{cluster_id}/client_credentials", get(credentials::client));
     Router::new()
         .nest("/rest", rest)
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::metrics::track))
         .with_state(app)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(
-        "NOT_FOUND",
-        format_args!("no route for {method} {}", uri.path()),
-    )
+    ApiError::not_found("NOT_FOUND", format_args!("no route for {method} {}", uri.path()))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError {
         status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
         code_name: "METHOD_NOT_ALLOWED",
-        message: format!(
-            "errcode: 1405061, {method} is not allowed on {}",
-            uri.path()
-        ),
+        message: format!("errcode: 1405061, {method} is not allowed on {}", uri.path()),
     }
 }

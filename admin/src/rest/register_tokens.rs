@@ -21,16 +21,9 @@ pub async fn get(
 ) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
-    let token = app
-        .store
-        .register_token(&cluster.id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "RTOKEN_NOT_FOUND",
-                format_args!("cluster {} has no register token", cluster.id),
-            )
-        })?;
+    let token = app.store.register_token(&cluster.id).await?.ok_or_else(|| {
+        ApiError::not_found("RTOKEN_NOT_FOUND", format_args!("cluster {} has no register token", cluster.id))
+    })?;
     Ok(Json(vec![view(&app, token)?]))
 }
 
@@ -43,25 +36,16 @@ pub async fn create(
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
     let value = random_token(REGISTER_TOKEN_LEN);
-    let sealed = app
-        .sealer
-        .seal(&register_token_purpose(&cluster.id), &value);
-    let token = app
-        .store
-        .create_register_token(&cluster.id, sealed, crate::now())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::conflict(
-                "RTOKEN_ALREADY_EXISTS",
-                format_args!("cluster {} already has a register token", cluster.id),
-            ),
-            e => e.into(),
-        })?;
+    let sealed = app.sealer.seal(&register_token_purpose(&cluster.id), &value);
+    let token = app.store.create_register_token(&cluster.id, sealed, crate::now()).await.map_err(|e| match e {
+        StoreError::Conflict(_) => ApiError::conflict(
+            "RTOKEN_ALREADY_EXISTS",
+            format_args!("cluster {} already has a register token", cluster.id),
+        ),
+        e => e.into(),
+    })?;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created register token");
-    Ok(Json(vec![RegisterTokenView::new(
-        token,
-        value.expose().to_owned(),
-    )]))
+    Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
 }
 
 /// `POST .../register_tokens/rotate`: replaces the token; the old one stops working at once.
@@ -73,24 +57,13 @@ pub async fn rotate(
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
     let value = random_token(REGISTER_TOKEN_LEN);
-    let sealed = app
-        .sealer
-        .seal(&register_token_purpose(&cluster.id), &value);
-    let token = app
-        .store
-        .rotate_register_token(&cluster.id, sealed, crate::now())
-        .await?;
+    let sealed = app.sealer.seal(&register_token_purpose(&cluster.id), &value);
+    let token = app.store.rotate_register_token(&cluster.id, sealed, crate::now()).await?;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "rotated register token");
-    Ok(Json(vec![RegisterTokenView::new(
-        token,
-        value.expose().to_owned(),
-    )]))
+    Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
 }
 
 fn view(app: &AppState, token: RegisterToken) -> Result<RegisterTokenView, ApiError> {
-    let value = app.sealer.open(
-        &register_token_purpose(&token.cluster_id),
-        &token.token_sealed,
-    )?;
+    let value = app.sealer.open(&register_token_purpose(&token.cluster_id), &token.token_sealed)?;
     Ok(RegisterTokenView::new(token, value.expose().to_owned()))
 }

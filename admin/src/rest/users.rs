@@ -30,17 +30,12 @@ pub async fn create(
     caller.require_super()?;
     let name = required_field("user_name", body.required()?.user_name)?;
     validate::name("user_name", &name)?;
-    let user = app
-        .store
-        .create_user(&plain_user_name(&name), false, crate::now())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::conflict(
-                "USER_ALREADY_EXISTS",
-                format_args!("user {name} already exists"),
-            ),
-            e => e.into(),
-        })?;
+    let user = app.store.create_user(&plain_user_name(&name), false, crate::now()).await.map_err(|e| match e {
+        StoreError::Conflict(_) => {
+            ApiError::conflict("USER_ALREADY_EXISTS", format_args!("user {name} already exists"))
+        }
+        e => e.into(),
+    })?;
     tracing::info!(user = %user.name, by = %caller.user.name, "created user");
     Ok(Json(user.into()))
 }
@@ -57,12 +52,8 @@ pub async fn get(
         Some(user) => Some(user),
         None => app.store.user_by_name(&name).await?,
     };
-    let user = user.ok_or_else(|| {
-        ApiError::not_found(
-            "USER_NOT_FOUND",
-            format_args!("user with user_name={name} not found"),
-        )
-    })?;
+    let user = user
+        .ok_or_else(|| ApiError::not_found("USER_NOT_FOUND", format_args!("user with user_name={name} not found")))?;
     Ok(Json(user.into()))
 }
 
@@ -83,11 +74,7 @@ pub async fn create_token(
 ) -> Result<Json<UserTokenView>, ApiError> {
     caller.require_super()?;
     let user = user_by_id(&app, &user_id).await?;
-    let lifetime = body
-        .0
-        .unwrap_or_default()
-        .expires_in
-        .unwrap_or(DEFAULT_TOKEN_LIFETIME_SECS);
+    let lifetime = body.0.unwrap_or_default().expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME_SECS);
     if !(1..=DEFAULT_TOKEN_LIFETIME_SECS).contains(&lifetime) {
         return Err(ApiError::validation(
             "expires_in",
@@ -109,10 +96,7 @@ pub async fn create_token(
         )
         .await?;
     tracing::info!(user = %user.name, token_id = token.id, by = %caller.user.name, "created user token");
-    Ok(Json(UserTokenView::new(
-        token,
-        Some(value.expose().to_owned()),
-    )))
+    Ok(Json(UserTokenView::new(token, Some(value.expose().to_owned()))))
 }
 
 /// `GET /rest/users/{user_id}/tokens` (super user, or the user itself): the tokens without values.
@@ -124,12 +108,7 @@ pub async fn list_tokens(
     let user = user_by_id(&app, &user_id).await?;
     require_self_or_super(&caller, &user)?;
     let tokens = app.store.user_tokens(user.id).await?;
-    Ok(Json(
-        tokens
-            .into_iter()
-            .map(|t| UserTokenView::new(t, None))
-            .collect(),
-    ))
+    Ok(Json(tokens.into_iter().map(|t| UserTokenView::new(t, None)).collect()))
 }
 
 /// `DELETE /rest/users/{user_id}/tokens/{token_id}` (super user, or the user itself): revokes
@@ -142,46 +121,29 @@ pub async fn revoke_token(
     let user = user_by_id(&app, &user_id).await?;
     require_self_or_super(&caller, &user)?;
     let token_id: i64 = token_id.parse().map_err(|_| {
-        ApiError::bad_request(
-            "TOKEN_ID_INVALID",
-            format_args!("token id {token_id:?} is not an integer"),
-        )
+        ApiError::bad_request("TOKEN_ID_INVALID", format_args!("token id {token_id:?} is not an integer"))
     })?;
-    if !app
-        .store
-        .revoke_user_token(user.id, token_id, crate::now())
-        .await?
-    {
-        return Err(ApiError::not_found(
-            "TOKEN_NOT_FOUND",
-            format_args!("user {} has no token {token_id}", user.id),
-        ));
+    if !app.store.revoke_user_token(user.id, token_id, crate::now()).await? {
+        return Err(ApiError::not_found("TOKEN_NOT_FOUND", format_args!("user {} has no token {token_id}", user.id)));
     }
     tracing::info!(user = %user.name, token_id, by = %caller.user.name, "revoked user token");
     Ok(Json(serde_json::json!({})))
 }
 
 async fn user_by_id(app: &AppState, user_id: &str) -> Result<User, ApiError> {
-    let id: i64 = user_id.parse().map_err(|_| {
-        ApiError::bad_request(
-            "USER_ID_INVALID",
-            format_args!("user id {user_id:?} is not an integer"),
-        )
-    })?;
-    app.store.user_by_id(id).await?.ok_or_else(|| {
-        ApiError::not_found(
-            "USER_NOT_FOUND",
-            format_args!("user with id={id} not found"),
-        )
-    })
+    let id: i64 = user_id
+        .parse()
+        .map_err(|_| ApiError::bad_request("USER_ID_INVALID", format_args!("user id {user_id:?} is not an integer")))?;
+    app.store
+        .user_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("USER_NOT_FOUND", format_args!("user with id={id} not found")))
 }
 
 fn require_self_or_super(caller: &Caller, user: &User) -> Result<(), ApiError> {
     if caller.is_super() || caller.user.id == user.id {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "only the user itself or a super user may do this",
-        ))
+        Err(ApiError::forbidden("only the user itself or a super user may do this"))
     }
 }

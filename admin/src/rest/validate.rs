@@ -28,18 +28,9 @@ pub fn id(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     )
 }
 
-fn charset(
-    field: &str,
-    value: &str,
-    max: usize,
-    ok: impl Fn(char) -> bool,
-    allowed: &str,
-) -> Result<(), ApiError> {
+fn charset(field: &str, value: &str, max: usize, ok: impl Fn(char) -> bool, allowed: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > max || !value.chars().all(ok) {
-        return Err(ApiError::validation(
-            field,
-            format_args!("must be 1 to {max} {allowed}"),
-        ));
+        return Err(ApiError::validation(field, format_args!("must be 1 to {max} {allowed}")));
     }
     Ok(())
 }
@@ -47,12 +38,7 @@ fn charset(
 /// `server_addresses`: `;`-separated http(s) URLs with a host, at most 16.
 pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
     const FIELD: &str = "server_addresses";
-    let addresses: Vec<String> = value
-        .split(';')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let addresses: Vec<String> = value.split(';').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
     if addresses.is_empty() {
         return Err(ApiError::required(FIELD));
     }
@@ -60,9 +46,8 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         return Err(ApiError::validation(FIELD, "lists more than 16 addresses"));
     }
     for address in &addresses {
-        let url = url::Url::parse(address).map_err(|e| {
-            ApiError::validation(FIELD, format_args!("has an invalid URL {address:?}: {e}"))
-        })?;
+        let url = url::Url::parse(address)
+            .map_err(|e| ApiError::validation(FIELD, format_args!("has an invalid URL {address:?}: {e}")))?;
         if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
             return Err(ApiError::validation(
                 FIELD,
@@ -70,10 +55,7 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
             ));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(ApiError::validation(
-                FIELD,
-                "must not carry credentials in a URL",
-            ));
+            return Err(ApiError::validation(FIELD, "must not carry credentials in a URL"));
         }
     }
     Ok(addresses)
@@ -96,10 +78,7 @@ pub fn ca_certificates(value: &str) -> Result<(), ApiError> {
 /// A bearer token that will be sent in an HTTP header: visible ASCII, at most 16 KiB.
 pub fn bearer_token(field: &str, value: &str) -> Result<(), ApiError> {
     if value.len() > 16 * 1024 || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::validation(
-            field,
-            "must be at most 16 KiB of visible ASCII characters",
-        ));
+        return Err(ApiError::validation(field, "must be at most 16 KiB of visible ASCII characters"));
     }
     Ok(())
 }

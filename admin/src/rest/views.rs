@@ -6,9 +6,7 @@ use crate::store::model::{Cluster, Credentials, RegisterToken, User, UserToken};
 
 /// RFC 3339 in UTC, as the original's JSON times.
 pub fn time(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    chrono::DateTime::from_timestamp(unix, 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[derive(Serialize)]
@@ -105,12 +103,7 @@ pub struct RegisterTokenView {
 
 impl RegisterTokenView {
     pub fn new(t: RegisterToken, token: String) -> Self {
-        RegisterTokenView {
-            id: t.id,
-            cluster_id: t.cluster_id,
-            token,
-            created_at: time(t.created_at),
-        }
+        RegisterTokenView { id: t.id, cluster_id: t.cluster_id, token, created_at: time(t.created_at) }
     }
 }
 

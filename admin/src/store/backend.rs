@@ -59,17 +59,13 @@ pub struct Row(pub Vec<Value>);
 
 impl Row {
     fn column(&self, i: usize) -> Result<&Value, StoreError> {
-        self.0
-            .get(i)
-            .ok_or_else(|| StoreError::Internal(format!("row has no column {i}")))
+        self.0.get(i).ok_or_else(|| StoreError::Internal(format!("row has no column {i}")))
     }
 
     pub fn int(&self, i: usize) -> Result<i64, StoreError> {
         match self.column(i)? {
             Value::Int(v) => Ok(*v),
-            Value::Text(t) => t
-                .parse()
-                .map_err(|_| StoreError::Internal(format!("column {i} is not an integer"))),
+            Value::Text(t) => t.parse().map_err(|_| StoreError::Internal(format!("column {i} is not an integer"))),
             Value::Null => Err(StoreError::Internal(format!("column {i} is NULL"))),
         }
     }

@@ -44,9 +44,7 @@ impl Dsn {
             return parse_url(rest).map(Dsn::Mysql);
         }
         if dsn.contains("://") {
-            return Err(
-                "unsupported scheme: use mysql://, sqlite://, or a Go-style MySQL DSN".into(),
-            );
+            return Err("unsupported scheme: use mysql://, sqlite://, or a Go-style MySQL DSN".into());
         }
         parse_go(dsn).map(Dsn::Mysql)
     }
@@ -55,9 +53,7 @@ impl Dsn {
 /// `[user[:password]@][tcp[(host[:port])]]/dbname[?params]`; like the Go driver, the password
 /// may contain `@` and `:` (the last `@` before the last `/` ends it).
 fn parse_go(dsn: &str) -> Result<MysqlDsn, String> {
-    let slash = dsn
-        .rfind('/')
-        .ok_or("a MySQL DSN needs /<database>, as in user:pass@tcp(host:3306)/bke_core")?;
+    let slash = dsn.rfind('/').ok_or("a MySQL DSN needs /<database>, as in user:pass@tcp(host:3306)/bke_core")?;
     let (head, tail) = (&dsn[..slash], &dsn[slash + 1..]);
     let database = tail.split('?').next().unwrap_or_default();
     let (credentials, net) = match head.rfind('@') {
@@ -80,9 +76,7 @@ fn parse_go(dsn: &str) -> Result<MysqlDsn, String> {
 }
 
 fn parse_url(rest: &str) -> Result<MysqlDsn, String> {
-    let (authority, path) = rest
-        .split_once('/')
-        .ok_or("mysql:// URL needs /<database>")?;
+    let (authority, path) = rest.split_once('/').ok_or("mysql:// URL needs /<database>")?;
     let database = path.split('?').next().unwrap_or_default();
     let (credentials, address) = match authority.rfind('@') {
         Some(at) => (&authority[..at], &authority[at + 1..]),
@@ -102,14 +96,8 @@ fn finish(user: &str, password: &str, host: &str, port: u16, db: &str) -> Result
     if user.is_empty() {
         return Err("the DSN names no user".into());
     }
-    if db.is_empty()
-        || !db
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-    {
-        return Err(format!(
-            "database name {db:?} must be letters, digits, _ or $"
-        ));
+    if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+        return Err(format!("database name {db:?} must be letters, digits, _ or $"));
     }
     Ok(MysqlDsn {
         user: user.to_owned(),
@@ -135,11 +123,7 @@ fn split_host_port(address: &str) -> Result<(&str, u16), String> {
     }
     let port = match port {
         None | Some("") => 3306,
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("port {p:?} is not a port number"))?,
+        Some(p) => p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("port {p:?} is not a port number"))?,
     };
     Ok((host, port))
 }
@@ -174,8 +158,7 @@ mod tests {
 
     #[test]
     fn the_seed_dsn_parses() {
-        let m =
-            mysql("root:xx@tcp(x.x.x.x:3306)/bke_core?charset=utf8mb4&parseTime=True&loc=Local");
+        let m = mysql("root:xx@tcp(x.x.x.x:3306)/bke_core?charset=utf8mb4&parseTime=True&loc=Local");
         assert_eq!(m.user, "root");
         assert_eq!(m.password.expose(), "xx");
         assert_eq!(m.host, "x.x.x.x");

@@ -127,12 +127,8 @@ pub async fn apply(backend: &dyn Backend) -> Result<(), StoreError> {
 
     for migration in MIGRATIONS {
         let mut tx = backend.begin().await?;
-        let applied = tx
-            .query(
-                "SELECT version FROM schema_migrations WHERE version = ?",
-                vec![migration.version.into()],
-            )
-            .await?;
+        let applied =
+            tx.query("SELECT version FROM schema_migrations WHERE version = ?", vec![migration.version.into()]).await?;
         if !applied.is_empty() {
             continue;
         }
@@ -145,10 +141,7 @@ pub async fn apply(backend: &dyn Backend) -> Result<(), StoreError> {
         }
         tx.exec(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-            vec![
-                migration.version.into(),
-                chrono::Utc::now().timestamp().into(),
-            ],
+            vec![migration.version.into(), chrono::Utc::now().timestamp().into()],
         )
         .await?;
         tx.commit().await?;

@@ -8,6 +8,10 @@ use super::dsn::MysqlDsn;
 
 /// MySQL's "duplicate entry" error.
 const ER_DUP_ENTRY: u16 = 1062;
+/// A row still referenced, or a reference to a missing row (foreign keys): a conflict, as on
+/// SQLite.
+const ER_ROW_IS_REFERENCED_2: u16 = 1451;
+const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 
 pub struct MysqlBackend {
     pool: Pool,
@@ -19,10 +23,8 @@ impl MysqlBackend {
     pub async fn connect(dsn: &MysqlDsn) -> Result<Self, StoreError> {
         let server = builder(dsn);
         let mut conn = mysql_async::Conn::new(server).await.map_err(map_err)?;
-        let create = format!(
-            "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-            dsn.database
-        );
+        let create =
+            format!("CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", dsn.database);
         if let Err(e) = conn.query_drop(create).await {
             // Without the CREATE privilege the database must already exist; opening it tells.
             tracing::info!(error = %e, "could not create the database; assuming it exists");
@@ -33,14 +35,9 @@ impl MysqlBackend {
         let pool_opts = PoolOpts::default()
             .with_constraints(constraints)
             .with_abs_conn_ttl(Some(std::time::Duration::from_secs(60)));
-        let opts = builder(dsn)
-            .db_name(Some(dsn.database.clone()))
-            .pool_opts(pool_opts);
+        let opts = builder(dsn).db_name(Some(dsn.database.clone())).pool_opts(pool_opts);
         let pool = Pool::new(Opts::from(opts));
-        Ok(MysqlBackend {
-            pool,
-            description: format!("mysql {}@{}:{}", dsn.database, dsn.host, dsn.port),
-        })
+        Ok(MysqlBackend { pool, description: format!("mysql {}@{}:{}", dsn.database, dsn.host, dsn.port) })
     }
 }
 
@@ -57,11 +54,7 @@ fn builder(dsn: &MysqlDsn) -> OptsBuilder {
 #[async_trait]
 impl Backend for MysqlBackend {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        let tx = self
-            .pool
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(map_err)?;
+        let tx = self.pool.start_transaction(TxOpts::default()).await.map_err(map_err)?;
         Ok(Box::new(MysqlTx { tx }))
     }
 
@@ -88,23 +81,13 @@ struct MysqlTx {
 impl Tx for MysqlTx {
     async fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<Executed, StoreError> {
         tracing::trace!(sql, params = params.len(), "exec");
-        self.tx
-            .exec_drop(sql, to_params(params))
-            .await
-            .map_err(map_err)?;
-        Ok(Executed {
-            affected: self.tx.affected_rows(),
-            last_insert_id: self.tx.last_insert_id().unwrap_or(0) as i64,
-        })
+        self.tx.exec_drop(sql, to_params(params)).await.map_err(map_err)?;
+        Ok(Executed { affected: self.tx.affected_rows(), last_insert_id: self.tx.last_insert_id().unwrap_or(0) as i64 })
     }
 
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
         tracing::trace!(sql, params = params.len(), "query");
-        let rows: Vec<mysql_async::Row> = self
-            .tx
-            .exec(sql, to_params(params))
-            .await
-            .map_err(map_err)?;
+        let rows: Vec<mysql_async::Row> = self.tx.exec(sql, to_params(params)).await.map_err(map_err)?;
         rows.into_iter()
             .map(|row| row.unwrap().into_iter().map(from_mysql).collect())
             .map(|values: Result<Vec<Value>, StoreError>| values.map(Row))
@@ -136,27 +119,25 @@ fn from_mysql(value: mysql_async::Value) -> Result<Value, StoreError> {
     Ok(match value {
         mysql_async::Value::NULL => Value::Null,
         mysql_async::Value::Int(i) => Value::Int(i),
-        mysql_async::Value::UInt(u) => Value::Int(
-            i64::try_from(u).map_err(|_| StoreError::Internal("integer out of range".into()))?,
-        ),
-        mysql_async::Value::Bytes(b) => Value::Text(
-            String::from_utf8(b).map_err(|_| StoreError::Internal("column is not UTF-8".into()))?,
-        ),
+        mysql_async::Value::UInt(u) => {
+            Value::Int(i64::try_from(u).map_err(|_| StoreError::Internal("integer out of range".into()))?)
+        }
+        mysql_async::Value::Bytes(b) => {
+            Value::Text(String::from_utf8(b).map_err(|_| StoreError::Internal("column is not UTF-8".into()))?)
+        }
         other => Value::Text(other.as_sql(true)),
     })
 }
 
 fn map_err(e: mysql_async::Error) -> StoreError {
     match &e {
-        mysql_async::Error::Server(s) if s.code == ER_DUP_ENTRY => {
+        mysql_async::Error::Server(s)
+            if matches!(s.code, ER_DUP_ENTRY | ER_ROW_IS_REFERENCED_2 | ER_NO_REFERENCED_ROW_2) =>
+        {
             StoreError::Conflict(s.message.clone())
         }
-        mysql_async::Error::Server(s) => {
-            StoreError::Internal(format!("{} ({})", s.message, s.code))
-        }
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        mysql_async::Error::Server(s) => StoreError::Internal(format!("{} ({})", s.message, s.code)),
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Internal(e.to_string()),
     }
 }

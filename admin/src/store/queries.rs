@@ -46,12 +46,7 @@ impl Store {
     // Users.
 
     /// Creates a user; `Conflict` if the name is taken.
-    pub async fn create_user(
-        &self,
-        name: &str,
-        is_super_user: bool,
-        now: i64,
-    ) -> Result<User, StoreError> {
+    pub async fn create_user(&self, name: &str, is_super_user: bool, now: i64) -> Result<User, StoreError> {
         let name = name.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
@@ -64,12 +59,7 @@ impl Store {
                         vec![name.clone().into(), is_super_user.into(), now.into()],
                     )
                     .await?;
-                Ok(User {
-                    id: done.last_insert_id,
-                    name,
-                    is_super_user,
-                    created_at: now,
-                })
+                Ok(User { id: done.last_insert_id, name, is_super_user, created_at: now })
             })
         })
         .await
@@ -77,23 +67,17 @@ impl Store {
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
         let name = name.to_owned();
-        self.transaction(move |tx| Box::pin(find_user(tx, "name", name.into())))
-            .await
+        self.transaction(move |tx| Box::pin(find_user(tx, "name", name.into()))).await
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
-        self.transaction(move |tx| Box::pin(find_user(tx, "id", id.into())))
-            .await
+        self.transaction(move |tx| Box::pin(find_user(tx, "id", id.into()))).await
     }
 
     // User tokens.
 
     /// Stores a new token digest; `Conflict` if the digest is already stored.
-    pub async fn create_user_token(
-        &self,
-        new: NewUserToken,
-        now: i64,
-    ) -> Result<UserToken, StoreError> {
+    pub async fn create_user_token(&self, new: NewUserToken, now: i64) -> Result<UserToken, StoreError> {
         self.transaction(move |tx| {
             Box::pin(async move {
                 let done = tx
@@ -124,16 +108,12 @@ impl Store {
     }
 
     /// The token with this digest and its user, whatever its expiry or revocation.
-    pub async fn token_by_digest(
-        &self,
-        digest: &str,
-    ) -> Result<Option<(UserToken, User)>, StoreError> {
+    pub async fn token_by_digest(&self, digest: &str) -> Result<Option<(UserToken, User)>, StoreError> {
         let digest = digest.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
                 let sql = format!("SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE digest = ?");
-                let Some(token) = first(tx.query(&sql, vec![digest.into()]).await?, token_from)?
-                else {
+                let Some(token) = first(tx.query(&sql, vec![digest.into()]).await?, token_from)? else {
                     return Ok(None);
                 };
                 let user = find_user(tx, "id", token.user_id.into())
@@ -148,9 +128,7 @@ impl Store {
     pub async fn user_tokens(&self, user_id: i64) -> Result<Vec<UserToken>, StoreError> {
         self.transaction(move |tx| {
             Box::pin(async move {
-                let sql = format!(
-                    "SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE user_id = ? ORDER BY id"
-                );
+                let sql = format!("SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE user_id = ? ORDER BY id");
                 all(tx.query(&sql, vec![user_id.into()]).await?, token_from)
             })
         })
@@ -159,12 +137,7 @@ impl Store {
 
     /// Marks a user's token revoked; false if the user has no such token. Revoking twice keeps
     /// the first time.
-    pub async fn revoke_user_token(
-        &self,
-        user_id: i64,
-        token_id: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    pub async fn revoke_user_token(&self, user_id: i64, token_id: i64, now: i64) -> Result<bool, StoreError> {
         self.transaction(move |tx| {
             Box::pin(async move {
                 let found = tx
@@ -191,11 +164,7 @@ impl Store {
 
     /// Creates a cluster, and for BCS clusters its (project, source id) mapping, in one
     /// transaction; `Conflict` if the id, identifier or mapping exists.
-    pub async fn create_cluster(
-        &self,
-        cluster: Cluster,
-        bcs: Option<BcsClusterInfo>,
-    ) -> Result<Cluster, StoreError> {
+    pub async fn create_cluster(&self, cluster: Cluster, bcs: Option<BcsClusterInfo>) -> Result<Cluster, StoreError> {
         self.transaction(move |tx| {
             Box::pin(async move {
                 if find_cluster(tx, cluster.id.clone()).await?.is_some() {
@@ -250,8 +219,7 @@ impl Store {
 
     pub async fn cluster(&self, id: &str) -> Result<Option<Cluster>, StoreError> {
         let id = id.to_owned();
-        self.transaction(move |tx| Box::pin(find_cluster(tx, id)))
-            .await
+        self.transaction(move |tx| Box::pin(find_cluster(tx, id))).await
     }
 
     pub async fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
@@ -274,9 +242,7 @@ impl Store {
         let source = source_cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let mut sql =
-                    "SELECT cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ?"
-                        .to_owned();
+                let mut sql = "SELECT cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ?".to_owned();
                 let mut params: Vec<Value> = vec![source.into()];
                 if let Some(project) = project_id {
                     sql.push_str(" AND source_project_id = ?");
@@ -297,17 +263,11 @@ impl Store {
         let id = id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                for table in [
-                    "cluster_credentials",
-                    "register_tokens",
-                    "bcs_cluster_infos",
-                ] {
+                for table in ["cluster_credentials", "register_tokens", "bcs_cluster_infos"] {
                     let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
                     tx.exec(&sql, vec![id.clone().into()]).await?;
                 }
-                let done = tx
-                    .exec("DELETE FROM clusters WHERE id = ?", vec![id.into()])
-                    .await?;
+                let done = tx.exec("DELETE FROM clusters WHERE id = ?", vec![id.into()]).await?;
                 Ok(done.affected > 0)
             })
         })
@@ -327,9 +287,7 @@ impl Store {
         self.transaction(move |tx| {
             Box::pin(async move {
                 if find_register_token(tx, cluster_id.clone()).await?.is_some() {
-                    return Err(StoreError::Conflict(format!(
-                        "cluster {cluster_id} already has a register token"
-                    )));
+                    return Err(StoreError::Conflict(format!("cluster {cluster_id} already has a register token")));
                 }
                 insert_register_token(tx, cluster_id, token_sealed, now).await
             })
@@ -347,86 +305,64 @@ impl Store {
         let cluster_id = cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                tx.exec(
-                    "DELETE FROM register_tokens WHERE cluster_id = ?",
-                    vec![cluster_id.clone().into()],
-                )
-                .await?;
+                tx.exec("DELETE FROM register_tokens WHERE cluster_id = ?", vec![cluster_id.clone().into()]).await?;
                 insert_register_token(tx, cluster_id, token_sealed, now).await
             })
         })
         .await
     }
 
-    pub async fn register_token(
-        &self,
-        cluster_id: &str,
-    ) -> Result<Option<RegisterToken>, StoreError> {
+    pub async fn register_token(&self, cluster_id: &str) -> Result<Option<RegisterToken>, StoreError> {
         let cluster_id = cluster_id.to_owned();
-        self.transaction(move |tx| Box::pin(find_register_token(tx, cluster_id)))
-            .await
+        self.transaction(move |tx| Box::pin(find_register_token(tx, cluster_id))).await
     }
 
     // Credentials.
 
     /// Inserts or updates a cluster's credentials; the version goes up when the fingerprint
     /// changes.
-    pub async fn upsert_credentials(
-        &self,
-        new: NewCredentials,
-        now: i64,
-    ) -> Result<Credentials, StoreError> {
+    pub async fn upsert_credentials(&self, new: NewCredentials, now: i64) -> Result<Credentials, StoreError> {
         self.transaction(move |tx| {
             Box::pin(async move {
-                let previous = find_credentials(tx, new.cluster_id.clone()).await?;
-                let version = match &previous {
-                    None => 1,
-                    Some(p) if p.fingerprint == new.fingerprint => p.version,
-                    Some(p) => p.version + 1,
-                };
-                let params = vec![
-                    new.server_addresses.clone().into(),
-                    new.ca_cert_data.clone().into(),
-                    new.user_token_sealed.clone().into(),
-                    new.fingerprint.clone().into(),
-                    version.into(),
-                    now.into(),
-                    new.cluster_id.clone().into(),
-                ];
-                let (id, created_at) = match previous {
-                    Some(p) => {
-                        tx.exec(
-                            "UPDATE cluster_credentials SET server_addresses = ?, ca_cert_data = ?, \
-                             user_token_sealed = ?, fingerprint = ?, version = ?, updated_at = ? \
-                             WHERE cluster_id = ?",
-                            params,
-                        )
-                        .await?;
-                        (p.id, p.created_at)
-                    }
-                    None => {
-                        let done = tx
-                            .exec(
-                                "INSERT INTO cluster_credentials (server_addresses, ca_cert_data, \
-                                 user_token_sealed, fingerprint, version, updated_at, cluster_id, created_at) \
-                                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                [params, vec![now.into()]].concat(),
-                            )
-                            .await?;
-                        (done.last_insert_id, now)
-                    }
-                };
-                Ok(Credentials {
-                    id,
-                    cluster_id: new.cluster_id,
-                    server_addresses: new.server_addresses,
-                    ca_cert_data: new.ca_cert_data,
-                    user_token_sealed: new.user_token_sealed,
-                    fingerprint: new.fingerprint,
-                    version,
-                    created_at,
-                    updated_at: now,
-                })
+                // One statement decides the version, so concurrent reports cannot both read the
+                // old version (MySQL evaluates SET left to right: `version` must come first).
+                let updated = tx
+                    .exec(
+                        "UPDATE cluster_credentials SET \
+                         version = CASE WHEN fingerprint = ? THEN version ELSE version + 1 END, \
+                         server_addresses = ?, ca_cert_data = ?, user_token_sealed = ?, fingerprint = ?, \
+                         updated_at = ? WHERE cluster_id = ?",
+                        vec![
+                            new.fingerprint.clone().into(),
+                            new.server_addresses.clone().into(),
+                            new.ca_cert_data.clone().into(),
+                            new.user_token_sealed.clone().into(),
+                            new.fingerprint.clone().into(),
+                            now.into(),
+                            new.cluster_id.clone().into(),
+                        ],
+                    )
+                    .await?;
+                if updated.affected == 0 && find_credentials(tx, new.cluster_id.clone()).await?.is_none() {
+                    // A concurrent first report makes this INSERT a Conflict; the agent retries.
+                    tx.exec(
+                        "INSERT INTO cluster_credentials (server_addresses, ca_cert_data, user_token_sealed, \
+                         fingerprint, version, updated_at, cluster_id, created_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                        vec![
+                            new.server_addresses.into(),
+                            new.ca_cert_data.into(),
+                            new.user_token_sealed.into(),
+                            new.fingerprint.into(),
+                            now.into(),
+                            new.cluster_id.clone().into(),
+                            now.into(),
+                        ],
+                    )
+                    .await?;
+                }
+                find_credentials(tx, new.cluster_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Internal("credentials vanished inside their transaction".into()))
             })
         })
         .await
@@ -434,8 +370,7 @@ impl Store {
 
     pub async fn credentials(&self, cluster_id: &str) -> Result<Option<Credentials>, StoreError> {
         let cluster_id = cluster_id.to_owned();
-        self.transaction(move |tx| Box::pin(find_credentials(tx, cluster_id)))
-            .await
+        self.transaction(move |tx| Box::pin(find_credentials(tx, cluster_id))).await
     }
 }
 
@@ -450,34 +385,19 @@ async fn bounded<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result
         .map_err(|_| StoreError::Unavailable(format!("no answer within {OPERATION_TIMEOUT:?}")))?
 }
 
-fn first<T>(
-    rows: Vec<Row>,
-    convert: impl Fn(&Row) -> Result<T, StoreError>,
-) -> Result<Option<T>, StoreError> {
+fn first<T>(rows: Vec<Row>, convert: impl Fn(&Row) -> Result<T, StoreError>) -> Result<Option<T>, StoreError> {
     rows.first().map(convert).transpose()
 }
 
-fn all<T>(
-    rows: Vec<Row>,
-    convert: impl Fn(&Row) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
+fn all<T>(rows: Vec<Row>, convert: impl Fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
     rows.iter().map(convert).collect()
 }
 
 /// `column` is a fixed column name chosen by this module, never input.
-async fn find_user(
-    tx: &mut dyn Tx,
-    column: &'static str,
-    value: Value,
-) -> Result<Option<User>, StoreError> {
+async fn find_user(tx: &mut dyn Tx, column: &'static str, value: Value) -> Result<Option<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = ?");
     first(tx.query(&sql, vec![value]).await?, |r| {
-        Ok(User {
-            id: r.int(0)?,
-            name: r.text(1)?,
-            is_super_user: r.bool(2)?,
-            created_at: r.int(3)?,
-        })
+        Ok(User { id: r.int(0)?, name: r.text(1)?, is_super_user: r.bool(2)?, created_at: r.int(3)? })
     })
 }
 
@@ -486,10 +406,7 @@ async fn find_cluster(tx: &mut dyn Tx, id: String) -> Result<Option<Cluster>, St
     first(tx.query(&sql, vec![id.into()]).await?, cluster_from)
 }
 
-async fn find_register_token(
-    tx: &mut dyn Tx,
-    cluster_id: String,
-) -> Result<Option<RegisterToken>, StoreError> {
+async fn find_register_token(tx: &mut dyn Tx, cluster_id: String) -> Result<Option<RegisterToken>, StoreError> {
     let rows = tx
         .query(
             "SELECT id, cluster_id, token_sealed, created_at FROM register_tokens WHERE cluster_id = ?",
@@ -497,12 +414,7 @@ async fn find_register_token(
         )
         .await?;
     first(rows, |r| {
-        Ok(RegisterToken {
-            id: r.int(0)?,
-            cluster_id: r.text(1)?,
-            token_sealed: r.text(2)?,
-            created_at: r.int(3)?,
-        })
+        Ok(RegisterToken { id: r.int(0)?, cluster_id: r.text(1)?, token_sealed: r.text(2)?, created_at: r.int(3)? })
     })
 }
 
@@ -515,25 +427,13 @@ async fn insert_register_token(
     let done = tx
         .exec(
             "INSERT INTO register_tokens (cluster_id, token_sealed, created_at) VALUES (?, ?, ?)",
-            vec![
-                cluster_id.clone().into(),
-                token_sealed.clone().into(),
-                now.into(),
-            ],
+            vec![cluster_id.clone().into(), token_sealed.clone().into(), now.into()],
         )
         .await?;
-    Ok(RegisterToken {
-        id: done.last_insert_id,
-        cluster_id,
-        token_sealed,
-        created_at: now,
-    })
+    Ok(RegisterToken { id: done.last_insert_id, cluster_id, token_sealed, created_at: now })
 }
 
-async fn find_credentials(
-    tx: &mut dyn Tx,
-    cluster_id: String,
-) -> Result<Option<Credentials>, StoreError> {
+async fn find_credentials(tx: &mut dyn Tx, cluster_id: String) -> Result<Option<Credentials>, StoreError> {
     let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM cluster_credentials WHERE cluster_id = ?");
     first(tx.query(&sql, vec![cluster_id.into()]).await?, |r| {
         Ok(Credentials {

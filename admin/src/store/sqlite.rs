@@ -21,9 +21,8 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = rusqlite::Connection::open(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -32,10 +31,7 @@ impl SqliteBackend {
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )
         .map_err(map_err)?;
-        Ok(SqliteBackend {
-            path: path.to_owned(),
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(SqliteBackend { path: path.to_owned(), conn: Arc::new(Mutex::new(conn)) })
     }
 }
 
@@ -49,8 +45,7 @@ impl Backend for SqliteBackend {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let conn = self.conn.lock().await;
-        blocking(|| conn.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(())))
-            .map_err(map_err)
+        blocking(|| conn.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))).map_err(map_err)
     }
 
     fn dialect(&self) -> Dialect {
@@ -75,10 +70,7 @@ impl Tx for SqliteTx {
         blocking(|| {
             let mut stmt = conn.prepare_cached(sql)?;
             let affected = stmt.execute(rusqlite::params_from_iter(params.iter()))?;
-            Ok(Executed {
-                affected: affected as u64,
-                last_insert_id: conn.last_insert_rowid(),
-            })
+            Ok(Executed { affected: affected as u64, last_insert_id: conn.last_insert_rowid() })
         })
         .map_err(map_err)
     }
@@ -98,9 +90,7 @@ impl Tx for SqliteTx {
                         ValueRef::Null => Value::Null,
                         ValueRef::Integer(v) => Value::Int(v),
                         ValueRef::Real(v) => Value::Text(v.to_string()),
-                        ValueRef::Text(t) | ValueRef::Blob(t) => {
-                            Value::Text(String::from_utf8_lossy(t).into_owned())
-                        }
+                        ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
                     });
                 }
                 out.push(Row(values));

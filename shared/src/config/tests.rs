@@ -9,9 +9,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn error_of(text: &str) -> String {
-    parse(text)
-        .expect_err("config should be refused")
-        .to_string()
+    parse(text).expect_err("config should be refused").to_string()
 }
 
 #[test]
@@ -96,8 +94,7 @@ fn invalid_values_are_named() {
 
 #[test]
 fn bootstrap_tokens_never_print() {
-    let c =
-        parse("bootstrap_users:\n  - name: ops\n    tokens: [\"s3cr3t-token-value\"]\n").unwrap();
+    let c = parse("bootstrap_users:\n  - name: ops\n    tokens: [\"s3cr3t-token-value\"]\n").unwrap();
     let shown = format!("{c:?}");
     assert!(!shown.contains("s3cr3t-token-value"), "{shown}");
 }

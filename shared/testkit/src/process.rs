@@ -46,7 +46,11 @@ impl Process {
                 }
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("process exited with {status} before {url} was ready\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+                panic!(
+                    "process exited with {status} before {url} was ready\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
             }
             if Instant::now() > deadline {
                 panic!("{url} not ready after {timeout:?}\nstderr:\n{}", self.stderr());

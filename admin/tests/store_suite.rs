@@ -1,0 +1,500 @@
+//! The store's contract, once per engine: every case below runs on the embedded SQLite store
+//! (a file in a temporary directory, through the default empty DSN) and on the real MariaDB
+//! (a fresh database per test, through the original's Go-style DSN).
+//!
+//! A case is one `async fn(&Store, &Engine)`; [`store_suite!`] turns each into
+//! `sqlite::<case>` and `mysql::<case>` tests. The [`Engine`] gives a case what the store's API
+//! does not: reopening the same database, and counting rows with plain SQL.
+use std::path::PathBuf;
+
+use bcs_admin::store::model::{
+    cluster_type, provider, token_type, BcsClusterInfo, Cluster, Credentials, NewCredentials, NewUserToken, UserToken,
+};
+use bcs_admin::store::{self, Dsn, Store, StoreError};
+use bcs_testkit::mysql::MysqlDatabase;
+
+/// Where one test's database lives; dropping it removes the database.
+pub struct Engine {
+    dsn: Dsn,
+    data_dir: tempfile::TempDir,
+    kind: Kind,
+}
+
+enum Kind {
+    Sqlite,
+    Mysql(MysqlDatabase),
+}
+
+impl Engine {
+    /// The embedded default: an empty DSN, so the file is `<data_dir>/bcs-api.db`.
+    pub fn sqlite() -> Engine {
+        Engine {
+            dsn: Dsn::parse("").expect("the empty DSN"),
+            data_dir: tempfile::tempdir().expect("tempdir"),
+            kind: Kind::Sqlite,
+        }
+    }
+
+    /// A fresh MariaDB database, named through the Go-style DSN; bcs-api creates it.
+    pub fn mysql() -> Engine {
+        let db = MysqlDatabase::fresh("bcs_store");
+        Engine {
+            dsn: Dsn::parse(&db.go_dsn()).expect("the testkit's Go DSN"),
+            data_dir: tempfile::tempdir().expect("tempdir"),
+            kind: Kind::Mysql(db),
+        }
+    }
+
+    fn sqlite_file(&self) -> PathBuf {
+        self.data_dir.path().join("bcs-api.db")
+    }
+
+    /// Opens (and migrates) the store on this engine's database.
+    pub async fn open(&self) -> Store {
+        store::open(&self.dsn, self.data_dir.path()).await.unwrap_or_else(|e| panic!("open {:?}: {e}", self.dsn))
+    }
+
+    /// What [`Store::describe`] must say for this database.
+    fn description(&self) -> String {
+        match &self.kind {
+            Kind::Sqlite => format!("sqlite {}", self.sqlite_file().display()),
+            Kind::Mysql(db) => format!("mysql {}@{}", db.name, db.server_address()),
+        }
+    }
+
+    /// Runs `SELECT COUNT(*) ...` (or any one-integer query) beside the store.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match &self.kind {
+            Kind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_file()).expect("open the file");
+                conn.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+            Kind::Mysql(db) => {
+                let rows = db.query_strings(sql).await;
+                assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+                rows[0].parse().unwrap_or_else(|_| panic!("{sql}: {rows:?}"))
+            }
+        }
+    }
+}
+
+/// Generates one `#[tokio::test]` per case and engine: `sqlite::<case>`, `mysql::<case>`.
+macro_rules! store_suite {
+    (engines: [$($engine:ident),+ $(,)?], cases: $cases:tt) => {
+        $(store_suite!(@engine $engine $cases);)+
+    };
+    (@engine $engine:ident [$($case:ident),+ $(,)?]) => {
+        mod $engine {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    let engine = super::Engine::$engine();
+                    let store = engine.open().await;
+                    super::$case(&store, &engine).await;
+                    // The store goes before its database does.
+                    drop(store);
+                    drop(engine);
+                }
+            )+
+        }
+    };
+}
+
+store_suite! {
+    engines: [sqlite, mysql],
+    cases: [
+        users_are_created_once_and_found_by_name_and_id,
+        user_tokens_are_found_listed_and_revoked,
+        clusters_and_their_bcs_mapping_are_unique,
+        register_tokens_are_created_once_and_rotated,
+        credentials_versions_follow_the_fingerprint,
+        delete_cluster_removes_everything_of_the_cluster,
+        data_survives_reopening_and_migrations_run_once,
+        ping_and_describe,
+    ]
+}
+
+// Fixtures.
+
+/// A SHA-256-sized hex digest (the columns are CHAR(64) on MySQL).
+fn digest(n: u64) -> String {
+    format!("{n:064x}")
+}
+
+fn cluster(id: &str, identifier: &str, creator_id: i64, created_at: i64) -> Cluster {
+    Cluster {
+        id: id.into(),
+        provider: provider::BCS,
+        cluster_type: cluster_type::K8S,
+        creator_id,
+        identifier: identifier.into(),
+        created_at,
+    }
+}
+
+fn bcs(project: &str, source: &str) -> Option<BcsClusterInfo> {
+    Some(BcsClusterInfo { source_project_id: project.into(), source_cluster_id: source.into() })
+}
+
+fn credentials(cluster_id: &str, addresses: &str, token: &str, fingerprint: u64) -> NewCredentials {
+    NewCredentials {
+        cluster_id: cluster_id.into(),
+        server_addresses: addresses.into(),
+        ca_cert_data: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        user_token_sealed: token.into(),
+        fingerprint: digest(fingerprint),
+    }
+}
+
+#[track_caller]
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    match result {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+// Cases.
+
+async fn users_are_created_once_and_found_by_name_and_id(store: &Store, engine: &Engine) {
+    let alice = store.create_user("alice", true, 1_000).await.unwrap();
+    assert!(alice.id > 0, "{alice:?}");
+    assert_eq!((alice.name.as_str(), alice.is_super_user, alice.created_at), ("alice", true, 1_000));
+    let bob = store.create_user("bob", false, 1_001).await.unwrap();
+    assert_ne!(bob.id, alice.id);
+    assert_eq!((bob.name.as_str(), bob.is_super_user, bob.created_at), ("bob", false, 1_001));
+
+    assert_eq!(store.user_by_name("alice").await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.user_by_id(alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.user_by_name("bob").await.unwrap(), Some(bob.clone()));
+    assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob.clone()));
+    assert_eq!(store.user_by_name("carol").await.unwrap(), None);
+    assert_eq!(store.user_by_name("Alice").await.unwrap(), None, "names are case-sensitive");
+    assert_eq!(store.user_by_id(bob.id + 1_000).await.unwrap(), None);
+
+    // The same name again: refused, and nothing of it was written.
+    assert_conflict(store.create_user("alice", false, 2_000).await);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM users WHERE name = 'alice'").await, 1);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM users").await, 2);
+    assert_eq!(store.user_by_name("alice").await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.user_by_id(alice.id).await.unwrap(), Some(alice));
+    assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob));
+}
+
+async fn user_tokens_are_found_listed_and_revoked(store: &Store, engine: &Engine) {
+    let alice = store.create_user("alice", false, 1_000).await.unwrap();
+    let bob = store.create_user("bob", false, 1_000).await.unwrap();
+    let new = |user_id, kind, n, expires_at| NewUserToken { user_id, kind, digest: digest(n), expires_at };
+
+    let first = store.create_user_token(new(alice.id, token_type::SESSION, 1, 9_000), 1_100).await.unwrap();
+    assert!(first.id > 0, "{first:?}");
+    assert_eq!(
+        (first.user_id, first.kind, first.digest.as_str(), first.expires_at, first.revoked_at, first.created_at),
+        (alice.id, token_type::SESSION, digest(1).as_str(), 9_000, None, 1_100)
+    );
+    let bobs = store.create_user_token(new(bob.id, token_type::KUBECONFIG_PLAIN, 3, 9_300), 1_150).await.unwrap();
+    let second = store.create_user_token(new(alice.id, token_type::KUBECONFIG_PLAIN, 2, 9_200), 1_200).await.unwrap();
+    assert!(first.id < bobs.id && bobs.id < second.id, "{first:?} {bobs:?} {second:?}");
+
+    assert_eq!(store.token_by_digest(&digest(1)).await.unwrap(), Some((first.clone(), alice.clone())));
+    assert_eq!(store.token_by_digest(&digest(3)).await.unwrap(), Some((bobs.clone(), bob.clone())));
+    assert_eq!(store.token_by_digest(&digest(4)).await.unwrap(), None);
+
+    // A digest is stored once, whoever asks.
+    assert_conflict(store.create_user_token(new(bob.id, token_type::SESSION, 1, 9_999), 1_300).await);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM user_tokens").await, 3);
+    assert_eq!(store.token_by_digest(&digest(1)).await.unwrap(), Some((first.clone(), alice.clone())));
+
+    assert_eq!(store.user_tokens(alice.id).await.unwrap(), vec![first.clone(), second.clone()]);
+    assert_eq!(store.user_tokens(bob.id).await.unwrap(), vec![bobs.clone()]);
+    assert_eq!(store.user_tokens(bob.id + 1_000).await.unwrap(), vec![]);
+
+    // Revocation: the first time sticks.
+    assert!(store.revoke_user_token(alice.id, first.id, 2_000).await.unwrap());
+    let revoked = store.token_by_digest(&digest(1)).await.unwrap().unwrap().0;
+    assert_eq!(revoked.revoked_at, Some(2_000));
+    assert!(store.revoke_user_token(alice.id, first.id, 3_000).await.unwrap());
+    let revoked_first = UserToken { revoked_at: Some(2_000), ..first.clone() };
+    assert_eq!(store.token_by_digest(&digest(1)).await.unwrap(), Some((revoked_first.clone(), alice.clone())));
+
+    // Unknown ids and other users' tokens are not revoked.
+    assert!(!store.revoke_user_token(alice.id, second.id + 1_000, 3_000).await.unwrap());
+    assert!(!store.revoke_user_token(alice.id, bobs.id, 3_000).await.unwrap());
+    assert!(!store.revoke_user_token(bob.id, second.id, 3_000).await.unwrap());
+    assert_eq!(store.user_tokens(alice.id).await.unwrap(), vec![revoked_first, second]);
+    assert_eq!(store.user_tokens(bob.id).await.unwrap(), vec![bobs]);
+}
+
+async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engine) {
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    let first = cluster("BCS-K8S-00001", "ident-00001", creator.id, 1_000);
+    assert_eq!(store.create_cluster(first.clone(), bcs("project-a", "K8S-001")).await.unwrap(), first);
+    assert_eq!(store.cluster("BCS-K8S-00001").await.unwrap(), Some(first.clone()));
+
+    // The same id: refused, the stored row unchanged, no second mapping.
+    assert_conflict(
+        store
+            .create_cluster(cluster("BCS-K8S-00001", "ident-other", creator.id, 1_100), bcs("project-z", "K8S-999"))
+            .await,
+    );
+    assert_eq!(store.cluster("BCS-K8S-00001").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.bcs_cluster(None, "K8S-999").await.unwrap(), None);
+
+    // The same (project, source id) under a new id: refused, and the new cluster row is not
+    // there (the whole transaction is gone).
+    assert_conflict(
+        store
+            .create_cluster(cluster("BCS-K8S-00002", "ident-00002", creator.id, 1_200), bcs("project-a", "K8S-001"))
+            .await,
+    );
+    assert_eq!(store.cluster("BCS-K8S-00002").await.unwrap(), None);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM clusters WHERE id = 'BCS-K8S-00002'").await, 0);
+
+    // The same identifier under a new id: refused by the unique key, and its mapping is not
+    // there either.
+    assert_conflict(
+        store
+            .create_cluster(cluster("BCS-K8S-00003", "ident-00001", creator.id, 1_300), bcs("project-c", "K8S-003"))
+            .await,
+    );
+    assert_eq!(store.cluster("BCS-K8S-00003").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(None, "K8S-003").await.unwrap(), None);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM clusters").await, 1);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM bcs_cluster_infos").await, 1);
+
+    // The same source id in another project is another cluster; a plain cluster has no mapping.
+    let other_project = cluster("BCS-K8S-00004", "ident-00004", creator.id, 2_000);
+    store.create_cluster(other_project.clone(), bcs("project-b", "K8S-001")).await.unwrap();
+    let plain = Cluster {
+        provider: provider::PLAIN,
+        cluster_type: cluster_type::TKE,
+        ..cluster("plain-00005", "ident-00005", creator.id, 1_500)
+    };
+    store.create_cluster(plain.clone(), None).await.unwrap();
+
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.bcs_cluster(Some("project-b"), "K8S-001").await.unwrap(), Some(other_project.clone()));
+    assert_eq!(
+        store.bcs_cluster(None, "K8S-001").await.unwrap(),
+        Some(first.clone()),
+        "without a project, the oldest registration wins"
+    );
+    assert_eq!(store.bcs_cluster(Some("project-c"), "K8S-001").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-002").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(None, "plain-00005").await.unwrap(), None);
+
+    // Listed by creation time, then id.
+    assert_eq!(store.clusters().await.unwrap(), vec![first, plain, other_project]);
+}
+
+async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &Engine) {
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    for (id, ident) in [("BCS-K8S-00001", "ident-1"), ("BCS-K8S-00002", "ident-2")] {
+        store.create_cluster(cluster(id, ident, creator.id, 1_000), None).await.unwrap();
+    }
+    assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), None);
+
+    let created = store.create_register_token("BCS-K8S-00001", "sealed-1".into(), 1_100).await.unwrap();
+    assert!(created.id > 0, "{created:?}");
+    assert_eq!(
+        (created.cluster_id.as_str(), created.token_sealed.as_str(), created.created_at),
+        ("BCS-K8S-00001", "sealed-1", 1_100)
+    );
+    assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(created.clone()));
+
+    // A second one is refused and changes nothing.
+    assert_conflict(store.create_register_token("BCS-K8S-00001", "sealed-x".into(), 1_200).await);
+    assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(created.clone()));
+
+    // Rotation replaces it: a new row with the new sealed value.
+    let rotated = store.rotate_register_token("BCS-K8S-00001", "sealed-2".into(), 1_300).await.unwrap();
+    assert_ne!(rotated.id, created.id);
+    assert_eq!(
+        (rotated.cluster_id.as_str(), rotated.token_sealed.as_str(), rotated.created_at),
+        ("BCS-K8S-00001", "sealed-2", 1_300)
+    );
+    assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(rotated.clone()));
+    assert_eq!(engine.count("SELECT COUNT(*) FROM register_tokens WHERE cluster_id = 'BCS-K8S-00001'").await, 1);
+
+    // Rotating a cluster without a token creates its first; the other cluster is untouched.
+    let first_of_second = store.rotate_register_token("BCS-K8S-00002", "sealed-3".into(), 1_400).await.unwrap();
+    assert_eq!(
+        (first_of_second.cluster_id.as_str(), first_of_second.token_sealed.as_str(), first_of_second.created_at),
+        ("BCS-K8S-00002", "sealed-3", 1_400)
+    );
+    assert_eq!(store.register_token("BCS-K8S-00002").await.unwrap(), Some(first_of_second));
+    assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(rotated));
+    assert_eq!(store.register_token("BCS-K8S-00009").await.unwrap(), None);
+}
+
+async fn credentials_versions_follow_the_fingerprint(store: &Store, _engine: &Engine) {
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);
+
+    let inserted = store
+        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), 1_100)
+        .await
+        .unwrap();
+    assert!(inserted.id > 0, "{inserted:?}");
+    assert_eq!(
+        (
+            inserted.cluster_id.as_str(),
+            inserted.server_addresses.as_str(),
+            inserted.user_token_sealed.as_str(),
+            inserted.fingerprint.as_str(),
+            inserted.version,
+            inserted.created_at,
+            inserted.updated_at
+        ),
+        ("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", digest(1).as_str(), 1, 1_100, 1_100)
+    );
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(inserted.clone()));
+
+    // The same fingerprint: same version, newer updated_at, created_at kept.
+    let same = store
+        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), 1_200)
+        .await
+        .unwrap();
+    let expected_same = Credentials { updated_at: 1_200, ..inserted.clone() };
+    assert_eq!(same, expected_same);
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(expected_same));
+
+    // Another fingerprint: version 2, every field replaced, id and created_at kept.
+    let changed = store
+        .upsert_credentials(
+            credentials("BCS-K8S-00001", "https://10.0.0.1:6443;https://10.0.0.2:6443", "sealed-b", 2),
+            1_300,
+        )
+        .await
+        .unwrap();
+    let expected_changed = Credentials {
+        id: inserted.id,
+        cluster_id: "BCS-K8S-00001".into(),
+        server_addresses: "https://10.0.0.1:6443;https://10.0.0.2:6443".into(),
+        ca_cert_data: inserted.ca_cert_data.clone(),
+        user_token_sealed: "sealed-b".into(),
+        fingerprint: digest(2),
+        version: 2,
+        created_at: 1_100,
+        updated_at: 1_300,
+    };
+    assert_eq!(changed, expected_changed);
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(expected_changed));
+
+    // Back to the first fingerprint is still a change.
+    let back = store
+        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), 1_400)
+        .await
+        .unwrap();
+    assert_eq!((back.version, back.created_at, back.updated_at), (3, 1_100, 1_400));
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(back));
+    assert_eq!(store.credentials("BCS-K8S-00009").await.unwrap(), None);
+}
+
+async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine: &Engine) {
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    let doomed = cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000);
+    let kept = cluster("BCS-K8S-00002", "ident-2", creator.id, 1_001);
+    store.create_cluster(doomed.clone(), bcs("project-a", "K8S-001")).await.unwrap();
+    store.create_cluster(kept.clone(), bcs("project-a", "K8S-002")).await.unwrap();
+    for id in [&doomed.id, &kept.id] {
+        store.create_register_token(id, format!("sealed-{id}"), 1_100).await.unwrap();
+        store.upsert_credentials(credentials(id, "https://10.0.0.1:6443", "sealed-sa", 1), 1_200).await.unwrap();
+    }
+    let kept_token = store.register_token(&kept.id).await.unwrap();
+    let kept_credentials = store.credentials(&kept.id).await.unwrap();
+    assert!(kept_token.is_some() && kept_credentials.is_some());
+
+    assert!(store.delete_cluster(&doomed.id).await.unwrap());
+
+    assert_eq!(store.cluster(&doomed.id).await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(None, "K8S-001").await.unwrap(), None);
+    assert_eq!(store.register_token(&doomed.id).await.unwrap(), None);
+    assert_eq!(store.credentials(&doomed.id).await.unwrap(), None);
+    for table in ["bcs_cluster_infos", "register_tokens", "cluster_credentials"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE cluster_id = 'BCS-K8S-00001'");
+        assert_eq!(engine.count(&sql).await, 0, "{table}");
+    }
+
+    // The other cluster keeps everything.
+    assert_eq!(store.clusters().await.unwrap(), vec![kept.clone()]);
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-002").await.unwrap(), Some(kept.clone()));
+    assert_eq!(store.register_token(&kept.id).await.unwrap(), kept_token);
+    assert_eq!(store.credentials(&kept.id).await.unwrap(), kept_credentials);
+
+    // Unknown now, and never known.
+    assert!(!store.delete_cluster(&doomed.id).await.unwrap());
+    assert!(!store.delete_cluster("BCS-K8S-00009").await.unwrap());
+    assert_eq!(store.clusters().await.unwrap(), vec![kept.clone()]);
+
+    // The (project, source id), the id and the identifier are free again.
+    let again = cluster("BCS-K8S-00001", "ident-1", creator.id, 3_000);
+    assert_eq!(store.create_cluster(again.clone(), bcs("project-a", "K8S-001")).await.unwrap(), again);
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(again.clone()));
+    let token = store.create_register_token(&again.id, "sealed-new".into(), 3_100).await.unwrap();
+    assert_eq!(store.register_token(&again.id).await.unwrap(), Some(token));
+    let fresh =
+        store.upsert_credentials(credentials(&again.id, "https://10.0.0.9:6443", "sealed-sa", 7), 3_200).await.unwrap();
+    assert_eq!((fresh.version, fresh.created_at), (1, 3_200), "no old version carried over");
+    assert_eq!(store.clusters().await.unwrap(), vec![kept, again]);
+}
+
+async fn data_survives_reopening_and_migrations_run_once(store: &Store, engine: &Engine) {
+    // Written through the suite's store.
+    let alice = store.create_user("alice", true, 1_000).await.unwrap();
+    let token = store
+        .create_user_token(
+            NewUserToken { user_id: alice.id, kind: token_type::SESSION, digest: digest(1), expires_at: 9_000 },
+            1_000,
+        )
+        .await
+        .unwrap();
+    let first = cluster("BCS-K8S-00001", "ident-1", alice.id, 1_000);
+    store.create_cluster(first.clone(), bcs("project-a", "K8S-001")).await.unwrap();
+    let register = store.create_register_token(&first.id, "sealed-1".into(), 1_100).await.unwrap();
+    let creds =
+        store.upsert_credentials(credentials(&first.id, "https://10.0.0.1:6443", "sealed-sa", 1), 1_200).await.unwrap();
+
+    // A second store on the same database (migrations again: a no-op) sees it all, and writes.
+    let second = engine.open().await;
+    assert_eq!(second.user_by_name("alice").await.unwrap(), Some(alice.clone()));
+    let bob = second.create_user("bob", false, 2_000).await.unwrap();
+    assert!(second.revoke_user_token(alice.id, token.id, 2_100).await.unwrap());
+    let rotated = second.rotate_register_token(&first.id, "sealed-2".into(), 2_200).await.unwrap();
+    drop(second);
+
+    // Closed and opened again: everything both stores wrote is there.
+    let third = engine.open().await;
+    third.ping().await.unwrap();
+    assert_eq!(third.user_by_id(alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(third.user_by_name("bob").await.unwrap(), Some(bob.clone()));
+    let revoked = UserToken { revoked_at: Some(2_100), ..token };
+    assert_eq!(third.token_by_digest(&digest(1)).await.unwrap(), Some((revoked.clone(), alice.clone())));
+    assert_eq!(third.user_tokens(alice.id).await.unwrap(), vec![revoked]);
+    assert_eq!(third.clusters().await.unwrap(), vec![first.clone()]);
+    assert_eq!(third.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(first.clone()));
+    assert_ne!(rotated.id, register.id);
+    assert_eq!(third.register_token(&first.id).await.unwrap(), Some(rotated));
+    assert_eq!(third.credentials(&first.id).await.unwrap(), Some(creds));
+    drop(third);
+
+    // Three opens, one migration.
+    assert_eq!(engine.count("SELECT COUNT(*) FROM schema_migrations").await, 1);
+    assert_eq!(engine.count("SELECT MAX(version) FROM schema_migrations").await, 1);
+    // Still usable through the first store.
+    assert_eq!(store.user_by_name("bob").await.unwrap(), Some(bob));
+}
+
+async fn ping_and_describe(store: &Store, engine: &Engine) {
+    store.ping().await.unwrap();
+    assert_eq!(store.describe(), engine.description());
+    if let Kind::Sqlite = engine.kind {
+        assert!(engine.sqlite_file().is_file(), "the empty DSN puts the file in the data dir");
+    }
+    // A second open of the same, migrated database pings too.
+    let again = engine.open().await;
+    again.ping().await.unwrap();
+    assert_eq!(again.describe(), engine.description());
+}
