@@ -12,7 +12,8 @@ pub mod bootstrap;
 pub mod logging;
 pub mod metrics;
 pub mod rest;
-pub mod sealer;
+/// Encryption at rest (shared with the proxy, which seals its persisted snapshot).
+pub use bcs_shared::sealer;
 pub mod server;
 pub mod store;
 

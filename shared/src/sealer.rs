@@ -11,7 +11,7 @@ use std::path::Path;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use bcs_shared::secret::Secret;
+use crate::secret::Secret;
 use rand::TryRngCore;
 
 const PREFIX: &str = "v1:";

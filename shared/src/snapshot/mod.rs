@@ -1,0 +1,196 @@
+//! The snapshot: everything a proxy needs to authenticate callers and reach clusters, built by
+//! admin from its store and pushed to every proxy over the snapshot socket ([`wire`]).
+//!
+//! User tokens travel only as SHA-256 digests: a proxy can check a bearer token but cannot
+//! produce one. Cluster tokens travel in clear (the proxy must send them upstream), on a unix
+//! socket of mode 0600; a proxy persists its snapshot sealed with the key file.
+pub mod wire;
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Strictly increasing across admin restarts (admin uses max(now in ms, last + 1)).
+    pub revision: u64,
+    /// Unix seconds when admin built it.
+    pub generated_at: i64,
+    /// `rbac.turn_on_rbac`: impersonate non-super users towards clusters.
+    pub turn_on_rbac: bool,
+    pub users: Vec<User>,
+    /// Only tokens that are not revoked; expiry is checked by the proxy on every request.
+    pub tokens: Vec<Token>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: i64,
+    /// Internal name (`plain:alice`); towards Kubernetes see [`crate::identity`].
+    pub name: String,
+    pub is_super_user: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    /// Lower-case hex SHA-256 of the token.
+    pub digest: String,
+    pub user_id: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: String,
+    /// The path component of `/tunnels/clusters/{identifier}/`.
+    pub identifier: String,
+    /// `k8s`, `mesos` or `tke`.
+    pub cluster_type: String,
+    /// None until an agent has reported.
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// `https://host:port` of each apiserver.
+    pub addresses: Vec<String>,
+    /// PEM: the only roots trusted for this cluster.
+    pub ca_pem: String,
+    /// The cluster's service-account token, sent upstream as `Authorization: Bearer`.
+    #[serde(serialize_with = "expose")]
+    pub token: Secret,
+    /// Changes whenever addresses, CA or token change; pools are keyed on it.
+    pub version: i64,
+}
+
+fn expose<S: serde::Serializer>(secret: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose())
+}
+
+/// Why a snapshot cannot be applied. A proxy keeps its last good snapshot instead.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Invalid {
+    #[error("user id {0} appears twice")]
+    DuplicateUser(i64),
+    #[error("token {0}… appears twice")]
+    DuplicateToken(String),
+    #[error("a token digest is not 64 lower-case hex digits")]
+    BadDigest,
+    #[error("a token belongs to unknown user {0}")]
+    UnknownUser(i64),
+    #[error("user {0:?}: a name must be non-empty visible ASCII, and a normal user's name must not start with system:")]
+    BadUserName(String),
+    #[error("cluster identifier {0:?} appears twice or is not [A-Za-z0-9._-]+")]
+    BadIdentifier(String),
+    #[error("cluster {0}: address {1:?} is not https://host[:port] or http://host[:port]")]
+    BadAddress(String, String),
+    #[error("cluster {0}: the token is not a visible-ASCII bearer token")]
+    BadClusterToken(String),
+}
+
+impl Snapshot {
+    /// Checks everything the proxy relies on, so a bad snapshot is refused whole.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut users = HashSet::new();
+        for user in &self.users {
+            if !users.insert(user.id) {
+                return Err(Invalid::DuplicateUser(user.id));
+            }
+            let visible = !user.name.is_empty() && user.name.bytes().all(|b| b.is_ascii_graphic());
+            if !visible || (!user.is_super_user && user.name.starts_with("system:")) {
+                return Err(Invalid::BadUserName(user.name.clone()));
+            }
+        }
+        let mut digests = HashSet::new();
+        for token in &self.tokens {
+            let hex = token.digest.len() == 64 && token.digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !hex {
+                return Err(Invalid::BadDigest);
+            }
+            if !digests.insert(token.digest.as_str()) {
+                return Err(Invalid::DuplicateToken(token.digest[..8].to_owned()));
+            }
+            if !users.contains(&token.user_id) {
+                return Err(Invalid::UnknownUser(token.user_id));
+            }
+        }
+        let mut identifiers = HashSet::new();
+        for cluster in &self.clusters {
+            let id = &cluster.identifier;
+            let charset = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !charset || id == "." || id == ".." || !identifiers.insert(id.as_str()) {
+                return Err(Invalid::BadIdentifier(id.clone()));
+            }
+            if let Some(credentials) = &cluster.credentials {
+                for address in &credentials.addresses {
+                    if parse_address(address).is_none() {
+                        return Err(Invalid::BadAddress(cluster.id.clone(), address.clone()));
+                    }
+                }
+                let token = credentials.token.expose();
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(Invalid::BadClusterToken(cluster.id.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An upstream address: `https://host[:port]` or `http://host[:port]`, with an optional
+/// trailing `/` and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Address {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Address {
+    /// `host:port` for connecting (`[v6]:port` for IPv6).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+pub fn parse_address(address: &str) -> Option<Address> {
+    let (tls, rest) = if let Some(r) = address.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, address.strip_prefix("http://")?)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        (host, port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (rest, default_port),
+        }
+    };
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some(Address { tls, host: host.to_owned(), port })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+use super::wire::{encode, Decoder, Message, WireError, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use super::*;
+
+/// The snapshot in `fixtures/snapshot-v1.frame`. Regenerate the fixture with
+/// `BCS_BLESS=1 cargo test -p bcs-shared golden` only on a deliberate change of the wire format.
+fn golden() -> Snapshot {
+    Snapshot {
+        revision: 1_764_000_000_123,
+        generated_at: 1_764_000_000,
+        turn_on_rbac: true,
+        users: vec![
+            User { id: 1, name: "admin".into(), is_super_user: true },
+            User { id: 2, name: "plain:alice".into(), is_super_user: false },
+        ],
+        tokens: vec![
+            Token { digest: "a".repeat(64), user_id: 1, expires_at: 2_079_000_000 },
+            Token { digest: "0123456789abcdef".repeat(4), user_id: 2, expires_at: 2_079_000_000 },
+        ],
+        clusters: vec![
+            Cluster {
+                id: "bcs-k8s-001-AbCdEfGh".into(),
+                identifier: "bcs-k8s-001-abcdefgh-0123456789abcdef".into(),
+                cluster_type: "k8s".into(),
+                credentials: Some(Credentials {
+                    addresses: vec!["https://127.0.0.1:6443".into(), "https://[::1]:6443".into()],
+                    ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                    token: Secret::new("cluster-token"),
+                    version: 3,
+                }),
+            },
+            Cluster {
+                id: "plain-new".into(),
+                identifier: "plain-new-0123456789abcdef".into(),
+                cluster_type: "k8s".into(),
+                credentials: None,
+            },
+        ],
+    }
+}
+
+const HELLO: &[u8] = include_bytes!("../../fixtures/hello-v1.frame");
+const SNAPSHOT: &[u8] = include_bytes!("../../fixtures/snapshot-v1.frame");
+
+fn hello() -> Message {
+    Message::Hello { major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, peer: "bcs-api-proxy pid 42".into(), revision: Some(7) }
+}
+
+#[test]
+fn golden_frames_decode_and_encode_byte_for_byte() {
+    if std::env::var_os("BCS_BLESS").is_some() {
+        std::fs::write("fixtures/hello-v1.frame", encode(&hello())).unwrap();
+        std::fs::write("fixtures/snapshot-v1.frame", encode(&Message::Snapshot(golden()))).unwrap();
+        return;
+    }
+    let mut decoder = Decoder::default();
+    decoder.push(HELLO).unwrap();
+    decoder.push(SNAPSHOT).unwrap();
+    assert_eq!(decoder.next_message().unwrap(), Some(hello()));
+    assert_eq!(decoder.next_message().unwrap(), Some(Message::Snapshot(golden())));
+    assert_eq!(decoder.next_message().unwrap(), None);
+    assert_eq!(encode(&hello()), HELLO);
+    assert_eq!(encode(&Message::Snapshot(golden())), SNAPSHOT);
+    golden().validate().unwrap();
+}
+
+#[test]
+fn frames_split_anywhere_decode_the_same() {
+    let bytes = [HELLO, SNAPSHOT].concat();
+    for split in [1, 3, 4, 5, HELLO.len(), HELLO.len() + 2, bytes.len() - 1] {
+        let mut decoder = Decoder::default();
+        let mut out = Vec::new();
+        for part in [&bytes[..split], &bytes[split..]] {
+            decoder.push(part).unwrap();
+            while let Some(m) = decoder.next_message().unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out.len(), 2, "split at {split}");
+    }
+}
+
+#[test]
+fn oversize_frames_are_refused_before_their_payload_arrives() {
+    let mut decoder = Decoder::with_limit(1024);
+    let err = decoder.push(&2048u32.to_be_bytes()).unwrap_err();
+    assert_eq!(err, WireError::Oversize { len: 2048, max: 1024 });
+    let mut decoder = Decoder::default();
+    assert!(matches!(decoder.push(&u32::MAX.to_be_bytes()), Err(WireError::Oversize { .. })));
+}
+
+#[test]
+fn malformed_payloads_are_errors() {
+    let mut decoder = Decoder::default();
+    decoder.push(&[0, 0, 0, 3, b'{', b'x', b'}']).unwrap();
+    assert!(matches!(decoder.next_message(), Err(WireError::Malformed(_))));
+    let mut decoder = Decoder::default();
+    let body = br#"{"type":"launch_missiles"}"#;
+    decoder.push(&(body.len() as u32).to_be_bytes()).unwrap();
+    decoder.push(body).unwrap();
+    assert!(matches!(decoder.next_message(), Err(WireError::Malformed(_))));
+}
+
+#[test]
+fn user_tokens_travel_only_as_digests() {
+    let frame = String::from_utf8(encode(&Message::Snapshot(golden()))[4..].to_vec()).unwrap();
+    assert!(frame.contains("\"digest\""));
+    assert!(!frame.contains("\"value\""));
+    // The cluster token must travel (the proxy sends it upstream), but Debug never shows it.
+    assert!(frame.contains("cluster-token"));
+    assert!(!format!("{:?}", golden()).contains("cluster-token"));
+}
+
+#[test]
+fn invalid_snapshots_are_refused() {
+    let mut s = golden();
+    s.tokens[1].user_id = 99;
+    assert_eq!(s.validate(), Err(Invalid::UnknownUser(99)));
+    let mut s = golden();
+    s.tokens[1].digest = s.tokens[0].digest.clone();
+    assert!(matches!(s.validate(), Err(Invalid::DuplicateToken(_))));
+    let mut s = golden();
+    s.tokens[0].digest = "A".repeat(64);
+    assert_eq!(s.validate(), Err(Invalid::BadDigest));
+    let mut s = golden();
+    s.users[1].name = "system:masters".into();
+    assert!(matches!(s.validate(), Err(Invalid::BadUserName(_))));
+    let mut s = golden();
+    s.users[1].name = "plain:a\r\nX-Evil: 1".into();
+    assert!(matches!(s.validate(), Err(Invalid::BadUserName(_))));
+    let mut s = golden();
+    s.clusters[1].identifier = s.clusters[0].identifier.clone();
+    assert!(matches!(s.validate(), Err(Invalid::BadIdentifier(_))));
+    let mut s = golden();
+    s.clusters[1].identifier = "..".into();
+    assert!(matches!(s.validate(), Err(Invalid::BadIdentifier(_))));
+    let mut s = golden();
+    s.clusters[0].credentials.as_mut().unwrap().addresses[0] = "https://evil/path".into();
+    assert!(matches!(s.validate(), Err(Invalid::BadAddress(..))));
+    let mut s = golden();
+    s.clusters[0].credentials.as_mut().unwrap().token = Secret::new("a\nb");
+    assert!(matches!(s.validate(), Err(Invalid::BadClusterToken(_))));
+}
+
+#[test]
+fn addresses_parse() {
+    let a = parse_address("https://10.0.0.1:6443").unwrap();
+    assert_eq!((a.tls, a.host.as_str(), a.port), (true, "10.0.0.1", 6443));
+    assert_eq!(a.authority(), "10.0.0.1:6443");
+    let a = parse_address("http://[::1]/").unwrap();
+    assert_eq!((a.tls, a.port, a.authority()), (false, 80, "[::1]:80".to_owned()));
+    assert_eq!(parse_address("https://kubernetes").unwrap().port, 443);
+    for bad in ["ftp://x", "https://", "https://h:0", "https://h:99999", "https://u@h", "https://h/p", "https://h?q", "h:1"] {
+        assert!(parse_address(bad).is_none(), "{bad}");
+    }
+}

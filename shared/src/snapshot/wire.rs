@@ -1,0 +1,108 @@
+//! The snapshot protocol on the unix socket: frames of a big-endian u32 length and a JSON
+//! payload. Sans-io: [`encode`] makes bytes, [`Decoder`] takes bytes as they arrive.
+//!
+//! Conversation: the proxy sends `Hello{major, minor, peer, revision}`; admin answers `Hello`
+//! (or `Refused` when the majors differ) and then a full `Snapshot`; after that admin sends a
+//! full `Snapshot` whenever the revision changes, and the proxy answers each with `Ack`.
+//! Every message is a whole snapshot, so a missed one cannot leave a gap (no deltas yet).
+//!
+//! Why by hand: the protocol is a few dozen lines, and owning it keeps the size check before
+//! any allocation and the error messages ours.
+use serde::{Deserialize, Serialize};
+
+use super::Snapshot;
+
+pub const PROTOCOL_MAJOR: u16 = 1;
+pub const PROTOCOL_MINOR: u16 = 0;
+/// Largest frame either side accepts: enough for thousands of clusters and a million tokens.
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Hello {
+        major: u16,
+        minor: u16,
+        /// Who is speaking, for logs (`bcs-api-proxy pid 1234`).
+        peer: String,
+        /// The revision the speaker holds, if any.
+        revision: Option<u64>,
+    },
+    Refused {
+        reason: String,
+    },
+    Snapshot(Snapshot),
+    Ack {
+        revision: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WireError {
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    Oversize { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// One frame holding `message`.
+pub fn encode(message: &Message) -> Vec<u8> {
+    let payload = serde_json::to_vec(message).expect("messages always serialize");
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Accumulates bytes and yields whole messages.
+pub struct Decoder {
+    buffer: Vec<u8>,
+    max: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::with_limit(MAX_FRAME)
+    }
+}
+
+impl Decoder {
+    pub fn with_limit(max: usize) -> Self {
+        Decoder { buffer: Vec::new(), max }
+    }
+
+    /// Adds received bytes. Refuses at once a frame whose announced length is over the limit,
+    /// before buffering its payload.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.buffer.extend_from_slice(bytes);
+        self.check_length().map(|_| ())
+    }
+
+    fn check_length(&self) -> Result<Option<usize>, WireError> {
+        let Some(header) = self.buffer.get(..4) else { return Ok(None) };
+        let len = u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize;
+        if len > self.max {
+            return Err(WireError::Oversize { len, max: self.max });
+        }
+        Ok(Some(len))
+    }
+
+    /// The next whole message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
+        let Some(len) = self.check_length()? else { return Ok(None) };
+        if self.buffer.len() < 4 + len {
+            return Ok(None);
+        }
+        let message = serde_json::from_slice(&self.buffer[4..4 + len]).map_err(|e| WireError::Malformed(e.to_string()));
+        self.buffer.drain(..4 + len);
+        message.map(Some)
+    }
+}
+
+/// How many bytes of a frame a reader should ask for next (at least 1).
+pub fn read_hint(decoder: &Decoder) -> usize {
+    match decoder.check_length() {
+        Ok(Some(len)) => (4 + len).saturating_sub(decoder.buffer.len()).max(1),
+        _ => 4usize.saturating_sub(decoder.buffer.len()).max(1),
+    }
+}
