@@ -1,9 +1,126 @@
-//! `bcs-api-proxy`: the data plane. Not built yet (issue 3): this binary says so and exits
-//! non-zero, so nothing mistakes it for a working proxy.
+//! `bcs-api-proxy --config=bcs-api.yaml`: the data plane. Usually started and supervised by
+//! `bcs-api`; can also run on its own (it then serves its persisted snapshot until admin's
+//! snapshot socket answers).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bcs_shared::config::{defaults, non_empty, Config};
+use clap::Parser;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("bcs-api-proxy: not implemented in this build yet (issue 3)");
-    std::process::ExitCode::from(70)
+#[derive(Parser)]
+#[command(
+    name = "bcs-api-proxy",
+    version,
+    about = "bcs-api's data plane: proxies kubectl and REST calls to clusters and admin"
+)]
+struct Args {
+    /// The configuration file (the same one bcs-api reads).
+    #[arg(long, short = 'f', visible_alias = "file", default_value = "bcs-api.yaml")]
+    config: PathBuf,
+    /// Log format: text or json (overrides log_config.log_format).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("bcs-api-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _guard = match bcs_shared::logging::init(&config, args.log_format.as_deref(), "bcs-api-proxy.log") {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("bcs-api-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bcs-api-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn socket_address(host: &str, port: u16, key: &str) -> anyhow::Result<SocketAddr> {
+    let ip: std::net::IpAddr = host.parse().with_context(|| format!("{key}: {host:?} is not an IP address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let cert_file = non_empty(&config.cert_config.server_cert_file).context("cert_config.server_cert_file")?;
+    let key_file = non_empty(&config.cert_config.server_key_file).context("cert_config.server_key_file")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|i| i.collect())
+        .with_context(|| format!("cert_config.server_cert_file {cert_file}"))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).with_context(|| format!("cert_config.server_key_file {key_file}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("cert_config: the certificate and key do not match")?;
+    // HTTP/1.1 only for now: kubectl then uses HTTP/1.1, with upgrades for exec and port-forward.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
+fn run(config: &Config) -> anyhow::Result<()> {
+    let service = &config.service_config;
+    let tls = if config.tls_configured() {
+        let address = socket_address(
+            non_empty(&service.address).unwrap_or(defaults::SERVICE_ADDRESS),
+            service.port.unwrap_or(defaults::SERVICE_PORT),
+            "service_config.address",
+        )?;
+        Some((address, tls_config(config)?))
+    } else {
+        tracing::warn!("cert_config has no server certificate: the TLS listener is not started");
+        None
+    };
+    let plain = socket_address(
+        non_empty(&service.insecure_address).unwrap_or(defaults::INSECURE_ADDRESS),
+        service.insecure_port.unwrap_or(defaults::INSECURE_PORT),
+        "service_config.insecure_address",
+    )?;
+    if !plain.ip().is_loopback() {
+        tracing::warn!(address = %plain, "the plain-HTTP listener is not on loopback: tokens would travel in clear");
+    }
+    let metrics_host = non_empty(&config.local_config.local_ip).unwrap_or("0.0.0.0");
+    let metrics = socket_address(
+        metrics_host,
+        config.metric_config.metric_port.unwrap_or(defaults::METRIC_PORT),
+        "local_config.local_ip",
+    )?;
+    let admin =
+        bcs_shared::snapshot::parse_address(&format!("http://{}", config.admin_address())).context("admin_config")?;
+    let cores = match config.proxy_config.cores.unwrap_or(0) {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n as usize,
+    };
+
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("storage.data_dir {}", data_dir.display()))?;
+    let sealer = bcs_shared::sealer::Sealer::load_or_create(&config.secret_key_file())?;
+    let socket = PathBuf::from(non_empty(&config.admin_config.snapshot_socket).unwrap_or(defaults::SNAPSHOT_SOCKET));
+    let control = bcs_proxy::control::Control { socket, data_dir, sealer };
+    control.load_persisted();
+    std::thread::Builder::new().name("bcs-proxy-control".into()).spawn(move || control.run())?;
+
+    bcs_proxy::listen::run(bcs_proxy::listen::Plan { cores, tls, plain: Some(plain), metrics, admin })
 }

@@ -4,10 +4,12 @@
 //! - [`secret`]: the token type that never prints itself, random tokens, digests and
 //!   constant-time comparison.
 //! - [`identity`]: how internal user names become Kubernetes user names.
+//! - [`logging`]: `tracing` set up from `log_config`, for every binary.
 //! - [`sealer`]: AES-256-GCM encryption at rest under the key file.
 //! - [`snapshot`]: what admin sends proxies, and the framed wire protocol it travels in.
 pub mod config;
 pub mod identity;
+pub mod logging;
 pub mod sealer;
 pub mod secret;
 pub mod snapshot;

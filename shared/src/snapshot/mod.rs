@@ -82,7 +82,9 @@ pub enum Invalid {
     BadDigest,
     #[error("a token belongs to unknown user {0}")]
     UnknownUser(i64),
-    #[error("user {0:?}: a name must be non-empty visible ASCII, and a normal user's name must not start with system:")]
+    #[error(
+        "user {0:?}: a name must be non-empty visible ASCII, and a normal user's name must not start with system:"
+    )]
     BadUserName(String),
     #[error("cluster identifier {0:?} appears twice or is not [A-Za-z0-9._-]+")]
     BadIdentifier(String),
@@ -121,7 +123,8 @@ impl Snapshot {
         let mut identifiers = HashSet::new();
         for cluster in &self.clusters {
             let id = &cluster.identifier;
-            let charset = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            let charset =
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
             if !charset || id == "." || id == ".." || !identifiers.insert(id.as_str()) {
                 return Err(Invalid::BadIdentifier(id.clone()));
             }

@@ -42,7 +42,12 @@ const HELLO: &[u8] = include_bytes!("../../fixtures/hello-v1.frame");
 const SNAPSHOT: &[u8] = include_bytes!("../../fixtures/snapshot-v1.frame");
 
 fn hello() -> Message {
-    Message::Hello { major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, peer: "bcs-api-proxy pid 42".into(), revision: Some(7) }
+    Message::Hello {
+        major: PROTOCOL_MAJOR,
+        minor: PROTOCOL_MINOR,
+        peer: "bcs-api-proxy pid 42".into(),
+        revision: Some(7),
+    }
 }
 
 #[test]
@@ -149,7 +154,9 @@ fn addresses_parse() {
     let a = parse_address("http://[::1]/").unwrap();
     assert_eq!((a.tls, a.port, a.authority()), (false, 80, "[::1]:80".to_owned()));
     assert_eq!(parse_address("https://kubernetes").unwrap().port, 443);
-    for bad in ["ftp://x", "https://", "https://h:0", "https://h:99999", "https://u@h", "https://h/p", "https://h?q", "h:1"] {
+    for bad in
+        ["ftp://x", "https://", "https://h:0", "https://h:99999", "https://u@h", "https://h/p", "https://h?q", "h:1"]
+    {
         assert!(parse_address(bad).is_none(), "{bad}");
     }
 }

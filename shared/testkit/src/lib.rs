@@ -1,11 +1,14 @@
 //! Test kit for bcs-api's end-to-end tests: everything here stands in for what cannot run in
 //! a test (or drives what can), never for the product itself.
 //!
+//! - [`apiserver`]: a fake kube-apiserver that the real kubectl accepts, recording what it
+//!   receives, with faults to switch on.
 //! - [`process`]: runs a real binary with its output captured, waits for it to be ready,
 //!   stops it on drop.
 //! - [`mysql`]: a fresh database on the real MariaDB per test, dropped afterwards.
 //! - [`forward`]: a TCP forwarder that can cut every connection, to take a dependency "down".
 //! - [`free_port`]: a loopback port nobody listens on.
+pub mod apiserver;
 pub mod forward;
 pub mod mysql;
 pub mod process;

@@ -1,0 +1,203 @@
+//! One client connection: read a request head (with its limits and timeouts), pick the route,
+//! authenticate, forward, and loop while the connection stays in sync. Every request ends in
+//! one access-log line (method, path without query, user, cluster, status, time: no secret).
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bcs_shared::snapshot::Address;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+
+use crate::auth;
+use crate::error::ProxyError;
+use crate::forward::{self, Destination, Failed, Flow};
+use crate::http1::head::{parse_request, Framing, RequestHead};
+use crate::io::{read_more, write_all};
+use crate::respond::{self, Shape};
+use crate::route::{self, Route};
+use crate::tables;
+
+/// Per-core settings of the request path.
+pub struct Settings {
+    pub admin: Address,
+    /// `rbac.turn_on_rbac` is taken from the snapshot; this is only the admin address and limits.
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            admin: bcs_shared::snapshot::parse_address("http://127.0.0.1:8090").expect("valid"),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Serves one client connection to its end.
+pub async fn serve<C>(client: C, peer: SocketAddr, settings: Rc<Settings>)
+where
+    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C::OwnedRead: AsyncReadRent + 'static,
+    C::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let mut client = client;
+    let mut inbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        let head = match read_head(&mut client, &mut inbuf, &settings).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(error) => {
+                let _ = write_all(&mut client, respond::error(&error, Shape::Rest, true)).await;
+                log_request("-", "-", "", "", error.status(), Instant::now(), Some(&error));
+                return;
+            }
+        };
+        let started = Instant::now();
+        match handle(client, &mut inbuf, &head, peer.ip(), &settings, started).await {
+            Flow::Next(c) => client = c,
+            Flow::Done => return,
+        }
+    }
+}
+
+/// Reads one request head into `inbuf` and takes it off the front. Ok(None): the client went
+/// away, or stayed idle between requests past the idle timeout.
+async fn read_head<C: AsyncReadRent>(
+    client: &mut C,
+    inbuf: &mut Vec<u8>,
+    settings: &Settings,
+) -> Result<Option<RequestHead>, ProxyError> {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !inbuf.is_empty() {
+            deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
+            if let Some((head, used)) = parse_request(inbuf)? {
+                inbuf.drain(..used);
+                return Ok(Some(head));
+            }
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => settings.idle_timeout,
+        };
+        match monoio::time::timeout(wait, read_more(client, std::mem::take(inbuf))).await {
+            Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
+            Ok((Ok(_), b)) => *inbuf = b,
+            Err(_) if deadline.is_some() => return Err(ProxyError::HeaderTimeout),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+async fn handle<C>(
+    client: C,
+    inbuf: &mut Vec<u8>,
+    head: &RequestHead,
+    client_ip: IpAddr,
+    settings: &Settings,
+    started: Instant,
+) -> Flow<C>
+where
+    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C::OwnedRead: AsyncReadRent + 'static,
+    C::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let path = head.target.split('?').next().unwrap_or_default().to_owned();
+    let (kind, user, cluster, outcome) = match plan(head, settings) {
+        Err((kind, error)) => {
+            (kind, String::new(), String::new(), Err(Failed { client, error, in_sync: head.framing == Framing::None }))
+        }
+        Ok(Plan { kind, user, cluster, target, destination }) => {
+            let mut client = client;
+            if head.expect_continue
+                && write_all(&mut client, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await.0.is_err()
+            {
+                return Flow::Done;
+            }
+            let outcome = forward::exchange(client, inbuf, head, &target, destination, client_ip).await;
+            (kind, user, cluster, outcome)
+        }
+    };
+    let shape = if kind == "k8s" { Shape::Kubernetes } else { Shape::Rest };
+    match outcome {
+        Ok((flow, status)) => {
+            log_request(&head.method, &path, &user, &cluster, status, started, None);
+            crate::metrics::request_done(kind, &head.method, status, started.elapsed().as_secs_f64());
+            flow
+        }
+        Err(Failed { mut client, error, in_sync }) => {
+            let close = !in_sync || error.closes_connection() || head.close || head.upgrade.is_some();
+            let (written, _) = write_all(&mut client, respond::error(&error, shape, close)).await;
+            log_request(&head.method, &path, &user, &cluster, error.status(), started, Some(&error));
+            crate::metrics::request_done(kind, &head.method, error.status(), started.elapsed().as_secs_f64());
+            if close || written.is_err() {
+                Flow::Done
+            } else {
+                Flow::Next(client)
+            }
+        }
+    }
+}
+
+struct Plan {
+    kind: &'static str,
+    user: String,
+    cluster: String,
+    target: String,
+    destination: Destination,
+}
+
+/// Route, authenticate and authorise: everything decided before a byte goes upstream.
+fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, ProxyError)> {
+    let route = route::route(&head.target).map_err(|e| ("other", e))?;
+    match route {
+        Route::Rest => Ok(Plan {
+            kind: "rest",
+            user: String::new(),
+            cluster: String::new(),
+            target: head.target.clone(),
+            destination: Destination::Admin { address: settings.admin.clone() },
+        }),
+        Route::Kubernetes { identifier, upstream_target } => {
+            let fail = |e| ("k8s", e);
+            let tables = tables::current().ok_or(ProxyError::NotReady).map_err(fail)?;
+            let caller = auth::authenticate(head, &tables, tables::now()).map_err(fail)?;
+            auth::check_impersonation(head, &caller).map_err(fail)?;
+            let cluster = tables
+                .cluster(identifier)
+                .ok_or_else(|| ProxyError::NotFound("no cluster can be found using given cluster identifier".into()))
+                .map_err(fail)?;
+            let upstream =
+                cluster.upstream.clone().ok_or_else(|| ProxyError::NoCredentials(cluster.id.clone())).map_err(fail)?;
+            let impersonate =
+                (tables.turn_on_rbac && !caller.user.is_super_user).then(|| caller.user.kubernetes_name.clone());
+            Ok(Plan {
+                kind: "k8s",
+                user: caller.user.name.clone(),
+                cluster: cluster.id.clone(),
+                target: upstream_target,
+                destination: Destination::Cluster { upstream, caller, impersonate },
+            })
+        }
+    }
+}
+
+fn log_request(
+    method: &str,
+    path: &str,
+    user: &str,
+    cluster: &str,
+    status: u16,
+    started: Instant,
+    error: Option<&ProxyError>,
+) {
+    let millis = started.elapsed().as_secs_f64() * 1e3;
+    match error {
+        None => tracing::info!(target: "bcs_proxy::access", method, path, user, cluster, status, millis, "request"),
+        Some(e) => {
+            tracing::info!(target: "bcs_proxy::access", method, path, user, cluster, status, millis, error = %e, "request")
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The proxy's side of the snapshot protocol, on a thread of its own (blocking I/O on the unix
+//! socket; the request path never waits on it).
+//!
+//! A snapshot is applied whole or not at all: it must decode, pass `Snapshot::validate`, and
+//! not be older than the one in use. Each applied snapshot is persisted (sealed with the key
+//! file, written to a temporary file, fsynced, renamed), so a proxy restarted while admin is
+//! down serves from the last good one. Admin being down never stops the proxy: it keeps its
+//! tables and reconnects with backoff.
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bcs_shared::sealer::Sealer;
+use bcs_shared::snapshot::wire::{encode, read_hint, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use bcs_shared::snapshot::Snapshot;
+
+use crate::tables::{self, Tables};
+
+const PERSISTED: &str = "proxy-snapshot.sealed";
+const PURPOSE: &str = "proxy_snapshot";
+
+pub struct Control {
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub sealer: Sealer,
+}
+
+impl Control {
+    /// Installs the persisted snapshot, if there is a good one.
+    pub fn load_persisted(&self) {
+        let path = self.data_dir.join(PERSISTED);
+        match self.read_persisted(&path) {
+            Ok(Some(snapshot)) => {
+                tracing::info!(revision = snapshot.revision, path = %path.display(), "serving the persisted snapshot until admin answers");
+                tables::install(Tables::compile(&snapshot));
+            }
+            Ok(None) => tracing::info!("no persisted snapshot: not ready until admin sends one"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), path = %path.display(), "ignoring the persisted snapshot")
+            }
+        }
+    }
+
+    fn read_persisted(&self, path: &Path) -> anyhow::Result<Option<Snapshot>> {
+        let sealed = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let json = self.sealer.open(PURPOSE, sealed.trim()).context("checksum or key mismatch")?;
+        let snapshot: Snapshot = serde_json::from_str(json.expose()).context("not a snapshot")?;
+        snapshot.validate().context("invalid snapshot")?;
+        Ok(Some(snapshot))
+    }
+
+    fn persist(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        let json = bcs_shared::secret::Secret::new(serde_json::to_string(snapshot)?);
+        let sealed = self.sealer.seal(PURPOSE, &json);
+        let path = self.data_dir.join(PERSISTED);
+        let tmp = self.data_dir.join(format!("{PERSISTED}.tmp"));
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        file.write_all(sealed.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Ok(dir) = std::fs::File::open(&self.data_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Talks to admin forever: connect, hello, apply snapshots; reconnect with backoff.
+    pub fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        let mut warned = false;
+        loop {
+            match self.session() {
+                Ok(()) => tracing::info!("admin closed the snapshot connection"),
+                Err(e) if !warned => {
+                    tracing::warn!(socket = %self.socket.display(), error = %format!("{e:#}"), "snapshot connection to admin failed; retrying");
+                    warned = true;
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "snapshot connection to admin failed"),
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn session(&self) -> anyhow::Result<()> {
+        let mut stream =
+            UnixStream::connect(&self.socket).with_context(|| format!("connect {}", self.socket.display()))?;
+        let held = tables::current().map(|t| t.revision);
+        let hello = Message::Hello {
+            major: PROTOCOL_MAJOR,
+            minor: PROTOCOL_MINOR,
+            peer: format!("bcs-api-proxy pid {}", std::process::id()),
+            revision: held,
+        };
+        stream.write_all(&encode(&hello))?;
+        let mut decoder = Decoder::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(message) = decoder.next_message()? {
+                match message {
+                    Message::Hello { major, minor, .. } => {
+                        tracing::info!(major, minor, "connected to admin's snapshot socket");
+                    }
+                    Message::Refused { reason } => bail!("admin refused the connection: {reason}"),
+                    Message::Snapshot(snapshot) => {
+                        let revision = snapshot.revision;
+                        self.apply(snapshot);
+                        stream.write_all(&encode(&Message::Ack { revision }))?;
+                    }
+                    Message::Ack { .. } => {}
+                }
+            }
+            let want = read_hint(&decoder).min(buf.len());
+            let n = stream.read(&mut buf[..want])?;
+            if n == 0 {
+                return Ok(());
+            }
+            decoder.push(&buf[..n])?;
+        }
+    }
+
+    fn apply(&self, snapshot: Snapshot) {
+        if let Err(e) = snapshot.validate() {
+            tracing::error!(revision = snapshot.revision, error = %e, "refusing an invalid snapshot; keeping the last good one");
+            return;
+        }
+        if let Some(current) = tables::current() {
+            if snapshot.revision < current.revision {
+                tracing::warn!(revision = snapshot.revision, current = current.revision, "ignoring an older snapshot");
+                return;
+            }
+        }
+        tables::install(Tables::compile(&snapshot));
+        tracing::info!(
+            revision = snapshot.revision,
+            clusters = snapshot.clusters.len(),
+            tokens = snapshot.tokens.len(),
+            "applied snapshot"
+        );
+        if let Err(e) = self.persist(&snapshot) {
+            tracing::warn!(error = %e, "cannot persist the snapshot");
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The proxy's one error type. [`crate::respond`] is the one place it becomes a status code.
+//! Messages name the problem and never contain a token.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request line is longer than 8 KiB")]
+    UriTooLong,
+    #[error("the request head is larger than 64 KiB or has more than 100 fields")]
+    HeadersTooLarge,
+    #[error("the request head did not arrive in time")]
+    HeaderTimeout,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the gateway has no configuration yet (no snapshot from bcs-api)")]
+    NotReady,
+    #[error("cluster {0} has no credentials yet: its agent has not reported")]
+    NoCredentials(String),
+    #[error("the gateway is overloaded, retry later")]
+    Overloaded,
+    #[error("cannot reach the upstream: {0}")]
+    UpstreamConnect(String),
+    #[error("the upstream answered badly: {0}")]
+    BadUpstream(String),
+    #[error("the upstream answered with a redirect, which the gateway does not follow or relay")]
+    UpstreamRedirect,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::BadRequest(_) => 400,
+            ProxyError::UriTooLong => 414,
+            ProxyError::HeadersTooLarge => 431,
+            ProxyError::HeaderTimeout => 408,
+            ProxyError::NotFound(_) => 404,
+            ProxyError::Unauthorized(_) => 401,
+            ProxyError::Forbidden(_) => 403,
+            ProxyError::NotReady | ProxyError::NoCredentials(_) | ProxyError::Overloaded => 503,
+            ProxyError::UpstreamConnect(_) | ProxyError::BadUpstream(_) | ProxyError::UpstreamRedirect => 502,
+            ProxyError::UpstreamTimeout => 504,
+            ProxyError::Internal(_) => 500,
+        }
+    }
+
+    /// After these the client connection cannot be trusted to be in sync: answer and close.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::UriTooLong
+                | ProxyError::HeadersTooLarge
+                | ProxyError::HeaderTimeout
+                | ProxyError::Overloaded
+                | ProxyError::Internal(_)
+        )
+    }
+}

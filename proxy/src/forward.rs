@@ -1,0 +1,533 @@
+//! One exchange with an upstream: send the request (head from [`crate::rewrite`], body streamed),
+//! read the answer, stream it back. Nothing is buffered whole: every read is written on at
+//! once, so watches and `logs -f` flow as they happen.
+//!
+//! Rules kept here:
+//! - an upstream 3xx becomes 502 without `Location` (a redirect must never carry a token);
+//! - an upgrade switches to a raw two-way copy only after the upstream's `101`; bytes the client
+//!   sent after the request are held until then; any other answer is relayed and the client
+//!   connection is closed, never switched;
+//! - a response with ambiguous framing is 502 and its upstream connection is dropped;
+//! - an idempotent, body-less request that failed on a reused pooled connection before any
+//!   answer byte is retried once on a fresh connection;
+//! - long-lived streams close when their token is revoked or expires ([`crate::streams`]).
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bcs_shared::snapshot::Address;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+
+use crate::auth::Caller;
+use crate::error::ProxyError;
+use crate::http1::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::http1::head::{parse_response, Framing, RequestHead, ResponseHead};
+use crate::io::{read_more, write_all, write_from, Conn, BUFFER};
+use crate::rewrite::{self, BodyFraming, ClusterIdentity};
+use crate::streams;
+use crate::tables::Upstream;
+use crate::upstream::{self, PoolKey};
+
+/// How long an upstream may take to start answering.
+pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where the request goes.
+pub enum Destination {
+    Cluster { upstream: Arc<Upstream>, caller: Caller, impersonate: Option<String> },
+    Admin { address: Address },
+}
+
+/// What became of the client connection.
+pub enum Flow<C> {
+    /// The exchange ended cleanly; the connection may carry another request.
+    Next(C),
+    /// The connection is finished (closed, or handed over to an upgrade that has ended).
+    Done,
+}
+
+/// An error before anything was written to the client. `in_sync`: the request was read
+/// whole, so the connection could carry another request after the error answer.
+pub struct Failed<C> {
+    pub client: C,
+    pub error: ProxyError,
+    pub in_sync: bool,
+}
+
+struct Sent {
+    conn: Conn,
+    key: PoolKey,
+    response: ResponseHead,
+    /// The response bytes read so far; `head_len` of them are the head.
+    buf: Vec<u8>,
+    head_len: usize,
+}
+
+fn idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
+}
+
+impl Destination {
+    fn addresses(&self) -> Vec<&Address> {
+        match self {
+            Destination::Cluster { upstream, .. } => upstream::candidates(&upstream.addresses),
+            Destination::Admin { address } => vec![address],
+        }
+    }
+
+    fn pool_key(&self, address: &Address) -> PoolKey {
+        match self {
+            Destination::Cluster { upstream, .. } => PoolKey {
+                authority: address.authority(),
+                owner: upstream.cluster_id.clone(),
+                version: upstream.version,
+            },
+            Destination::Admin { .. } => PoolKey { authority: address.authority(), owner: "admin".into(), version: 0 },
+        }
+    }
+
+    fn head(
+        &self,
+        head: &RequestHead,
+        target: &str,
+        address: &Address,
+        client_ip: IpAddr,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let body = BodyFraming::from(head.framing);
+        match self {
+            Destination::Cluster { upstream, impersonate, .. } => {
+                let identity = ClusterIdentity { token: &upstream.token, impersonate: impersonate.as_deref() };
+                rewrite::to_cluster(head, target, &address.authority(), &identity, client_ip, body)
+            }
+            Destination::Admin { .. } => rewrite::to_admin(head, &address.authority(), client_ip, body),
+        }
+    }
+
+    fn upstream(&self) -> Option<&Upstream> {
+        match self {
+            Destination::Cluster { upstream, .. } => Some(upstream),
+            Destination::Admin { .. } => None,
+        }
+    }
+}
+
+/// Runs one exchange for `head` (already parsed; `inbuf` holds the bytes after it).
+pub async fn exchange<C>(
+    mut client: C,
+    inbuf: &mut Vec<u8>,
+    head: &RequestHead,
+    target: &str,
+    destination: Destination,
+    client_ip: IpAddr,
+) -> Result<(Flow<C>, u16), Failed<C>>
+where
+    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C::OwnedRead: AsyncReadRent + 'static,
+    C::OwnedWrite: AsyncWriteRent + 'static,
+{
+    if head.upgrade.is_some() && head.framing != Framing::None {
+        let error = ProxyError::BadRequest("an upgrade request must not have a body".into());
+        return Err(Failed { client, error, in_sync: false });
+    }
+    let sent = match send(&mut client, inbuf, head, target, &destination, client_ip).await {
+        Ok(sent) => sent,
+        Err((error, in_sync)) => return Err(Failed { client, error, in_sync }),
+    };
+    let Sent { conn, key, response, buf, head_len } = sent;
+
+    if (300..400).contains(&response.status) {
+        tracing::warn!(status = response.status, "upstream answered with a redirect; answering 502");
+        return Err(Failed { client, error: ProxyError::UpstreamRedirect, in_sync: true });
+    }
+    if response.status == 101 {
+        let Some(protocol) = head.upgrade.as_deref() else {
+            return Err(Failed {
+                client,
+                error: ProxyError::BadUpstream("101 to a request that asked for no upgrade".into()),
+                in_sync: true,
+            });
+        };
+        let caller = match &destination {
+            Destination::Cluster { caller, .. } => caller.digest,
+            Destination::Admin { .. } => {
+                return Err(Failed {
+                    client,
+                    error: ProxyError::BadUpstream("admin switched protocols".into()),
+                    in_sync: true,
+                })
+            }
+        };
+        tunnel(client, inbuf, conn, &response, buf, head_len, protocol, caller).await;
+        return Ok((Flow::Done, 101));
+    }
+
+    // An upgrade the upstream refused: relay its answer, then close; never switch.
+    let close = head.close || head.upgrade.is_some();
+    let stream_digest = match &destination {
+        Destination::Cluster { caller, .. } if matches!(response.framing, Framing::Chunked | Framing::UntilClose) => {
+            Some(caller.digest)
+        }
+        _ => None,
+    };
+    match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_digest)
+        .await
+    {
+        Ok(()) if !close => Ok((Flow::Next(client), response.status)),
+        _ => Ok((Flow::Done, response.status)),
+    }
+}
+
+/// Connects (pooled, or new with failover across addresses), writes the request and reads
+/// the response head. Errors carry whether the client is still in sync.
+async fn send<C: AsyncReadRent>(
+    client: &mut C,
+    inbuf: &mut Vec<u8>,
+    head: &RequestHead,
+    target: &str,
+    destination: &Destination,
+    client_ip: IpAddr,
+) -> Result<Sent, (ProxyError, bool)> {
+    let retryable = head.framing == Framing::None && idempotent(&head.method);
+    let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
+    let mut retried = false;
+    for address in destination.addresses() {
+        let key = destination.pool_key(address);
+        let request_head = destination.head(head, target, address, client_ip).map_err(|e| (e, false))?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (mut conn, reused) = match upstream::take_pooled(&key) {
+                Some(conn) if attempts == 1 => (conn, true),
+                _ => match upstream::connect(address, destination.upstream()).await {
+                    Ok(conn) => (conn, false),
+                    Err(e) => {
+                        tracing::warn!(address = %address.authority(), error = %e, "upstream connect failed");
+                        upstream::eject(address);
+                        last_error = e;
+                        break;
+                    }
+                },
+            };
+            let (written, _) = conn.write_all(request_head.clone()).await;
+            let body_result = match written {
+                Ok(_) => send_body(client, inbuf, head.framing, &mut conn).await,
+                Err(e) => Err(BodyError::Upstream(e.to_string())),
+            };
+            match body_result {
+                Ok(()) => {}
+                Err(BodyError::Client(e)) => return Err((e, false)),
+                Err(BodyError::Upstream(e)) if reused && retryable && !retried => {
+                    tracing::debug!(error = %e, "stale pooled connection; retrying on a fresh one");
+                    retried = true;
+                    continue;
+                }
+                Err(BodyError::Upstream(e)) => {
+                    let in_sync = head.framing == Framing::None;
+                    return Err((ProxyError::UpstreamConnect(e), in_sync));
+                }
+            }
+            match read_response_head(&mut conn, &head.method).await {
+                Ok((response, buf, head_len)) => return Ok(Sent { conn, key, response, buf, head_len }),
+                Err((e, nothing_received)) if nothing_received && reused && retryable && !retried => {
+                    tracing::debug!(error = %e, "stale pooled connection; retrying on a fresh one");
+                    retried = true;
+                    continue;
+                }
+                Err((e, _)) => return Err((e, true)),
+            }
+        }
+    }
+    Err((last_error, true))
+}
+
+enum BodyError {
+    /// The client broke off or sent a malformed body: the connection is out of sync.
+    Client(ProxyError),
+    Upstream(String),
+}
+
+/// Streams the request body from `inbuf` and the client to the upstream, re-framed by us.
+async fn send_body<C: AsyncReadRent>(
+    client: &mut C,
+    inbuf: &mut Vec<u8>,
+    framing: Framing,
+    conn: &mut Conn,
+) -> Result<(), BodyError> {
+    match framing {
+        Framing::None | Framing::UntilClose => Ok(()),
+        Framing::Length(total) => {
+            let mut left = total;
+            let mut out = Vec::with_capacity(BUFFER.min(total as usize));
+            loop {
+                let take = (left as usize).min(inbuf.len());
+                out.extend_from_slice(&inbuf[..take]);
+                inbuf.drain(..take);
+                left -= take as u64;
+                if !out.is_empty() {
+                    let (r, o) = write_all(conn, out).await;
+                    out = o;
+                    r.map_err(|e| BodyError::Upstream(e.to_string()))?;
+                }
+                if left == 0 {
+                    return Ok(());
+                }
+                let (r, b) = read_more(client, std::mem::take(inbuf)).await;
+                *inbuf = b;
+                match r {
+                    Ok(0) | Err(_) => {
+                        return Err(BodyError::Client(ProxyError::BadRequest("the request body ended early".into())))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::default();
+            let mut data = Vec::with_capacity(BUFFER);
+            let mut out = Vec::with_capacity(BUFFER + 32);
+            loop {
+                let used = decoder
+                    .decode(inbuf, &mut data)
+                    .map_err(|e| BodyError::Client(ProxyError::BadRequest(format!("request body: {e}"))))?;
+                inbuf.drain(..used);
+                encode_chunk(&data, &mut out);
+                data.clear();
+                if decoder.is_done() {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                if !out.is_empty() {
+                    let (r, o) = write_all(conn, out).await;
+                    out = o;
+                    r.map_err(|e| BodyError::Upstream(e.to_string()))?;
+                }
+                if decoder.is_done() {
+                    return Ok(());
+                }
+                let (r, b) = read_more(client, std::mem::take(inbuf)).await;
+                *inbuf = b;
+                match r {
+                    Ok(0) | Err(_) => {
+                        return Err(BodyError::Client(ProxyError::BadRequest("the request body ended early".into())))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads until a whole response head (skipping 100 Continue and other 1xx but 101).
+/// Errors say whether no byte at all was received.
+async fn read_response_head(
+    conn: &mut Conn,
+    method: &str,
+) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
+    let mut buf = Vec::with_capacity(BUFFER);
+    let mut received_any = false;
+    let work = async {
+        loop {
+            match parse_response(&buf, method) {
+                Ok(Some((response, used))) if (100..200).contains(&response.status) && response.status != 101 => {
+                    buf.drain(..used);
+                    continue;
+                }
+                Ok(Some((response, used))) => return Ok((response, std::mem::take(&mut buf), used)),
+                Ok(None) => {}
+                Err(e) => return Err((e, false)),
+            }
+            let (r, b) = read_more(conn, std::mem::take(&mut buf)).await;
+            buf = b;
+            match r {
+                Ok(0) => {
+                    return Err((ProxyError::BadUpstream("the upstream closed the connection".into()), !received_any))
+                }
+                Ok(_) => received_any = true,
+                Err(e) => return Err((ProxyError::BadUpstream(e.to_string()), !received_any)),
+            }
+        }
+    };
+    match monoio::time::timeout(RESPONSE_HEAD_TIMEOUT, work).await {
+        Ok(result) => result,
+        Err(_) => Err((ProxyError::UpstreamTimeout, false)),
+    }
+}
+
+/// Writes the response head and streams the body. Err: the client or the upstream broke off
+/// mid-response (the client connection must close). Returns the upstream connection to the
+/// pool when the response ended cleanly.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<C: AsyncWriteRent>(
+    client: &mut C,
+    mut conn: Conn,
+    key: PoolKey,
+    response: &ResponseHead,
+    mut buf: Vec<u8>,
+    head_len: usize,
+    client_minor: u8,
+    close: bool,
+    stream_digest: Option<[u8; 32]>,
+) -> Result<(), ()> {
+    // HTTP/1.0 clients cannot read chunked: they get the body until close.
+    let out_framing = match response.framing {
+        Framing::UntilClose if client_minor == 0 => BodyFraming::None,
+        f => BodyFraming::from(f),
+    };
+    let close = close || (response.framing == Framing::UntilClose && client_minor == 0);
+    let mut out = rewrite::to_client(response, out_framing, close, None).map_err(|_| ())?;
+    buf.drain(..head_len);
+    let (_registration, mut revoked) = match stream_digest {
+        Some(digest) => {
+            let (r, v) = streams::register(digest);
+            (Some(r), Some(v))
+        }
+        None => (None, None),
+    };
+    let mut decoder = ChunkedDecoder::default();
+    let mut left = match response.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut data = Vec::with_capacity(BUFFER);
+    let mut clean = false;
+    loop {
+        // Turn what arrived into what the client gets.
+        match response.framing {
+            Framing::None => {
+                clean = buf.is_empty();
+                buf.clear();
+            }
+            Framing::Length(_) => {
+                let take = (left as usize).min(buf.len());
+                out.extend_from_slice(&buf[..take]);
+                left -= take as u64;
+                clean = left == 0 && buf.len() == take;
+                buf.clear();
+            }
+            Framing::Chunked => {
+                let used =
+                    decoder.decode(&buf, &mut data).map_err(|e| tracing::warn!(error = e, "bad chunked response"))?;
+                clean = decoder.is_done() && used == buf.len();
+                buf.clear();
+                encode_chunk(&data, &mut out);
+                data.clear();
+                if decoder.is_done() {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+            }
+            Framing::UntilClose => {
+                if out_framing == BodyFraming::Chunked {
+                    encode_chunk(&buf, &mut out);
+                } else {
+                    out.extend_from_slice(&buf);
+                }
+                buf.clear();
+            }
+        }
+        let finished = match response.framing {
+            Framing::None => true,
+            Framing::Length(_) => left == 0,
+            Framing::Chunked => decoder.is_done(),
+            Framing::UntilClose => false,
+        };
+        if !out.is_empty() {
+            let (r, o) = write_all(client, out).await;
+            out = o;
+            r.map_err(|_| ())?;
+        }
+        if finished {
+            break;
+        }
+        let (r, b) = match revoked.as_mut() {
+            None => read_more(&mut conn, buf).await,
+            Some(revoked) => {
+                monoio::select! {
+                    read = read_more(&mut conn, Vec::with_capacity(BUFFER)) => read,
+                    _ = revoked => {
+                        tracing::info!("token revoked or expired: closing its stream");
+                        return Err(());
+                    }
+                }
+            }
+        };
+        buf = b;
+        match r {
+            Ok(0) if response.framing == Framing::UntilClose => {
+                if out_framing == BodyFraming::Chunked {
+                    let (r, _) = write_from(client, LAST_CHUNK.to_vec(), 0).await;
+                    r.map_err(|_| ())?;
+                }
+                return if close { Err(()) } else { Ok(()) };
+            }
+            Ok(0) | Err(_) => return Err(()),
+            Ok(_) => {}
+        }
+    }
+    if clean && !response.close {
+        upstream::put_pooled(key, conn);
+    }
+    Ok(())
+}
+
+/// After an upstream 101: hand the 101 to the client, release the held bytes, and copy both
+/// ways until either side ends or the token is revoked.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel<C>(
+    mut client: C,
+    inbuf: &mut Vec<u8>,
+    mut conn: Conn,
+    response: &ResponseHead,
+    buf: Vec<u8>,
+    head_len: usize,
+    protocol: &str,
+    digest: [u8; 32],
+) where
+    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C::OwnedRead: AsyncReadRent + 'static,
+    C::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let Ok(mut out) = rewrite::to_client(response, BodyFraming::None, false, Some(protocol)) else { return };
+    out.extend_from_slice(&buf[head_len..]);
+    if write_all(&mut client, out).await.0.is_err() {
+        return;
+    }
+    if !inbuf.is_empty() && write_all(&mut conn, std::mem::take(inbuf)).await.0.is_err() {
+        return;
+    }
+    let (_registration, revoked) = streams::register(digest);
+    let (client_read, client_write) = client.into_split();
+    let (conn_read, conn_write) = conn.into_split();
+    let mut up = std::pin::pin!(copy(client_read, conn_write));
+    let mut down = std::pin::pin!(copy(conn_read, client_write));
+    let mut revoked = std::pin::pin!(revoked);
+    monoio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            // The client finished sending; let the upstream finish answering.
+            monoio::select! {
+                _ = &mut down => {}
+                _ = &mut revoked => tracing::info!("token revoked or expired: closing its stream"),
+            }
+        }
+        _ = &mut revoked => tracing::info!("token revoked or expired: closing its stream"),
+    }
+}
+
+/// Copies until end of stream, then shuts the writer down.
+async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) {
+    let mut buf = Vec::with_capacity(BUFFER);
+    loop {
+        buf.clear();
+        let (r, b) = from.read(buf).await;
+        buf = b;
+        match r {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let (r, b) = to.write_all(buf).await;
+                buf = b;
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}

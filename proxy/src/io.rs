@@ -1,0 +1,93 @@
+//! Byte plumbing on monoio's owned buffers: a connection that is plain TCP or TLS, appending
+//! reads, and whole writes.
+use std::io;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+
+/// Size of every relay buffer (monoio's own copy uses 4 KiB, which halves throughput).
+pub const BUFFER: usize = 64 * 1024;
+
+/// An upstream connection.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+// Reads and writes of both variants are independent (monoio-rustls marks its stream `Split`).
+unsafe impl Split for Conn {}
+
+impl AsyncReadRent for Conn {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.readv(buf).await,
+            Conn::Tls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Conn {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.write(buf).await,
+            Conn::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Conn::Plain(s) => s.writev(buf).await,
+            Conn::Tls(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush().await,
+            Conn::Tls(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
+/// Reads more bytes onto the end of `buf`. Ok(0) is end of stream.
+pub async fn read_more<S: AsyncReadRent>(stream: &mut S, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(BUFFER.max(buf.len() / 2));
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (result, slice) = stream.read(buf.slice_mut(len..cap)).await;
+    (result, slice.into_inner())
+}
+
+/// Writes all of `buf`, then gives it back (cleared) for reuse.
+pub async fn write_all<S: AsyncWriteRent>(stream: &mut S, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let (result, mut buf) = stream.write_all(buf).await;
+    buf.clear();
+    (result.map(|_| ()), buf)
+}
+
+/// Writes `buf[from..]`, giving the buffer back whole.
+pub async fn write_from<S: AsyncWriteRent>(stream: &mut S, buf: Vec<u8>, from: usize) -> (io::Result<()>, Vec<u8>) {
+    if from >= buf.len() {
+        return (Ok(()), buf);
+    }
+    let end = buf.len();
+    let (result, slice) = stream.write_all(buf.slice(from..end)).await;
+    (result.map(|_| ()), slice.into_inner())
+}

@@ -1,0 +1,32 @@
+//! bcs-api-proxy: the data plane.
+//!
+//! The life of a request, one module per stage (see proxy/README.md for the phase chart):
+//!
+//! | stage | module |
+//! |---|---|
+//! | runtimes and listeners (TLS, plain, metrics) | [`listen`], [`health`] |
+//! | one client connection, request by request | [`conn`] |
+//! | request and response heads, body framing | [`http1`] |
+//! | which route | [`route`] |
+//! | who is calling | [`auth`] over [`tables`] |
+//! | what goes upstream, what comes back | [`rewrite`] |
+//! | connecting and pooling | [`upstream`], [`io`] |
+//! | the exchange, streaming and upgrades | [`forward`], [`streams`] |
+//! | an error becomes a status | [`error`], [`respond`] |
+//! | snapshots from admin | [`control`] |
+pub mod auth;
+pub mod conn;
+pub mod control;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod http1;
+pub mod io;
+pub mod listen;
+pub mod metrics;
+pub mod respond;
+pub mod rewrite;
+pub mod route;
+pub mod streams;
+pub mod tables;
+pub mod upstream;

@@ -1,0 +1,145 @@
+//! Runtimes and listeners: one monoio runtime per core, each with its own SO_REUSEPORT
+//! listeners on the TLS and the plain port (the kernel spreads connections across cores), and
+//! the metrics listener on core 0. io_uring when the kernel allows it, epoll otherwise
+//! (`BCS_PROXY_DRIVER=legacy` forces epoll, as CI does once).
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::conn::{self, Settings};
+use crate::health;
+
+/// What every core needs to start.
+#[derive(Clone)]
+pub struct Plan {
+    pub cores: usize,
+    pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    pub plain: Option<SocketAddr>,
+    pub metrics: SocketAddr,
+    pub admin: bcs_shared::snapshot::Address,
+}
+
+/// Starts every core and blocks until one of them fails to start (returns the error) or
+/// forever.
+pub fn run(plan: Plan) -> anyhow::Result<()> {
+    let legacy = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
+    let driver = if legacy {
+        "epoll (forced by BCS_PROXY_DRIVER=legacy)"
+    } else if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll (io_uring unavailable)"
+    };
+    tracing::info!(cores = plan.cores, driver, "starting the proxy runtimes");
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    for core in 0..plan.cores {
+        let plan = plan.clone();
+        let ready = ready_tx.clone();
+        std::thread::Builder::new().name(format!("bcs-proxy-{core}")).spawn(move || {
+            let run = core_main(core, plan, ready.clone());
+            let result = if legacy {
+                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(run))
+            } else {
+                monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(run))
+            };
+            if let Err(e) = result {
+                let _ = ready.send(Err(anyhow::anyhow!("core {core}: cannot build the runtime: {e}")));
+            }
+        })?;
+    }
+    drop(ready_tx);
+    for _ in 0..plan.cores {
+        ready_rx.recv().context("a core thread ended before it started")??;
+    }
+    tracing::info!("proxy ready to accept");
+    // The cores run until the process ends; a later failure comes through the same channel.
+    match ready_rx.recv() {
+        Ok(Err(e)) => Err(e),
+        _ => loop {
+            std::thread::park();
+        },
+    }
+}
+
+fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    TcpListener::bind_with_config(address, &opts).with_context(|| format!("cannot listen on {what} {address}"))
+}
+
+async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<()>>) {
+    let settings = Rc::new(Settings { admin: plan.admin.clone(), ..Settings::default() });
+    let mut listeners = Vec::new();
+    let bound = (|| -> anyhow::Result<()> {
+        if let Some((address, config)) = &plan.tls {
+            listeners.push((
+                bind(*address, "service_config address:port")?,
+                Some(monoio_rustls::TlsAcceptor::from(config.clone())),
+            ));
+        }
+        if let Some(address) = plan.plain {
+            listeners.push((bind(address, "service_config insecure_address:insecure_port")?, None));
+        }
+        Ok(())
+    })();
+    let metrics = if core == 0 { Some(bind(plan.metrics, "metric_config metric_port")) } else { None };
+    let bound = bound.and_then(|_| metrics.transpose().map(|m| m.map(Rc::new)));
+    let metrics = match bound {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if let Some(listener) = metrics {
+        monoio::spawn(health::serve(listener));
+    }
+    for (listener, tls) in listeners {
+        monoio::spawn(accept_loop(listener, tls, settings.clone()));
+    }
+    let _ = ready.send(Ok(()));
+    // Housekeeping: close revoked streams, publish pool sizes.
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        crate::streams::sweep();
+        crate::metrics::set_pooled(crate::upstream::pooled_count());
+    }
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<monoio_rustls::TlsAcceptor>, settings: Rc<Settings>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let settings = settings.clone();
+        let tls = tls.clone();
+        monoio::spawn(async move {
+            crate::metrics::connection_opened();
+            match tls {
+                None => conn::serve(stream, peer, settings).await,
+                Some(acceptor) => match monoio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => conn::serve(stream, peer, settings).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+            crate::metrics::connection_closed();
+        });
+    }
+}

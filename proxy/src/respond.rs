@@ -1,0 +1,115 @@
+//! Answers the gateway writes itself: errors (as a Kubernetes `Status` on kubernetes routes,
+//! the REST shape `{"code_name","message"}` elsewhere) and small plain answers.
+use crate::error::ProxyError;
+
+/// Which error body a route gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Kubernetes,
+    Rest,
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+fn kubernetes_reason(status: u16) -> &'static str {
+    match status {
+        400 | 414 | 431 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        408 | 504 => "Timeout",
+        503 => "ServiceUnavailable",
+        _ => "InternalError",
+    }
+}
+
+fn code_name(status: u16) -> &'static str {
+    match status {
+        400 | 414 | 431 => "BAD_REQUEST",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "NOT_FOUND",
+        408 => "REQUEST_TIMEOUT",
+        502 => "BAD_GATEWAY",
+        503 => "SERVICE_UNAVAILABLE",
+        504 => "GATEWAY_TIMEOUT",
+        _ => "INTERNAL_ERROR",
+    }
+}
+
+/// A whole error response. `close` adds `Connection: close`.
+pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
+    let status = err.status();
+    let message = err.to_string();
+    let body = match shape {
+        Shape::Kubernetes => serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": kubernetes_reason(status),
+            "code": status,
+        }),
+        Shape::Rest => serde_json::json!({"code_name": code_name(status), "message": message}),
+    };
+    let mut extra = String::new();
+    if matches!(err, ProxyError::Overloaded | ProxyError::NotReady) {
+        extra.push_str("Retry-After: 1\r\n");
+    }
+    response(status, "application/json", &body.to_string(), close, &extra)
+}
+
+/// A small complete response with a body.
+pub fn response(status: u16, content_type: &str, body: &str, close: bool, extra_headers: &str) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{connection}{extra_headers}\r\n{body}",
+        reason_phrase(status),
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_routes_get_a_status_object() {
+        let bytes = error(&ProxyError::Unauthorized("the token is not valid"), Shape::Kubernetes, false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        let body: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["kind"], "Status");
+        assert_eq!(body["apiVersion"], "v1");
+        assert_eq!(body["reason"], "Unauthorized");
+        assert_eq!(body["code"], 401);
+    }
+
+    #[test]
+    fn other_routes_get_the_rest_shape_and_overload_says_when_to_retry() {
+        let text = String::from_utf8(error(&ProxyError::Overloaded, Shape::Rest, true)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 "));
+        assert!(text.contains("Retry-After: 1\r\n") && text.contains("Connection: close\r\n"));
+        assert!(text.contains("\"code_name\":\"SERVICE_UNAVAILABLE\""));
+    }
+}

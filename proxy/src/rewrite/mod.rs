@@ -1,0 +1,197 @@
+//! The heads the gateway sends on: the request to a cluster or to admin, and the response to
+//! the client. Pure.
+//!
+//! Order matters (Rancher CVE-2021-31999): hop-by-hop headers, including every header the
+//! client named in `Connection`, are removed **first**; the gateway's own headers
+//! (`Authorization`, `Impersonate-User`, framing, `X-Forwarded-For`) are added **after**, so a
+//! client can never strip them.
+use std::net::IpAddr;
+
+use bcs_shared::secret::Secret;
+
+use crate::error::ProxyError;
+use crate::http1::head::{tokens, Framing, Header, RequestHead, ResponseHead};
+use crate::http1::write::header;
+
+/// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Never forwarded to a cluster: the caller's credentials and what the gateway regenerates.
+const NOT_TO_CLUSTERS: &[&str] = &["authorization", "cookie", "host", "content-length", "expect", "x-forwarded-for"];
+
+/// Never forwarded to admin: what the gateway regenerates.
+const NOT_TO_ADMIN: &[&str] = &["host", "content-length", "expect", "x-forwarded-for"];
+
+/// Kubernetes accepts a bearer token inside `Sec-WebSocket-Protocol`; it must not pass.
+const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// How the body of the message being written is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl From<Framing> for BodyFraming {
+    fn from(f: Framing) -> Self {
+        match f {
+            Framing::None => BodyFraming::None,
+            Framing::Length(n) => BodyFraming::Length(n),
+            Framing::Chunked | Framing::UntilClose => BodyFraming::Chunked,
+        }
+    }
+}
+
+/// What the gateway adds towards a cluster.
+pub struct ClusterIdentity<'a> {
+    pub token: &'a Secret,
+    /// `Impersonate-User` value, for normal users when RBAC is on.
+    pub impersonate: Option<&'a str>,
+}
+
+fn is_removed(h: &Header, named_in_connection: &[String], extra: &[&str]) -> bool {
+    HOP_BY_HOP.iter().chain(extra).any(|n| h.is(n))
+        || named_in_connection.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+}
+
+fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
+    if !target.bytes().all(|b| b.is_ascii_graphic()) || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(ProxyError::Internal("refusing to write a request line with control characters".into()));
+    }
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    Ok(out)
+}
+
+fn forwarded_for(head: &RequestHead, client: IpAddr) -> String {
+    let prior: Vec<&str> =
+        head.headers_named("x-forwarded-for").map(|h| h.value_str().trim()).filter(|v| !v.is_empty()).collect();
+    if prior.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", prior.join(", "))
+    }
+}
+
+fn framing(out: &mut Vec<u8>, body: BodyFraming) -> Result<(), ProxyError> {
+    match body {
+        BodyFraming::None => Ok(()),
+        BodyFraming::Length(n) => header(out, "Content-Length", n.to_string().as_bytes()),
+        BodyFraming::Chunked => header(out, "Transfer-Encoding", b"chunked"),
+    }
+}
+
+fn upgrade_headers(out: &mut Vec<u8>, protocol: Option<&str>) -> Result<(), ProxyError> {
+    if let Some(protocol) = protocol {
+        header(out, "Connection", b"Upgrade")?;
+        header(out, "Upgrade", protocol.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The request to a cluster's apiserver at `host` (its `host:port`).
+pub fn to_cluster(
+    head: &RequestHead,
+    target: &str,
+    host: &str,
+    identity: &ClusterIdentity,
+    client: IpAddr,
+    body: BodyFraming,
+) -> Result<Vec<u8>, ProxyError> {
+    let named = tokens(&head.headers, "connection");
+    let mut out = start(&head.method, target)?;
+    header(&mut out, "Host", host.as_bytes())?;
+    for h in &head.headers {
+        if is_removed(h, &named, NOT_TO_CLUSTERS) {
+            continue;
+        }
+        if h.is("sec-websocket-protocol") {
+            let kept: Vec<&str> =
+                h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
+            if !kept.is_empty() {
+                header(&mut out, &h.name, kept.join(", ").as_bytes())?;
+            }
+            continue;
+        }
+        header(&mut out, &h.name, &h.value)?;
+    }
+    let mut bearer = b"Bearer ".to_vec();
+    bearer.extend_from_slice(identity.token.expose().as_bytes());
+    header(&mut out, "Authorization", &bearer)?;
+    if let Some(user) = identity.impersonate {
+        header(&mut out, "Impersonate-User", user.as_bytes())?;
+    }
+    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
+    framing(&mut out, body)?;
+    upgrade_headers(&mut out, head.upgrade.as_deref())?;
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
+pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
+    let named = tokens(&head.headers, "connection");
+    let mut out = start(&head.method, &head.target)?;
+    header(&mut out, "Host", host.as_bytes())?;
+    for h in &head.headers {
+        if !is_removed(h, &named, NOT_TO_ADMIN) {
+            header(&mut out, &h.name, &h.value)?;
+        }
+    }
+    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
+    framing(&mut out, body)?;
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// The response head to the client. `upgrade`: the 101 of an upgrade the client asked for.
+pub fn to_client(
+    response: &ResponseHead,
+    body: BodyFraming,
+    close: bool,
+    upgrade: Option<&str>,
+) -> Result<Vec<u8>, ProxyError> {
+    let named = tokens(&response.headers, "connection");
+    let mut out = Vec::with_capacity(512);
+    let reason: String = response.reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", response.status, reason).as_bytes());
+    for h in &response.headers {
+        // Set-Cookie from one cluster would land on the gateway's origin, shared by all clusters.
+        if is_removed(h, &named, &["content-length", "set-cookie"]) {
+            continue;
+        }
+        header(&mut out, &h.name, &h.value)?;
+    }
+    match (body, response.framing) {
+        // A HEAD answer or a 304 tells the length of a body it does not carry.
+        (BodyFraming::None, Framing::None) => {
+            if let Some(cl) = response.header("content-length").filter(|h| h.value.iter().all(u8::is_ascii_digit)) {
+                header(&mut out, "Content-Length", &cl.value)?;
+            }
+        }
+        (b, _) => framing(&mut out, b)?,
+    }
+    upgrade_headers(&mut out, upgrade)?;
+    if close && upgrade.is_none() {
+        header(&mut out, "Connection", b"close")?;
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

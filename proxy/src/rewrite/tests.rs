@@ -1,0 +1,98 @@
+use super::*;
+use crate::http1::head::parse_request;
+
+fn head(text: &str) -> RequestHead {
+    parse_request(text.as_bytes()).unwrap().unwrap().0
+}
+
+fn ip() -> IpAddr {
+    "10.1.2.3".parse().unwrap()
+}
+
+fn cluster(text: &str, impersonate: Option<&str>) -> String {
+    let token = Secret::new("cluster-sa-token");
+    let identity = ClusterIdentity { token: &token, impersonate };
+    let h = head(text);
+    String::from_utf8(to_cluster(&h, "/api/v1/pods", "10.0.0.1:6443", &identity, ip(), h.framing.into()).unwrap())
+        .unwrap()
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.to_ascii_lowercase().matches(&needle.to_ascii_lowercase()).count()
+}
+
+#[test]
+fn the_cluster_gets_its_token_and_one_impersonation_never_the_callers_credentials() {
+    let out = cluster(
+        "GET /x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer user-token\r\nCookie: s=1\r\nProxy-Authorization: Basic x\r\nAccept: application/json\r\n\r\n",
+        Some("plain.alice"),
+    );
+    assert!(out.starts_with("GET /api/v1/pods HTTP/1.1\r\nHost: 10.0.0.1:6443\r\n"), "{out}");
+    assert!(!out.contains("user-token") && !out.contains("s=1") && !out.contains("Basic"), "{out}");
+    assert_eq!(count(&out, "authorization: Bearer cluster-sa-token"), 1, "{out}");
+    assert_eq!(count(&out, "\r\nimpersonate-user: plain.alice\r\n"), 1, "{out}");
+    assert_eq!(count(&out, "impersonate-"), 1);
+    assert!(out.contains("Accept: application/json\r\n"));
+    assert!(out.contains("X-Forwarded-For: 10.1.2.3\r\n"));
+    assert!(out.ends_with("\r\n\r\n"));
+}
+
+#[test]
+fn connection_cannot_strip_what_the_gateway_adds() {
+    let out = cluster(
+        "GET /x HTTP/1.1\r\nHost: gw\r\nConnection: Impersonate-User, Authorization, X-Forwarded-For, Keep-Alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n\r\n",
+        Some("plain.bob"),
+    );
+    assert_eq!(count(&out, "impersonate-user: plain.bob"), 1, "{out}");
+    assert_eq!(count(&out, "authorization: bearer cluster-sa-token"), 1, "{out}");
+    assert!(out.contains("X-Forwarded-For: 10.1.2.3"), "{out}");
+    assert!(!out.contains("X-Secret") && !out.contains("Keep-Alive") && !out.contains("Connection"), "{out}");
+}
+
+#[test]
+fn framing_is_regenerated_and_forwarded_for_appended() {
+    let out = cluster(
+        "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 005\r\nX-Forwarded-For: 1.1.1.1\r\nExpect: 100-continue\r\n\r\n",
+        None,
+    );
+    assert!(out.contains("Content-Length: 5\r\n") && !out.contains("005"), "{out}");
+    assert!(out.contains("X-Forwarded-For: 1.1.1.1, 10.1.2.3\r\n"), "{out}");
+    assert!(!out.to_ascii_lowercase().contains("expect"), "{out}");
+    let out = cluster("POST /x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n", None);
+    assert_eq!(count(&out, "transfer-encoding: chunked"), 1);
+}
+
+#[test]
+fn upgrades_keep_their_protocol_and_drop_bearer_subprotocols() {
+    let out = cluster(
+        "GET /x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.c2VjcmV0, v5.channel.k8s.io\r\n\r\n",
+        None,
+    );
+    assert!(out.contains("Connection: Upgrade\r\nUpgrade: websocket\r\n"), "{out}");
+    assert!(out.contains("Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n"), "{out}");
+    assert!(!out.contains("c2VjcmV0"), "{out}");
+}
+
+#[test]
+fn admin_keeps_the_callers_authorization() {
+    let h = head(
+        "PUT /rest/clusters/c/credentials HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\n",
+    );
+    let out = String::from_utf8(to_admin(&h, "127.0.0.1:8090", ip(), h.framing.into()).unwrap()).unwrap();
+    assert!(out.starts_with("PUT /rest/clusters/c/credentials HTTP/1.1\r\nHost: 127.0.0.1:8090\r\n"), "{out}");
+    assert!(out.contains("Authorization: Bearer t\r\n") && out.contains("Content-Length: 2\r\n"), "{out}");
+}
+
+#[test]
+fn responses_lose_hop_by_hop_and_cookies() {
+    let (r, _) = crate::http1::head::parse_response(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: 1\r\nSet-Cookie: a=b\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET",
+    )
+    .unwrap()
+    .unwrap();
+    let out = String::from_utf8(to_client(&r, BodyFraming::Chunked, false, None).unwrap()).unwrap();
+    assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), true, None).unwrap()).unwrap();
+    assert!(out.contains("Content-Length: 3\r\nConnection: close\r\n"), "{out}");
+}

@@ -1,0 +1,159 @@
+//! Routing: which kind of request this is, from the canonical request target alone (never
+//! from `Host`). Pure.
+//!
+//! Paths are refused, not repaired: a `.` or `..` segment (raw or percent-encoded), an encoded
+//! `/`, `\` or NUL, malformed percent-encoding, a fragment, a raw backslash, control characters
+//! or an empty segment give 400, so the gateway and the apiserver can never disagree about
+//! which resource a path names.
+use crate::error::ProxyError;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/tunnels/clusters/{identifier}/{rest}`: `upstream_target` is `/{rest}` plus the query.
+    Kubernetes { identifier: &'a str, upstream_target: String },
+    /// `/rest/...`: forwarded to admin unchanged.
+    Rest,
+}
+
+const TUNNEL_PREFIX: &str = "/tunnels/clusters/";
+
+pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
+    if !target.starts_with('/') {
+        return Err(ProxyError::BadRequest("the request target must be an absolute path".into()));
+    }
+    if target.contains('#') {
+        return Err(ProxyError::BadRequest("a fragment in the request target".into()));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    check_path(path)?;
+    if let Some(query) = query {
+        if !query.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ProxyError::BadRequest("control characters in the query".into()));
+        }
+        percent_decode_check(query)?;
+    }
+    if let Some(rest) = path.strip_prefix(TUNNEL_PREFIX) {
+        let (identifier, sub_path) = match rest.split_once('/') {
+            Some((id, sub)) => (id, sub),
+            None => (rest, ""),
+        };
+        if identifier.is_empty() {
+            return Err(ProxyError::NotFound("no cluster identifier in the path".into()));
+        }
+        let mut upstream_target = format!("/{sub_path}");
+        if let Some(q) = query {
+            upstream_target.push('?');
+            upstream_target.push_str(q);
+        }
+        return Ok(Route::Kubernetes { identifier, upstream_target });
+    }
+    if path == "/rest" || path.starts_with("/rest/") {
+        return Ok(Route::Rest);
+    }
+    Err(ProxyError::NotFound(format!("no route for {path}")))
+}
+
+fn check_path(path: &str) -> Result<(), ProxyError> {
+    if !path.bytes().all(|b| b.is_ascii_graphic()) || path.contains('\\') {
+        return Err(ProxyError::BadRequest("control characters, spaces or backslashes in the path".into()));
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        // A trailing slash is fine (`/api/`), an empty segment inside the path is not.
+        if segment.is_empty() && i != last {
+            return Err(ProxyError::BadRequest("an empty segment in the path".into()));
+        }
+        let decoded = percent_decode_check(segment)?;
+        if matches!(decoded.as_slice(), b"." | b"..") {
+            return Err(ProxyError::BadRequest("a dot segment in the path".into()));
+        }
+        if decoded.iter().any(|&b| b == b'/' || b == b'\\' || b == 0) {
+            return Err(ProxyError::BadRequest("an encoded slash, backslash or NUL in the path".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes percent-escapes once, refusing malformed ones.
+fn percent_decode_check(s: &str) -> Result<Vec<u8>, ProxyError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let value = hex
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ProxyError::BadRequest("malformed percent-encoding".into()))?;
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_paths_keep_the_exact_suffix_and_query() {
+        let r = route("/tunnels/clusters/bcs-k8s-1-abc/api/v1/namespaces/default/pods?watch=1&labelSelector=a%3Db")
+            .unwrap();
+        assert_eq!(
+            r,
+            Route::Kubernetes {
+                identifier: "bcs-k8s-1-abc",
+                upstream_target: "/api/v1/namespaces/default/pods?watch=1&labelSelector=a%3Db".into()
+            }
+        );
+        let r = route("/tunnels/clusters/c1").unwrap();
+        assert_eq!(r, Route::Kubernetes { identifier: "c1", upstream_target: "/".into() });
+        let r = route("/tunnels/clusters/c1/").unwrap();
+        assert_eq!(r, Route::Kubernetes { identifier: "c1", upstream_target: "/".into() });
+        assert_eq!(route("/rest/users/").unwrap(), Route::Rest);
+        assert_eq!(route("/rest").unwrap(), Route::Rest);
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for path in ["/", "/api/v1/pods", "/restx", "/tunnels/clusters/", "/tunnels/x", "/bcsapi/v4/x"] {
+            assert_eq!(route(path).unwrap_err().status(), 404, "{path}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_400_never_repaired() {
+        for path in [
+            "/tunnels/clusters/c1/api/../secrets",
+            "/tunnels/clusters/c1/./api",
+            "/tunnels/clusters/c1/%2e%2e/x",
+            "/tunnels/clusters/c1/%2E/x",
+            "/tunnels/clusters/c1/.%2e/x",
+            "/tunnels/clusters/../clusters/c2/api",
+            "/tunnels/clusters/c1/api%2Fv1",
+            "/tunnels/clusters/c1/api%2fv1",
+            "/tunnels/clusters/c1/api%5Cv1",
+            "/tunnels/clusters/c1/api%00",
+            "/tunnels/clusters/c1/api%zz",
+            "/tunnels/clusters/c1/api%2",
+            "/tunnels/clusters/c1//api",
+            "/tunnels/clusters/c1/api\\v1",
+            "/tunnels/clusters/c1/api#frag",
+            "/tunnels/clusters/c1/api?x=%zz",
+            "http://evil.example/tunnels/clusters/c1/api",
+            "*",
+            "/rest/../tunnels/clusters/c1/api",
+        ] {
+            assert_eq!(route(path).unwrap_err().status(), 400, "{path}");
+        }
+    }
+}

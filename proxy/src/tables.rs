@@ -1,0 +1,154 @@
+//! Lookup tables compiled from a snapshot, and the one global that holds the current ones.
+//!
+//! A request loads the tables once (`current()`) and uses that one version throughout, so it
+//! never sees a mix of two snapshots; a new snapshot is swapped in whole for every core at once.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use bcs_shared::identity::kubernetes_user_name;
+use bcs_shared::secret::Secret;
+use bcs_shared::snapshot::{parse_address, Address, Snapshot};
+use sha2::{Digest, Sha256};
+
+static TABLES: ArcSwapOption<Tables> = ArcSwapOption::const_empty();
+
+#[derive(Debug)]
+pub struct UserEntry {
+    pub id: i64,
+    pub name: String,
+    /// `plain:alice` -> `plain.alice`.
+    pub kubernetes_name: String,
+    pub is_super_user: bool,
+}
+
+#[derive(Debug)]
+pub struct TokenEntry {
+    pub user: Arc<UserEntry>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug)]
+pub struct ClusterEntry {
+    pub id: String,
+    pub identifier: String,
+    pub upstream: Option<Arc<Upstream>>,
+}
+
+/// Where and as whom the gateway reaches a cluster.
+#[derive(Debug)]
+pub struct Upstream {
+    pub cluster_id: String,
+    pub addresses: Vec<Address>,
+    pub ca_pem: String,
+    pub token: Secret,
+    pub version: i64,
+}
+
+#[derive(Debug)]
+pub struct Tables {
+    pub revision: u64,
+    pub generated_at: i64,
+    pub turn_on_rbac: bool,
+    pub installed_at: Instant,
+    tokens: HashMap<[u8; 32], TokenEntry>,
+    clusters: HashMap<String, Arc<ClusterEntry>>,
+}
+
+/// SHA-256 of a presented token: the lookup key.
+pub fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl Tables {
+    /// Compiles a snapshot that passed `Snapshot::validate`.
+    pub fn compile(snapshot: &Snapshot) -> Tables {
+        let users: HashMap<i64, Arc<UserEntry>> = snapshot
+            .users
+            .iter()
+            .map(|u| {
+                let entry = UserEntry {
+                    id: u.id,
+                    name: u.name.clone(),
+                    kubernetes_name: kubernetes_user_name(&u.name),
+                    is_super_user: u.is_super_user,
+                };
+                (u.id, Arc::new(entry))
+            })
+            .collect();
+        let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
+        for t in &snapshot.tokens {
+            let (Some(user), Ok(raw)) = (users.get(&t.user_id), hex_digest(&t.digest)) else { continue };
+            tokens.insert(raw, TokenEntry { user: user.clone(), expires_at: t.expires_at });
+        }
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|c| {
+                let upstream = c.credentials.as_ref().map(|cred| {
+                    Arc::new(Upstream {
+                        cluster_id: c.id.clone(),
+                        addresses: cred.addresses.iter().filter_map(|a| parse_address(a)).collect(),
+                        ca_pem: cred.ca_pem.clone(),
+                        token: cred.token.clone(),
+                        version: cred.version,
+                    })
+                });
+                let entry = ClusterEntry { id: c.id.clone(), identifier: c.identifier.clone(), upstream };
+                (c.identifier.clone(), Arc::new(entry))
+            })
+            .collect();
+        Tables {
+            revision: snapshot.revision,
+            generated_at: snapshot.generated_at,
+            turn_on_rbac: snapshot.turn_on_rbac,
+            installed_at: Instant::now(),
+            tokens,
+            clusters,
+        }
+    }
+
+    pub fn token(&self, digest: &[u8; 32]) -> Option<&TokenEntry> {
+        self.tokens.get(digest)
+    }
+
+    /// True while the token exists in these tables and has not expired.
+    pub fn token_valid(&self, digest: &[u8; 32], now: i64) -> bool {
+        self.tokens.get(digest).is_some_and(|t| t.expires_at > now)
+    }
+
+    pub fn cluster(&self, identifier: &str) -> Option<&Arc<ClusterEntry>> {
+        self.clusters.get(identifier)
+    }
+
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
+}
+
+fn hex_digest(hex: &str) -> Result<[u8; 32], ()> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return Err(());
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ())?;
+    }
+    Ok(out)
+}
+
+/// The tables every request uses now; None until a first snapshot is installed.
+pub fn current() -> Option<Arc<Tables>> {
+    TABLES.load_full()
+}
+
+/// Swaps in new tables for every core at once.
+pub fn install(tables: Tables) {
+    TABLES.store(Some(Arc::new(tables)));
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

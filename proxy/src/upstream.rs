@@ -1,0 +1,148 @@
+//! Reaching upstreams: clusters' apiservers over TLS that trusts only the cluster's CA and
+//! verifies the name `kubernetes` (apiserver certificates carry it; IP SANs often miss
+//! failover masters), and admin over plain HTTP. Per core: a keep-alive pool keyed by
+//! (address, cluster, credential version), TLS configs per credential version, and passive
+//! ejection of addresses that fail.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bcs_shared::snapshot::Address;
+use monoio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::error::ProxyError;
+use crate::io::Conn;
+use crate::tables::Upstream;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle pooled connections older than this are closed (below apiservers' keep-alive).
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
+const POOL_MAX_PER_KEY: usize = 64;
+/// How long a failed address is skipped.
+const EJECTION: Duration = Duration::from_secs(10);
+
+/// Which pool a connection belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub authority: String,
+    /// Cluster id (or `admin`) and credential version: a new version never reuses old sockets.
+    pub owner: String,
+    pub version: i64,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::new());
+    static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
+}
+
+/// An idle pooled connection for `key`, if a fresh one is there. Connections of the same owner
+/// with another credential version are closed on the way.
+pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
+        let idle = pool.get_mut(key)?;
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < POOL_IDLE {
+                return Some(entry.conn);
+            }
+        }
+        None
+    })
+}
+
+/// Returns a connection whose last exchange ended cleanly.
+pub fn put_pooled(key: PoolKey, conn: Conn) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.entry(key).or_default();
+        idle.retain(|e| e.since.elapsed() < POOL_IDLE);
+        if idle.len() < POOL_MAX_PER_KEY {
+            idle.push(Idle { conn, since: Instant::now() });
+        }
+    })
+}
+
+/// Idle connections on this core, for the metrics.
+pub fn pooled_count() -> usize {
+    POOL.with(|pool| pool.borrow().values().map(Vec::len).sum())
+}
+
+/// The addresses to try, healthy ones first, in the reported order (failover, as the
+/// original: the first healthy address takes the traffic, which keeps pools warm).
+pub fn candidates(addresses: &[Address]) -> Vec<&Address> {
+    let now = Instant::now();
+    EJECTED.with(|e| {
+        let mut e = e.borrow_mut();
+        e.retain(|_, until| *until > now);
+        let (healthy, ejected): (Vec<&Address>, Vec<&Address>) =
+            addresses.iter().partition(|a| !e.contains_key(&a.authority()));
+        healthy.into_iter().chain(ejected).collect()
+    })
+}
+
+pub fn eject(address: &Address) {
+    EJECTED.with(|e| e.borrow_mut().insert(address.authority(), Instant::now() + EJECTION));
+    crate::metrics::upstream_connect_error();
+}
+
+fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
+    let key = (upstream.cluster_id.clone(), upstream.version);
+    if let Some(config) = TLS_CONFIGS.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(config);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(upstream.ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| ProxyError::BadUpstream(format!("cluster CA is not PEM: {e}")))?;
+        roots.add(cert).map_err(|e| ProxyError::BadUpstream(format!("cluster CA refused: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    TLS_CONFIGS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|(id, _), _| id != &upstream.cluster_id);
+        c.insert(key, config.clone());
+    });
+    Ok(config)
+}
+
+/// A new connection to `address` (TLS with the cluster's CA when `https://`).
+pub async fn connect(address: &Address, upstream: Option<&Upstream>) -> Result<Conn, ProxyError> {
+    let authority = address.authority();
+    let work = async {
+        let tcp = TcpStream::connect(authority.as_str())
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        if !address.tls {
+            return Ok(Conn::Plain(tcp));
+        }
+        let upstream = upstream.ok_or_else(|| ProxyError::Internal("TLS upstream without a CA".into()))?;
+        let connector = monoio_rustls::TlsConnector::from(tls_config(upstream)?);
+        let name = ServerName::try_from("kubernetes").expect("a valid DNS name");
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: TLS: {e}")))?;
+        Ok(Conn::Tls(Box::new(tls)))
+    };
+    match monoio::time::timeout(CONNECT_TIMEOUT, work).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::UpstreamConnect(format!("{authority}: no connection within {CONNECT_TIMEOUT:?}"))),
+    }
+}

@@ -1,0 +1,43 @@
+//! Logs with `tracing`, as `log_config` says: text or JSON, to stderr or to
+//! `<log_dir>/<file_name>` (or both). Verbosity `v`: 0 info, 1-2 debug, 3+ trace for
+//! bcs-api's own modules. No secret is ever a field or a message (secrets are `Secret`, whose
+//! `Debug` is `Secret(***)`).
+use crate::config::{non_empty, Config};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Keep the guard alive: dropping it flushes the log file.
+pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> anyhow::Result<Option<WorkerGuard>> {
+    let log = &config.log_config;
+    let filter = match log.v.unwrap_or(0) {
+        0 => "info",
+        1 | 2 => "info,bcs_admin=debug,bcs_proxy=debug,bcs_shared=debug",
+        _ => "debug,bcs_admin=trace,bcs_proxy=trace,bcs_shared=trace",
+    };
+    let filter = EnvFilter::try_from_env("BCS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let json = format_override.or(non_empty(&log.log_format)) == Some("json");
+
+    let mut guard = None;
+    let writer = if log.logtostderr.unwrap_or(true) {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        let dir = config.log_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("log_config.log_dir {}: {e}", dir.display()))?;
+        let (file, g) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, file_name));
+        guard = Some(g);
+        if log.alsologtostderr.unwrap_or(false) {
+            BoxMakeWriter::new(file.and(std::io::stderr))
+        } else {
+            BoxMakeWriter::new(file)
+        }
+    };
+    let layer = if json {
+        tracing_subscriber::fmt::layer().json().with_writer(writer).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer).boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(layer).try_init()?;
+    Ok(guard)
+}
