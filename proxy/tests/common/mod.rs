@@ -1,0 +1,558 @@
+//! Harness for the proxy's end-to-end tests: the real `bcs-api-proxy` binary, a fake admin
+//! serving snapshots on the unix socket (so each test controls exactly what the proxy knows),
+//! and a raw recording upstream that answers from a script and keeps every byte it received.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bcs_shared::secret::{digest_hex, Secret};
+use bcs_shared::snapshot::wire::{encode, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use bcs_shared::snapshot::{Cluster, Credentials, Snapshot, Token, User};
+use bcs_testkit::process::Process;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::watch;
+
+pub const USER_TOKEN: &str = "userTokenAliceFixture0123456789ab";
+pub const SUPER_TOKEN: &str = "superTokenAdminFixture0123456789a";
+pub const CLUSTER_TOKEN: &str = "clusterServiceAccountTokenFixture";
+pub const IDENTIFIER: &str = "bcs-k8s-001-abcdefgh-0123456789abcdef";
+
+/// A snapshot with alice (normal), admin (super), and cluster `IDENTIFIER` at `upstream`.
+pub fn snapshot(revision: u64, upstream: &str, ca_pem: &str) -> Snapshot {
+    Snapshot {
+        revision,
+        generated_at: now(),
+        turn_on_rbac: true,
+        users: vec![
+            User { id: 1, name: "admin".into(), is_super_user: true },
+            User { id: 2, name: "plain:alice".into(), is_super_user: false },
+        ],
+        tokens: vec![
+            Token { digest: digest_hex(SUPER_TOKEN), user_id: 1, expires_at: now() + 3600 },
+            Token { digest: digest_hex(USER_TOKEN), user_id: 2, expires_at: now() + 3600 },
+        ],
+        clusters: vec![Cluster {
+            id: "bcs-k8s-001-AbCdEfGh".into(),
+            identifier: IDENTIFIER.into(),
+            cluster_type: "k8s".into(),
+            credentials: Some(Credentials {
+                addresses: vec![upstream.into()],
+                ca_pem: ca_pem.into(),
+                token: Secret::new(CLUSTER_TOKEN),
+                version: 1,
+            }),
+        }],
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Admin's snapshot socket, played by the test: sends the current snapshot to every peer
+/// and each new one on `publish`. Records the acks.
+pub struct FakeAdmin {
+    pub socket: PathBuf,
+    sender: watch::Sender<Arc<Snapshot>>,
+    pub acks: Arc<Mutex<Vec<u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAdmin {
+    pub async fn start(socket: &Path, first: Snapshot) -> FakeAdmin {
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket).unwrap();
+        let (sender, receiver) = watch::channel(Arc::new(first));
+        let acks: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let acks2 = acks.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let mut receiver = receiver.clone();
+                let acks = acks2.clone();
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.into_split();
+                    let mut decoder = Decoder::default();
+                    let mut buf = vec![0u8; 65536];
+                    // Hello first.
+                    loop {
+                        let n = read.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        decoder.push(&buf[..n]).unwrap();
+                        if let Some(Message::Hello { .. }) = decoder.next_message().unwrap() {
+                            break;
+                        }
+                    }
+                    let hello = Message::Hello {
+                        major: PROTOCOL_MAJOR,
+                        minor: PROTOCOL_MINOR,
+                        peer: "fake admin".into(),
+                        revision: None,
+                    };
+                    if write.write_all(&encode(&hello)).await.is_err() {
+                        return;
+                    }
+                    let reader = tokio::spawn(async move {
+                        loop {
+                            let n = read.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            decoder.push(&buf[..n]).unwrap();
+                            while let Ok(Some(Message::Ack { revision })) = decoder.next_message() {
+                                acks.lock().unwrap().push(revision);
+                            }
+                        }
+                    });
+                    loop {
+                        let current = receiver.borrow_and_update().clone();
+                        if write.write_all(&encode(&Message::Snapshot((*current).clone()))).await.is_err() {
+                            break;
+                        }
+                        if receiver.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    reader.abort();
+                });
+            }
+        });
+        FakeAdmin { socket: socket.to_owned(), sender, acks, task }
+    }
+
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.sender.send_replace(Arc::new(snapshot));
+    }
+
+    /// Stops listening and drops every connection (admin is "down").
+    pub fn stop(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    pub async fn wait_ack(&self, revision: u64) {
+        for _ in 0..200 {
+            if self.acks.lock().unwrap().contains(&revision) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no ack for revision {revision}");
+    }
+}
+
+/// What a scripted upstream does with each request it reads.
+pub type Script = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
+
+pub enum Reply {
+    /// Write these bytes and keep the connection for the next request.
+    Bytes(Vec<u8>),
+    /// Write these bytes, then after each delay the next piece; then keep the connection open
+    /// until the client goes.
+    Stream(Vec<u8>, Vec<(Duration, Vec<u8>)>),
+    /// Write these bytes (a 101) and then echo every byte received, recording it.
+    SwitchAndEcho(Vec<u8>, Duration),
+    /// A 200 with a Content-Length body of `n` bytes, written in 64 KiB pieces.
+    Large(usize),
+    /// Close without answering.
+    Close,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// Values of header `name` (case-insensitive), in order.
+    pub fn headers(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+
+    pub fn request_line(&self) -> &str {
+        self.head.split("\r\n").next().unwrap_or("")
+    }
+}
+
+/// A plain-HTTP upstream recording every request and every raw byte per connection.
+pub struct RawUpstream {
+    pub address: SocketAddr,
+    pub requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    /// Raw bytes received, one entry per connection.
+    pub raw: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// For each switch: the bytes that arrived after the upgrade request and before the 101.
+    pub early: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(script: Script) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<RecordedRequest>>> = Arc::default();
+        let raw: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let early: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let (requests2, raw2, early2) = (requests.clone(), raw.clone(), early.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let index = {
+                    let mut raw = raw2.lock().unwrap();
+                    raw.push(Vec::new());
+                    raw.len() - 1
+                };
+                tokio::spawn(serve_upstream(
+                    stream,
+                    script.clone(),
+                    requests2.clone(),
+                    raw2.clone(),
+                    early2.clone(),
+                    index,
+                ));
+            }
+        });
+        RawUpstream { address, requests, raw, early, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.raw.lock().unwrap().len()
+    }
+
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        self.raw.lock().unwrap().concat()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_upstream(
+    mut stream: TcpStream,
+    script: Script,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    raw: Arc<Mutex<Vec<Vec<u8>>>>,
+    early: Arc<Mutex<Vec<Vec<u8>>>>,
+    index: usize,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        // One request: head, then a Content-Length or chunked body.
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            raw.lock().unwrap()[index].extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut request = RecordedRequest { head, body: Vec::new() };
+        buf.drain(..head_end);
+        let length: usize = request.headers("content-length").first().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let chunked = request.headers("transfer-encoding").iter().any(|v| v.eq_ignore_ascii_case("chunked"));
+        loop {
+            let complete = if chunked { buf.windows(5).any(|w| w == b"0\r\n\r\n") } else { buf.len() >= length };
+            if complete {
+                break;
+            }
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            raw.lock().unwrap()[index].extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body_len = if chunked { buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap() + 5 } else { length };
+        request.body = buf.drain(..body_len).collect();
+        requests.lock().unwrap().push(request.clone());
+        match script(&request) {
+            Reply::Bytes(bytes) => {
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Reply::Stream(first, rest) => {
+                let _ = stream.write_all(&first).await;
+                for (delay, piece) in rest {
+                    tokio::time::sleep(delay).await;
+                    if stream.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                }
+                // Hold the stream open until the client goes.
+                let _ = stream.read(&mut chunk).await;
+                return;
+            }
+            Reply::SwitchAndEcho(switch, hold) => {
+                // Keep reading for `hold` before the 101: whatever arrives was sent too early.
+                let deadline = tokio::time::Instant::now() + hold;
+                while let Ok(read) = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                    match read {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                }
+                early.lock().unwrap().push(buf.clone());
+                if stream.write_all(&switch).await.is_err() {
+                    return;
+                }
+                if !buf.is_empty() {
+                    let _ = stream.write_all(&buf).await;
+                }
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    raw.lock().unwrap()[index].extend_from_slice(&chunk[..n]);
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Reply::Large(total) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'x'; 65536];
+                let mut left = total;
+                while left > 0 {
+                    let n = left.min(piece.len());
+                    if stream.write_all(&piece[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            }
+            Reply::Close => return,
+        }
+    }
+}
+
+/// A `200 OK` with a JSON body.
+pub fn ok_json(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// The real proxy with its own config, data dir and ports.
+pub struct Proxy {
+    pub process: Process,
+    pub dir: PathBuf,
+    pub plain_port: u16,
+    pub tls_port: u16,
+    pub metric_port: u16,
+}
+
+pub struct ProxyOptions {
+    pub cores: u16,
+    /// `cert_config` section body, if TLS is wanted.
+    pub cert_config: Option<String>,
+    pub admin_port: u16,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions { cores: 1, cert_config: None, admin_port: 1 }
+    }
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bcs-api-proxy"))
+}
+
+impl Proxy {
+    /// Writes the config into `dir` (snapshot socket `dir/run/bcs-api.sock`) and starts the
+    /// proxy; does not wait for readiness.
+    pub fn spawn(dir: &Path, options: &ProxyOptions) -> Proxy {
+        let (plain_port, tls_port, metric_port) =
+            (bcs_testkit::free_port(), bcs_testkit::free_port(), bcs_testkit::free_port());
+        let cert = options.cert_config.as_deref().map(|c| format!("cert_config:\n{c}")).unwrap_or_default();
+        let yaml = format!(
+            "service_config:\n  address: 127.0.0.1\n  port: {tls_port}\n  insecure_address: 127.0.0.1\n  insecure_port: {plain_port}\n\
+             metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n{cert}\
+             log_config:\n  logtostderr: true\n  v: 9\n\
+             admin_config:\n  address: 127.0.0.1\n  port: {}\n  snapshot_socket: ./run/bcs-api.sock\n\
+             proxy_config:\n  cores: {}\nstorage:\n  data_dir: ./data\n",
+            options.admin_port, options.cores
+        );
+        std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
+        let process = Process::spawn(&binary(), &["--config=bcs-api.yaml"], dir, "bcs-api-proxy");
+        Proxy { process, dir: dir.to_owned(), plain_port, tls_port, metric_port }
+    }
+
+    /// Restarts the proxy on the same config and data.
+    pub fn respawn(&mut self) {
+        self.process.stop();
+        self.process = Process::spawn(&binary(), &["--config=bcs-api.yaml"], &self.dir, "bcs-api-proxy");
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.metric_port);
+        self.process.wait_ready(&url, Duration::from_secs(20)).await;
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/bcs-api.sock")
+    }
+
+    /// Opens a raw client connection to the plain listener.
+    pub async fn connect(&self) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", self.plain_port)).await.unwrap()
+    }
+
+    /// Sends `request` on a new connection and reads one whole response.
+    pub async fn send(&self, request: &str) -> Response {
+        let mut stream = self.connect().await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        read_response(&mut stream).await
+    }
+}
+
+/// A GET on the cluster's tunnel with `token`.
+pub fn get(path: &str, token: &str, extra_headers: &str) -> String {
+    format!("GET /tunnels/clusters/{IDENTIFIER}{path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n{extra_headers}\r\n")
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response (Content-Length, chunked, or until close); 10 s at most.
+pub async fn read_response(stream: &mut TcpStream) -> Response {
+    tokio::time::timeout(Duration::from_secs(10), read_response_inner(stream)).await.expect("a response within 10 s")
+}
+
+async fn read_response_inner(stream: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        assert!(n > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut response = Response { status, head, body: Vec::new() };
+    let mut rest: Vec<u8> = buf[head_end..].to_vec();
+    if status == 101 || status == 204 || status == 304 {
+        response.body = rest;
+        return response;
+    }
+    if let Some(len) = response.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        while rest.len() < len {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            assert!(n > 0, "body ended early");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        response.body = rest[..len].to_vec();
+    } else if response.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        loop {
+            if let Some(body) = dechunk(&rest) {
+                response.body = body;
+                break;
+            }
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            assert!(n > 0, "chunked body ended early");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        response.body = rest;
+    }
+    response
+}
+
+/// The payload of a complete chunked body, or None if it is not complete yet.
+pub fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.split(';').next()?, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return data.starts_with(b"\r\n").then_some(out);
+        }
+        if data.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// True if the peer closed the connection (reads EOF within `within`).
+pub async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The request path through the real proxy: who the cluster sees, what the client gets back,
+//! and which requests never leave the gateway.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    admin: FakeAdmin,
+    upstream: RawUpstream,
+    proxy: Proxy,
+}
+
+async fn setup(script: Script) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(script).await;
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    Setup { _dir: dir, admin, upstream, proxy }
+}
+
+fn json_ok() -> Script {
+    Arc::new(|_| Reply::Bytes(ok_json(r#"{"kind":"PodList","items":[]}"#)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_normal_user_reaches_the_cluster_as_itself_with_the_cluster_token() {
+    let s = setup(json_ok()).await;
+    let r =
+        s.proxy.send(&get("/api/v1/namespaces/default/pods?limit=5", USER_TOKEN, "Accept: application/json\r\n")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["kind"], "PodList");
+    let seen = s.upstream.requests();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!(req.request_line(), "GET /api/v1/namespaces/default/pods?limit=5 HTTP/1.1");
+    assert_eq!(req.headers("authorization"), vec![format!("Bearer {CLUSTER_TOKEN}")]);
+    assert_eq!(req.headers("impersonate-user"), vec!["plain.alice".to_owned()]);
+    assert_eq!(req.headers("host"), vec![s.upstream.address.to_string()]);
+    assert_eq!(req.headers("x-forwarded-for"), vec!["127.0.0.1".to_owned()]);
+    assert!(
+        !String::from_utf8_lossy(&s.upstream.raw_bytes()).contains(USER_TOKEN),
+        "the caller's token never reaches the cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_super_user_is_not_impersonated_and_may_use_kubectl_as() {
+    let s = setup(json_ok()).await;
+    let r =
+        s.proxy.send(&get("/api/v1/pods", SUPER_TOKEN, "Impersonate-User: bob\r\nImpersonate-Group: devs\r\n")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let req = &s.upstream.requests()[0];
+    assert_eq!(req.headers("impersonate-user"), vec!["bob".to_owned()], "the super user's own --as passes");
+    assert_eq!(req.headers("impersonate-group"), vec!["devs".to_owned()]);
+    assert_eq!(req.headers("authorization"), vec![format!("Bearer {CLUSTER_TOKEN}")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_impersonation_from_a_normal_user_is_403_and_nothing_is_forwarded() {
+    let s = setup(json_ok()).await;
+    for header in [
+        "Impersonate-Group: system:masters",
+        "impersonate-user: admin",
+        "IMPERSONATE-UID: 0",
+        "Impersonate-Extra-Scopes: x",
+    ] {
+        let r = s.proxy.send(&get("/api/v1/secrets", USER_TOKEN, &format!("{header}\r\n"))).await;
+        assert_eq!(r.status, 403, "{header}: {}", r.text());
+        assert_eq!(r.json()["kind"], "Status");
+        assert_eq!(r.json()["reason"], "Forbidden");
+    }
+    assert_eq!(s.upstream.connections(), 0, "no upstream connection was opened");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_remove_the_gateways_impersonation() {
+    let s = setup(json_ok()).await;
+    let r = s
+        .proxy
+        .send(&get(
+            "/api/v1/pods",
+            USER_TOKEN,
+            "Connection: Impersonate-User, Authorization, Keep-Alive\r\nKeep-Alive: 1\r\n",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let req = &s.upstream.requests()[0];
+    assert_eq!(req.headers("impersonate-user"), vec!["plain.alice".to_owned()]);
+    assert_eq!(req.headers("authorization"), vec![format!("Bearer {CLUSTER_TOKEN}")]);
+    assert!(req.headers("keep-alive").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_are_401_status_objects() {
+    let s = setup(json_ok()).await;
+    for (request, message) in [
+        (get("/api", "nope", ""), "not valid"),
+        (format!("GET /tunnels/clusters/{IDENTIFIER}/api HTTP/1.1\r\nHost: g\r\n\r\n"), "anonymous"),
+        (
+            format!("GET /tunnels/clusters/{IDENTIFIER}/api HTTP/1.1\r\nHost: g\r\nAuthorization: Basic YTpi\r\n\r\n"),
+            "Bearer",
+        ),
+    ] {
+        let r = s.proxy.send(&request).await;
+        assert_eq!(r.status, 401, "{}", r.text());
+        let body = r.json();
+        assert_eq!(
+            (body["kind"].as_str(), body["apiVersion"].as_str(), body["code"].as_i64()),
+            (Some("Status"), Some("v1"), Some(401))
+        );
+        assert!(body["message"].as_str().unwrap().contains(message), "{body}");
+    }
+    // An expired token.
+    let mut snap = snapshot(2, &s.upstream.url(), "");
+    snap.tokens[1].expires_at = now() - 1;
+    s.admin.publish(snap);
+    s.admin.wait_ack(2).await;
+    let r = s.proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("expired"), "{}", r.text());
+    assert_eq!(s.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_clusters_and_routes_are_404_and_ambiguous_paths_400() {
+    let s = setup(json_ok()).await;
+    let r = s
+        .proxy
+        .send(&format!(
+            "GET /tunnels/clusters/nope/api HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["kind"], "Status");
+    let r = s.proxy.send("GET /nowhere HTTP/1.1\r\nHost: g\r\n\r\n").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code_name"], "NOT_FOUND");
+    for path in ["/api/../../x", "/api/%2e%2e/secrets", "/api%2Fv1/pods", "/./api", "/api%5c", "/api//v1"] {
+        let r = s.proxy.send(&get(path, USER_TOKEN, "")).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+    }
+    assert_eq!(s.upstream.connections(), 0, "nothing ambiguous was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_redirect_is_502_without_location() {
+    let s = setup(Arc::new(|_| {
+        Reply::Bytes(
+            b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/steal\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        )
+    }))
+    .await;
+    let r = s.proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.header("location").is_none());
+    assert!(!r.text().contains("evil.example"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_framing_is_400_and_closes() {
+    let s = setup(json_ok()).await;
+    let base = format!("POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n");
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        "Content-Length: 5, 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\nffffffffffffffff0\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut stream = s.proxy.connect().await;
+        stream.write_all(format!("{base}{framing}").as_bytes()).await.unwrap();
+        let r = read_response(&mut stream).await;
+        assert_eq!(r.status, 400, "{framing:?}: {}", r.text());
+        assert!(closed(&mut stream, Duration::from_secs(5)).await, "{framing:?}: the connection is closed");
+    }
+    // A valid chunked body is re-framed by the gateway.
+    let mut stream = s.proxy.connect().await;
+    stream
+        .write_all(format!("{base}Transfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let forwarded = s.upstream.requests().pop().unwrap();
+    assert_eq!(dechunk(&forwarded.body).unwrap(), b"abcde");
+    assert!(!String::from_utf8_lossy(&forwarded.body).contains("x=1"), "chunk extensions are not copied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_heads_are_431_and_414() {
+    let s = setup(json_ok()).await;
+    let big = format!("X-Big: {}\r\n", "a".repeat(70 * 1024));
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, &big)).await.status, 431);
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, &many)).await.status, 431);
+    let long = format!("/api?q={}", "a".repeat(9 * 1024));
+    assert_eq!(s.proxy.send(&get(&long, USER_TOKEN, "")).await.status, 414);
+    assert_eq!(s.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_carries_several_requests_and_reuses_the_upstream_connection() {
+    let s = setup(json_ok()).await;
+    let mut stream = s.proxy.connect().await;
+    for _ in 0..5 {
+        stream.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut stream).await.status, 200);
+    }
+    assert_eq!(s.upstream.requests().len(), 5);
+    assert_eq!(s.upstream.connections(), 1, "one pooled upstream connection served all five");
+}

@@ -1,0 +1,235 @@
+//! Streams (watch, upgrades, large bodies), revocation, and life without admin.
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    admin: Option<FakeAdmin>,
+    upstream: RawUpstream,
+    proxy: Proxy,
+}
+
+async fn setup(script: Script) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(script).await;
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions { cores: 2, ..ProxyOptions::default() });
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    Setup { _dir: dir, admin: Some(admin), upstream, proxy }
+}
+
+fn event(kind: &str, name: &str) -> Vec<u8> {
+    let line = format!("{{\"type\":\"{kind}\",\"object\":{{\"metadata\":{{\"name\":\"{name}\"}}}}}}\n");
+    format!("{:x}\r\n{line}\r\n", line.len()).into_bytes()
+}
+
+fn watch_script(second_after: Duration) -> Script {
+    Arc::new(move |_| {
+        let mut first =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        first.extend(event("ADDED", "pod-1"));
+        Reply::Stream(first, vec![(second_after, event("ADDED", "pod-2"))])
+    })
+}
+
+/// Reads from `stream` until `needle` appears; None after `within`.
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str, within: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if String::from_utf8_lossy(&seen).contains(needle) {
+            return Some(String::from_utf8_lossy(&seen).into_owned());
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_events_arrive_as_they_happen() {
+    // The second event comes 20 s later: the first must arrive long before, or the proxy buffers.
+    let s = setup(watch_script(Duration::from_secs(20))).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let seen = read_until(&mut stream, "pod-1", Duration::from_secs(5))
+        .await
+        .expect("the first event arrives while the watch is open");
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+    assert!(!seen.contains("pod-2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_token_closes_its_watch_and_refuses_its_next_request() {
+    let s = setup(watch_script(Duration::from_secs(60))).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut stream, "pod-1", Duration::from_secs(5)).await.expect("watch open");
+
+    let mut revoked = snapshot(2, &s.upstream.url(), "");
+    revoked.tokens.retain(|t| t.user_id != 2);
+    let published = Instant::now();
+    s.admin.as_ref().unwrap().publish(revoked);
+    assert!(closed(&mut stream, Duration::from_secs(5)).await, "the revoked token's watch is closed within 5 s");
+    println!("watch closed {:?} after the revocation was published", published.elapsed());
+    let r = s.proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 401);
+    // The super user's streams are untouched.
+    let mut other = s.proxy.connect().await;
+    other.write_all(get("/api/v1/pods?watch=1", SUPER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut other, "pod-1", Duration::from_secs(5)).await.expect("the super user's watch works");
+}
+
+fn upgrade_request(extra: &str) -> String {
+    get("/api/v1/namespaces/default/pods/p/exec?command=cat&stdin=true", USER_TOKEN, &format!("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n{extra}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_bytes_are_held_until_the_101_then_flow_both_ways() {
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n".to_vec();
+    let s = setup(Arc::new(move |_| Reply::SwitchAndEcho(switch.clone(), Duration::from_millis(700)))).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(format!("{}EARLY-BYTES", upgrade_request("")).as_bytes()).await.unwrap();
+    let seen = read_until(&mut stream, "EARLY-BYTES", Duration::from_secs(5)).await.expect("101 and the echo");
+    assert!(seen.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{seen}");
+    assert!(
+        seen.contains("Upgrade: websocket\r\n") && seen.contains("Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n"),
+        "{seen}"
+    );
+    assert_eq!(
+        s.upstream.early.lock().unwrap().clone(),
+        vec![Vec::<u8>::new()],
+        "nothing reached the upstream before its 101"
+    );
+    // Both ways, several times.
+    for i in 0..3 {
+        let msg = format!("ping-{i}");
+        stream.write_all(msg.as_bytes()).await.unwrap();
+        read_until(&mut stream, &msg, Duration::from_secs(5)).await.expect("echo through the tunnel");
+    }
+    let req = &s.upstream.requests()[0];
+    assert_eq!(req.headers("impersonate-user"), vec!["plain.alice".to_owned()]);
+    assert_eq!(req.headers("upgrade"), vec!["websocket".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upgrade_is_relayed_and_the_connection_is_never_switched() {
+    let refusal = b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+    let s = setup(Arc::new(move |_| Reply::Bytes(refusal.clone()))).await;
+    let mut stream = s.proxy.connect().await;
+    let smuggled = format!("GET /tunnels/clusters/{IDENTIFIER}/api/v1/secrets HTTP/1.1\r\nHost: g\r\n\r\n");
+    stream.write_all(format!("{}{smuggled}", upgrade_request("")).as_bytes()).await.unwrap();
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        closed(&mut stream, Duration::from_secs(5)).await,
+        "the client connection is closed after a refused upgrade"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.upstream.requests().len(), 1, "only the upgrade request reached the upstream");
+    assert!(
+        !String::from_utf8_lossy(&s.upstream.raw_bytes()).contains("/api/v1/secrets"),
+        "the second request was never piped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_and_unknown_upgrades_are_refused() {
+    let s = setup(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let r = s
+        .proxy
+        .send(&get(
+            "/api",
+            USER_TOKEN,
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(s.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_down_the_proxy_keeps_serving_and_restarts_from_its_persisted_snapshot() {
+    let mut s = setup(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    s.admin.as_ref().unwrap().wait_ack(1).await;
+    s.admin.take().unwrap().stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200, "admin down: still serving");
+
+    s.proxy.respawn();
+    s.proxy.wait_ready().await;
+    assert_eq!(
+        s.proxy.send(&get("/api", USER_TOKEN, "")).await.status,
+        200,
+        "restarted without admin: serving the persisted snapshot"
+    );
+    assert!(s.proxy.process.stderr().contains("persisted snapshot"), "{}", s.proxy.process.stderr());
+    let persisted = std::fs::read(s.proxy.dir.join("data/proxy-snapshot.sealed")).unwrap();
+    assert!(!String::from_utf8_lossy(&persisted).contains(CLUSTER_TOKEN), "the persisted snapshot is sealed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_any_snapshot_the_proxy_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let metrics = format!("http://127.0.0.1:{}", proxy.metric_port);
+    let mut healthy = false;
+    for _ in 0..200 {
+        if let Ok(r) = reqwest_like_get(&format!("{metrics}/healthz")).await {
+            healthy = r.0 == 200;
+            if healthy {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "healthz answers while the process runs");
+    assert_eq!(reqwest_like_get(&format!("{metrics}/readyz")).await.unwrap().0, 503);
+    let r = proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+}
+
+/// A minimal GET over a new connection: (status, body).
+async fn reqwest_like_get(url: &str) -> std::io::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await?;
+    let r = read_response(&mut stream).await;
+    Ok((r.status, r.text()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_100_mib_body_streams_through_with_bounded_memory() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let s = setup(Arc::new(|_| Reply::Large(SIZE))).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head_done = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while total < SIZE {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("in time").unwrap();
+        assert!(n > 0, "ended early at {total}");
+        let mut data = &buf[..n];
+        if !head_done {
+            let p = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            data = &data[p..];
+            head_done = true;
+        }
+        total += data.len();
+    }
+    assert_eq!(total, SIZE);
+    let peak = s.proxy.process.peak_rss_kib().unwrap();
+    println!("proxy peak RSS after relaying 100 MiB: {peak} KiB");
+    assert!(peak < 64 * 1024, "the proxy's peak memory stayed bounded: {peak} KiB");
+}
