@@ -173,6 +173,7 @@ fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, 
                 cluster.upstream.clone().ok_or_else(|| ProxyError::NoCredentials(cluster.id.clone())).map_err(fail)?;
             let impersonate =
                 (tables.turn_on_rbac && !caller.user.is_super_user).then(|| caller.user.kubernetes_name.clone());
+            tracing::debug!(user = %caller.user.name, cluster = %cluster.id, revision = tables.revision, impersonate = ?impersonate, "routed to a cluster");
             Ok(Plan {
                 kind: "k8s",
                 user: caller.user.name.clone(),

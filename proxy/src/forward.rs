@@ -207,6 +207,7 @@ async fn send<C: AsyncReadRent>(
                     }
                 },
             };
+            tracing::debug!(address = %address.authority(), reused, attempt = attempts, "sending upstream");
             let (written, _) = conn.write_all(request_head.clone()).await;
             let body_result = match written {
                 Ok(_) => send_body(client, inbuf, head.framing, &mut conn).await,

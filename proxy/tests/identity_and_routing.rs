@@ -216,3 +216,27 @@ async fn keep_alive_carries_several_requests_and_reuses_the_upstream_connection(
     assert_eq!(s.upstream.requests().len(), 5);
     assert_eq!(s.upstream.connections(), 1, "one pooled upstream connection served all five");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_reaches_the_logs_and_metrics_count_requests() {
+    let s = setup(json_ok()).await;
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    assert_eq!(s.proxy.send(&get("/api", SUPER_TOKEN, "")).await.status, 200);
+    assert_eq!(s.proxy.send(&get("/api", "wrongTokenThatMustNotBeLogged01", "")).await.status, 401);
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "Impersonate-Group: x\r\n")).await.status, 403);
+    let mut metrics = tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.metric_port)).await.unwrap();
+    metrics.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let metrics = read_response(&mut metrics).await.text();
+    assert!(metrics.contains("bcs_api_request_count_total{type=\"k8s\",method=\"GET\",code=\"200\"} 2"), "{metrics}");
+    assert!(metrics.contains("bcs_api_request_err_count_total{type=\"k8s\",method=\"GET\",code=\"401\"} 1"), "{metrics}");
+    assert!(metrics.contains("bcs_api_snapshot_revision 1"), "{metrics}");
+    assert!(metrics.contains("bcs_api_request_latency_seconds_count{type=\"k8s\"} 4"), "{metrics}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = s.proxy.process.stderr();
+    assert!(logs.contains("request") && logs.contains("status=401"), "the access log has a line per request: {logs}");
+    assert!(logs.contains("DEBUG") || logs.contains("TRACE"), "v: 9 logs at the most verbose level");
+    for secret in [USER_TOKEN, SUPER_TOKEN, CLUSTER_TOKEN, "wrongTokenThatMustNotBeLogged01"] {
+        assert!(!logs.contains(secret), "a token reached the logs");
+        assert!(!metrics.contains(secret), "a token reached the metrics");
+    }
+}
