@@ -22,11 +22,19 @@ pub struct Plan {
     pub plain: Option<SocketAddr>,
     pub metrics: SocketAddr,
     pub admin: bcs_shared::snapshot::Address,
+    /// Client connections each core holds at once.
+    pub max_connections_per_core: usize,
 }
 
-/// Starts every core and blocks until one of them fails to start (returns the error) or
-/// forever.
-pub fn run(plan: Plan) -> anyhow::Result<()> {
+impl Plan {
+    /// Starts every core and blocks until one of them fails to start (returns the error) or
+    /// forever.
+    pub fn run(self) -> anyhow::Result<()> {
+        run(self)
+    }
+}
+
+fn run(plan: Plan) -> anyhow::Result<()> {
     let legacy = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let driver = if legacy {
         "epoll (forced by BCS_PROXY_DRIVER=legacy)"
@@ -104,19 +112,41 @@ async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<(
     if let Some(listener) = metrics {
         monoio::spawn(health::serve(listener));
     }
+    let open = Rc::new(std::cell::Cell::new(0usize));
     for (listener, tls) in listeners {
-        monoio::spawn(accept_loop(listener, tls, settings.clone()));
+        monoio::spawn(accept_loop(listener, tls, settings.clone(), open.clone(), plan.max_connections_per_core));
     }
     let _ = ready.send(Ok(()));
-    // Housekeeping: close revoked streams, publish pool sizes.
+    // Housekeeping: close revoked streams, publish pool sizes, probe ejected addresses.
+    let mut tick = 0u64;
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         crate::streams::sweep();
         crate::metrics::set_pooled(crate::upstream::pooled_count());
+        tick += 1;
+        if tick % 5 == 0 {
+            crate::upstream::probe_ejected().await;
+        }
     }
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<monoio_rustls::TlsAcceptor>, settings: Rc<Settings>) {
+/// Decrements the core's open-connection count when the connection ends.
+struct OpenGuard(Rc<std::cell::Cell<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+        crate::metrics::connection_closed();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<monoio_rustls::TlsAcceptor>,
+    settings: Rc<Settings>,
+    open: Rc<std::cell::Cell<usize>>,
+    max_open: usize,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -129,8 +159,17 @@ async fn accept_loop(listener: TcpListener, tls: Option<monoio_rustls::TlsAccept
         let _ = stream.set_nodelay(true);
         let settings = settings.clone();
         let tls = tls.clone();
+        let over_limit = open.get() >= max_open;
+        open.set(open.get() + 1);
+        crate::metrics::connection_opened();
+        let guard = OpenGuard(open.clone());
         monoio::spawn(async move {
-            crate::metrics::connection_opened();
+            let _guard = guard;
+            if over_limit {
+                tracing::warn!(%peer, max_open, "connection limit reached: answering 503");
+                overloaded(stream, tls).await;
+                return;
+            }
             match tls {
                 None => conn::serve(stream, peer, settings).await,
                 Some(acceptor) => match monoio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -139,7 +178,22 @@ async fn accept_loop(listener: TcpListener, tls: Option<monoio_rustls::TlsAccept
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
             }
-            crate::metrics::connection_closed();
         });
+    }
+}
+
+/// Answers 503 with Retry-After and closes (after the handshake on the TLS listener).
+async fn overloaded(stream: monoio::net::TcpStream, tls: Option<monoio_rustls::TlsAcceptor>) {
+    let answer = crate::respond::error(&crate::error::ProxyError::Overloaded, crate::respond::Shape::Rest, true);
+    match tls {
+        None => {
+            let mut stream = stream;
+            let _ = crate::io::write_all(&mut stream, answer).await;
+        }
+        Some(acceptor) => {
+            if let Ok(Ok(mut stream)) = monoio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await {
+                let _ = crate::io::write_all(&mut stream, answer).await;
+            }
+        }
     }
 }

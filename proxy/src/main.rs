@@ -122,5 +122,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     control.load_persisted();
     std::thread::Builder::new().name("bcs-proxy-control".into()).spawn(move || control.run())?;
 
-    bcs_proxy::listen::run(bcs_proxy::listen::Plan { cores, tls, plain: Some(plain), metrics, admin })
+    let max_connections = config.proxy_config.max_connections.unwrap_or(20_000).max(1) as usize;
+    let max_connections_per_core = max_connections.div_ceil(cores);
+    bcs_proxy::listen::Plan { cores, tls, plain: Some(plain), metrics, admin, max_connections_per_core }.run()
 }

@@ -90,6 +90,19 @@ pub fn candidates(addresses: &[Address]) -> Vec<&Address> {
     })
 }
 
+/// Active health check: tries a TCP connection to every ejected address and takes back the
+/// ones that answer, so a recovered apiserver gets traffic before its ejection runs out.
+pub async fn probe_ejected() {
+    let ejected: Vec<String> = EJECTED.with(|e| e.borrow().keys().cloned().collect());
+    for authority in ejected {
+        let probe = monoio::time::timeout(Duration::from_secs(2), TcpStream::connect(authority.as_str())).await;
+        if matches!(probe, Ok(Ok(_))) {
+            EJECTED.with(|e| e.borrow_mut().remove(&authority));
+            tracing::info!(address = %authority, "upstream address answers again");
+        }
+    }
+}
+
 pub fn eject(address: &Address) {
     EJECTED.with(|e| e.borrow_mut().insert(address.authority(), Instant::now() + EJECTION));
     crate::metrics::upstream_connect_error();

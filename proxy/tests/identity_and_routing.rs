@@ -228,7 +228,10 @@ async fn no_token_reaches_the_logs_and_metrics_count_requests() {
     metrics.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let metrics = read_response(&mut metrics).await.text();
     assert!(metrics.contains("bcs_api_request_count_total{type=\"k8s\",method=\"GET\",code=\"200\"} 2"), "{metrics}");
-    assert!(metrics.contains("bcs_api_request_err_count_total{type=\"k8s\",method=\"GET\",code=\"401\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("bcs_api_request_err_count_total{type=\"k8s\",method=\"GET\",code=\"401\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("bcs_api_snapshot_revision 1"), "{metrics}");
     assert!(metrics.contains("bcs_api_request_latency_seconds_count{type=\"k8s\"} 4"), "{metrics}");
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -233,3 +233,25 @@ async fn a_100_mib_body_streams_through_with_bounded_memory() {
     println!("proxy peak RSS after relaying 100 MiB: {peak} KiB");
     assert!(peak < 64 * 1024, "the proxy's peak memory stayed bounded: {peak} KiB");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_connection_limit_new_clients_get_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions { max_connections: 2, ..ProxyOptions::default() });
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = proxy.connect().await;
+        c.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut c).await.status, 200);
+        held.push(c);
+    }
+    let r = proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200, "a freed slot is usable again");
+}

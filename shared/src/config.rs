@@ -196,6 +196,8 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub cores: Option<u16>,
+    /// New: client connections the proxy holds at once (over it: 503 with Retry-After).
+    pub max_connections: Option<u32>,
     pub webconsole_allowed_hosts: Option<Vec<String>>,
 }
 

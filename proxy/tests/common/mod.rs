@@ -381,11 +381,12 @@ pub struct ProxyOptions {
     /// `cert_config` section body, if TLS is wanted.
     pub cert_config: Option<String>,
     pub admin_port: u16,
+    pub max_connections: u32,
 }
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        ProxyOptions { cores: 1, cert_config: None, admin_port: 1 }
+        ProxyOptions { cores: 1, cert_config: None, admin_port: 1, max_connections: 1000 }
     }
 }
 
@@ -405,8 +406,8 @@ impl Proxy {
              metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n{cert}\
              log_config:\n  logtostderr: true\n  v: 9\n\
              admin_config:\n  address: 127.0.0.1\n  port: {}\n  snapshot_socket: ./run/bcs-api.sock\n\
-             proxy_config:\n  cores: {}\nstorage:\n  data_dir: ./data\n",
-            options.admin_port, options.cores
+             proxy_config:\n  cores: {}\n  max_connections: {}\nstorage:\n  data_dir: ./data\n",
+            options.admin_port, options.cores, options.max_connections
         );
         std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
         let process = Process::spawn(&binary(), &["--config=bcs-api.yaml"], dir, "bcs-api-proxy");
