@@ -8,8 +8,12 @@ use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. Keep the guard alive: dropping it flushes the log file.
-pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> anyhow::Result<Option<WorkerGuard>> {
+/// Installs the global subscriber. Keep the guards alive: dropping them flushes the logs.
+///
+/// Lines are written by a background thread (tracing-appender's non-blocking writer, also for
+/// stderr), so a request never waits on a log write; if that queue is ever full, lines are
+/// dropped rather than the data plane slowed.
+pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> anyhow::Result<Vec<WorkerGuard>> {
     let log = &config.log_config;
     let filter = match log.v.unwrap_or(0) {
         0 => "info",
@@ -19,18 +23,23 @@ pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> 
     let filter = EnvFilter::try_from_env("BCS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
     let json = format_override.or(non_empty(&log.log_format)) == Some("json");
 
-    let mut guard = None;
+    let mut guards = Vec::new();
+    let mut stderr = || {
+        let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+        guards.push(guard);
+        writer
+    };
     let writer = if log.logtostderr.unwrap_or(true) {
-        BoxMakeWriter::new(std::io::stderr)
+        BoxMakeWriter::new(stderr())
     } else {
         let dir = config.log_dir();
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("log_config.log_dir {}: {e}", dir.display()))?;
         let (file, g) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, file_name));
-        guard = Some(g);
-        if log.alsologtostderr.unwrap_or(false) {
-            BoxMakeWriter::new(file.and(std::io::stderr))
-        } else {
-            BoxMakeWriter::new(file)
+        let also = log.alsologtostderr.unwrap_or(false).then(&mut stderr);
+        guards.push(g);
+        match also {
+            Some(stderr) => BoxMakeWriter::new(file.and(stderr)),
+            None => BoxMakeWriter::new(file),
         }
     };
     let layer = if json {
@@ -39,5 +48,5 @@ pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> 
         tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer).boxed()
     };
     tracing_subscriber::registry().with(filter).with(layer).try_init()?;
-    Ok(guard)
+    Ok(guards)
 }
