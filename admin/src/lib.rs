@@ -7,6 +7,9 @@
 //! | [`store`] | users, tokens, clusters, credentials on SQLite or MySQL |
 //! | [`sealer`] | encryption at rest for register tokens and cluster tokens |
 //! | [`bootstrap`] | `bootstrap_users` |
+//! | [`snapshot`] | snapshots for the proxies: building, publishing, the unix socket |
+//! | [`supervisor`] | starting and restarting `bcs-api-proxy` |
+//! | [`shutdown`] | one shutdown signal for every task |
 //! | [`metrics`], [`logging`] | observability |
 pub mod bootstrap;
 pub mod logging;
@@ -15,7 +18,10 @@ pub mod rest;
 /// Encryption at rest (shared with the proxy, which seals its persisted snapshot).
 pub use bcs_shared::sealer;
 pub mod server;
+pub mod shutdown;
+pub mod snapshot;
 pub mod store;
+pub mod supervisor;
 
 /// Now, in Unix seconds: the store's time unit.
 pub fn now() -> i64 {

@@ -3,12 +3,19 @@
 //! As the original: `bcs_api_request_count_total`, `bcs_api_request_err_count_total`,
 //! `bcs_api_request_latency_seconds` and `bcs_api_request_error_latency_seconds` (16 exponential
 //! buckets from 0.25 ms), with `type="rest"`, plus the matched `route` and the `code`.
+//!
+//! Snapshots ([`SnapshotMetrics`]): `bcs_api_snapshot_revision`, `bcs_api_snapshot_peers`,
+//! `bcs_api_snapshot_oldest_acked_revision`, `bcs_api_snapshot_build_seconds` and
+//! `bcs_api_snapshot_builds_total{result}`. Revisions are milliseconds since the epoch, so
+//! `revision - oldest_acked_revision` is roughly how far behind the slowest proxy is, in ms.
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::rest::AppState;
 
@@ -18,6 +25,50 @@ pub struct Metrics {
     errors: IntCounterVec,
     latency: HistogramVec,
     error_latency: HistogramVec,
+    pub snapshot: SnapshotMetrics,
+}
+
+/// The snapshot publisher's and server's metrics (clones share the same series).
+#[derive(Clone)]
+pub struct SnapshotMetrics {
+    /// Revision of the snapshot being served.
+    pub revision: IntGauge,
+    /// Connected proxies that completed the hello.
+    pub peers: IntGauge,
+    /// The lowest revision any connected proxy has acknowledged (0: none has, or no proxy).
+    pub oldest_acked_revision: IntGauge,
+    /// Time to read the store and build one snapshot.
+    pub build_seconds: Histogram,
+    /// Builds by `result`: `published`, `unchanged`, `invalid`, `failed`.
+    pub builds: IntCounterVec,
+}
+
+impl SnapshotMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let revision = gauge("bcs_api_snapshot_revision", "Revision of the snapshot served to proxies");
+        let peers = gauge("bcs_api_snapshot_peers", "Proxies connected to the snapshot socket");
+        let oldest_acked_revision = gauge(
+            "bcs_api_snapshot_oldest_acked_revision",
+            "Lowest snapshot revision acknowledged by a connected proxy (0: none)",
+        );
+        let buckets = prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets");
+        let build_seconds = Histogram::with_opts(
+            HistogramOpts::new("bcs_api_snapshot_build_seconds", "Time to read the store and build a snapshot")
+                .buckets(buckets),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(build_seconds.clone())).expect("registered once");
+        let builds =
+            IntCounterVec::new(Opts::new("bcs_api_snapshot_builds_total", "Snapshot builds by result"), &["result"])
+                .expect("valid metric");
+        registry.register(Box::new(builds.clone())).expect("registered once");
+        SnapshotMetrics { revision, peers, oldest_acked_revision, build_seconds, builds }
+    }
 }
 
 impl Default for Metrics {
@@ -50,7 +101,8 @@ impl Default for Metrics {
         for h in [&latency, &error_latency] {
             registry.register(Box::new(h.clone())).expect("registered once");
         }
-        Metrics { registry, requests, errors, latency, error_latency }
+        let snapshot = SnapshotMetrics::new(&registry);
+        Metrics { registry, requests, errors, latency, error_latency, snapshot }
     }
 }
 

@@ -1,20 +1,29 @@
 //! Start-up and shutdown of the admin process.
+//!
+//! Start: data directory, key file, store, bootstrap users, the first snapshot, the REST
+//! listener, the snapshot socket, then the proxy (which connects to the socket). Stop, on
+//! SIGTERM or SIGINT: every task gets the same signal ([`crate::shutdown`]); the REST server
+//! finishes its requests, the proxy gets SIGTERM, and the snapshot socket is closed and its
+//! file removed.
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bcs_shared::config::{non_empty, Config};
+use bcs_shared::config::{defaults, non_empty, Config};
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::metrics::Metrics;
 use crate::rest::{router, App};
 use crate::sealer::Sealer;
+use crate::snapshot::{Publisher, SnapshotServer};
 use crate::store::{self, Dsn};
 
-/// Runs the admin until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the admin until SIGINT or SIGTERM. `config_path` is the file `config` was read from;
+/// the supervised proxy is given the same path.
+pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -35,11 +44,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "rbac.turn_on_rbac is false: every user will act on clusters with the cluster's own (admin) token"
         );
     }
-    if config.admin_config.spawn_proxy.unwrap_or(true) {
-        tracing::warn!(
-            "admin_config.spawn_proxy: this build has no data plane yet; the proxy listeners are not started"
-        );
-    }
     if non_empty(&config.license_server_config.ls_address).is_some() {
         tracing::info!("license_server_config is accepted and ignored");
     }
@@ -48,26 +52,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::fs::write(std::path::Path::new(dir).join("bcs-api.pid"), std::process::id().to_string())?;
     }
 
-    let app = Arc::new(App { store, sealer, metrics: Metrics::default(), external_url: config.external_url() });
+    let metrics = Metrics::default();
+    let snapshots = Arc::new(Publisher::new(config.turn_on_rbac(), metrics.snapshot.clone()));
+    let app = Arc::new(App { store, sealer, metrics, external_url: config.external_url(), snapshots });
+    let first_wait = app.snapshots.rebuild(&app.store, &app.sealer).await.next_wait();
+
     let address: SocketAddr = config.admin_address().parse().context("admin_config.address")?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on admin_config {address}"))?;
     tracing::info!(%address, "admin REST API listening");
+    let socket = SnapshotServer::bind(&snapshot_socket(&config))?;
+
+    let (trigger, shutdown) = crate::shutdown::channel();
+    tokio::spawn(crate::shutdown::on_signals(trigger.clone()));
+    let rebuilds = tokio::spawn({
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        async move { app.snapshots.run(&app.store, &app.sealer, first_wait, shutdown).await }
+    });
+    let serving = tokio::spawn(socket.serve(app.snapshots.clone(), shutdown.clone()));
+    let supervisor = if config.admin_config.spawn_proxy.unwrap_or(true) {
+        match crate::supervisor::find_binary() {
+            Ok(binary) => Some(tokio::spawn(crate::supervisor::run(binary, config_path.to_owned(), shutdown.clone()))),
+            Err(why) => {
+                tracing::error!(%why,
+                    "admin_config.spawn_proxy: cannot find bcs-api-proxy; running without a data plane");
+                None
+            }
+        }
+    } else {
+        tracing::info!("admin_config.spawn_proxy is false: run bcs-api-proxy separately");
+        None
+    };
 
     let service = NormalizePathLayer::trim_trailing_slash().layer(router(app));
-    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let served = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
+        .with_graceful_shutdown(shutdown.clone().wait_owned())
+        .await;
+    // The REST server also ends on an error: stop everything else then too.
+    trigger.fire();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    let _ = serving.await;
+    let _ = rebuilds.await;
+    served?;
     tracing::info!("admin stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+/// `admin_config.snapshot_socket`, default `./run/bcs-api.sock`.
+fn snapshot_socket(config: &Config) -> PathBuf {
+    PathBuf::from(non_empty(&config.admin_config.snapshot_socket).unwrap_or(defaults::SNAPSHOT_SOCKET))
 }

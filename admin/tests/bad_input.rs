@@ -251,6 +251,8 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
         (report(rt, "ftp://10.0.0.1", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses'"),
         (report(rt, "not a url", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses'"),
         (report(rt, "https://u:p@10.0.0.1", ca, "new"), 400, "VALIDATION_ERROR", "credentials"),
+        (report(rt, "https://10.0.0.1:6443/k8s", ca, "new"), 400, "VALIDATION_ERROR", "without a path"),
+        (report(rt, "https://10.0.0.1:6443?x=1", ca, "new"), 400, "VALIDATION_ERROR", "without a path"),
         (report(rt, "https://10.0.0.1:6443", "not pem", "new"), 400, "VALIDATION_ERROR", "field 'cacert_data'"),
         (report(rt, "https://10.0.0.1:6443", ca, ""), 400, "VALIDATION_ERROR", "field 'user_token' is required"),
         (report(rt, "https://10.0.0.1:6443", ca, "two words"), 400, "VALIDATION_ERROR", "field 'user_token'"),

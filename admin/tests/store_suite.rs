@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 
 use bcs_admin::store::model::{
-    cluster_type, provider, token_type, BcsClusterInfo, Cluster, Credentials, NewCredentials, NewUserToken, UserToken,
+    cluster_type, provider, token_type, BcsClusterInfo, Cluster, Credentials, NewCredentials, NewUserToken,
+    SnapshotRows, UserToken,
 };
 use bcs_admin::store::{self, Dsn, Store, StoreError};
 use bcs_testkit::mysql::MysqlDatabase;
@@ -111,6 +112,7 @@ store_suite! {
         delete_cluster_removes_everything_of_the_cluster,
         data_survives_reopening_and_migrations_run_once,
         ping_and_describe,
+        snapshot_rows_hold_what_a_proxy_needs,
     ]
 }
 
@@ -497,4 +499,33 @@ async fn ping_and_describe(store: &Store, engine: &Engine) {
     let again = engine.open().await;
     again.ping().await.unwrap();
     assert_eq!(again.describe(), engine.description());
+}
+
+async fn snapshot_rows_hold_what_a_proxy_needs(store: &Store, _engine: &Engine) {
+    assert_eq!(store.snapshot_rows().await.unwrap(), SnapshotRows { users: vec![], tokens: vec![], clusters: vec![] });
+    let alice = store.create_user("alice", true, 1_000).await.unwrap();
+    let bob = store.create_user("plain:bob", false, 1_001).await.unwrap();
+    let new =
+        |user_id, n| NewUserToken { user_id, kind: token_type::KUBECONFIG_PLAIN, digest: digest(n), expires_at: 500 };
+    let kept = store.create_user_token(new(alice.id, 1), 1_100).await.unwrap();
+    let revoked = store.create_user_token(new(bob.id, 2), 1_100).await.unwrap();
+    let expired_but_kept = store.create_user_token(new(bob.id, 3), 1_100).await.unwrap();
+    assert!(store.revoke_user_token(bob.id, revoked.id, 1_200).await.unwrap());
+
+    let later = cluster("BCS-B", "ident-b", bob.id, 2_000);
+    let earlier = cluster("BCS-A", "ident-a", bob.id, 1_500);
+    let gone = cluster("BCS-C", "ident-c", bob.id, 1_600);
+    for c in [&later, &earlier, &gone] {
+        store.create_cluster(c.clone(), None).await.unwrap();
+    }
+    let reported =
+        store.upsert_credentials(credentials("BCS-B", "https://10.0.0.1:6443", "sealed-b", 1), 2_100).await.unwrap();
+    store.upsert_credentials(credentials("BCS-C", "https://10.0.0.3:6443", "sealed-c", 3), 2_100).await.unwrap();
+    assert!(store.delete_cluster("BCS-C").await.unwrap());
+
+    let rows = store.snapshot_rows().await.unwrap();
+    assert_eq!(rows.users, vec![alice, bob]);
+    assert_eq!(rows.tokens, vec![kept, expired_but_kept], "revoked tokens are left out, expired ones kept");
+    assert_eq!(rows.clusters, vec![(earlier, None), (later, Some(reported))], "by creation time");
+    assert_eq!(store.snapshot_rows().await.unwrap(), rows, "the same data reads the same");
 }

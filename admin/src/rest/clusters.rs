@@ -32,6 +32,7 @@ pub async fn create_plain(
     validate::id("id", &id, CLUSTER_ID_MAX)?;
     let cluster = new_cluster(format!("plain-{id}"), provider::PLAIN, cluster_type::K8S, &caller);
     let cluster = app.store.create_cluster(cluster, None).await.map_err(already_exists)?;
+    app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created cluster");
     Ok(Json(cluster.into()))
 }
@@ -70,6 +71,7 @@ pub async fn create_bcs(
     let cluster = new_cluster(id, provider::BCS, kind, &caller);
     let info = BcsClusterInfo { source_project_id: project_id, source_cluster_id: source_id };
     let cluster = app.store.create_cluster(cluster, Some(info)).await.map_err(already_exists)?;
+    app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created bcs cluster");
     Ok(Json(cluster.into()))
 }
@@ -124,6 +126,7 @@ pub async fn delete(
     if !app.store.delete_cluster(&cluster.id).await? {
         return Err(not_found(&id));
     }
+    app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "deleted cluster");
     Ok(Json(serde_json::json!({})))
 }

@@ -57,6 +57,7 @@ pub async fn put(
         fingerprint,
     };
     let saved = app.store.upsert_credentials(new, crate::now()).await?;
+    app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, version = saved.version, addresses = %saved.server_addresses, "stored cluster credentials");
     Ok(Json(serde_json::json!({})))
 }

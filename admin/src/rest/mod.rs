@@ -26,6 +26,7 @@ use axum::Router;
 
 use crate::metrics::Metrics;
 use crate::sealer::Sealer;
+use crate::snapshot::Publisher;
 use crate::store::Store;
 use error::ApiError;
 
@@ -35,6 +36,9 @@ pub struct App {
     pub metrics: Metrics,
     /// Base URL of the gateway's routes, for `client_credentials.server_address`.
     pub external_url: String,
+    /// The proxies' snapshot: a handler that writes what a proxy must see (users, user
+    /// tokens, clusters, credentials) calls `snapshots.changed()` right after the write.
+    pub snapshots: Arc<Publisher>,
 }
 
 pub type AppState = Arc<App>;

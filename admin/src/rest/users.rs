@@ -36,6 +36,7 @@ pub async fn create(
         }
         e => e.into(),
     })?;
+    app.snapshots.changed();
     tracing::info!(user = %user.name, by = %caller.user.name, "created user");
     Ok(Json(user.into()))
 }
@@ -95,6 +96,7 @@ pub async fn create_token(
             now,
         )
         .await?;
+    app.snapshots.changed();
     tracing::info!(user = %user.name, token_id = token.id, by = %caller.user.name, "created user token");
     Ok(Json(UserTokenView::new(token, Some(value.expose().to_owned()))))
 }
@@ -126,6 +128,7 @@ pub async fn revoke_token(
     if !app.store.revoke_user_token(user.id, token_id, crate::now()).await? {
         return Err(ApiError::not_found("TOKEN_NOT_FOUND", format_args!("user {} has no token {token_id}", user.id)));
     }
+    app.snapshots.changed();
     tracing::info!(user = %user.name, token_id, by = %caller.user.name, "revoked user token");
     Ok(Json(serde_json::json!({})))
 }

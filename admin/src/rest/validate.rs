@@ -35,7 +35,7 @@ fn charset(field: &str, value: &str, max: usize, ok: impl Fn(char) -> bool, allo
     Ok(())
 }
 
-/// `server_addresses`: `;`-separated http(s) URLs with a host, at most 16.
+/// `server_addresses`: `;`-separated `http(s)://host[:port]` URLs, at most 16.
 pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
     const FIELD: &str = "server_addresses";
     let addresses: Vec<String> = value.split(';').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
@@ -56,6 +56,13 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(ApiError::validation(FIELD, "must not carry credentials in a URL"));
+        }
+        // What the proxy can dial (the snapshot refuses anything else): no path, no query.
+        if bcs_shared::snapshot::parse_address(address).is_none() {
+            return Err(ApiError::validation(
+                FIELD,
+                format_args!("has {address:?}, which is not http(s)://host[:port] without a path"),
+            ));
         }
     }
     Ok(addresses)

@@ -99,3 +99,13 @@ pub struct NewCredentials {
     pub user_token_sealed: String,
     pub fingerprint: String,
 }
+
+/// What a proxy snapshot is built from ([`super::Store::snapshot_rows`]), ordered by id
+/// (clusters by creation), so two reads of unchanged data are equal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRows {
+    pub users: Vec<User>,
+    /// Tokens not revoked, expired ones included (the proxy checks expiry on each request).
+    pub tokens: Vec<UserToken>,
+    pub clusters: Vec<(Cluster, Option<Credentials>)>,
+}

@@ -1,5 +1,6 @@
 //! Every query of the admin, written once for both engines. Each public method is one
 //! transaction, bounded by [`super::OPERATION_TIMEOUT`].
+use std::collections::HashMap;
 use std::future::Future;
 
 use super::backend::{Backend, Row, StoreError, Tx, Value};
@@ -372,6 +373,39 @@ impl Store {
         let cluster_id = cluster_id.to_owned();
         self.transaction(move |tx| Box::pin(find_credentials(tx, cluster_id))).await
     }
+
+    // Snapshots.
+
+    /// Everything a proxy snapshot is built from, read in one transaction so the parts agree
+    /// (no token of a user the snapshot lacks, no credentials of a deleted cluster): every
+    /// user, every token not revoked, every cluster with its credentials if reported.
+    pub async fn snapshot_rows(&self) -> Result<SnapshotRows, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY id");
+                let users = all(tx.query(&sql, vec![]).await?, user_from)?;
+                let sql = format!("SELECT {TOKEN_COLUMNS} FROM user_tokens WHERE revoked_at IS NULL ORDER BY id");
+                let tokens = all(tx.query(&sql, vec![]).await?, token_from)?;
+                let sql = format!("SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY created_at, id");
+                let clusters = all(tx.query(&sql, vec![]).await?, cluster_from)?;
+                let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM cluster_credentials");
+                let mut credentials: HashMap<String, Credentials> =
+                    all(tx.query(&sql, vec![]).await?, credentials_from)?
+                        .into_iter()
+                        .map(|c| (c.cluster_id.clone(), c))
+                        .collect();
+                let clusters = clusters
+                    .into_iter()
+                    .map(|cluster| {
+                        let credentials = credentials.remove(&cluster.id);
+                        (cluster, credentials)
+                    })
+                    .collect();
+                Ok(SnapshotRows { users, tokens, clusters })
+            })
+        })
+        .await
+    }
 }
 
 /// A boxed future borrowing the transaction (what [`Store::transaction`]'s closures return).
@@ -396,9 +430,7 @@ fn all<T>(rows: Vec<Row>, convert: impl Fn(&Row) -> Result<T, StoreError>) -> Re
 /// `column` is a fixed column name chosen by this module, never input.
 async fn find_user(tx: &mut dyn Tx, column: &'static str, value: Value) -> Result<Option<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = ?");
-    first(tx.query(&sql, vec![value]).await?, |r| {
-        Ok(User { id: r.int(0)?, name: r.text(1)?, is_super_user: r.bool(2)?, created_at: r.int(3)? })
-    })
+    first(tx.query(&sql, vec![value]).await?, user_from)
 }
 
 async fn find_cluster(tx: &mut dyn Tx, id: String) -> Result<Option<Cluster>, StoreError> {
@@ -435,18 +467,24 @@ async fn insert_register_token(
 
 async fn find_credentials(tx: &mut dyn Tx, cluster_id: String) -> Result<Option<Credentials>, StoreError> {
     let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM cluster_credentials WHERE cluster_id = ?");
-    first(tx.query(&sql, vec![cluster_id.into()]).await?, |r| {
-        Ok(Credentials {
-            id: r.int(0)?,
-            cluster_id: r.text(1)?,
-            server_addresses: r.text(2)?,
-            ca_cert_data: r.text(3)?,
-            user_token_sealed: r.text(4)?,
-            fingerprint: r.text(5)?,
-            version: r.int(6)?,
-            created_at: r.int(7)?,
-            updated_at: r.int(8)?,
-        })
+    first(tx.query(&sql, vec![cluster_id.into()]).await?, credentials_from)
+}
+
+fn user_from(r: &Row) -> Result<User, StoreError> {
+    Ok(User { id: r.int(0)?, name: r.text(1)?, is_super_user: r.bool(2)?, created_at: r.int(3)? })
+}
+
+fn credentials_from(r: &Row) -> Result<Credentials, StoreError> {
+    Ok(Credentials {
+        id: r.int(0)?,
+        cluster_id: r.text(1)?,
+        server_addresses: r.text(2)?,
+        ca_cert_data: r.text(3)?,
+        user_token_sealed: r.text(4)?,
+        fingerprint: r.text(5)?,
+        version: r.int(6)?,
+        created_at: r.int(7)?,
+        updated_at: r.int(8)?,
     })
 }
 

@@ -20,6 +20,8 @@ pub struct Options {
     pub log_config: String,
     /// `bootstrap_users` admin token: "" means generated and printed.
     pub admin_token: String,
+    /// `admin_config.spawn_proxy` (false except in the supervision tests).
+    pub spawn_proxy: bool,
 }
 
 impl Default for Options {
@@ -29,6 +31,7 @@ impl Default for Options {
             extra_yaml: String::new(),
             log_config: "  logtostderr: true\n  v: 0\n".into(),
             admin_token: String::new(),
+            spawn_proxy: false,
         }
     }
 }
@@ -57,11 +60,12 @@ pub fn write_config(dir: &Path, options: &Options) -> (u16, u16) {
          core_database:\n  dsn: {dsn:?}\n\
          bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [{token:?}]\n\
          rbac:\n  turn_on_rbac: true\n\
-         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  spawn_proxy: false\n\
+         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  spawn_proxy: {spawn_proxy}\n\
          storage:\n  data_dir: ./data\n{extra}",
         log = options.log_config,
         dsn = options.dsn,
         token = options.admin_token,
+        spawn_proxy = options.spawn_proxy,
         extra = options.extra_yaml,
     );
     std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();

@@ -1,0 +1,302 @@
+//! The current snapshot, and when to build the next one.
+//!
+//! The snapshot being served sits in a `tokio::sync::watch`: each proxy connection waits on it
+//! and, when it wakes, sends whatever is newest, so a slow proxy skips revisions instead of
+//! queueing them (every message is a whole snapshot, so nothing is lost by skipping).
+//!
+//! Rebuilds are triggered three ways:
+//! - [`Publisher::changed`], called by every REST handler right after a write that a proxy
+//!   must see. Calls coalesce: while a rebuild is pending, more calls add nothing, and a call
+//!   made during a rebuild causes exactly one more (whose store read sees the write).
+//! - Every [`PERIOD`]: catches writes made by another admin instance on the same MySQL. A
+//!   rebuild whose content (everything but `revision` and `generated_at`) equals the current
+//!   snapshot's publishes nothing.
+//! - A proxy that holds a newer revision than ours ([`Publisher::peer_holds`]), for example
+//!   after this host's clock went back across an admin restart: the next snapshot is numbered
+//!   above it and published even if its content is unchanged (a proxy is never sent a revision
+//!   older than the one it holds).
+//!
+//! Revisions are `max(now in ms, last + 1)` (and above any revision a proxy reported), so they
+//! keep increasing across admin restarts.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bcs_shared::snapshot::wire::{self, Message, MAX_FRAME};
+use bcs_shared::snapshot::Snapshot;
+use tokio::sync::{watch, Notify};
+
+use super::builder::{self, Stamp};
+use crate::metrics::SnapshotMetrics;
+use crate::sealer::Sealer;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// How often the store is read even without a local change.
+pub const PERIOD: Duration = Duration::from_secs(5);
+/// How soon a rebuild is retried after the store failed to answer.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A revision a proxy reports beyond now + this is not trusted to number our snapshots.
+const MAX_PEER_LEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// A published snapshot with its wire frame, encoded once for every proxy.
+pub struct Published {
+    pub snapshot: Snapshot,
+    /// `Message::Snapshot` as one frame. It holds cluster tokens in clear: never log it.
+    pub frame: Vec<u8>,
+}
+
+impl Published {
+    pub fn revision(&self) -> u64 {
+        self.snapshot.revision
+    }
+}
+
+/// `None` until the first snapshot is built.
+pub type Current = Option<Arc<Published>>;
+
+/// What one rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Published(u64),
+    Unchanged,
+    /// The result could not be served (see the error log); the current snapshot stays.
+    Invalid,
+    /// The store did not answer; the current snapshot stays.
+    Failed,
+}
+
+impl Outcome {
+    /// How long to wait for a change before rebuilding anyway.
+    pub fn next_wait(self) -> Duration {
+        if self == Outcome::Failed {
+            RETRY_AFTER
+        } else {
+            PERIOD
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Published(_) => "published",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Invalid => "invalid",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+pub struct Publisher {
+    sender: watch::Sender<Current>,
+    wake: Notify,
+    /// Publish the next build even if its content is unchanged.
+    force: AtomicBool,
+    /// The highest revision a proxy reported holding: the next revision is above it.
+    floor: AtomicU64,
+    turn_on_rbac: bool,
+    metrics: SnapshotMetrics,
+    /// What the last build left out, so a lasting problem is logged once, not every period.
+    left_out: Mutex<Vec<String>>,
+    /// Whether the last store read failed, so an outage is logged when it starts and ends.
+    failing: AtomicBool,
+}
+
+impl Publisher {
+    pub fn new(turn_on_rbac: bool, metrics: SnapshotMetrics) -> Self {
+        Publisher {
+            sender: watch::channel(None).0,
+            wake: Notify::new(),
+            force: AtomicBool::new(false),
+            floor: AtomicU64::new(0),
+            turn_on_rbac,
+            metrics,
+            left_out: Mutex::new(Vec::new()),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Something a proxy must see was written: rebuild soon. Never waits.
+    pub fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Current> {
+        self.sender.subscribe()
+    }
+
+    pub fn current(&self) -> Current {
+        self.sender.borrow().clone()
+    }
+
+    pub fn metrics(&self) -> &SnapshotMetrics {
+        &self.metrics
+    }
+
+    /// A proxy said it holds `revision`. If that is newer than ours, the next snapshot is
+    /// numbered above it and published whatever its content.
+    pub fn peer_holds(&self, revision: u64) {
+        if revision > now_ms().saturating_add(MAX_PEER_LEAD_MS) {
+            tracing::warn!(revision, "a proxy holds a snapshot revision far in the future; not numbering after it");
+            return;
+        }
+        let ours = self.current().map_or(0, |c| c.revision());
+        if revision > ours {
+            tracing::info!(revision, ours, "a proxy holds a newer revision than ours; republishing above it");
+            self.floor.fetch_max(revision, Ordering::SeqCst);
+            self.force.store(true, Ordering::SeqCst);
+            self.changed();
+        }
+    }
+
+    /// Reads the store, builds a snapshot and publishes it if it differs from the current one.
+    pub async fn rebuild(&self, store: &Store, sealer: &Sealer) -> Outcome {
+        let started = Instant::now();
+        // Read `force` before `floor`: [`Publisher::peer_holds`] writes them the other way round.
+        let force = self.force.swap(false, Ordering::SeqCst);
+        let outcome = self.rebuild_once(store, sealer, force).await;
+        if force && matches!(outcome, Outcome::Failed | Outcome::Invalid) {
+            self.force.store(true, Ordering::SeqCst);
+        }
+        self.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.builds.with_label_values(&[outcome.label()]).inc();
+        outcome
+    }
+
+    async fn rebuild_once(&self, store: &Store, sealer: &Sealer, force: bool) -> Outcome {
+        let rows = match store.snapshot_rows().await {
+            Ok(rows) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the store answers again; snapshots are built again");
+                }
+                rows
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot read the store for a snapshot; proxies keep the current one");
+                } else {
+                    tracing::debug!(error = %e, "the store still does not answer");
+                }
+                return Outcome::Failed;
+            }
+        };
+        let current = self.current();
+        let last = current.as_ref().map_or(0, |c| c.revision());
+        let revision = next_revision(last, self.floor.load(Ordering::SeqCst), now_ms());
+        let stamp = Stamp { revision, generated_at: crate::now(), turn_on_rbac: self.turn_on_rbac };
+        let built = match builder::build(rows, sealer, stamp) {
+            Ok(built) => built,
+            Err(invalid) => {
+                tracing::error!(%invalid, "the store's data makes an invalid snapshot; proxies keep the current one");
+                return Outcome::Invalid;
+            }
+        };
+        self.report_left_out(built.left_out);
+        let snapshot = built.snapshot;
+        if !force && current.as_ref().is_some_and(|c| same_content(&c.snapshot, &snapshot)) {
+            return Outcome::Unchanged;
+        }
+        let message = Message::Snapshot(snapshot);
+        let frame = wire::encode(&message);
+        let Message::Snapshot(snapshot) = message else { unreachable!("built as a snapshot") };
+        if frame.len() - 4 > MAX_FRAME {
+            tracing::error!(
+                bytes = frame.len(),
+                max = MAX_FRAME,
+                "the snapshot is larger than a frame may be; proxies keep the current one"
+            );
+            return Outcome::Invalid;
+        }
+        let counts = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len());
+        self.sender.send_replace(Some(Arc::new(Published { snapshot, frame })));
+        self.metrics.revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
+        tracing::info!(revision, users = counts.0, tokens = counts.1, clusters = counts.2, "published a snapshot");
+        Outcome::Published(revision)
+    }
+
+    fn report_left_out(&self, left_out: Vec<String>) {
+        let mut last = self.left_out.lock().expect("never poisoned: no panic while held");
+        if *last != left_out {
+            for why in &left_out {
+                tracing::error!(reason = %why, "left out of the snapshot");
+            }
+            *last = left_out;
+        }
+    }
+
+    /// Rebuilds on every [`Publisher::changed`] and every [`PERIOD`] until shutdown; waits
+    /// `first_wait` before the first rebuild (the caller built the first snapshot).
+    pub async fn run(&self, store: &Store, sealer: &Sealer, first_wait: Duration, mut shutdown: Shutdown) {
+        let mut wait = first_wait;
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
+            wait = self.rebuild(store, sealer).await.next_wait();
+        }
+    }
+}
+
+/// Above the last revision, above any revision a proxy holds, and the current time in ms
+/// when that is higher (so a restarted admin starts above its predecessor).
+pub fn next_revision(last: u64, floor: u64, now_ms: u64) -> u64 {
+    now_ms.max(last.saturating_add(1)).max(floor.saturating_add(1))
+}
+
+/// Equal apart from `revision` and `generated_at`.
+pub fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
+    a.turn_on_rbac == b.turn_on_rbac && a.users == b.users && a.tokens == b.tokens && a.clusters == b.clusters
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(revision: u64, users: usize) -> Snapshot {
+        Snapshot {
+            revision,
+            generated_at: revision as i64,
+            turn_on_rbac: true,
+            users: (0..users as i64)
+                .map(|id| bcs_shared::snapshot::User { id, name: format!("u{id}"), is_super_user: false })
+                .collect(),
+            tokens: vec![],
+            clusters: vec![],
+        }
+    }
+
+    #[test]
+    fn revisions_follow_the_clock_and_never_repeat() {
+        assert_eq!(next_revision(0, 0, 1_000), 1_000);
+        assert_eq!(next_revision(1_000, 0, 1_000), 1_001, "two builds in one millisecond");
+        assert_eq!(next_revision(5_000, 0, 1_000), 5_001, "the clock went back");
+        assert_eq!(next_revision(5_000, 9_000, 1_000), 9_001, "a proxy holds a newer revision");
+        assert_eq!(next_revision(u64::MAX, 0, 1), u64::MAX);
+    }
+
+    #[test]
+    fn content_ignores_revision_and_time() {
+        assert!(same_content(&snapshot(1, 2), &snapshot(2, 2)));
+        assert!(!same_content(&snapshot(1, 2), &snapshot(1, 3)));
+        let mut other = snapshot(1, 2);
+        other.turn_on_rbac = false;
+        assert!(!same_content(&snapshot(1, 2), &other));
+    }
+
+    #[tokio::test]
+    async fn changes_coalesce_into_one_pending_rebuild() {
+        let publisher = Publisher::new(true, crate::metrics::Metrics::default().snapshot.clone());
+        for _ in 0..10 {
+            publisher.changed();
+        }
+        // One stored wake-up...
+        tokio::time::timeout(Duration::from_millis(100), publisher.wake.notified()).await.unwrap();
+        // ...and no second one.
+        assert!(tokio::time::timeout(Duration::from_millis(50), publisher.wake.notified()).await.is_err());
+    }
+}
