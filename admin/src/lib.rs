@@ -10,9 +10,8 @@
 //! | [`snapshot`] | snapshots for the proxies: building, publishing, the unix socket |
 //! | [`supervisor`] | starting and restarting `bcs-api-proxy` |
 //! | [`shutdown`] | one shutdown signal for every task |
-//! | [`metrics`], [`logging`] | observability |
+//! | [`metrics`] | observability (logging is `bcs_shared::logging`) |
 pub mod bootstrap;
-pub mod logging;
 pub mod metrics;
 pub mod rest;
 /// Encryption at rest (shared with the proxy, which seals its persisted snapshot).

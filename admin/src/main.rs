@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _guard = match bcs_admin::logging::init(&config, args.log_format.as_deref()) {
+    let _guard = match bcs_shared::logging::init(&config, args.log_format.as_deref(), "bcs-api.log") {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("bcs-api: {e}");

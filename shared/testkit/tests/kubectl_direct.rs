@@ -62,13 +62,17 @@ async fn get_single_pod_watch_uses_a_field_selector() {
     let (fake, k) = fake().await;
     let mut watch = k.spawn(&["get", "pod", "web-0", "-w"]);
     watch.wait_line("web-0", T).await.unwrap();
+    // kubectl hides the synthetic ADDED a single-object watch starts with: change the pod only
+    // once the watch is streaming.
+    assert!(fake.wait_for_watches(1, T).await, "no watch opened");
     fake.modify(Kind::Pod, "default", "web-0", |p| p["status"]["phase"] = "Succeeded".into());
     watch.wait_line("Succeeded", T).await.unwrap();
     watch.kill().await;
-    assert!(fake
-        .requests()
-        .iter()
-        .any(|r| r.query.as_deref().unwrap_or("").contains("fieldSelector=metadata.name%3Dweb-0")));
+    assert!(fake.requests().iter().any(|r| r
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .contains("fieldSelector=metadata.name%3Dweb-0")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +82,8 @@ async fn create_configmap_from_yaml_then_get_it() {
     std::fs::write(k.dir.path().join("cm.yaml"), yaml).unwrap();
     let out = k.ok(&["create", "-f", "cm.yaml"]).await;
     assert!(out.contains("configmap/settings created"), "{out}");
+    let post = fake.requests().into_iter().find(|r| r.method == "POST").expect("a POST");
+    assert!(post.query.as_deref().unwrap_or("").contains("fieldValidation=Strict"), "{:?}", post.query);
     let cm = fake.get(Kind::ConfigMap, "default", "settings").expect("stored");
     assert_eq!(cm["data"]["mode"], "fast");
     let out = k.ok(&["get", "configmap"]).await;
@@ -140,8 +146,11 @@ async fn exec_falls_back_to_spdy_when_websocket_is_refused() {
     assert_eq!(k.ok(&["exec", "web-0", "--", "echo", "over", "spdy"]).await, "over spdy\n");
     let out = k.run_with(&["exec", "-i", "web-0", "--", "cat"], Some(b"spdy stdin\n"), T).await;
     assert_eq!(text(&out.stdout), "spdy stdin\n", "{}", text(&out.stderr));
-    let upgrades: Vec<String> =
-        fake.requests_matching("/api/v1/namespaces/default/pods/web-0/exec").iter().filter_map(|r| r.header("upgrade")).collect();
+    let upgrades: Vec<String> = fake
+        .requests_matching("/api/v1/namespaces/default/pods/web-0/exec")
+        .iter()
+        .filter_map(|r| r.header("upgrade"))
+        .collect();
     assert!(upgrades.iter().any(|u| u == "SPDY/3.1"), "{upgrades:?}");
 }
 
@@ -222,7 +231,11 @@ async fn wrong_token_is_unauthorized() {
     let k = Kubectl::new(&fake.url(), &fake.ca_pem(), "wrong");
     let out = k.run(&["get", "pods"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("Unauthorized") || text(&out.stderr).contains("provide credentials"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Unauthorized") || text(&out.stderr).contains("provide credentials"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,9 +254,11 @@ async fn wrong_ca_fails_the_handshake_and_no_request_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_redirect_reset_refuse_and_delay() {
     let (fake, k) = fake().await;
-    fake.set_fault_on("/api/v1/namespaces/default/pods", Fault::redirect_to_evil());
-    let out = k.run(&["get", "pods", "-v=6"]).await;
-    assert!(!out.status.success() || !text(&out.stdout).contains("web-0"));
+    // kubectl follows redirects: point it at a closed loopback port, never at a real host.
+    let nowhere = format!("https://127.0.0.1:{}/evil", bcs_testkit::free_port());
+    fake.set_fault_on("/api/v1/namespaces/default/pods", Fault::Redirect { status: 302, location: nowhere });
+    let out = k.run(&["get", "pods", "--request-timeout=5s"]).await;
+    assert!(!out.status.success(), "{}", text(&out.stdout));
     fake.clear_fault();
 
     fake.set_fault_on("/api/v1/namespaces/default/pods", Fault::Reset);
@@ -261,4 +276,50 @@ async fn faults_redirect_reset_refuse_and_delay() {
     let started = std::time::Instant::now();
     k.ok(&["get", "pod", "web-0"]).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// One request written byte for byte over TLS; returns everything the fake answered.
+async fn raw_https(fake: &FakeApiserver, request: &[u8]) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(fake.ca_der())).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(fake.address()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("kubernetes").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(T, tls.read_to_end(&mut out)).await.expect("the fake closes the connection");
+    text(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_headers_in_wire_order_and_answers_401_without_a_token() {
+    let (fake, _) = fake().await;
+    let answer = raw_https(
+        &fake,
+        b"GET /api/v1/namespaces/default/pods?x=%2F HTTP/1.1\r\nHost: kubernetes\r\nX-B: 1\r\nImpersonate-Group: a\r\n\
+          X-A: 2\r\nImpersonate-Group: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("www-authenticate: bearer"), "{answer}");
+    assert!(answer.contains("\"reason\":\"Unauthorized\""), "{answer}");
+    let r = &fake.requests()[0];
+    assert_eq!(r.query.as_deref(), Some("x=%2F"));
+    let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["Host", "X-B", "Impersonate-Group", "X-A", "Impersonate-Group", "Connection"]);
+    assert_eq!(r.header_all("impersonate-group"), ["a", "b"]);
+    let conn = &fake.connections()[r.connection];
+    assert!(conn.tls_established && conn.plaintext.starts_with(b"GET /api/v1/namespaces/default/pods"));
+
+    fake.set_fault(Fault::redirect_to_evil());
+    let answer = raw_https(&fake, b"GET /version HTTP/1.1\r\nHost: kubernetes\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 302"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("location: https://evil.example/"), "{answer}");
 }

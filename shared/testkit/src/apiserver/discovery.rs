@@ -56,3 +56,41 @@ pub fn status(code: u16, reason: &str, message: &str) -> Value {
         "message": message, "reason": reason, "code": code
     })
 }
+
+/// `/openapi/v3`: one group-version, `api/v1`.
+pub fn openapi_v3_root() -> Value {
+    json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=FAKE0001"}}})
+}
+
+/// `/openapi/v3/api/v1`: no schemas, only what kubectl's query-parameter check reads (a PATCH
+/// operation per kind that lists `fieldValidation`), so that it sends `fieldValidation=Strict`
+/// instead of downloading schemas for client-side validation.
+pub fn openapi_v3_core() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (plural, kind, namespaced) in
+        [("pods", "Pod", true), ("configmaps", "ConfigMap", true), ("namespaces", "Namespace", false)]
+    {
+        let path = if namespaced {
+            format!("/api/v1/namespaces/{{namespace}}/{plural}/{{name}}")
+        } else {
+            format!("/api/v1/{plural}/{{name}}")
+        };
+        let op = json!({
+            "operationId": format!("patchCoreV1{kind}"),
+            "parameters": [
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}
+            ],
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind}
+        });
+        paths.insert(path, json!({"patch": op}));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0-fake"},
+        "paths": paths,
+        "components": {"schemas": {}}
+    })
+}

@@ -72,13 +72,15 @@ pub async fn run(argv: &[String], stdin: Option<mpsc::Receiver<Vec<u8>>>, out: m
         "cat" => {
             let mut code = 0;
             for f in args {
-                let content = pod.store.lock().unwrap().files(&pod.namespace, &pod.name).get(&normalize(f, "/")).cloned();
+                let content =
+                    pod.store.lock().unwrap().files(&pod.namespace, &pod.name).get(&normalize(f, "/")).cloned();
                 match content {
                     Some(c) => {
                         let _ = out.send(Out::Stdout(c)).await;
                     }
                     None => {
-                        let _ = out.send(Out::Stderr(format!("cat: {f}: No such file or directory\n").into_bytes())).await;
+                        let _ =
+                            out.send(Out::Stderr(format!("cat: {f}: No such file or directory\n").into_bytes())).await;
                         code = 1;
                     }
                 }
@@ -265,7 +267,8 @@ mod tests {
         pod.store.lock().unwrap().files("default", "p").insert("/data/a.txt".into(), b"alpha".to_vec());
         let (code, archive) = run_collect(&pod, &["tar", "cf", "-", "/data"], None).await;
         assert_eq!(code, 0);
-        let (code, _) = run_collect(&pod, &["tar", "--no-same-permissions", "-xmf", "-", "-C", "/copy"], Some(archive)).await;
+        let (code, _) =
+            run_collect(&pod, &["tar", "--no-same-permissions", "-xmf", "-", "-C", "/copy"], Some(archive)).await;
         assert_eq!(code, 0);
         assert_eq!(pod.store.lock().unwrap().files("default", "p").get("/copy/data/a.txt").unwrap(), b"alpha");
         assert_eq!(run_collect(&pod, &["test", "-d", "/copy/data"], None).await.0, 0);

@@ -16,7 +16,10 @@ pub struct Wanted {
 }
 
 pub async fn serve(mut streams: mpsc::Receiver<Stream>, argv: Vec<String>, wanted: Wanted, pod: Pod) {
-    let expected = 1 + usize::from(wanted.stdin) + usize::from(wanted.stdout) + usize::from(wanted.stderr)
+    let expected = 1
+        + usize::from(wanted.stdin)
+        + usize::from(wanted.stdout)
+        + usize::from(wanted.stderr)
         + usize::from(wanted.tty);
     let (mut error, mut stdin, mut stdout, mut stderr) = (None, None, None, None);
     let mut others = Vec::new();

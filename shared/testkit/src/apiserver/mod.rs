@@ -104,6 +104,7 @@ pub(crate) struct State {
     pub streams: tokio::sync::watch::Sender<StreamControl>,
     pub tasks: Mutex<Vec<AbortHandle>>,
     pub forwarded_ports: Arc<Mutex<Vec<u16>>>,
+    pub open_watches: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl State {
@@ -141,6 +142,7 @@ impl FakeApiserver {
             streams,
             tasks: Mutex::default(),
             forwarded_ports: Arc::default(),
+            open_watches: Arc::default(),
         });
         let accept = tokio::spawn(server::accept_loop(listener, state.clone())).abort_handle();
         FakeApiserver { state, accept }
@@ -157,6 +159,11 @@ impl FakeApiserver {
     /// The CA a client should trust (the one that signed the normal certificate).
     pub fn ca_pem(&self) -> String {
         self.state.certs.ca_pem.clone()
+    }
+
+    /// The same CA, DER-encoded.
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.state.certs.ca_der.clone()
     }
 
     pub fn token(&self) -> String {
@@ -257,6 +264,23 @@ impl FakeApiserver {
     /// Ports asked for by port-forward data streams, in order.
     pub fn forwarded_ports(&self) -> Vec<u16> {
         self.state.forwarded_ports.lock().unwrap().clone()
+    }
+
+    /// Watches currently streaming.
+    pub fn open_watches(&self) -> usize {
+        self.state.open_watches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (polling, bounded by `timeout`) until at least `n` watches are streaming.
+    pub async fn wait_for_watches(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.open_watches() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Ends every open watch and followed log cleanly.

@@ -56,8 +56,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 async fn serve_connection(state: Arc<State>, tcp: tokio::net::TcpStream, index: usize, record: SharedConn) {
     let reset = Arc::new(AtomicBool::new(false));
     let tcp = CountingTcp { inner: tcp, record: record.clone(), reset_on_drop: reset.clone() };
-    let wrong = state.options.wrong_ca
-        || state.faults.lock().unwrap().iter().any(|r| r.fault == Fault::WrongCertificate);
+    let wrong =
+        state.options.wrong_ca || state.faults.lock().unwrap().iter().any(|r| r.fault == Fault::WrongCertificate);
     let acceptor = TlsAcceptor::from(if wrong { state.wrong_tls.clone() } else { state.good_tls.clone() });
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -170,7 +170,8 @@ async fn handle(state: Arc<State>, ctl: Arc<ConnCtl>, mut req: Request<Incoming>
     let query = req.uri().query().map(str::to_string);
     let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| path.clone());
     let connection_values = header_values(&req, header::CONNECTION);
-    let upgrade = header_values(&req, header::UPGRADE).first().cloned().filter(|_| has_token(&connection_values, "upgrade"));
+    let upgrade =
+        header_values(&req, header::UPGRADE).first().cloned().filter(|_| has_token(&connection_values, "upgrade"));
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let headers = ctl.record.lock().unwrap().take_head(&method, &target).unwrap_or_else(|| {
         req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect()
@@ -260,6 +261,8 @@ fn route(ctx: &Ctx, path: &str) -> Response<Body> {
         "/api" | "/api/" => return json_reply(200, &discovery::api_versions(&state.address.to_string())),
         "/apis" | "/apis/" => return json_reply(200, &discovery::api_groups()),
         "/api/v1" | "/api/v1/" => return json_reply(200, &discovery::core_v1()),
+        "/openapi/v3" | "/openapi/v3/" => return json_reply(200, &discovery::openapi_v3_root()),
+        "/openapi/v3/api/v1" => return json_reply(200, &discovery::openapi_v3_core()),
         "/healthz" | "/readyz" | "/livez" => return reply(200, "text/plain", body::full("ok")),
         _ => {}
     }
@@ -453,8 +456,7 @@ fn upgrade_route(
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("").split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>())
         .collect();
-    let supported: &[&str] =
-        if sub == "portforward" { &["portforward.k8s.io"] } else { &["v4.channel.k8s.io"] };
+    let supported: &[&str] = if sub == "portforward" { &["portforward.k8s.io"] } else { &["v4.channel.k8s.io"] };
     let Some(chosen) = supported.iter().find(|s| offered.iter().any(|o| o == *s)) else {
         return error(403, "Forbidden", "unable to negotiate a stream protocol");
     };

@@ -220,17 +220,11 @@ pub fn age(created: &str) -> String {
 
 /// Table columns and cells for an object, as the apiserver's printers give them.
 pub fn table_columns(kind: Kind) -> Value {
-    let col = |name: &str, format: &str| {
-        json!({"name": name, "type": "string", "format": format, "description": name, "priority": 0})
-    };
+    let col = |name: &str, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": 0});
     match kind {
-        Kind::Pod => json!([
-            col("Name", "name"),
-            col("Ready", ""),
-            col("Status", ""),
-            col("Restarts", ""),
-            col("Age", "")
-        ]),
+        Kind::Pod => {
+            json!([col("Name", "name"), col("Ready", ""), col("Status", ""), col("Restarts", ""), col("Age", "")])
+        }
         Kind::ConfigMap => json!([col("Name", "name"), col("Data", ""), col("Age", "")]),
         Kind::Namespace => json!([col("Name", "name"), col("Status", ""), col("Age", "")]),
     }
@@ -264,7 +258,9 @@ pub fn table(kind: Kind, objects: &[Value], resource_version: u64, include: &str
             let object = match include {
                 "None" => Value::Null,
                 "Object" => o.clone(),
-                _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
+                _ => {
+                    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+                }
             };
             json!({"cells": table_cells(kind, o), "object": object})
         })

@@ -2,6 +2,7 @@
 //! each flushed at once, open until the client goes, the test closes or aborts streams, or the
 //! request's `timeoutSeconds` (at most 30 minutes) passes.
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,9 @@ pub fn start(state: &Arc<State>, spec: WatchSpec) -> Body {
         (initial.into_iter().map(|o| (o, store.resource_version)).collect::<Vec<_>>(), past, rx)
     };
     let mut control = state.streams.subscribe();
+    let open = OpenWatch::new(state.open_watches.clone());
     let task = tokio::spawn(async move {
+        let _open = open;
         for (o, rv) in initial {
             if send(&tx, spec.render("ADDED", &o, rv)).await.is_err() {
                 return;
@@ -105,4 +108,20 @@ pub fn start(state: &Arc<State>, spec: WatchSpec) -> Body {
 
 async fn send(tx: &Chunks, bytes: Bytes) -> Result<(), ()> {
     tx.send(Ok(bytes)).await.map_err(|_| ())
+}
+
+/// Counts a watch as open from subscription until its task ends.
+struct OpenWatch(Arc<AtomicUsize>);
+
+impl OpenWatch {
+    fn new(count: Arc<AtomicUsize>) -> OpenWatch {
+        count.fetch_add(1, Ordering::SeqCst);
+        OpenWatch(count)
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -77,8 +77,7 @@ pub async fn serve_exec(ws: Ws, argv: Vec<String>, want_stdin: bool, pod: Pod) {
     });
     let (out_tx, mut out_rx) = mpsc::channel(64);
     let cmd_argv = argv.clone();
-    let command =
-        tokio::spawn(async move { run(&cmd_argv, want_stdin.then_some(stdin_rx), out_tx, &pod).await });
+    let command = tokio::spawn(async move { run(&cmd_argv, want_stdin.then_some(stdin_rx), out_tx, &pod).await });
     let mut client_gone = false;
     while let Some(o) = out_rx.recv().await {
         let m = match o {
