@@ -27,14 +27,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Starts every core and blocks until one of them fails to start (returns the error) or
-    /// forever.
-    pub fn run(self) -> anyhow::Result<()> {
-        run(self)
+    /// Starts every core; returns once all of them listen (or with the first start-up error).
+    /// The cores then run until the process ends.
+    pub fn start(self) -> anyhow::Result<()> {
+        start(self)
     }
 }
 
-fn run(plan: Plan) -> anyhow::Result<()> {
+fn start(plan: Plan) -> anyhow::Result<()> {
     let legacy = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let driver = if legacy {
         "epoll (forced by BCS_PROXY_DRIVER=legacy)"
@@ -51,15 +51,9 @@ fn run(plan: Plan) -> anyhow::Result<()> {
         std::thread::Builder::new().name(format!("bcs-proxy-{core}")).spawn(move || {
             let run = core_main(core, plan, ready.clone());
             let result = if legacy {
-                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .map(|mut rt| rt.block_on(run))
+                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
             } else {
-                monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .map(|mut rt| rt.block_on(run))
+                monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
             };
             if let Err(e) = result {
                 let _ = ready.send(Err(anyhow::anyhow!("core {core}: cannot build the runtime: {e}")));
@@ -71,13 +65,7 @@ fn run(plan: Plan) -> anyhow::Result<()> {
         ready_rx.recv().context("a core thread ended before it started")??;
     }
     tracing::info!("proxy ready to accept");
-    // The cores run until the process ends; a later failure comes through the same channel.
-    match ready_rx.recv() {
-        Ok(Err(e)) => Err(e),
-        _ => loop {
-            std::thread::park();
-        },
-    }
+    Ok(())
 }
 
 fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

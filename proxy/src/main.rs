@@ -30,7 +30,30 @@ struct Args {
     log_format: Option<String>,
 }
 
+/// SIGTERM and SIGINT are blocked in every thread (the mask is inherited) and taken by
+/// [`wait_for_termination`] on the main thread, so the process exits 0 with its logs flushed.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, zero-initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_termination() -> i32 {
+    let set = block_termination_signals();
+    let mut signal = 0;
+    // SAFETY: sigwait on a valid set of signals blocked in this thread.
+    unsafe { libc::sigwait(&set, &mut signal) };
+    signal
+}
+
 fn main() -> ExitCode {
+    block_termination_signals();
     let args = Args::parse();
     let config = match Config::load(&args.config) {
         Ok(config) => config,
@@ -124,5 +147,8 @@ fn run(config: &Config) -> anyhow::Result<()> {
 
     let max_connections = config.proxy_config.max_connections.unwrap_or(20_000).max(1) as usize;
     let max_connections_per_core = max_connections.div_ceil(cores);
-    bcs_proxy::listen::Plan { cores, tls, plain: Some(plain), metrics, admin, max_connections_per_core }.run()
+    bcs_proxy::listen::Plan { cores, tls, plain: Some(plain), metrics, admin, max_connections_per_core }.start()?;
+    let signal = wait_for_termination();
+    tracing::info!(signal, "shutting down");
+    Ok(())
 }

@@ -255,3 +255,12 @@ async fn past_the_connection_limit_new_clients_get_503_with_retry_after() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200, "a freed slot is usable again");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_proxy_cleanly() {
+    let mut s = setup(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let pid = s.proxy.process.pid().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(10)), Some(0), "exit status 0 after SIGTERM");
+    assert!(s.proxy.process.stderr().contains("shutting down"), "{}", s.proxy.process.stderr());
+}
