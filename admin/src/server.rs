@@ -54,7 +54,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     let metrics = Metrics::default();
     let snapshots = Arc::new(Publisher::new(config.turn_on_rbac(), metrics.snapshot.clone()));
-    let app = Arc::new(App { store, sealer, metrics, external_url: config.external_url(), snapshots });
+    let leader = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let app = Arc::new(App { store, sealer, metrics, external_url: config.external_url(), snapshots, leader });
     let first_wait = app.snapshots.rebuild(&app.store, &app.sealer).await.next_wait();
 
     let address: SocketAddr = config.admin_address().parse().context("admin_config.address")?;

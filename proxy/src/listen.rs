@@ -51,9 +51,15 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         std::thread::Builder::new().name(format!("bcs-proxy-{core}")).spawn(move || {
             let run = core_main(core, plan, ready.clone());
             let result = if legacy {
-                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(run))
             } else {
-                monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+                monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(run))
             };
             if let Err(e) = result {
                 let _ = ready.send(Err(anyhow::anyhow!("core {core}: cannot build the runtime: {e}")));

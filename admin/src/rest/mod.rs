@@ -39,6 +39,9 @@ pub struct App {
     /// The proxies' snapshot: a handler that writes what a proxy must see (users, user
     /// tokens, clusters, credentials) calls `snapshots.changed()` right after the write.
     pub snapshots: Arc<Publisher>,
+    /// True while this instance may run the singleton jobs (RBAC sync). Without ZooKeeper the
+    /// only instance is the leader; with it, the ZooKeeper leader lock sets it.
+    pub leader: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub type AppState = Arc<App>;

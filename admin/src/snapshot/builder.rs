@@ -64,6 +64,7 @@ pub fn build(rows: SnapshotRows, sealer: &Sealer, stamp: Stamp) -> Result<Built,
         users,
         tokens,
         clusters,
+        mesos: Vec::new(),
     };
     leave_out_invalid(&mut snapshot, &mut left_out)?;
     Ok(Built { snapshot, left_out })
@@ -94,20 +95,32 @@ fn leave_out_invalid(snapshot: &mut Snapshot, left_out: &mut Vec<String>) -> Res
             Ok(()) => return Ok(()),
             Err(invalid) => invalid,
         };
-        let before = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len());
+        let drivers = |s: &Snapshot| s.mesos.iter().map(|m| m.drivers.len() + 1).sum::<usize>();
+        let before = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len(), drivers(snapshot));
         let mut credentials_dropped = false;
         match &invalid {
             Invalid::BadUserName(name) => snapshot.users.retain(|u| &u.name != name),
             Invalid::UnknownUser(id) => snapshot.tokens.retain(|t| t.user_id != *id),
             Invalid::BadIdentifier(identifier) => snapshot.clusters.retain(|c| &c.identifier != identifier),
-            Invalid::BadAddress(id, _) | Invalid::BadClusterToken(id) => {
+            Invalid::BadAddress(id, address) => {
+                for cluster in snapshot.clusters.iter_mut().filter(|c| &c.id == id) {
+                    credentials_dropped |= cluster.credentials.take().is_some();
+                }
+                for set in snapshot.mesos.iter_mut().filter(|m| &m.cluster_id == id) {
+                    set.drivers.retain(|d| {
+                        &format!("{}://{}", d.scheme, bcs_shared::snapshot::join_ip_port(&d.ip, d.port)) != address
+                    });
+                }
+            }
+            Invalid::BadClusterToken(id) => {
                 for cluster in snapshot.clusters.iter_mut().filter(|c| &c.id == id) {
                     credentials_dropped |= cluster.credentials.take().is_some();
                 }
             }
+            Invalid::BadMesosCluster(id) => snapshot.mesos.retain(|m| &m.cluster_id != id),
             Invalid::DuplicateUser(_) | Invalid::DuplicateToken(_) | Invalid::BadDigest => return Err(invalid),
         }
-        let after = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len());
+        let after = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len(), drivers(snapshot));
         if before == after && !credentials_dropped {
             return Err(invalid);
         }

@@ -267,6 +267,7 @@ mod tests {
                 .collect(),
             tokens: vec![],
             clusters: vec![],
+            mesos: vec![],
         }
     }
 

@@ -46,6 +46,7 @@ pub fn snapshot(revision: u64, upstream: &str, ca_pem: &str) -> Snapshot {
                 version: 1,
             }),
         }],
+        mesos: vec![],
     }
 }
 

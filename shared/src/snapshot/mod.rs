@@ -24,6 +24,25 @@ pub struct Snapshot {
     /// Only tokens that are not revoked; expiry is checked by the proxy on every request.
     pub tokens: Vec<Token>,
     pub clusters: Vec<Cluster>,
+    /// Live mesos-drivers per BCS cluster id, from ZooKeeper (empty without ZooKeeper).
+    #[serde(default)]
+    pub mesos: Vec<MesosDrivers>,
+}
+
+/// The live mesos-drivers of one Mesos cluster (`/bcs/services/endpoints/mesosdriver/<id>/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MesosDrivers {
+    /// The BCS cluster id the drivers registered under (the `BCS-ClusterID` header's value).
+    pub cluster_id: String,
+    pub drivers: Vec<MesosDriver>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MesosDriver {
+    /// `http` or `https`.
+    pub scheme: String,
+    pub ip: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +111,8 @@ pub enum Invalid {
     BadAddress(String, String),
     #[error("cluster {0}: the token is not a visible-ASCII bearer token")]
     BadClusterToken(String),
+    #[error("mesos cluster id {0:?} is empty, not visible ASCII, or listed twice")]
+    BadMesosCluster(String),
 }
 
 impl Snapshot {
@@ -140,7 +161,38 @@ impl Snapshot {
                 }
             }
         }
+        let mut mesos = HashSet::new();
+        for set in &self.mesos {
+            if set.cluster_id.is_empty()
+                || !set.cluster_id.bytes().all(|b| b.is_ascii_graphic())
+                || !mesos.insert(set.cluster_id.as_str())
+            {
+                return Err(Invalid::BadMesosCluster(set.cluster_id.clone()));
+            }
+            for d in &set.drivers {
+                let address = format!("{}://{}", d.scheme, crate::snapshot::join_ip_port(&d.ip, d.port));
+                if d.ip.parse::<std::net::IpAddr>().is_err() || parse_address(&address).is_none() {
+                    return Err(Invalid::BadAddress(set.cluster_id.clone(), address));
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// `ip:port`, with brackets for IPv6.
+pub fn join_ip_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+impl MesosDriver {
+    /// The driver as an upstream address.
+    pub fn address(&self) -> Option<Address> {
+        parse_address(&format!("{}://{}", self.scheme, join_ip_port(&self.ip, self.port)))
     }
 }
 

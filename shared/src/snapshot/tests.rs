@@ -35,6 +35,10 @@ fn golden() -> Snapshot {
                 credentials: None,
             },
         ],
+        mesos: vec![MesosDrivers {
+            cluster_id: "BCS-MESOS-10001".into(),
+            drivers: vec![MesosDriver { scheme: "https".into(), ip: "127.0.0.1".into(), port: 8080 }],
+        }],
     }
 }
 
@@ -144,6 +148,15 @@ fn invalid_snapshots_are_refused() {
     let mut s = golden();
     s.clusters[0].credentials.as_mut().unwrap().token = Secret::new("a\nb");
     assert!(matches!(s.validate(), Err(Invalid::BadClusterToken(_))));
+    let mut s = golden();
+    s.mesos.push(s.mesos[0].clone());
+    assert!(matches!(s.validate(), Err(Invalid::BadMesosCluster(_))));
+    let mut s = golden();
+    s.mesos[0].drivers[0].ip = "driver.example".into();
+    assert!(matches!(s.validate(), Err(Invalid::BadAddress(..))));
+    let mut s = golden();
+    s.mesos[0].drivers[0].scheme = "ftp".into();
+    assert!(matches!(s.validate(), Err(Invalid::BadAddress(..))));
 }
 
 #[test]
