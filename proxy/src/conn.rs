@@ -2,12 +2,12 @@
 //! authenticate, forward, and loop while the connection stays in sync. Every request ends in
 //! one access-log line (method, path without query, user, cluster, status, time: no secret).
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::Address;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 
+use crate::allow::Cidr;
 use crate::auth;
 use crate::error::ProxyError;
 use crate::forward::{self, Destination, Failed, Flow};
@@ -18,11 +18,17 @@ use crate::route::{self, Route};
 use crate::tables;
 
 /// Per-core settings of the request path.
+/// (What users may do comes from the snapshot; these are the fixed addresses and limits.)
 pub struct Settings {
     pub admin: Address,
-    /// `rbac.turn_on_rbac` is taken from the snapshot; this is only the admin address and limits.
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// TLS towards mesos-drivers and console proxies (`cert_config`); None: http only.
+    pub internal_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `consoleproxy_port` on the webconsole hosts.
+    pub console_port: u16,
+    /// `proxy_config.webconsole_allowed_hosts` (empty: the webconsole route is refused).
+    pub console_allowed: Vec<Cidr>,
 }
 
 impl Default for Settings {
@@ -31,12 +37,15 @@ impl Default for Settings {
             admin: bcs_shared::snapshot::parse_address("http://127.0.0.1:8090").expect("valid"),
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            internal_tls: None,
+            console_port: 8083,
+            console_allowed: Vec::new(),
         }
     }
 }
 
 /// Serves one client connection to its end.
-pub async fn serve<C>(client: C, peer: SocketAddr, settings: Rc<Settings>)
+pub async fn serve<C>(client: C, peer: SocketAddr, settings: std::sync::Arc<Settings>)
 where
     C: AsyncReadRent + AsyncWriteRent + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
@@ -182,7 +191,82 @@ fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, 
                 destination: Destination::Cluster { upstream, caller, impersonate },
             })
         }
+        Route::Mesos { upstream_target } => {
+            let fail = |e| ("mesos", e);
+            let tables = tables::current().ok_or(ProxyError::NotReady).map_err(fail)?;
+            let caller = auth::authenticate(head, &tables, tables::now()).map_err(fail)?;
+            let mut ids = head.headers_named("bcs-clusterid").map(|h| h.value_str().trim().to_owned());
+            let cluster_id = match (ids.next(), ids.next()) {
+                (Some(id), None) if !id.is_empty() => id,
+                _ => return Err(fail(ProxyError::BadRequest("exactly one BCS-ClusterID header is required".into()))),
+            };
+            let drivers =
+                tables.mesos_drivers(&cluster_id).ok_or_else(|| fail(ProxyError::NoDrivers(cluster_id.clone())))?;
+            // A driver per request, at random (as the original), the others after it.
+            let mut addresses: Vec<Address> = drivers.as_ref().clone();
+            let first = random_index(addresses.len());
+            addresses.rotate_left(first);
+            tracing::debug!(user = %caller.user.name, cluster = %cluster_id, first = %addresses[0].authority(), "routed to a mesos-driver");
+            Ok(Plan {
+                kind: "mesos",
+                user: caller.user.name.clone(),
+                cluster: cluster_id.clone(),
+                target: upstream_target,
+                destination: Destination::Internal {
+                    addresses,
+                    owner: format!("mesos:{cluster_id}"),
+                    tls: settings.internal_tls.clone(),
+                    caller,
+                },
+            })
+        }
+        Route::Webconsole { host_ip, upstream_target } => {
+            let fail = |e| ("mesos_webconsole", e);
+            let tables = tables::current().ok_or(ProxyError::NotReady).map_err(fail)?;
+            let caller = auth::authenticate(head, &tables, tables::now()).map_err(fail)?;
+            let host_ip = host_ip
+                .ok_or_else(|| fail(ProxyError::BadRequest("the host_ip query parameter is required".into())))?;
+            let ip: std::net::IpAddr = host_ip
+                .parse()
+                .map_err(|_| fail(ProxyError::BadRequest(format!("host_ip {host_ip:?} is not an IP address"))))?;
+            if !settings.console_allowed.iter().any(|c| c.contains(ip)) {
+                return Err(fail(ProxyError::Forbidden(format!(
+                    "host_ip {ip} is not in proxy_config.webconsole_allowed_hosts"
+                ))));
+            }
+            let address = Address { tls: false, host: ip.to_string(), port: settings.console_port };
+            Ok(Plan {
+                kind: "mesos_webconsole",
+                user: caller.user.name.clone(),
+                cluster: String::new(),
+                target: upstream_target,
+                destination: Destination::Internal {
+                    addresses: vec![address],
+                    owner: "console".into(),
+                    tls: None,
+                    caller,
+                },
+            })
+        }
     }
+}
+
+/// A cheap per-thread pseudo-random index in `0..n` (xorshift; not for secrets).
+fn random_index(n: usize) -> usize {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1,
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % n.max(1) as u64) as usize
+    })
 }
 
 fn log_request(

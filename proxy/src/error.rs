@@ -23,6 +23,8 @@ pub enum ProxyError {
     NoCredentials(String),
     #[error("the gateway is overloaded, retry later")]
     Overloaded,
+    #[error("no live mesos-driver for cluster {0}")]
+    NoDrivers(String),
     #[error("cannot reach the upstream: {0}")]
     UpstreamConnect(String),
     #[error("the upstream answered badly: {0}")]
@@ -45,7 +47,9 @@ impl ProxyError {
             ProxyError::NotFound(_) => 404,
             ProxyError::Unauthorized(_) => 401,
             ProxyError::Forbidden(_) => 403,
-            ProxyError::NotReady | ProxyError::NoCredentials(_) | ProxyError::Overloaded => 503,
+            ProxyError::NotReady | ProxyError::NoCredentials(_) | ProxyError::Overloaded | ProxyError::NoDrivers(_) => {
+                503
+            }
             ProxyError::UpstreamConnect(_) | ProxyError::BadUpstream(_) | ProxyError::UpstreamRedirect => 502,
             ProxyError::UpstreamTimeout => 504,
             ProxyError::Internal(_) => 500,

@@ -33,8 +33,21 @@ pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where the request goes.
 pub enum Destination {
-    Cluster { upstream: Arc<Upstream>, caller: Caller, impersonate: Option<String> },
-    Admin { address: Address },
+    Cluster {
+        upstream: Arc<Upstream>,
+        caller: Caller,
+        impersonate: Option<String>,
+    },
+    Admin {
+        address: Address,
+    },
+    /// A mesos-driver (`addresses`: the live drivers, in the order to try) or a console proxy.
+    Internal {
+        addresses: Vec<Address>,
+        owner: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        caller: Caller,
+    },
 }
 
 /// What became of the client connection.
@@ -71,6 +84,7 @@ impl Destination {
         match self {
             Destination::Cluster { upstream, .. } => upstream::candidates(&upstream.addresses),
             Destination::Admin { address } => vec![address],
+            Destination::Internal { addresses, .. } => upstream::candidates(addresses),
         }
     }
 
@@ -82,6 +96,9 @@ impl Destination {
                 version: upstream.version,
             },
             Destination::Admin { .. } => PoolKey { authority: address.authority(), owner: "admin".into(), version: 0 },
+            Destination::Internal { owner, .. } => {
+                PoolKey { authority: address.authority(), owner: owner.clone(), version: 0 }
+            }
         }
     }
 
@@ -99,12 +116,22 @@ impl Destination {
                 rewrite::to_cluster(head, target, &address.authority(), &identity, client_ip, body)
             }
             Destination::Admin { .. } => rewrite::to_admin(head, &address.authority(), client_ip, body),
+            Destination::Internal { .. } => rewrite::to_driver(head, target, &address.authority(), client_ip, body),
         }
     }
 
-    fn upstream(&self) -> Option<&Upstream> {
+    fn tls(&self) -> upstream::Tls<'_> {
         match self {
-            Destination::Cluster { upstream, .. } => Some(upstream),
+            Destination::Cluster { upstream, .. } => upstream::Tls::Cluster(upstream),
+            Destination::Admin { .. } => upstream::Tls::Internal(None),
+            Destination::Internal { tls, .. } => upstream::Tls::Internal(tls.as_ref()),
+        }
+    }
+
+    /// The caller whose token keeps a long-lived stream open (None: admin's own routes).
+    fn caller(&self) -> Option<&Caller> {
+        match self {
+            Destination::Cluster { caller, .. } | Destination::Internal { caller, .. } => Some(caller),
             Destination::Admin { .. } => None,
         }
     }
@@ -146,15 +173,9 @@ where
                 in_sync: true,
             });
         };
-        let caller = match &destination {
-            Destination::Cluster { caller, .. } => caller.digest,
-            Destination::Admin { .. } => {
-                return Err(Failed {
-                    client,
-                    error: ProxyError::BadUpstream("admin switched protocols".into()),
-                    in_sync: true,
-                })
-            }
+        let Some(caller) = destination.caller().map(|c| c.digest) else {
+            let error = ProxyError::BadUpstream("admin switched protocols".into());
+            return Err(Failed { client, error, in_sync: true });
         };
         tunnel(client, inbuf, conn, &response, buf, head_len, protocol, caller).await;
         return Ok((Flow::Done, 101));
@@ -162,12 +183,8 @@ where
 
     // An upgrade the upstream refused: relay its answer, then close; never switch.
     let close = head.close || head.upgrade.is_some();
-    let stream_digest = match &destination {
-        Destination::Cluster { caller, .. } if matches!(response.framing, Framing::Chunked | Framing::UntilClose) => {
-            Some(caller.digest)
-        }
-        _ => None,
-    };
+    let streaming = matches!(response.framing, Framing::Chunked | Framing::UntilClose);
+    let stream_digest = destination.caller().filter(|_| streaming).map(|c| c.digest);
     match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_digest)
         .await
     {
@@ -197,7 +214,7 @@ async fn send<C: AsyncReadRent>(
             attempts += 1;
             let (mut conn, reused) = match upstream::take_pooled(&key) {
                 Some(conn) if attempts == 1 => (conn, true),
-                _ => match upstream::connect(address, destination.upstream()).await {
+                _ => match upstream::connect(address, destination.tls()).await {
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         tracing::warn!(address = %address.authority(), error = %e, "upstream connect failed");

@@ -7,13 +7,14 @@
 //! | runtimes and listeners (TLS, plain, metrics) | [`listen`], [`health`] |
 //! | one client connection, request by request | [`conn`] |
 //! | request and response heads, body framing | [`http1`] |
-//! | which route | [`route`] |
+//! | which route | [`route`], [`allow`] |
 //! | who is calling | [`auth`] over [`tables`] |
 //! | what goes upstream, what comes back | [`rewrite`] |
 //! | connecting and pooling | [`upstream`], [`io`] |
 //! | the exchange, streaming and upgrades | [`forward`], [`streams`] |
 //! | an error becomes a status | [`error`], [`respond`] |
 //! | snapshots from admin | [`control`] |
+pub mod allow;
 pub mod auth;
 pub mod conn;
 pub mod control;

@@ -21,7 +21,7 @@ pub struct Plan {
     pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     pub plain: Option<SocketAddr>,
     pub metrics: SocketAddr,
-    pub admin: bcs_shared::snapshot::Address,
+    pub settings: Arc<Settings>,
     /// Client connections each core holds at once.
     pub max_connections_per_core: usize,
 }
@@ -80,7 +80,7 @@ fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<()>>) {
-    let settings = Rc::new(Settings { admin: plan.admin.clone(), ..Settings::default() });
+    let settings = plan.settings.clone();
     let mut listeners = Vec::new();
     let bound = (|| -> anyhow::Result<()> {
         if let Some((address, config)) = &plan.tls {
@@ -137,7 +137,7 @@ impl Drop for OpenGuard {
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<monoio_rustls::TlsAcceptor>,
-    settings: Rc<Settings>,
+    settings: Arc<Settings>,
     open: Rc<std::cell::Cell<usize>>,
     max_open: usize,
 ) {

@@ -103,6 +103,35 @@ fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(server))
 }
 
+/// TLS towards mesos-drivers and console proxies: trusts `cert_config.ca_file`, presents the
+/// client certificate when one is configured. None when no CA file is set.
+fn internal_tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let Some(ca_file) = non_empty(&config.cert_config.ca_file) else { return Ok(None) };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).with_context(|| format!("cert_config.ca_file {ca_file}"))? {
+        roots.add(cert.with_context(|| format!("cert_config.ca_file {ca_file}"))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (non_empty(&config.cert_config.client_cert_file), non_empty(&config.cert_config.client_key_file))
+    {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect())
+                .with_context(|| format!("cert_config.client_cert_file {cert}"))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).with_context(|| format!("cert_config.client_key_file {key}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("cert_config: the client certificate and key do not match")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Some(Arc::new(config)))
+}
+
 fn run(config: &Config) -> anyhow::Result<()> {
     let service = &config.service_config;
     let tls = if config.tls_configured() {
@@ -145,9 +174,29 @@ fn run(config: &Config) -> anyhow::Result<()> {
     control.load_persisted();
     std::thread::Builder::new().name("bcs-proxy-control".into()).spawn(move || control.run())?;
 
+    let console_allowed = config
+        .proxy_config
+        .webconsole_allowed_hosts
+        .iter()
+        .flatten()
+        .map(|c| bcs_proxy::allow::Cidr::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("proxy_config.webconsole_allowed_hosts: {e}"))?;
+    let internal_tls = internal_tls_config(config)?;
+    let console_port = config.consoleproxy_port.unwrap_or(8083);
     let max_connections = config.proxy_config.max_connections.unwrap_or(20_000).max(1) as usize;
     let max_connections_per_core = max_connections.div_ceil(cores);
-    bcs_proxy::listen::Plan { cores, tls, plain: Some(plain), metrics, admin, max_connections_per_core }.start()?;
+    let settings =
+        bcs_proxy::conn::Settings { admin, internal_tls, console_port, console_allowed, ..Default::default() };
+    bcs_proxy::listen::Plan {
+        cores,
+        tls,
+        plain: Some(plain),
+        metrics,
+        settings: Arc::new(settings),
+        max_connections_per_core,
+    }
+    .start()?;
     let signal = wait_for_termination();
     tracing::info!(signal, "shutting down");
     Ok(())

@@ -72,7 +72,7 @@ pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
         Shape::Rest => serde_json::json!({"code_name": code_name(status), "message": message}),
     };
     let mut extra = String::new();
-    if matches!(err, ProxyError::Overloaded | ProxyError::NotReady) {
+    if matches!(err, ProxyError::Overloaded | ProxyError::NotReady | ProxyError::NoDrivers(_)) {
         extra.push_str("Retry-After: 1\r\n");
     }
     response(status, "application/json", &body.to_string(), close, &extra)

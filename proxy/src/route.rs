@@ -13,9 +13,16 @@ pub enum Route<'a> {
     Kubernetes { identifier: &'a str, upstream_target: String },
     /// `/rest/...`: forwarded to admin unchanged.
     Rest,
+    /// `/bcsapi/v4/scheduler/mesos/{rest}`: to a mesos-driver at `/mesosdriver/v4/{rest}` plus the query.
+    Mesos { upstream_target: String },
+    /// `/bcsapi/v1/webconsole/{rest}?host_ip=...`: to the console proxy on `host_ip` at
+    /// `/bcsapi/v1/consoleproxy/{rest}` plus the query.
+    Webconsole { host_ip: Option<String>, upstream_target: String },
 }
 
 const TUNNEL_PREFIX: &str = "/tunnels/clusters/";
+const MESOS_PREFIX: &str = "/bcsapi/v4/scheduler/mesos/";
+const WEBCONSOLE_PREFIX: &str = "/bcsapi/v1/webconsole/";
 
 pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
     if !target.starts_with('/') {
@@ -52,6 +59,24 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
     }
     if path == "/rest" || path.starts_with("/rest/") {
         return Ok(Route::Rest);
+    }
+    let with_query = |path: String| match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if let Some(rest) = path.strip_prefix(MESOS_PREFIX) {
+        return Ok(Route::Mesos { upstream_target: with_query(format!("/mesosdriver/v4/{rest}")) });
+    }
+    if let Some(rest) = path.strip_prefix(WEBCONSOLE_PREFIX) {
+        let host_ip = query.and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("host_ip="))
+                .map(|v| String::from_utf8_lossy(&percent_decode_check(v).unwrap_or_default()).into_owned())
+        });
+        return Ok(Route::Webconsole {
+            host_ip,
+            upstream_target: with_query(format!("/bcsapi/v1/consoleproxy/{rest}")),
+        });
     }
     Err(ProxyError::NotFound(format!("no route for {path}")))
 }
@@ -124,8 +149,35 @@ mod tests {
     }
 
     #[test]
+    fn mesos_and_webconsole_paths_are_rewritten() {
+        assert_eq!(
+            route("/bcsapi/v4/scheduler/mesos/namespaces/ns1/applications?kind=x").unwrap(),
+            Route::Mesos { upstream_target: "/mesosdriver/v4/namespaces/ns1/applications?kind=x".into() }
+        );
+        assert_eq!(
+            route("/bcsapi/v1/webconsole/start_exec?host_ip=10.0.0.5&container_id=abc").unwrap(),
+            Route::Webconsole {
+                host_ip: Some("10.0.0.5".into()),
+                upstream_target: "/bcsapi/v1/consoleproxy/start_exec?host_ip=10.0.0.5&container_id=abc".into()
+            }
+        );
+        assert_eq!(
+            route("/bcsapi/v1/webconsole/ws").unwrap(),
+            Route::Webconsole { host_ip: None, upstream_target: "/bcsapi/v1/consoleproxy/ws".into() }
+        );
+    }
+
+    #[test]
     fn unknown_paths_are_404() {
-        for path in ["/", "/api/v1/pods", "/restx", "/tunnels/clusters/", "/tunnels/x", "/bcsapi/v4/x"] {
+        for path in [
+            "/",
+            "/api/v1/pods",
+            "/restx",
+            "/tunnels/clusters/",
+            "/tunnels/x",
+            "/bcsapi/v4/x",
+            "/bcsapi/v4/scheduler/k8s/x",
+        ] {
             assert_eq!(route(path).unwrap_err().status(), 404, "{path}");
         }
     }

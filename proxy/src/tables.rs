@@ -54,6 +54,8 @@ pub struct Tables {
     pub installed_at: Instant,
     tokens: HashMap<[u8; 32], TokenEntry>,
     clusters: HashMap<String, Arc<ClusterEntry>>,
+    /// Live mesos-drivers by BCS cluster id.
+    mesos: HashMap<String, Arc<Vec<Address>>>,
 }
 
 /// SHA-256 of a presented token: the lookup key.
@@ -99,7 +101,13 @@ impl Tables {
                 (c.identifier.clone(), Arc::new(entry))
             })
             .collect();
+        let mesos = snapshot
+            .mesos
+            .iter()
+            .map(|m| (m.cluster_id.clone(), Arc::new(m.drivers.iter().filter_map(|d| d.address()).collect())))
+            .collect();
         Tables {
+            mesos,
             revision: snapshot.revision,
             generated_at: snapshot.generated_at,
             turn_on_rbac: snapshot.turn_on_rbac,
@@ -120,6 +128,11 @@ impl Tables {
 
     pub fn cluster(&self, identifier: &str) -> Option<&Arc<ClusterEntry>> {
         self.clusters.get(identifier)
+    }
+
+    /// The live drivers of a Mesos cluster (None: unknown or none live).
+    pub fn mesos_drivers(&self, cluster_id: &str) -> Option<&Arc<Vec<Address>>> {
+        self.mesos.get(cluster_id).filter(|d| !d.is_empty())
     }
 
     pub fn cluster_count(&self) -> usize {

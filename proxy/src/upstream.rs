@@ -134,8 +134,18 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
     Ok(config)
 }
 
-/// A new connection to `address` (TLS with the cluster's CA when `https://`).
-pub async fn connect(address: &Address, upstream: Option<&Upstream>) -> Result<Conn, ProxyError> {
+/// How to speak TLS to an `https://` upstream.
+#[derive(Clone, Copy)]
+pub enum Tls<'a> {
+    /// A cluster's apiserver: only its CA, name `kubernetes`.
+    Cluster(&'a Upstream),
+    /// Internal services (mesos-drivers, console proxies): `cert_config.ca_file` and the client
+    /// certificate, verified against the address's IP. None: not configured.
+    Internal(Option<&'a Arc<rustls::ClientConfig>>),
+}
+
+/// A new connection to `address` (TLS when `https://`).
+pub async fn connect(address: &Address, tls: Tls<'_>) -> Result<Conn, ProxyError> {
     let authority = address.authority();
     let work = async {
         let tcp = TcpStream::connect(authority.as_str())
@@ -145,9 +155,22 @@ pub async fn connect(address: &Address, upstream: Option<&Upstream>) -> Result<C
         if !address.tls {
             return Ok(Conn::Plain(tcp));
         }
-        let upstream = upstream.ok_or_else(|| ProxyError::Internal("TLS upstream without a CA".into()))?;
-        let connector = monoio_rustls::TlsConnector::from(tls_config(upstream)?);
-        let name = ServerName::try_from("kubernetes").expect("a valid DNS name");
+        let (config, name) = match tls {
+            Tls::Cluster(upstream) => {
+                (tls_config(upstream)?, ServerName::try_from("kubernetes").expect("a valid DNS name"))
+            }
+            Tls::Internal(Some(config)) => {
+                let ip: std::net::IpAddr = address
+                    .host
+                    .parse()
+                    .map_err(|_| ProxyError::BadUpstream("an internal https address must be an IP".into()))?;
+                (config.clone(), ServerName::IpAddress(ip.into()))
+            }
+            Tls::Internal(None) => {
+                return Err(ProxyError::UpstreamConnect(format!("{authority}: https needs cert_config.ca_file")));
+            }
+        };
+        let connector = monoio_rustls::TlsConnector::from(config);
         let tls = connector
             .connect(name, tcp)
             .await

@@ -142,6 +142,35 @@ pub fn to_cluster(
     Ok(out)
 }
 
+/// Never forwarded to a mesos-driver or a console proxy: the caller's credentials, any
+/// impersonation (a driver has no use for it), and what the gateway regenerates.
+const NOT_TO_DRIVERS: &[&str] = &["authorization", "cookie", "host", "content-length", "expect", "x-forwarded-for"];
+
+/// The request to a mesos-driver or a console proxy at `host`. `BCS-ClusterID` passes.
+pub fn to_driver(
+    head: &RequestHead,
+    target: &str,
+    host: &str,
+    client: IpAddr,
+    body: BodyFraming,
+) -> Result<Vec<u8>, ProxyError> {
+    let named = tokens(&head.headers, "connection");
+    let mut out = start(&head.method, target)?;
+    header(&mut out, "Host", host.as_bytes())?;
+    for h in &head.headers {
+        let impersonation = h.name.len() >= 12 && h.name[..12].eq_ignore_ascii_case("impersonate-");
+        if impersonation || is_removed(h, &named, NOT_TO_DRIVERS) {
+            continue;
+        }
+        header(&mut out, &h.name, &h.value)?;
+    }
+    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
+    framing(&mut out, body)?;
+    upgrade_headers(&mut out, head.upgrade.as_deref())?;
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
 /// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
 pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
     let named = tokens(&head.headers, "connection");

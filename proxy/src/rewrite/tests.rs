@@ -96,3 +96,15 @@ fn responses_lose_hop_by_hop_and_cookies() {
     let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), true, None).unwrap()).unwrap();
     assert!(out.contains("Content-Length: 3\r\nConnection: close\r\n"), "{out}");
 }
+
+#[test]
+fn drivers_get_no_credentials_and_no_impersonation_but_the_cluster_id() {
+    let h = head("GET /x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer user-token\r\nCookie: s=1\r\nImpersonate-User: x\r\nimpersonate-group: y\r\nBCS-ClusterID: BCS-MESOS-1\r\n\r\n");
+    let out =
+        String::from_utf8(to_driver(&h, "/mesosdriver/v4/apps", "10.0.0.5:8090", ip(), h.framing.into()).unwrap())
+            .unwrap();
+    assert!(out.starts_with("GET /mesosdriver/v4/apps HTTP/1.1\r\nHost: 10.0.0.5:8090\r\n"), "{out}");
+    assert!(out.contains("BCS-ClusterID: BCS-MESOS-1\r\n"), "{out}");
+    assert!(!out.contains("user-token") && !out.contains("s=1"), "{out}");
+    assert_eq!(count(&out, "impersonate-"), 0, "{out}");
+}

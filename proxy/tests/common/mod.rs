@@ -383,11 +383,21 @@ pub struct ProxyOptions {
     pub cert_config: Option<String>,
     pub admin_port: u16,
     pub max_connections: u32,
+    /// `consoleproxy_port` and `proxy_config.webconsole_allowed_hosts`.
+    pub console_port: u16,
+    pub console_allowed: Vec<String>,
 }
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        ProxyOptions { cores: 1, cert_config: None, admin_port: 1, max_connections: 1000 }
+        ProxyOptions {
+            cores: 1,
+            cert_config: None,
+            admin_port: 1,
+            max_connections: 1000,
+            console_port: 8083,
+            console_allowed: vec![],
+        }
     }
 }
 
@@ -407,8 +417,8 @@ impl Proxy {
              metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n{cert}\
              log_config:\n  logtostderr: true\n  v: 9\n\
              admin_config:\n  address: 127.0.0.1\n  port: {}\n  snapshot_socket: ./run/bcs-api.sock\n\
-             proxy_config:\n  cores: {}\n  max_connections: {}\nstorage:\n  data_dir: ./data\n",
-            options.admin_port, options.cores, options.max_connections
+             proxy_config:\n  cores: {}\n  max_connections: {}\n  webconsole_allowed_hosts: {:?}\nconsoleproxy_port: {}\nstorage:\n  data_dir: ./data\n",
+            options.admin_port, options.cores, options.max_connections, options.console_allowed, options.console_port
         );
         std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
         let process = Process::spawn(&binary(), &["--config=bcs-api.yaml"], dir, "bcs-api-proxy");

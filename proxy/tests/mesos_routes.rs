@@ -1,0 +1,160 @@
+//! The Mesos routes: `/bcsapi/v4/scheduler/mesos/...` to a live mesos-driver of the cluster
+//! named by `BCS-ClusterID`, and the webconsole to allowed hosts only, both authenticated.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bcs_shared::snapshot::{MesosDriver, MesosDrivers, Snapshot};
+use common::*;
+
+const MESOS: &str = "BCS-MESOS-10001";
+
+fn with_drivers(mut snap: Snapshot, drivers: &[&RawUpstream]) -> Snapshot {
+    snap.mesos = vec![MesosDrivers {
+        cluster_id: MESOS.into(),
+        drivers: drivers
+            .iter()
+            .map(|d| MesosDriver { scheme: "http".into(), ip: d.address.ip().to_string(), port: d.address.port() })
+            .collect(),
+    }];
+    snap
+}
+
+fn mesos_get(path: &str, token: Option<&str>, cluster: Option<&str>, extra: &str) -> String {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let cluster = cluster.map(|c| format!("BCS-ClusterID: {c}\r\n")).unwrap_or_default();
+    format!("GET /bcsapi/v4/scheduler/mesos{path} HTTP/1.1\r\nHost: g\r\n{auth}{cluster}{extra}\r\n")
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    admin: FakeAdmin,
+    proxy: Proxy,
+}
+
+async fn setup(drivers: &[&RawUpstream], options: ProxyOptions) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let admin = FakeAdmin::start(&proxy.socket(), with_drivers(snapshot(1, "http://127.0.0.1:1", ""), drivers)).await;
+    proxy.wait_ready().await;
+    Setup { _dir: dir, admin, proxy }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_reach_both_live_drivers_with_the_path_rewritten_and_no_credentials() {
+    let reply = |name: &'static str| -> Script {
+        Arc::new(move |_| Reply::Bytes(ok_json(&format!("{{\"driver\":\"{name}\"}}"))))
+    };
+    let (a, b) = (RawUpstream::start(reply("a")).await, RawUpstream::start(reply("b")).await);
+    let s = setup(&[&a, &b], ProxyOptions::default()).await;
+    for _ in 0..30 {
+        let r = s
+            .proxy
+            .send(&mesos_get(
+                "/namespaces/ns1/applications?kind=x",
+                Some(USER_TOKEN),
+                Some(MESOS),
+                "Impersonate-User: x\r\nCookie: c=1\r\n",
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (ra, rb) = (a.requests(), b.requests());
+    assert!(!ra.is_empty() && !rb.is_empty(), "both drivers get traffic: {} and {}", ra.len(), rb.len());
+    assert_eq!(ra.len() + rb.len(), 30);
+    for r in ra.iter().chain(rb.iter()) {
+        assert_eq!(r.request_line(), "GET /mesosdriver/v4/namespaces/ns1/applications?kind=x HTTP/1.1");
+        assert_eq!(r.headers("bcs-clusterid"), vec![MESOS.to_owned()]);
+        assert!(
+            r.headers("authorization").is_empty()
+                && r.headers("impersonate-user").is_empty()
+                && r.headers("cookie").is_empty(),
+            "{}",
+            r.head
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_mesos_requests_get_clear_answers() {
+    let driver = RawUpstream::start(Arc::new(|_| {
+        Reply::Bytes(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 12\r\n\r\ndriver broke".to_vec())
+    }))
+    .await;
+    let s = setup(&[&driver], ProxyOptions::default()).await;
+    let r = s.proxy.send(&mesos_get("/apps", None, Some(MESOS), "")).await;
+    assert_eq!(r.status, 401);
+    let r = s.proxy.send(&mesos_get("/apps", Some(USER_TOKEN), None, "")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("BCS-ClusterID"), "{}", r.text());
+    let r = s.proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some("BCS-MESOS-404"), "")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert!(r.text().contains("BCS-MESOS-404"), "{}", r.text());
+    let r = s.proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "")).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (500, "driver broke"),
+        "the driver's status and body come back as they are"
+    );
+    assert_eq!(driver.requests().len(), 1, "only the complete request reached the driver");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_driver_is_skipped_and_an_emptied_set_is_503() {
+    let live = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let dead = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let s = setup(&[&live, &dead], ProxyOptions::default()).await;
+    drop(dead);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..10 {
+        let r = s.proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "")).await;
+        assert_eq!(r.status, 200, "the live driver answers even when the dead one was picked first");
+    }
+    assert_eq!(live.requests().len(), 10);
+    s.admin.publish(with_drivers(snapshot(2, "http://127.0.0.1:1", ""), &[]));
+    s.admin.wait_ack(2).await;
+    assert_eq!(s.proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "")).await.status, 503);
+}
+
+fn console_get(query: &str, token: Option<&str>) -> String {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    format!("GET /bcsapi/v1/webconsole/start_exec{query} HTTP/1.1\r\nHost: g\r\n{auth}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webconsole_needs_a_token_and_an_allowed_host() {
+    let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{\"console\":true}")))).await;
+    let options = ProxyOptions {
+        console_port: console.address.port(),
+        console_allowed: vec!["127.0.0.0/8".into()],
+        ..ProxyOptions::default()
+    };
+    let s = setup(&[], options).await;
+    assert_eq!(s.proxy.send(&console_get("?host_ip=127.0.0.1", None)).await.status, 401);
+    let r = s.proxy.send(&console_get("", Some(USER_TOKEN))).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("host_ip"), "{}", r.text());
+    let r = s.proxy.send(&console_get("?host_ip=10.0.0.5", Some(USER_TOKEN))).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("webconsole_allowed_hosts"), "{}", r.text());
+    assert_eq!(s.proxy.send(&console_get("?host_ip=not-an-ip", Some(USER_TOKEN))).await.status, 400);
+    assert_eq!(console.connections(), 0);
+    let r = s.proxy.send(&console_get("?host_ip=127.0.0.1&container_id=c1", Some(USER_TOKEN))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = console.requests();
+    assert_eq!(
+        seen[0].request_line(),
+        "GET /bcsapi/v1/consoleproxy/start_exec?host_ip=127.0.0.1&container_id=c1 HTTP/1.1"
+    );
+    assert!(seen[0].headers("authorization").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_allowed_hosts_the_webconsole_is_refused() {
+    let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let s = setup(&[], ProxyOptions { console_port: console.address.port(), ..ProxyOptions::default() }).await;
+    assert_eq!(s.proxy.send(&console_get("?host_ip=127.0.0.1", Some(USER_TOKEN))).await.status, 403);
+    assert_eq!(console.connections(), 0);
+}
