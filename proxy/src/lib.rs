@@ -20,6 +20,7 @@ pub mod conn;
 pub mod control;
 pub mod error;
 pub mod forward;
+pub mod fuzzing;
 pub mod health;
 pub mod http1;
 pub mod io;

@@ -1,0 +1,115 @@
+//! The bodies of the fuzz targets (fuzz/ runs them under libFuzzer; the ordinary test suite
+//! replays every corpus file through them on stable Rust). Each one feeds arbitrary bytes to a
+//! parser and checks the properties the gateway relies on; a violated property panics.
+
+use crate::error::ProxyError;
+use crate::http1::body::ChunkedDecoder;
+use crate::http1::head::{parse_request, parse_response, Framing};
+use crate::route::{route, Route};
+
+/// Request heads: never panics; an accepted head has sane framing and no control characters
+/// in any header value; a refusal is one of the statuses the gateway answers with.
+pub fn request_head(data: &[u8]) {
+    match parse_request(data) {
+        Ok(Some((head, used))) => {
+            assert!(used <= data.len());
+            assert!(data[..used].ends_with(b"\r\n\r\n"));
+            for h in &head.headers {
+                assert!(!h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0), "control character in {}", h.name);
+            }
+            if head.framing == Framing::Chunked {
+                assert!(head.header("content-length").is_none(), "CL and TE both accepted");
+            }
+            if let Some(protocol) = &head.upgrade {
+                assert!(protocol.eq_ignore_ascii_case("websocket") || protocol.eq_ignore_ascii_case("SPDY/3.1"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => assert!(matches!(e.status(), 400 | 414 | 431), "unexpected status {}", e.status()),
+    }
+}
+
+/// Response heads from upstreams: never panics; a body-less status never gets a body framing.
+pub fn response_head(data: &[u8]) {
+    for method in ["GET", "HEAD"] {
+        if let Ok(Some((head, used))) = parse_response(data, method) {
+            assert!(used <= data.len());
+            if method == "HEAD" || head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
+                assert_eq!(head.framing, Framing::None);
+            }
+        }
+    }
+}
+
+/// The chunked decoder: never panics, consumes no more than it was given, and decodes the same
+/// payload whether the input arrives whole or byte by byte.
+pub fn chunked(data: &[u8]) {
+    let mut whole = ChunkedDecoder::default();
+    let mut out_whole = Vec::new();
+    let result_whole = whole.decode(data, &mut out_whole);
+    if let Ok(used) = result_whole {
+        assert!(used <= data.len());
+    }
+    let mut split = ChunkedDecoder::default();
+    let mut out_split = Vec::new();
+    let mut result_split = Ok(0);
+    for (i, b) in data.iter().enumerate() {
+        match split.decode(std::slice::from_ref(b), &mut out_split) {
+            Ok(_) if split.is_done() => {
+                result_split = Ok(i + 1);
+                break;
+            }
+            Ok(_) => result_split = Ok(i + 1),
+            Err(e) => {
+                result_split = Err(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(result_whole.is_ok(), result_split.is_ok(), "whole and byte-by-byte disagree on validity");
+    if result_whole.is_ok() {
+        assert_eq!(out_whole, out_split, "whole and byte-by-byte decode differently");
+        assert_eq!(whole.is_done(), split.is_done());
+    }
+}
+
+/// Routing: never panics; an accepted kubernetes route names a canonical identifier and an
+/// upstream path with no dot segment and no encoded slash, that is the exact suffix of the input.
+pub fn route_match(data: &[u8]) {
+    let Ok(target) = std::str::from_utf8(data) else { return };
+    match route(target) {
+        Ok(Route::Kubernetes { identifier, upstream_target }) => {
+            assert!(!identifier.is_empty() && !identifier.contains('/'));
+            let path = upstream_target.split('?').next().unwrap_or_default();
+            for segment in path.split('/') {
+                let lower = segment.to_ascii_lowercase();
+                assert!(segment != "." && segment != "..", "dot segment forwarded: {upstream_target}");
+                assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%00"), "encoded separator: {upstream_target}");
+                assert!(lower != "%2e" && lower != "%2e%2e" && lower != ".%2e" && lower != "%2e.", "encoded dot segment: {upstream_target}");
+            }
+            assert!(target.ends_with(upstream_target.trim_start_matches('/')) || upstream_target == "/", "not the exact suffix: {target} -> {upstream_target}");
+        }
+        Ok(_) => {}
+        Err(ProxyError::BadRequest(_) | ProxyError::NotFound(_)) => {}
+        Err(other) => panic!("route answered {}", other.status()),
+    }
+}
+
+/// Snapshot frames from the unix socket: never panics and never allocates past the limit; a
+/// decoded snapshot that validates re-encodes to a frame that decodes to the same message.
+pub fn snapshot_frame(data: &[u8]) {
+    use bcs_shared::snapshot::wire::{encode, Decoder, Message};
+    let mut decoder = Decoder::with_limit(1 << 20);
+    if decoder.push(data).is_err() {
+        return;
+    }
+    while let Ok(Some(message)) = decoder.next_message() {
+        if let Message::Snapshot(snapshot) = &message {
+            let _ = snapshot.validate();
+        }
+        let again = encode(&message);
+        let mut d = Decoder::default();
+        d.push(&again).unwrap();
+        assert_eq!(d.next_message().unwrap(), Some(message), "a message does not survive a round trip");
+    }
+}
