@@ -15,7 +15,7 @@ use crate::http1::head::{parse_request, Framing, RequestHead};
 use crate::io::{read_more, write_all};
 use crate::respond::{self, Shape};
 use crate::route::{self, Route};
-use crate::tables;
+use crate::tables::{self, Tables};
 
 /// Per-core settings of the request path.
 /// (What users may do comes from the snapshot; these are the fixed addresses and limits.)
@@ -160,6 +160,14 @@ struct Plan {
 
 /// Route, authenticate and authorise: everything decided before a byte goes upstream.
 fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, ProxyError)> {
+    tables::with_current(|tables| plan_with(head, settings, tables))
+}
+
+fn plan_with(
+    head: &RequestHead,
+    settings: &Settings,
+    tables: Option<&Tables>,
+) -> Result<Plan, (&'static str, ProxyError)> {
     let route = route::route(&head.target).map_err(|e| ("other", e))?;
     match route {
         Route::Rest => Ok(Plan {
@@ -171,8 +179,8 @@ fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, 
         }),
         Route::Kubernetes { identifier, upstream_target } => {
             let fail = |e| ("k8s", e);
-            let tables = tables::current().ok_or(ProxyError::NotReady).map_err(fail)?;
-            let caller = auth::authenticate(head, &tables, tables::now()).map_err(fail)?;
+            let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
+            let caller = auth::authenticate(head, tables, tables::now()).map_err(fail)?;
             auth::check_impersonation(head, &caller).map_err(fail)?;
             let cluster = tables
                 .cluster(identifier)
@@ -193,8 +201,8 @@ fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, 
         }
         Route::Mesos { upstream_target } => {
             let fail = |e| ("mesos", e);
-            let tables = tables::current().ok_or(ProxyError::NotReady).map_err(fail)?;
-            let caller = auth::authenticate(head, &tables, tables::now()).map_err(fail)?;
+            let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
+            let caller = auth::authenticate(head, tables, tables::now()).map_err(fail)?;
             let mut ids = head.headers_named("bcs-clusterid").map(|h| h.value_str().trim().to_owned());
             let cluster_id = match (ids.next(), ids.next()) {
                 (Some(id), None) if !id.is_empty() => id,
@@ -222,8 +230,8 @@ fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, 
         }
         Route::Webconsole { host_ip, upstream_target } => {
             let fail = |e| ("mesos_webconsole", e);
-            let tables = tables::current().ok_or(ProxyError::NotReady).map_err(fail)?;
-            let caller = auth::authenticate(head, &tables, tables::now()).map_err(fail)?;
+            let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
+            let caller = auth::authenticate(head, tables, tables::now()).map_err(fail)?;
             let host_ip = host_ip
                 .ok_or_else(|| fail(ProxyError::BadRequest("the host_ip query parameter is required".into())))?;
             let ip: std::net::IpAddr = host_ip

@@ -15,7 +15,11 @@ pub fn request_head(data: &[u8]) {
             assert!(used <= data.len());
             assert!(data[..used].ends_with(b"\r\n\r\n"));
             for h in &head.headers {
-                assert!(!h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0), "control character in {}", h.name);
+                assert!(
+                    !h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
+                    "control character in {}",
+                    h.name
+                );
             }
             if head.framing == Framing::Chunked {
                 assert!(head.header("content-length").is_none(), "CL and TE both accepted");
@@ -84,10 +88,19 @@ pub fn route_match(data: &[u8]) {
             for segment in path.split('/') {
                 let lower = segment.to_ascii_lowercase();
                 assert!(segment != "." && segment != "..", "dot segment forwarded: {upstream_target}");
-                assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%00"), "encoded separator: {upstream_target}");
-                assert!(lower != "%2e" && lower != "%2e%2e" && lower != ".%2e" && lower != "%2e.", "encoded dot segment: {upstream_target}");
+                assert!(
+                    !lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%00"),
+                    "encoded separator: {upstream_target}"
+                );
+                assert!(
+                    lower != "%2e" && lower != "%2e%2e" && lower != ".%2e" && lower != "%2e.",
+                    "encoded dot segment: {upstream_target}"
+                );
             }
-            assert!(target.ends_with(upstream_target.trim_start_matches('/')) || upstream_target == "/", "not the exact suffix: {target} -> {upstream_target}");
+            assert!(
+                target.ends_with(upstream_target.trim_start_matches('/')) || upstream_target == "/",
+                "not the exact suffix: {target} -> {upstream_target}"
+            );
         }
         Ok(_) => {}
         Err(ProxyError::BadRequest(_) | ProxyError::NotFound(_)) => {}

@@ -21,7 +21,7 @@ const BUCKETS: [f64; 16] = {
 #[derive(Default)]
 struct Core {
     /// (route type, method, status) -> count
-    requests: BTreeMap<(&'static str, String, u16), u64>,
+    requests: BTreeMap<(&'static str, &'static str, u16), u64>,
     /// route type -> (bucket counts, sum, count)
     latency: BTreeMap<&'static str, ([u64; 16], f64, u64)>,
     upstream_connect_errors: u64,
@@ -48,9 +48,24 @@ fn with_core(f: impl FnOnce(&mut Core)) {
     })
 }
 
+/// The method as a label without allocating (anything unusual is `OTHER`).
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 pub fn request_done(route: &'static str, method: &str, status: u16, seconds: f64) {
+    let method = method_label(method);
     with_core(|c| {
-        *c.requests.entry((route, method.to_owned(), status)).or_default() += 1;
+        *c.requests.entry((route, method, status)).or_default() += 1;
         let (buckets, sum, count) = c.latency.entry(route).or_insert(([0; 16], 0.0, 0));
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
@@ -88,14 +103,14 @@ pub fn set_pooled(n: usize) {
 
 /// Prometheus text format of every core's counters added up.
 pub fn render() -> String {
-    let mut requests: BTreeMap<(&'static str, String, u16), u64> = BTreeMap::new();
+    let mut requests: BTreeMap<(&'static str, &'static str, u16), u64> = BTreeMap::new();
     let mut latency: BTreeMap<&'static str, ([u64; 16], f64, u64)> = BTreeMap::new();
     let (mut connect_errors, mut connections, mut streams, mut pooled) = (0u64, 0i64, 0i64, 0usize);
     if let Some(cores) = CORES.get() {
         for core in cores.lock().unwrap().iter() {
             let core = core.lock().unwrap();
             for (k, v) in &core.requests {
-                *requests.entry(k.clone()).or_default() += v;
+                *requests.entry(*k).or_default() += v;
             }
             for (k, (b, s, n)) in &core.latency {
                 let e = latency.entry(k).or_insert(([0; 16], 0.0, 0));

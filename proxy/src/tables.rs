@@ -156,6 +156,13 @@ pub fn current() -> Option<Arc<Tables>> {
     TABLES.load_full()
 }
 
+/// Runs `f` on the current tables without touching their reference count (the request path:
+/// an `Arc` clone per request would bounce one cache line between all cores).
+pub fn with_current<T>(f: impl FnOnce(Option<&Tables>) -> T) -> T {
+    let guard = TABLES.load();
+    f(guard.as_deref())
+}
+
 /// Swaps in new tables for every core at once.
 pub fn install(tables: Tables) {
     TABLES.store(Some(Arc::new(tables)));
