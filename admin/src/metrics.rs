@@ -26,6 +26,7 @@ pub struct Metrics {
     latency: HistogramVec,
     error_latency: HistogramVec,
     pub snapshot: SnapshotMetrics,
+    pub rbac: RbacMetrics,
 }
 
 /// The snapshot publisher's and server's metrics (clones share the same series).
@@ -102,11 +103,17 @@ impl Default for Metrics {
             registry.register(Box::new(h.clone())).expect("registered once");
         }
         let snapshot = SnapshotMetrics::new(&registry);
-        Metrics { registry, requests, errors, latency, error_latency, snapshot }
+        let rbac = RbacMetrics::new(&registry);
+        Metrics { registry, requests, errors, latency, error_latency, snapshot, rbac }
     }
 }
 
 impl Metrics {
+    /// For collectors registered by other modules (`crate::zk`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
@@ -138,4 +145,52 @@ pub async fn track(State(app): State<AppState>, request: Request, next: Next) ->
     app.metrics.observe(&route, method.as_str(), status, elapsed.as_secs_f64());
     tracing::info!(target: "bcs_admin::access", %method, %path, status, millis = elapsed.as_secs_f64() * 1e3, "request");
     response
+}
+
+/// The RBAC sync's metrics (issue 7; clones share the same series).
+#[derive(Clone)]
+pub struct RbacMetrics {
+    /// Reconciles by `cluster` and `result` (`ok`, `error`).
+    pub reconciles: IntCounterVec,
+    /// Objects changed in clusters, by `cluster` and `action` (`created`, `updated`, `deleted`).
+    pub objects: IntCounterVec,
+    /// Unix time of the last successful reconcile, by `cluster`.
+    pub last_success: prometheus::IntGaugeVec,
+    /// Subscription messages by `result`: `acked`, `rejected`, `ignored`.
+    pub messages: IntCounterVec,
+    /// 1 while the subscription is connected.
+    pub connected: IntGauge,
+}
+
+impl RbacMetrics {
+    fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let reconciles =
+            counter("bcs_api_rbac_reconciles_total", "RBAC reconciles of a cluster by result", &["cluster", "result"]);
+        let objects = counter(
+            "bcs_api_rbac_objects_total",
+            "ClusterRoles and bindings the RBAC sync created, updated or deleted",
+            &["cluster", "action"],
+        );
+        let messages = counter(
+            "bcs_api_rbac_subscription_messages_total",
+            "Permission subscription data messages by result",
+            &["result"],
+        );
+        let last_success = prometheus::IntGaugeVec::new(
+            Opts::new("bcs_api_rbac_last_success_timestamp_seconds", "Unix time of the last successful RBAC reconcile"),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(last_success.clone())).expect("registered once");
+        let connected =
+            IntGauge::new("bcs_api_rbac_subscription_connected", "1 while the permission subscription is connected")
+                .expect("valid metric");
+        registry.register(Box::new(connected.clone())).expect("registered once");
+        RbacMetrics { reconciles, objects, last_success, messages, connected }
+    }
 }

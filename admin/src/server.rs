@@ -55,7 +55,30 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let snapshots = Arc::new(Publisher::new(config.turn_on_rbac(), metrics.snapshot.clone()));
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let app = Arc::new(App { store, sealer, metrics, external_url: config.external_url(), snapshots, leader });
+    // With ZooKeeper, the leader lock decides `leader` (false until it is held).
+    let zookeeper = crate::zk::Settings::from_config(&config).map(|settings| {
+        let status = Arc::new(crate::zk::Status::new(metrics.registry()));
+        let leadership = Arc::new(crate::zk::Leadership::new(leader.clone(), metrics.registry()));
+        (settings, status, leadership)
+    });
+    let zk_status = zookeeper.as_ref().map(|(_, status, _)| status.clone());
+    let rbac = crate::rbac::Rbac::new(crate::rbac::Settings::from_config(&config)?, metrics.rbac.clone());
+    if rbac.enabled() && !config.turn_on_rbac() {
+        tracing::warn!(
+            "RBAC sync is on but rbac.turn_on_rbac is false: the bindings have no effect through the gateway"
+        );
+    }
+    let app = Arc::new(App {
+        store,
+        sealer,
+        metrics,
+        external_url: config.external_url(),
+        gateway_ca: crate::rest::onboarding::gateway_ca(&config),
+        snapshots,
+        leader,
+        zookeeper: zk_status,
+        rbac,
+    });
     let first_wait = app.snapshots.rebuild(&app.store, &app.sealer).await.next_wait();
 
     let address: SocketAddr = config.admin_address().parse().context("admin_config.address")?;
@@ -72,6 +95,14 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         async move { app.snapshots.run(&app.store, &app.sealer, first_wait, shutdown).await }
     });
     let serving = tokio::spawn(socket.serve(app.snapshots.clone(), shutdown.clone()));
+    let rbac_sync = tokio::spawn(crate::rbac::run(app.clone(), shutdown.clone()));
+    let zookeeper = zookeeper.map(|(settings, status, leadership)| {
+        tracing::info!(servers = %settings.servers, "ZooKeeper: discovery, registration and leader lock on");
+        tokio::spawn(crate::zk::run(settings, app.snapshots.clone(), leadership, status, shutdown.clone()))
+    });
+    if zookeeper.is_none() {
+        tracing::info!("zk_config.bcs_zookeeper is empty: no mesos-driver discovery; this instance is the leader");
+    }
     let supervisor = if config.admin_config.spawn_proxy.unwrap_or(true) {
         match crate::supervisor::find_binary() {
             Ok(binary) => Some(tokio::spawn(crate::supervisor::run(binary, config_path.to_owned(), shutdown.clone()))),
@@ -96,6 +127,10 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let _ = supervisor.await;
     }
     let _ = serving.await;
+    let _ = rbac_sync.await;
+    if let Some(zookeeper) = zookeeper {
+        let _ = zookeeper.await;
+    }
     let _ = rebuilds.await;
     served?;
     tracing::info!("admin stopped");

@@ -243,8 +243,28 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
     let report = |token: &str, addresses: &str, ca: &str, sa: &str| json!({"register_token": token, "server_addresses": addresses, "cacert_data": ca, "user_token": sa});
     let ca = common::CLUSTER_CA;
     let rt = seeded.register_token.as_str();
+    // A second cluster of the same user, with its own register token.
+    let other = admin
+        .call(
+            Method::POST,
+            "/rest/clusters/bcs",
+            Some(&seeded.user_token),
+            Some(json!({"id": "other", "project_id": "demo"})),
+        )
+        .await;
+    let other_id = other.1["id"].as_str().unwrap().to_owned();
+    let other_rt = admin
+        .call(Method::POST, &format!("/rest/clusters/{other_id}/register_tokens"), Some(&seeded.user_token), None)
+        .await;
+    let other_rt = other_rt.1[0]["token"].as_str().unwrap().to_owned();
+    let garbage_der = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
 
     let cases = [
+        (report(&other_rt, "https://10.0.0.1:6443", ca, "new"), 403, "FORBIDDEN", "belongs to another cluster"),
+        (report(rt, "http://10.0.0.1:6443", ca, "new"), 400, "VALIDATION_ERROR", "not an https://host[:port] URL"),
+        (report(rt, "https://10.0.0.1:6443;http://10.0.0.2:6443", ca, "new"), 400, "VALIDATION_ERROR", "https://"),
+        (report(rt, " ; ", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses' is required"),
+        (report(rt, "https://10.0.0.1:6443", garbage_der, "new"), 400, "VALIDATION_ERROR", "invalid certificate"),
         (report("wrong", "https://10.0.0.1:6443", ca, "new"), 401, "UNAUTHORIZED", "register token"),
         (report("", "https://10.0.0.1:6443", ca, "new"), 400, "VALIDATION_ERROR", "field 'register_token' is required"),
         (report(rt, "", ca, "new"), 400, "VALIDATION_ERROR", "field 'server_addresses' is required"),
@@ -307,5 +327,5 @@ async fn store_down_is_503_and_nothing_is_half_written() {
     assert_error(&admin.call(Method::GET, "/rest/users/during", a, None).await, 404, "USER_NOT_FOUND", "during");
     assert_eq!(admin.call(Method::GET, "/rest/users/before", a, None).await.0, 200);
     assert_eq!(admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "during"}))).await.0, 200);
-    assert!(admin.process.stderr().contains("store unavailable"));
+    assert!(admin.process.wait_stderr(&["store unavailable"], Duration::from_secs(5)), "{}", admin.process.stderr());
 }

@@ -319,7 +319,7 @@ async fn the_proxy_serves_when_admin_dies_and_restarts_from_its_persisted_snapsh
     let mut alone = Process::spawn(&proxy_binary(), &["--config=bcs-api.yaml"], gw.dir.path(), "proxy-alone");
     alone.wait_ready(&format!("http://127.0.0.1:{}/readyz", gw.metric_port), T).await;
     assert!(k.ok(&["get", "pods"]).await.contains("web-0"), "restarted without admin, from the persisted snapshot");
-    assert!(alone.stderr().contains("persisted snapshot"), "{}", alone.stderr());
+    assert!(alone.wait_stderr(&["persisted snapshot"], Duration::from_secs(5)), "{}", alone.stderr());
     let _ = gw.tls_port;
 }
 

@@ -350,7 +350,11 @@ async fn an_oversize_frame_closes_only_that_connection() {
     let (arrived, _) = healthy.snapshot_where(|s| s.users.iter().any(|u| u.id == id)).await;
     let latency = arrived.saturating_duration_since(at.answered);
     assert!(latency < BOUND, "{latency:?}");
-    assert!(admin.process.stderr().contains("larger than the limit"), "{}", admin.process.stderr());
+    assert!(
+        admin.process.wait_stderr(&["larger than the limit"], Duration::from_secs(5)),
+        "{}",
+        admin.process.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -385,7 +389,11 @@ async fn the_socket_is_private_and_revisions_grow_across_restarts() {
     assert!(after.revision > before.revision, "{} then {}", before.revision, after.revision);
     assert_eq!(after.users, before.users);
     assert_eq!(after.tokens, before.tokens);
-    assert!(admin.process.stderr().contains("removed a stale snapshot socket"), "{}", admin.process.stderr());
+    assert!(
+        admin.process.wait_stderr(&["removed a stale snapshot socket"], Duration::from_secs(5)),
+        "{}",
+        admin.process.stderr()
+    );
 
     // A proxy that holds the current revision gets that one again, without a new revision.
     let (_same, _, again) = Client::handshake(&path, Some(after.revision)).await;

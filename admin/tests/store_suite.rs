@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use bcs_admin::store::model::{
-    cluster_type, provider, token_type, BcsClusterInfo, Cluster, Credentials, NewCredentials, NewUserToken,
-    SnapshotRows, UserToken,
+    cluster_type, grant_source, provider, token_type, BcsClusterInfo, Cluster, Credentials, NewCredentials, NewGrant,
+    NewUserToken, SnapshotRows, UserToken,
 };
 use bcs_admin::store::{self, Dsn, Store, StoreError};
 use bcs_testkit::mysql::MysqlDatabase;
@@ -113,6 +113,7 @@ store_suite! {
         data_survives_reopening_and_migrations_run_once,
         ping_and_describe,
         snapshot_rows_hold_what_a_proxy_needs,
+        rbac_grants_are_unique_per_source_and_replaced_by_source,
     ]
 }
 
@@ -482,9 +483,11 @@ async fn data_survives_reopening_and_migrations_run_once(store: &Store, engine: 
     assert_eq!(third.credentials(&first.id).await.unwrap(), Some(creds));
     drop(third);
 
-    // Three opens, one migration.
-    assert_eq!(engine.count("SELECT COUNT(*) FROM schema_migrations").await, 1);
-    assert_eq!(engine.count("SELECT MAX(version) FROM schema_migrations").await, 1);
+    // Three opens, each migration applied once (versions 1..=n, none twice).
+    let newest = engine.count("SELECT MAX(version) FROM schema_migrations").await;
+    assert!(newest >= 2, "the grants migration is there: {newest}");
+    assert_eq!(engine.count("SELECT COUNT(*) FROM schema_migrations").await, newest);
+    assert_eq!(engine.count("SELECT COUNT(DISTINCT version) FROM schema_migrations").await, newest);
     // Still usable through the first store.
     assert_eq!(store.user_by_name("bob").await.unwrap(), Some(bob));
 }
@@ -528,4 +531,82 @@ async fn snapshot_rows_hold_what_a_proxy_needs(store: &Store, _engine: &Engine) 
     assert_eq!(rows.tokens, vec![kept, expired_but_kept], "revoked tokens are left out, expired ones kept");
     assert_eq!(rows.clusters, vec![(earlier, None), (later, Some(reported))], "by creation time");
     assert_eq!(store.snapshot_rows().await.unwrap(), rows, "the same data reads the same");
+}
+
+fn grant(user: &str, cluster: &str, namespace: &str, role: &str, source: &str) -> NewGrant {
+    NewGrant {
+        user_name: user.into(),
+        cluster_id: cluster.into(),
+        namespace: namespace.into(),
+        role: role.into(),
+        source: source.into(),
+    }
+}
+
+async fn rbac_grants_are_unique_per_source_and_replaced_by_source(store: &Store, engine: &Engine) {
+    let rest = grant("plain:alice", "c-1", "", "cluster-readonly", grant_source::REST);
+    let added = store.add_grant(rest.clone(), 1_000).await.unwrap();
+    assert!(added.id > 0);
+    assert_eq!(
+        (added.user_name.as_str(), added.cluster_id.as_str(), added.namespace.as_str(), added.role.as_str()),
+        ("plain:alice", "c-1", "", "cluster-readonly")
+    );
+    assert_eq!((added.source.as_str(), added.created_at), (grant_source::REST, 1_000));
+    // The same grant from the same source: refused, nothing written.
+    assert_conflict(store.add_grant(rest.clone(), 1_001).await);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM rbac_grants").await, 1);
+    // The same grant from another source, a namespaced one, one for every cluster, another cluster.
+    let auth =
+        store.add_grant(grant("plain:alice", "c-1", "", "cluster-readonly", "auth:common"), 1_002).await.unwrap();
+    let ns =
+        store.add_grant(grant("plain:alice", "c-1", "team-a", "workloads-view", "auth:common"), 1_003).await.unwrap();
+    let any = store.add_grant(grant("plain:bob", "*", "", "services-view", grant_source::REST), 1_004).await.unwrap();
+    let other =
+        store.add_grant(grant("plain:bob", "c-2", "", "cluster-manage", grant_source::REST), 1_005).await.unwrap();
+    assert_eq!(
+        store.grants().await.unwrap(),
+        vec![added.clone(), auth.clone(), ns.clone(), any.clone(), other.clone()]
+    );
+    assert_eq!(
+        store.grants_for_cluster("c-1").await.unwrap(),
+        vec![added.clone(), auth.clone(), ns.clone(), any.clone()],
+        "its own grants and those for every cluster"
+    );
+    assert_eq!(store.grants_for_cluster("c-2").await.unwrap(), vec![any.clone(), other.clone()]);
+    assert_eq!(store.grants_for_cluster("c-3").await.unwrap(), vec![any.clone()]);
+
+    // Removing by id and by value.
+    assert!(store.remove_grant(added.id).await.unwrap());
+    assert!(!store.remove_grant(added.id).await.unwrap(), "already gone");
+    assert!(store
+        .remove_grant_matching(grant("plain:alice", "c-1", "team-a", "workloads-view", "auth:common"))
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_grant_matching(grant("plain:alice", "c-1", "team-b", "workloads-view", "auth:common"))
+        .await
+        .unwrap());
+    assert_eq!(store.grants().await.unwrap(), vec![auth.clone(), any.clone(), other.clone()]);
+
+    // Replacing one source's grants leaves the others alone, and keeps what stays.
+    let conf_a = grant("plain:carol", "c-1", "", "cluster-readonly", grant_source::CONF);
+    let conf_b = grant("admin", "c-2", "", "cluster-manage", grant_source::CONF);
+    assert_eq!(
+        store.replace_grants(grant_source::CONF, vec![conf_a.clone(), conf_b.clone()], 2_000).await.unwrap(),
+        (2, 0)
+    );
+    let before: Vec<_> = store.grants().await.unwrap().into_iter().filter(|g| g.source == grant_source::CONF).collect();
+    assert_eq!(before.len(), 2);
+    let conf_c = grant("plain:dave", "c-1", "", "services-view", grant_source::CONF);
+    assert_eq!(store.replace_grants(grant_source::CONF, vec![conf_a.clone(), conf_c], 3_000).await.unwrap(), (1, 1));
+    let after: Vec<_> = store.grants().await.unwrap().into_iter().filter(|g| g.source == grant_source::CONF).collect();
+    let carol =
+        |grants: &[bcs_admin::store::model::Grant]| grants.iter().find(|g| g.user_name == "plain:carol").cloned();
+    assert_eq!(carol(&after), carol(&before), "an unchanged grant keeps its id and time");
+    let dave = after.iter().find(|g| g.user_name == "plain:dave").expect("added");
+    assert_eq!(dave.created_at, 3_000);
+    assert!(!after.iter().any(|g| g.user_name == "admin"), "removed");
+    assert_eq!(store.replace_grants(grant_source::CONF, vec![], 4_000).await.unwrap(), (0, 2));
+    assert_eq!(store.grants().await.unwrap(), vec![auth, any, other]);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM rbac_grants").await, 3);
 }

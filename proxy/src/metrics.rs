@@ -114,8 +114,8 @@ pub fn render() -> String {
             }
             for (k, (b, s, n)) in &core.latency {
                 let e = latency.entry(k).or_insert(([0; 16], 0.0, 0));
-                for i in 0..16 {
-                    e.0[i] += b[i];
+                for (total, count) in e.0.iter_mut().zip(b) {
+                    *total += count;
                 }
                 e.1 += s;
                 e.2 += n;

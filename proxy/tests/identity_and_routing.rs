@@ -234,7 +234,11 @@ async fn no_token_reaches_the_logs_and_metrics_count_requests() {
     );
     assert!(metrics.contains("bcs_api_snapshot_revision 1"), "{metrics}");
     assert!(metrics.contains("bcs_api_request_latency_seconds_count{type=\"k8s\"} 4"), "{metrics}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        s.proxy.process.wait_stderr(&["status=401", "status=403"], Duration::from_secs(5)),
+        "{}",
+        s.proxy.process.stderr()
+    );
     let logs = s.proxy.process.stderr();
     assert!(logs.contains("request") && logs.contains("status=401"), "the access log has a line per request: {logs}");
     assert!(logs.contains("DEBUG") || logs.contains("TRACE"), "v: 9 logs at the most verbose level");

@@ -170,7 +170,11 @@ async fn admin_down_the_proxy_keeps_serving_and_restarts_from_its_persisted_snap
         200,
         "restarted without admin: serving the persisted snapshot"
     );
-    assert!(s.proxy.process.stderr().contains("persisted snapshot"), "{}", s.proxy.process.stderr());
+    assert!(
+        s.proxy.process.wait_stderr(&["persisted snapshot"], Duration::from_secs(5)),
+        "{}",
+        s.proxy.process.stderr()
+    );
     let persisted = std::fs::read(s.proxy.dir.join("data/proxy-snapshot.sealed")).unwrap();
     assert!(!String::from_utf8_lossy(&persisted).contains(CLUSTER_TOKEN), "the persisted snapshot is sealed");
 }

@@ -179,6 +179,26 @@ pub struct Rbac {
     pub turn_on_rbac: Option<bool>,
     pub turn_on_auth: Option<bool>,
     pub turn_on_conf: Option<bool>,
+    /// Role bindings applied while `turn_on_conf` is true (the original's `bke.rbac_data`).
+    #[serde(deserialize_with = "nullable")]
+    pub data: Vec<RbacData>,
+    /// New: how often every cluster is reconciled besides on change (default 300).
+    pub sync_interval_seconds: Option<u64>,
+}
+
+/// The six role templates a binding may name (the ClusterRole is `bke-<role>`).
+pub const RBAC_ROLES: [&str; 6] =
+    ["cluster-manage", "cluster-readonly", "services-view", "services-manage", "workloads-view", "workloads-manage"];
+
+/// One entry of `rbac.data`: `user_name` (the internal name, such as `plain:alice` or
+/// `admin`) gets `roles` at the cluster scope of `cluster_id` (the exact bcs-api cluster id).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacData {
+    pub user_name: String,
+    pub cluster_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +370,22 @@ impl Config {
         if let Some(url) = non_empty(&self.admin_config.external_url) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(("admin_config.external_url", format!("{url:?} must start with http:// or https://")));
+            }
+        }
+        for entry in &self.rbac.data {
+            if entry.user_name.trim().is_empty() {
+                return Err(("rbac.data.user_name", "must not be empty".into()));
+            }
+            if entry.cluster_id.trim().is_empty() {
+                return Err(("rbac.data.cluster_id", "must not be empty".into()));
+            }
+            if let Some(role) = entry.roles.iter().find(|r| !RBAC_ROLES.contains(&r.as_str())) {
+                return Err(("rbac.data.roles", format!("{role:?} is not one of {}", RBAC_ROLES.join(", "))));
+            }
+        }
+        if let Some(seconds) = self.rbac.sync_interval_seconds {
+            if !(1..=86_400).contains(&seconds) {
+                return Err(("rbac.sync_interval_seconds", "must be between 1 and 86400".into()));
             }
         }
         let mut names = std::collections::HashSet::new();

@@ -43,9 +43,22 @@ pub async fn put(
     })?;
     let expected = app.sealer.open(&register_token_purpose(&cluster.id), &stored.token_sealed)?;
     if !expected.ct_eq(presented.expose()) {
+        // Another cluster's token (an agent deployed with the wrong Secret) is 403; any other
+        // value 401. Only digests are compared; the presented value is never logged.
+        if let Some(owner) = app.store.register_token_owner(&presented.digest()).await? {
+            if owner != cluster.id {
+                tracing::warn!(cluster = %cluster.id, token_of = %owner, "credentials report with another cluster's register token");
+                return Err(ApiError::forbidden(format_args!(
+                    "the register token presented for cluster {} belongs to another cluster",
+                    cluster.id
+                )));
+            }
+        }
         tracing::warn!(cluster = %cluster.id, "credentials report with a wrong register token");
         return Err(ApiError::unauthorized(format_args!("the register token of cluster {} is not valid", cluster.id)));
     }
+    // Tokens created before the digest column existed get theirs now (a no-op otherwise).
+    app.store.set_register_token_digest(&cluster.id, &expected.digest()).await?;
 
     let server_addresses = addresses.join(";");
     let fingerprint = digest_hex(&format!("{server_addresses}\n{ca}\n{}", cluster_token.expose()));

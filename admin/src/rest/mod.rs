@@ -5,14 +5,16 @@
 //! |---|---|
 //! | body and caller | [`extract`] |
 //! | field checks | [`validate`] |
-//! | handlers | [`users`], [`clusters`], [`register_tokens`], [`credentials`], [`ops`] |
+//! | handlers | [`users`], [`clusters`], [`register_tokens`], [`credentials`], [`onboarding`], [`rbac`], [`ops`] |
 //! | answer shapes | [`views`] |
 //! | error -> status | [`error`] |
 pub mod clusters;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod onboarding;
 pub mod ops;
+pub mod rbac;
 pub mod register_tokens;
 pub mod users;
 pub mod validate;
@@ -36,12 +38,19 @@ pub struct App {
     pub metrics: Metrics,
     /// Base URL of the gateway's routes, for `client_credentials.server_address`.
     pub external_url: String,
+    /// PEM of the CA agents must trust to reach the gateway, for `agent.yaml`
+    /// ([`onboarding::gateway_ca`]); None without TLS.
+    pub gateway_ca: Option<String>,
     /// The proxies' snapshot: a handler that writes what a proxy must see (users, user
     /// tokens, clusters, credentials) calls `snapshots.changed()` right after the write.
     pub snapshots: Arc<Publisher>,
     /// True while this instance may run the singleton jobs (RBAC sync). Without ZooKeeper the
     /// only instance is the leader; with it, the ZooKeeper leader lock sets it.
     pub leader: Arc<std::sync::atomic::AtomicBool>,
+    /// ZooKeeper's state for `/healthz`; None when `zk_config.bcs_zookeeper` is empty.
+    pub zookeeper: Option<Arc<crate::zk::Status>>,
+    /// RBAC sync: grants changed (`rbac.changed()`), sync state per cluster.
+    pub rbac: Arc<crate::rbac::Rbac>,
 }
 
 pub type AppState = Arc<App>;
@@ -62,7 +71,11 @@ pub fn router(app: AppState) -> Router {
         .route("/clusters/{cluster_id}/register_tokens", get(register_tokens::get).post(register_tokens::create))
         .route("/clusters/{cluster_id}/register_tokens/rotate", post(register_tokens::rotate))
         .route("/clusters/{cluster_id}/credentials", get(credentials::get).put(credentials::put))
-        .route("/clusters/{cluster_id}/client_credentials", get(credentials::client));
+        .route("/clusters/{cluster_id}/client_credentials", get(credentials::client))
+        .route("/clusters/{cluster_id}/agent.yaml", get(onboarding::agent_yaml))
+        .route("/rbac/grants", get(rbac::list).post(rbac::add))
+        .route("/rbac/grants/{grant_id}", axum::routing::delete(rbac::remove))
+        .route("/rbac/status", get(rbac::status));
     Router::new()
         .nest("/rest", rest)
         .route("/healthz", get(ops::healthz))

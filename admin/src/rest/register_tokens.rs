@@ -2,7 +2,7 @@
 //! cluster's credentials. For the cluster's creator and super users; stored sealed.
 use axum::extract::{Path, State};
 use axum::Json;
-use bcs_shared::secret::{random_token, REGISTER_TOKEN_LEN};
+use bcs_shared::secret::{random_token, Secret, REGISTER_TOKEN_LEN};
 
 use super::clusters::{load, require_creator_or_super};
 use super::error::ApiError;
@@ -44,6 +44,7 @@ pub async fn create(
         ),
         e => e.into(),
     })?;
+    record_digest(&app, &cluster.id, &value).await;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created register token");
     Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
 }
@@ -59,8 +60,17 @@ pub async fn rotate(
     let value = random_token(REGISTER_TOKEN_LEN);
     let sealed = app.sealer.seal(&register_token_purpose(&cluster.id), &value);
     let token = app.store.rotate_register_token(&cluster.id, sealed, crate::now()).await?;
+    record_digest(&app, &cluster.id, &value).await;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "rotated register token");
     Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
+}
+
+/// Stores the new token's digest, by which a report presenting it for another cluster is told
+/// apart (403). On failure the token still works; its digest is recorded at its first report.
+async fn record_digest(app: &AppState, cluster_id: &str, value: &Secret) {
+    if let Err(e) = app.store.set_register_token_digest(cluster_id, &value.digest()).await {
+        tracing::warn!(cluster = %cluster_id, error = %e, "cannot record the register token's digest yet");
+    }
 }
 
 fn view(app: &AppState, token: RegisterToken) -> Result<RegisterTokenView, ApiError> {

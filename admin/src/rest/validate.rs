@@ -35,7 +35,8 @@ fn charset(field: &str, value: &str, max: usize, ok: impl Fn(char) -> bool, allo
     Ok(())
 }
 
-/// `server_addresses`: `;`-separated `http(s)://host[:port]` URLs, at most 16.
+/// `server_addresses`: `;`-separated `https://host[:port]` URLs, at least 1, at most 16.
+/// Plain `http://` is refused: the cluster's token would travel unencrypted.
 pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
     const FIELD: &str = "server_addresses";
     let addresses: Vec<String> = value.split(';').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
@@ -48,10 +49,10 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
     for address in &addresses {
         let url = url::Url::parse(address)
             .map_err(|e| ApiError::validation(FIELD, format_args!("has an invalid URL {address:?}: {e}")))?;
-        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        if url.scheme() != "https" || url.host_str().is_none() {
             return Err(ApiError::validation(
                 FIELD,
-                format_args!("has {address:?}, which is not an http(s)://host[:port] URL"),
+                format_args!("has {address:?}, which is not an https://host[:port] URL"),
             ));
         }
         if !url.username().is_empty() || url.password().is_some() {
@@ -61,19 +62,22 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         if bcs_shared::snapshot::parse_address(address).is_none() {
             return Err(ApiError::validation(
                 FIELD,
-                format_args!("has {address:?}, which is not http(s)://host[:port] without a path"),
+                format_args!("has {address:?}, which is not https://host[:port] without a path"),
             ));
         }
     }
     Ok(addresses)
 }
 
-/// `cacert_data`: one or more PEM certificates.
+/// `cacert_data`: one or more PEM certificates, each one a parseable X.509 certificate that
+/// can serve as a trust anchor (as the proxy will use it).
 pub fn ca_certificates(value: &str) -> Result<(), ApiError> {
     const FIELD: &str = "cacert_data";
     let mut count = 0;
+    let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(value.as_bytes()) {
-        cert.map_err(|e| ApiError::validation(FIELD, format_args!("is not valid PEM: {e}")))?;
+        let cert = cert.map_err(|e| ApiError::validation(FIELD, format_args!("is not valid PEM: {e}")))?;
+        roots.add(cert).map_err(|e| ApiError::validation(FIELD, format_args!("holds an invalid certificate: {e}")))?;
         count += 1;
     }
     if count == 0 {

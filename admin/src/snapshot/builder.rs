@@ -29,6 +29,17 @@ pub struct Built {
 }
 
 pub fn build(rows: SnapshotRows, sealer: &Sealer, stamp: Stamp) -> Result<Built, Invalid> {
+    build_with_mesos(rows, sealer, stamp, Vec::new())
+}
+
+/// [`build`] with the live mesos-driver sets from ZooKeeper (`crate::zk::discovery`); an
+/// unusable driver or cluster id is left out and reported like a bad row.
+pub fn build_with_mesos(
+    rows: SnapshotRows,
+    sealer: &Sealer,
+    stamp: Stamp,
+    mesos: Vec<bcs_shared::snapshot::MesosDrivers>,
+) -> Result<Built, Invalid> {
     let mut left_out = Vec::new();
     let users =
         rows.users.into_iter().map(|u| User { id: u.id, name: u.name, is_super_user: u.is_super_user }).collect();
@@ -64,7 +75,7 @@ pub fn build(rows: SnapshotRows, sealer: &Sealer, stamp: Stamp) -> Result<Built,
         users,
         tokens,
         clusters,
-        mesos: Vec::new(),
+        mesos,
     };
     leave_out_invalid(&mut snapshot, &mut left_out)?;
     Ok(Built { snapshot, left_out })

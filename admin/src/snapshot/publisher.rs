@@ -16,6 +16,13 @@
 //!   above it and published even if its content is unchanged (a proxy is never sent a revision
 //!   older than the one it holds).
 //!
+//! - [`Publisher::set_mesos`]: ZooKeeper discovery found a different set of live mesos-drivers
+//!   (`crate::zk`). The last sets stay in every later snapshot until discovery reports again,
+//!   so a ZooKeeper outage never empties them.
+//! - [`Publisher::changed_elsewhere`]: another admin instance announced a write through
+//!   ZooKeeper. [`Publisher::changed`] also counts local writes ([`Publisher::local_writes`])
+//!   so that they can be announced.
+//!
 //! Revisions are `max(now in ms, last + 1)` (and above any revision a proxy reported), so they
 //! keep increasing across admin restarts.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::wire::{self, Message, MAX_FRAME};
-use bcs_shared::snapshot::Snapshot;
+use bcs_shared::snapshot::{MesosDrivers, Snapshot};
 use tokio::sync::{watch, Notify};
 
 use super::builder::{self, Stamp};
@@ -99,6 +106,10 @@ pub struct Publisher {
     left_out: Mutex<Vec<String>>,
     /// Whether the last store read failed, so an outage is logged when it starts and ends.
     failing: AtomicBool,
+    /// The live mesos-driver sets last reported by ZooKeeper discovery.
+    mesos: Mutex<Vec<MesosDrivers>>,
+    /// Counts [`Publisher::changed`] calls (local writes), for announcing them to other instances.
+    local_writes: watch::Sender<u64>,
 }
 
 impl Publisher {
@@ -112,12 +123,35 @@ impl Publisher {
             metrics,
             left_out: Mutex::new(Vec::new()),
             failing: AtomicBool::new(false),
+            mesos: Mutex::new(Vec::new()),
+            local_writes: watch::channel(0).0,
         }
     }
 
     /// Something a proxy must see was written: rebuild soon. Never waits.
     pub fn changed(&self) {
+        self.local_writes.send_modify(|n| *n = n.wrapping_add(1));
         self.wake.notify_one();
+    }
+
+    /// Another admin instance wrote to the shared store: rebuild soon (not announced again).
+    pub fn changed_elsewhere(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Ticks on every [`Publisher::changed`].
+    pub fn local_writes(&self) -> watch::Receiver<u64> {
+        self.local_writes.subscribe()
+    }
+
+    /// The live mesos-drivers per cluster; rebuilds soon if they differ from the last sets.
+    pub fn set_mesos(&self, mut sets: Vec<MesosDrivers>) {
+        sets.sort_by(|a, b| a.cluster_id.cmp(&b.cluster_id));
+        let mut mesos = self.mesos.lock().expect("never poisoned: no panic while held");
+        if *mesos != sets {
+            *mesos = sets;
+            self.wake.notify_one();
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Current> {
@@ -144,7 +178,7 @@ impl Publisher {
             tracing::info!(revision, ours, "a proxy holds a newer revision than ours; republishing above it");
             self.floor.fetch_max(revision, Ordering::SeqCst);
             self.force.store(true, Ordering::SeqCst);
-            self.changed();
+            self.changed_elsewhere();
         }
     }
 
@@ -183,7 +217,8 @@ impl Publisher {
         let last = current.as_ref().map_or(0, |c| c.revision());
         let revision = next_revision(last, self.floor.load(Ordering::SeqCst), now_ms());
         let stamp = Stamp { revision, generated_at: crate::now(), turn_on_rbac: self.turn_on_rbac };
-        let built = match builder::build(rows, sealer, stamp) {
+        let mesos = self.mesos.lock().expect("never poisoned: no panic while held").clone();
+        let built = match builder::build_with_mesos(rows, sealer, stamp, mesos) {
             Ok(built) => built,
             Err(invalid) => {
                 tracing::error!(%invalid, "the store's data makes an invalid snapshot; proxies keep the current one");
@@ -207,9 +242,17 @@ impl Publisher {
             return Outcome::Invalid;
         }
         let counts = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len());
+        let drivers: usize = snapshot.mesos.iter().map(|m| m.drivers.len()).sum();
         self.sender.send_replace(Some(Arc::new(Published { snapshot, frame })));
         self.metrics.revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
-        tracing::info!(revision, users = counts.0, tokens = counts.1, clusters = counts.2, "published a snapshot");
+        tracing::info!(
+            revision,
+            users = counts.0,
+            tokens = counts.1,
+            clusters = counts.2,
+            mesos_drivers = drivers,
+            "published a snapshot"
+        );
         Outcome::Published(revision)
     }
 
@@ -246,7 +289,11 @@ pub fn next_revision(last: u64, floor: u64, now_ms: u64) -> u64 {
 
 /// Equal apart from `revision` and `generated_at`.
 pub fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
-    a.turn_on_rbac == b.turn_on_rbac && a.users == b.users && a.tokens == b.tokens && a.clusters == b.clusters
+    a.turn_on_rbac == b.turn_on_rbac
+        && a.users == b.users
+        && a.tokens == b.tokens
+        && a.clusters == b.clusters
+        && a.mesos == b.mesos
 }
 
 fn now_ms() -> u64 {
@@ -287,6 +334,27 @@ mod tests {
         let mut other = snapshot(1, 2);
         other.turn_on_rbac = false;
         assert!(!same_content(&snapshot(1, 2), &other));
+    }
+
+    #[tokio::test]
+    async fn mesos_sets_are_content_and_a_new_set_wakes_the_rebuild() {
+        let mut other = snapshot(1, 2);
+        other.mesos = vec![MesosDrivers { cluster_id: "c".into(), drivers: vec![] }];
+        assert!(!same_content(&snapshot(1, 2), &other));
+
+        let publisher = Publisher::new(true, crate::metrics::Metrics::default().snapshot.clone());
+        let local = publisher.local_writes();
+        publisher.set_mesos(other.mesos.clone());
+        tokio::time::timeout(Duration::from_millis(100), publisher.wake.notified()).await.unwrap();
+        publisher.set_mesos(other.mesos.clone());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), publisher.wake.notified()).await.is_err(),
+            "the same sets again wake nothing"
+        );
+        publisher.changed_elsewhere();
+        assert!(!local.has_changed().unwrap(), "a change elsewhere is not announced again");
+        publisher.changed();
+        assert!(local.has_changed().unwrap(), "a local write is announced");
     }
 
     #[tokio::test]

@@ -109,3 +109,35 @@ pub struct SnapshotRows {
     pub tokens: Vec<UserToken>,
     pub clusters: Vec<(Cluster, Option<Credentials>)>,
 }
+
+/// Where an RBAC grant came from (`rbac_grants.source`).
+pub mod grant_source {
+    /// `rbac.data` of the config file.
+    pub const CONF: &str = "conf";
+    /// `POST /rest/rbac/grants`.
+    pub const REST: &str = "rest";
+    /// The permission subscription: `auth:common`, `auth:any-cluster`, `auth:any-namespaces`.
+    pub const AUTH_PREFIX: &str = "auth:";
+}
+
+/// An RBAC grant: `user_name` (internal name) has the role template `role` (without `bke-`)
+/// in `cluster_id` (`*`: every cluster), in `namespace` (empty: the cluster scope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: i64,
+    pub user_name: String,
+    pub cluster_id: String,
+    pub namespace: String,
+    pub role: String,
+    pub source: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NewGrant {
+    pub user_name: String,
+    pub cluster_id: String,
+    pub namespace: String,
+    pub role: String,
+    pub source: String,
+}

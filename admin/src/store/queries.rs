@@ -318,6 +318,37 @@ impl Store {
         self.transaction(move |tx| Box::pin(find_register_token(tx, cluster_id))).await
     }
 
+    /// Records the SHA-256 digest of a cluster's register token, if none is recorded (after
+    /// create and rotate, which insert a fresh row, and for tokens older than migration 3).
+    pub async fn set_register_token_digest(&self, cluster_id: &str, digest: &str) -> Result<(), StoreError> {
+        let (cluster_id, digest) = (cluster_id.to_owned(), digest.to_owned());
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                tx.exec(
+                    "UPDATE register_tokens SET token_digest = ? WHERE cluster_id = ? AND token_digest IS NULL",
+                    vec![digest.into(), cluster_id.into()],
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+    }
+
+    /// The cluster whose register token has this digest, if any.
+    pub async fn register_token_owner(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        let digest = digest.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query("SELECT cluster_id FROM register_tokens WHERE token_digest = ?", vec![digest.into()])
+                    .await?;
+                first(rows, |r| r.text(0))
+            })
+        })
+        .await
+    }
+
     // Credentials.
 
     /// Inserts or updates a cluster's credentials; the version goes up when the fingerprint
@@ -508,5 +539,163 @@ fn cluster_from(r: &Row) -> Result<Cluster, StoreError> {
         creator_id: r.int(3)?,
         identifier: r.text(4)?,
         created_at: r.int(5)?,
+    })
+}
+
+// RBAC grants (issue 7).
+
+const GRANT_COLUMNS: &str = "id, user_name, cluster_id, namespace, role, source, created_at";
+const GRANT_KEY: &str = "user_name = ? AND cluster_id = ? AND namespace = ? AND role = ? AND source = ?";
+
+impl Store {
+    /// Every grant, oldest first.
+    pub async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {GRANT_COLUMNS} FROM rbac_grants ORDER BY id");
+                all(tx.query(&sql, vec![]).await?, grant_from)
+            })
+        })
+        .await
+    }
+
+    /// The grants that apply to one cluster: its own and those for every cluster (`*`).
+    pub async fn grants_for_cluster(&self, cluster_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let cluster_id = cluster_id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {GRANT_COLUMNS} FROM rbac_grants WHERE cluster_id = ? OR cluster_id = '*' ORDER BY id"
+                );
+                all(tx.query(&sql, vec![cluster_id.into()]).await?, grant_from)
+            })
+        })
+        .await
+    }
+
+    /// Adds a grant; `Conflict` if the same grant from the same source exists.
+    pub async fn add_grant(&self, new: NewGrant, now: i64) -> Result<Grant, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {GRANT_COLUMNS} FROM rbac_grants WHERE {GRANT_KEY}");
+                if first(tx.query(&sql, grant_key(&new)).await?, grant_from)?.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "{} already has {} in {} from {}",
+                        new.user_name, new.role, new.cluster_id, new.source
+                    )));
+                }
+                insert_grant(tx, new, now).await
+            })
+        })
+        .await
+    }
+
+    /// Removes the grant with this id; false if there is none.
+    pub async fn remove_grant(&self, id: i64) -> Result<bool, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let done = tx.exec("DELETE FROM rbac_grants WHERE id = ?", vec![id.into()]).await?;
+                Ok(done.affected > 0)
+            })
+        })
+        .await
+    }
+
+    /// Removes the grant equal to `grant`; false if there is none.
+    pub async fn remove_grant_matching(&self, grant: NewGrant) -> Result<bool, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("DELETE FROM rbac_grants WHERE {GRANT_KEY}");
+                let done = tx.exec(&sql, grant_key(&grant)).await?;
+                Ok(done.affected > 0)
+            })
+        })
+        .await
+    }
+
+    /// Makes `source`'s grants exactly `wanted` in one transaction (other sources untouched);
+    /// returns how many were added and removed.
+    pub async fn replace_grants(
+        &self,
+        source: &str,
+        wanted: Vec<NewGrant>,
+        now: i64,
+    ) -> Result<(usize, usize), StoreError> {
+        let source = source.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {GRANT_COLUMNS} FROM rbac_grants WHERE source = ? ORDER BY id");
+                let existing = all(tx.query(&sql, vec![source.clone().into()]).await?, grant_from)?;
+                let wanted: std::collections::BTreeSet<NewGrant> =
+                    wanted.into_iter().filter(|g| g.source == source).collect();
+                let mut kept = std::collections::BTreeSet::new();
+                let mut removed = 0;
+                for grant in existing {
+                    let key = NewGrant {
+                        user_name: grant.user_name,
+                        cluster_id: grant.cluster_id,
+                        namespace: grant.namespace,
+                        role: grant.role,
+                        source: grant.source,
+                    };
+                    if wanted.contains(&key) {
+                        kept.insert(key);
+                    } else {
+                        tx.exec("DELETE FROM rbac_grants WHERE id = ?", vec![grant.id.into()]).await?;
+                        removed += 1;
+                    }
+                }
+                let mut added = 0;
+                for grant in wanted.into_iter().filter(|g| !kept.contains(g)) {
+                    insert_grant(tx, grant, now).await?;
+                    added += 1;
+                }
+                Ok((added, removed))
+            })
+        })
+        .await
+    }
+}
+
+fn grant_key(g: &NewGrant) -> Vec<Value> {
+    vec![
+        g.user_name.clone().into(),
+        g.cluster_id.clone().into(),
+        g.namespace.clone().into(),
+        g.role.clone().into(),
+        g.source.clone().into(),
+    ]
+}
+
+async fn insert_grant(tx: &mut dyn Tx, new: NewGrant, now: i64) -> Result<Grant, StoreError> {
+    let mut params = grant_key(&new);
+    params.push(now.into());
+    let done = tx
+        .exec(
+            "INSERT INTO rbac_grants (user_name, cluster_id, namespace, role, source, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+            params,
+        )
+        .await?;
+    Ok(Grant {
+        id: done.last_insert_id,
+        user_name: new.user_name,
+        cluster_id: new.cluster_id,
+        namespace: new.namespace,
+        role: new.role,
+        source: new.source,
+        created_at: now,
+    })
+}
+
+fn grant_from(r: &Row) -> Result<Grant, StoreError> {
+    Ok(Grant {
+        id: r.int(0)?,
+        user_name: r.text(1)?,
+        cluster_id: r.text(2)?,
+        namespace: r.text(3)?,
+        role: r.text(4)?,
+        source: r.text(5)?,
+        created_at: r.int(6)?,
     })
 }

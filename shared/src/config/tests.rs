@@ -109,3 +109,23 @@ fn external_url_prefers_the_configured_one_and_tls() {
     .unwrap();
     assert_eq!(c.external_url(), "https://10.0.0.5:9443");
 }
+
+#[test]
+fn rbac_data_loads_and_bad_entries_name_the_key() {
+    let c = parse(
+        "rbac:\n  turn_on_conf: true\n  sync_interval_seconds: 5\n  data:\n    - user_name: plain:alice\n      cluster_id: plain-k8s-1\n      roles: [cluster-readonly, services-view]\n",
+    )
+    .unwrap();
+    assert_eq!(c.rbac.data.len(), 1);
+    assert_eq!(c.rbac.data[0].user_name, "plain:alice");
+    assert_eq!(c.rbac.data[0].roles, vec!["cluster-readonly", "services-view"]);
+    assert_eq!(c.rbac.sync_interval_seconds, Some(5));
+    let e = error_of("rbac:\n  data:\n    - user_name: a\n      cluster_id: c\n      roles: [cluster-admin]\n");
+    assert!(e.contains("rbac.data.roles") && e.contains("cluster-admin"), "{e}");
+    let e = error_of("rbac:\n  data:\n    - user_name: \"\"\n      cluster_id: c\n      roles: []\n");
+    assert!(e.contains("rbac.data.user_name"), "{e}");
+    let e = error_of("rbac:\n  data:\n    - user_name: a\n      cluster: c\n");
+    assert!(e.contains("unknown field `cluster`"), "{e}");
+    let e = error_of("rbac:\n  sync_interval_seconds: 0\n");
+    assert!(e.contains("rbac.sync_interval_seconds"), "{e}");
+}

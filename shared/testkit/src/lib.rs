@@ -6,12 +6,18 @@
 //! - [`process`]: runs a real binary with its output captured, waits for it to be ready,
 //!   stops it on drop.
 //! - [`mysql`]: a fresh database on the real MariaDB per test, dropped afterwards.
+//! - [`permission_service`]: a fake permission service speaking the RBAC subscription protocol.
 //! - [`forward`]: a TCP forwarder that can cut every connection, to take a dependency "down".
+//! - [`zookeeper`]: a real ZooKeeper server (Debian's package) on a free port, to stop and kill.
+//! - [`mesos_driver`]: a fake mesos-driver that registers in ZooKeeper as the real one does.
 //! - [`free_port`]: a loopback port nobody listens on.
 pub mod apiserver;
 pub mod forward;
+pub mod mesos_driver;
 pub mod mysql;
+pub mod permission_service;
 pub mod process;
+pub mod zookeeper;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -13,10 +13,16 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with `args` in `workdir`; output files are `<name>.stdout|stderr` there.
     pub fn spawn(binary: &Path, args: &[&str], workdir: &Path, name: &str) -> Process {
+        Process::spawn_env(binary, args, &[], workdir, name)
+    }
+
+    /// [`Process::spawn`] with `env` added to the inherited environment.
+    pub fn spawn_env(binary: &Path, args: &[&str], env: &[(&str, &str)], workdir: &Path, name: &str) -> Process {
         let stdout = workdir.join(format!("{name}.stdout"));
         let stderr = workdir.join(format!("{name}.stderr"));
         let child = Command::new(binary)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(workdir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("create stdout file"))
@@ -40,6 +46,22 @@ impl Process {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Waits (bounded) until stderr holds every one of `needles`. Logs are written by a
+    /// background thread, so a line can land a moment after the event it reports.
+    pub fn wait_stderr(&self, needles: &[&str], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if needles.iter().all(|n| stderr.contains(n)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stderr(&self) -> String {

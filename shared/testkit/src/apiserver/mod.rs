@@ -17,12 +17,14 @@
 mod body;
 pub mod certs;
 mod discovery;
+pub mod endpoints;
 pub mod exec;
 mod exec_spdy;
 pub mod faults;
 pub mod kubectl;
 mod logs;
 mod portforward;
+pub mod rbac;
 pub mod record;
 mod server;
 pub mod spdy;
@@ -40,6 +42,7 @@ use tokio::task::AbortHandle;
 
 pub use certs::CertPair;
 pub use faults::{Fault, FaultRule};
+pub use rbac::RbacKind;
 pub use record::{ConnectionRecord, RecordedRequest};
 pub use store::{Event, Kind};
 
@@ -60,6 +63,9 @@ pub struct FakeOptions {
     /// Accept exec/attach over WebSocket (kubectl 1.30+ tries it first). When false, that
     /// upgrade gets 400 and kubectl falls back to SPDY.
     pub exec_websocket: bool,
+    /// Enforce the stored ClusterRoles and bindings for requests with `Impersonate-User`
+    /// ([`rbac`]). When false, an impersonated user may do everything.
+    pub enforce_rbac: bool,
 }
 
 impl Default for FakeOptions {
@@ -71,6 +77,7 @@ impl Default for FakeOptions {
             log_interval: Duration::from_millis(200),
             portforward_websocket: true,
             exec_websocket: true,
+            enforce_rbac: false,
         }
     }
 }
@@ -78,6 +85,11 @@ impl Default for FakeOptions {
 impl FakeOptions {
     pub fn with_token(token: &str) -> FakeOptions {
         FakeOptions { token: token.into(), ..FakeOptions::default() }
+    }
+
+    /// [`FakeOptions::with_token`] that enforces RBAC for impersonated users.
+    pub fn enforcing_rbac(token: &str) -> FakeOptions {
+        FakeOptions { enforce_rbac: true, ..FakeOptions::with_token(token) }
     }
 }
 
@@ -105,6 +117,13 @@ pub(crate) struct State {
     pub tasks: Mutex<Vec<AbortHandle>>,
     pub forwarded_ports: Arc<Mutex<Vec<u16>>>,
     pub open_watches: Arc<std::sync::atomic::AtomicUsize>,
+    /// The bearer token accepted now: `options.token` until [`FakeApiserver::set_token`].
+    pub token: Mutex<String>,
+    /// What Endpoints `default/kubernetes` lists: the fake's own address until
+    /// [`FakeApiserver::set_endpoint_addresses`].
+    pub endpoints: Mutex<Vec<SocketAddr>>,
+    /// ClusterRoles and (Cluster)RoleBindings, enforced for impersonated users ([`rbac`]).
+    pub rbac: Mutex<rbac::RbacStore>,
 }
 
 impl State {
@@ -132,7 +151,7 @@ impl FakeApiserver {
         let state = Arc::new(State {
             good_tls: certs.server_config(),
             wrong_tls: wrong.server_config(),
-            options,
+            options: options.clone(),
             address,
             certs,
             store: Arc::new(Mutex::new(store::Store::new())),
@@ -143,6 +162,9 @@ impl FakeApiserver {
             tasks: Mutex::default(),
             forwarded_ports: Arc::default(),
             open_watches: Arc::default(),
+            token: Mutex::new(options.token.clone()),
+            endpoints: Mutex::new(vec![address]),
+            rbac: Mutex::default(),
         });
         let accept = tokio::spawn(server::accept_loop(listener, state.clone())).abort_handle();
         FakeApiserver { state, accept }
@@ -166,8 +188,20 @@ impl FakeApiserver {
         self.state.certs.ca_der.clone()
     }
 
+    /// The bearer token accepted now.
     pub fn token(&self) -> String {
-        self.state.options.token.clone()
+        self.state.token.lock().unwrap().clone()
+    }
+
+    /// Rotates the accepted token (as a service-account token rotation): from now on only
+    /// `token` is accepted, on new and on open connections.
+    pub fn set_token(&self, token: &str) {
+        *self.state.token.lock().unwrap() = token.to_owned();
+    }
+
+    /// Replaces the addresses Endpoints `default/kubernetes` lists (default: the fake itself).
+    pub fn set_endpoint_addresses(&self, addresses: &[SocketAddr]) {
+        *self.state.endpoints.lock().unwrap() = addresses.to_vec();
     }
 
     /// Every request received so far, in order.

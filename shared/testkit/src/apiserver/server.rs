@@ -219,12 +219,19 @@ async fn handle(state: Arc<State>, ctl: Arc<ConnCtl>, mut req: Request<Incoming>
         }
     }
 
-    let expected = format!("Bearer {}", state.options.token);
+    let expected = format!("Bearer {}", state.token.lock().unwrap());
     let auth = recorded.header_all("authorization");
     if auth.len() != 1 || auth[0] != expected {
         let mut r = error(401, "Unauthorized", "Unauthorized");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
+    }
+    let watching = Query::parse(recorded.query.as_deref()).flag("watch");
+    let (user, groups) = (recorded.header_all("impersonate-user"), recorded.header_all("impersonate-group"));
+    let denied =
+        super::rbac::check(&state.rbac.lock().unwrap(), &user, &groups, &recorded.method, &recorded.path, watching);
+    if let Some(forbidden) = denied.filter(|_| state.options.enforce_rbac) {
+        return json_reply(403, &forbidden);
     }
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let ws_protocols = parts
@@ -266,6 +273,11 @@ fn route(ctx: &Ctx, path: &str) -> Response<Body> {
         "/healthz" | "/readyz" | "/livez" => return reply(200, "text/plain", body::full("ok")),
         _ => {}
     }
+    let rbac =
+        super::rbac::serve(&mut state.rbac.lock().unwrap(), ctx.method, path, ctx.query.get("labelSelector"), ctx.body);
+    if let Some((code, body)) = rbac {
+        return json_reply(code, &body);
+    }
     let Some(rest) = path.strip_prefix("/api/v1/") else {
         return error(404, "NotFound", "the server could not find the requested resource");
     };
@@ -277,6 +289,11 @@ fn route(ctx: &Ctx, path: &str) -> Response<Body> {
             Some(k) => collection(ctx, k, Some(ns)),
             None => error(404, "NotFound", "the server could not find the requested resource"),
         },
+        ["namespaces", "default", "endpoints", "kubernetes"] if ctx.method == "GET" => {
+            let addresses = state.endpoints.lock().unwrap().clone();
+            let rv = state.store.lock().unwrap().resource_version;
+            json_reply(200, &super::endpoints::kubernetes(&addresses, rv))
+        }
         ["namespaces", ns, res, name] => match Kind::from_resource(res) {
             Some(k) => item(ctx, k, ns, name),
             None => error(404, "NotFound", "the server could not find the requested resource"),

@@ -1,0 +1,420 @@
+//! RBAC sync (issue 7, DESIGN §8): the six `bke-*` ClusterRoles and per-user bindings in every
+//! Kubernetes cluster, from three sources of grants kept in the store (`rbac_grants`):
+//!
+//! | source | module | when |
+//! |---|---|---|
+//! | `rbac.data` of the config file (`turn_on_conf`) | [`conf`] | each time this instance becomes the leader |
+//! | the permission subscription (`turn_on_auth`) | [`subscription`] | while leader |
+//! | `POST/DELETE /rest/rbac/grants` | [`crate::rest::rbac`] | on request |
+//!
+//! The reconciler keeps one worker per cluster with credentials ([`reconcile`] does one pass
+//! over one cluster, [`kube`] talks to the apiserver with the cluster's stored token and CA).
+//! A worker runs on every grant change, when its cluster's credentials change, and every
+//! `rbac.sync_interval_seconds` (default 300); after a failure it retries with backoff (1 s
+//! doubling up to the interval). Workers are independent, so a cluster that is down or slow
+//! never delays another. Everything runs only while this instance is the leader
+//! ([`crate::rest::App::leader`]).
+pub mod conf;
+pub mod kube;
+pub mod reconcile;
+pub mod subscription;
+pub mod templates;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bcs_shared::config::Config;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::metrics::RbacMetrics;
+use crate::rest::AppState;
+use crate::shutdown::Shutdown;
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+/// One reconcile of one cluster may take this long at most.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the leader flag is looked at.
+const LEADER_POLL: Duration = Duration::from_millis(500);
+
+/// What the config file says about RBAC sync.
+pub struct Settings {
+    /// `turn_on_conf` or `turn_on_auth`: only then does the reconciler run.
+    pub enabled: bool,
+    pub interval: Duration,
+    /// The config file's grants (`turn_on_conf`); `None` when off (its old grants are removed).
+    pub conf: Option<Vec<crate::store::model::NewGrant>>,
+    pub subscription: Option<subscription::Settings>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> anyhow::Result<Settings> {
+        let turn_on_conf = config.rbac.turn_on_conf.unwrap_or(false);
+        let turn_on_auth = config.rbac.turn_on_auth.unwrap_or(false);
+        Ok(Settings {
+            enabled: turn_on_conf || turn_on_auth,
+            interval: config.rbac.sync_interval_seconds.map_or(DEFAULT_INTERVAL, Duration::from_secs),
+            conf: turn_on_conf.then(|| conf::grants(&config.rbac.data)),
+            subscription: if turn_on_auth { Some(subscription::Settings::from_config(config)?) } else { None },
+        })
+    }
+
+    /// Nothing on (tests and tools that build an [`crate::rest::App`] by hand).
+    pub fn disabled() -> Settings {
+        Settings { enabled: false, interval: DEFAULT_INTERVAL, conf: None, subscription: None }
+    }
+}
+
+/// Sync state of one cluster, as `/rest/rbac/status` shows it. Counts add up since start.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// Unix seconds.
+    pub last_attempt: Option<i64>,
+    pub last_success: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    /// Bindings the grants want in this cluster (at the last attempt).
+    pub desired_bindings: usize,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// The grant generation the last success / failure started from.
+    #[serde(skip)]
+    success_generation: u64,
+    #[serde(skip)]
+    failure_generation: u64,
+}
+
+/// State of the permission subscription.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SubscriptionStatus {
+    pub connected: bool,
+    pub worker_id: Option<String>,
+    pub last_error: Option<String>,
+    pub acked: u64,
+    pub rejected: u64,
+}
+
+/// The handle the rest of the admin holds ([`crate::rest::App::rbac`]).
+pub struct Rbac {
+    pub settings: Settings,
+    /// Bumped after every grant change; a worker that starts after a bump sees the change.
+    generation: watch::Sender<u64>,
+    /// Bumped after every reconcile attempt, to wake [`Rbac::wait_applied`].
+    progress: watch::Sender<u64>,
+    clusters: Mutex<BTreeMap<String, ClusterStatus>>,
+    pub(crate) subscription: Mutex<SubscriptionStatus>,
+    pub(crate) metrics: RbacMetrics,
+}
+
+impl Rbac {
+    pub fn new(settings: Settings, metrics: RbacMetrics) -> Arc<Rbac> {
+        Arc::new(Rbac {
+            settings,
+            generation: watch::channel(0).0,
+            progress: watch::channel(0).0,
+            clusters: Mutex::default(),
+            subscription: Mutex::default(),
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    /// Grants changed: every cluster reconciles soon. Returns the new generation.
+    pub fn changed(&self) -> u64 {
+        let mut now = 0;
+        self.generation.send_modify(|g| {
+            *g += 1;
+            now = *g;
+        });
+        now
+    }
+
+    /// Waits (at most `timeout`) until every cluster of `clusters` (`None`: every cluster with
+    /// credentials now) has reconciled successfully from `generation` or later. The first
+    /// failure of one of them from that generation ends the wait with its error.
+    pub async fn wait_applied(
+        &self,
+        clusters: Option<Vec<String>>,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut progress = self.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            {
+                let statuses = self.clusters.lock().unwrap();
+                let wanted: Vec<String> = match &clusters {
+                    Some(ids) => ids.clone(),
+                    None => statuses.keys().cloned().collect(),
+                };
+                let mut pending = false;
+                for id in &wanted {
+                    let Some(status) = statuses.get(id) else {
+                        return Err(format!("cluster {id} has no usable credentials (no agent report yet?)"));
+                    };
+                    if status.success_generation >= generation {
+                        continue;
+                    }
+                    if status.failure_generation >= generation {
+                        return Err(format!(
+                            "cluster {id}: {}",
+                            status.last_error.as_deref().unwrap_or("the reconcile failed")
+                        ));
+                    }
+                    pending = true;
+                }
+                if !pending {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, progress.changed()).await.is_err() {
+                return Err(format!("not applied within {timeout:?}"));
+            }
+        }
+    }
+
+    /// `/rest/rbac/status`.
+    pub fn status(&self, leader: bool) -> Value {
+        let clusters: Vec<ClusterStatus> = self.clusters.lock().unwrap().values().cloned().collect();
+        json!({
+            "enabled": self.settings.enabled,
+            "leader": leader,
+            "sync_interval_seconds": self.settings.interval.as_secs(),
+            "turn_on_conf": self.settings.conf.is_some(),
+            "turn_on_auth": self.settings.subscription.is_some(),
+            "clusters": clusters,
+            "subscription": self.settings.subscription.as_ref().map(|_| self.subscription.lock().unwrap().clone()),
+        })
+    }
+
+    fn record(
+        &self,
+        cluster_id: &str,
+        generation: u64,
+        desired: usize,
+        outcome: &Result<reconcile::Counts, (reconcile::Counts, String)>,
+    ) {
+        let now = crate::now();
+        let counts = match outcome {
+            Ok(c) | Err((c, _)) => *c,
+        };
+        {
+            let mut statuses = self.clusters.lock().unwrap();
+            let status = statuses
+                .entry(cluster_id.to_owned())
+                .or_insert_with(|| ClusterStatus { cluster_id: cluster_id.to_owned(), ..Default::default() });
+            status.last_attempt = Some(now);
+            status.desired_bindings = desired;
+            status.created += counts.created;
+            status.updated += counts.updated;
+            status.deleted += counts.deleted;
+            match outcome {
+                Ok(_) => {
+                    status.last_success = Some(now);
+                    status.success_generation = generation;
+                }
+                Err((_, e)) => {
+                    status.last_error = Some(e.clone());
+                    status.last_error_at = Some(now);
+                    status.failure_generation = generation;
+                }
+            }
+        }
+        let m = &self.metrics;
+        for (action, n) in [("created", counts.created), ("updated", counts.updated), ("deleted", counts.deleted)] {
+            if n > 0 {
+                m.objects.with_label_values(&[cluster_id, action]).inc_by(n);
+            }
+        }
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        m.reconciles.with_label_values(&[cluster_id, result]).inc();
+        if outcome.is_ok() {
+            m.last_success.with_label_values(&[cluster_id]).set(now);
+        }
+        self.progress.send_modify(|p| *p += 1);
+    }
+
+    fn track(&self, cluster_id: &str) {
+        self.clusters
+            .lock()
+            .unwrap()
+            .entry(cluster_id.to_owned())
+            .or_insert_with(|| ClusterStatus { cluster_id: cluster_id.to_owned(), ..Default::default() });
+    }
+
+    fn forget(&self, cluster_id: &str) {
+        self.clusters.lock().unwrap().remove(cluster_id);
+        let _ = self.metrics.last_success.remove_label_values(&[cluster_id]);
+        self.progress.send_modify(|p| *p += 1);
+    }
+
+    /// The clusters with a worker now.
+    pub fn cluster_ids(&self) -> Vec<String> {
+        self.clusters.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+struct Worker {
+    target: watch::Sender<Arc<kube::Target>>,
+    version: i64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The reconciler: runs until shutdown; idle unless enabled and leader.
+pub async fn run(app: AppState, mut shutdown: Shutdown) {
+    let rbac = app.rbac.clone();
+    if !rbac.enabled() {
+        return;
+    }
+    let mut snapshots = app.snapshots.subscribe();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
+    let mut leading = false;
+    let mut conf_applied = false;
+    loop {
+        let leader = app.leader.load(Ordering::SeqCst);
+        if leader && !leading {
+            leading = true;
+            conf_applied = false;
+            tracing::info!("this instance leads: RBAC sync starts");
+            if let Some(settings) = &rbac.settings.subscription {
+                subscription = Some(tokio::spawn(subscription::run(app.clone(), settings.clone())));
+            }
+        } else if !leader && leading {
+            leading = false;
+            workers.clear();
+            if let Some(task) = subscription.take() {
+                task.abort();
+            }
+            rbac.subscription.lock().unwrap().connected = false;
+            rbac.metrics.connected.set(0);
+            tracing::info!("this instance no longer leads: RBAC sync stops");
+        }
+        if leading {
+            if !conf_applied {
+                conf_applied = conf::apply(&app).await;
+            }
+            refresh_workers(&app, &mut workers);
+        }
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = snapshots.changed() => {}
+            _ = tokio::time::sleep(LEADER_POLL) => {}
+        }
+    }
+    drop(workers);
+    if let Some(task) = subscription {
+        task.abort();
+    }
+}
+
+/// One worker per Kubernetes cluster with credentials in the current snapshot; a worker whose
+/// credentials changed gets the new ones (and reconciles at once).
+fn refresh_workers(app: &AppState, workers: &mut HashMap<String, Worker>) {
+    let Some(published) = app.snapshots.current() else { return };
+    let mut seen = std::collections::HashSet::new();
+    for cluster in &published.snapshot.clusters {
+        if cluster.cluster_type == "mesos" {
+            continue;
+        }
+        let Some(credentials) = &cluster.credentials else { continue };
+        seen.insert(cluster.id.clone());
+        let target = || {
+            Arc::new(kube::Target {
+                addresses: credentials.addresses.clone(),
+                ca_pem: credentials.ca_pem.clone(),
+                token: credentials.token.clone(),
+            })
+        };
+        match workers.get_mut(&cluster.id) {
+            Some(worker) if worker.version == credentials.version => {}
+            Some(worker) => {
+                worker.version = credentials.version;
+                worker.target.send_replace(target());
+            }
+            None => {
+                app.rbac.track(&cluster.id);
+                let (sender, receiver) = watch::channel(target());
+                let task = tokio::spawn(work(app.clone(), cluster.id.clone(), receiver));
+                workers.insert(cluster.id.clone(), Worker { target: sender, version: credentials.version, task });
+            }
+        }
+    }
+    workers.retain(|id, _| {
+        let keep = seen.contains(id);
+        if !keep {
+            app.rbac.forget(id);
+        }
+        keep
+    });
+}
+
+async fn work(app: AppState, cluster_id: String, mut target: watch::Receiver<Arc<kube::Target>>) {
+    let rbac = app.rbac.clone();
+    let mut generation = rbac.generation.subscribe();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started_generation = *generation.borrow_and_update();
+        let current = target.borrow_and_update().clone();
+        let (desired, outcome) = match tokio::time::timeout(RECONCILE_TIMEOUT, attempt(&app, &cluster_id, &current))
+            .await
+        {
+            Ok(done) => done,
+            Err(_) => (0, Err((reconcile::Counts::default(), format!("no reconcile within {RECONCILE_TIMEOUT:?}")))),
+        };
+        let wait = match &outcome {
+            Ok(counts) => {
+                backoff = FIRST_BACKOFF;
+                if *counts != reconcile::Counts::default() {
+                    tracing::info!(cluster = %cluster_id, ?counts, "RBAC reconciled");
+                } else {
+                    tracing::debug!(cluster = %cluster_id, "RBAC in sync");
+                }
+                rbac.settings.interval
+            }
+            Err((_, error)) => {
+                tracing::warn!(cluster = %cluster_id, %error, retry_in = ?backoff, "RBAC reconcile failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(rbac.settings.interval);
+                wait
+            }
+        };
+        rbac.record(&cluster_id, started_generation, desired, &outcome);
+        tokio::select! {
+            changed = generation.changed() => if changed.is_err() { return },
+            changed = target.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+type Attempt = (usize, Result<reconcile::Counts, (reconcile::Counts, String)>);
+
+async fn attempt(app: &AppState, cluster_id: &str, target: &kube::Target) -> Attempt {
+    let grants = match app.store.grants_for_cluster(cluster_id).await {
+        Ok(grants) => grants,
+        Err(e) => return (0, Err((reconcile::Counts::default(), format!("reading the grants: {e}")))),
+    };
+    let desired = reconcile::desired(&grants);
+    let mut kube = match kube::Kube::connect(target).await {
+        Ok(kube) => kube,
+        Err(e) => return (desired.len(), Err((reconcile::Counts::default(), e))),
+    };
+    (desired.len(), reconcile::run(&mut kube, &desired).await)
+}

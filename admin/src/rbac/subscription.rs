@@ -1,0 +1,317 @@
+//! The permission subscription (`turn_on_auth`, reference §6.3): a WebSocket to
+//! `<bkiam_auth_sub_server>/subscribers/bcs-api/sub` with HTTP basic auth
+//! `bkiam_auth_app_code:bkiam_auth_app_secret`.
+//!
+//! Messages are JSON `{"app_code","type","worker_id","data_id","data"}`, handled only when
+//! `app_code` is ours: `hi` (remember `worker_id`), `ping` (logged), `data` (a grant added or
+//! deleted; `data` is a JSON string). A `data` message is acknowledged only after the change is
+//! in the store and every cluster it concerns has reconciled from it, so after the binding
+//! exists (or is gone); one that cannot be applied is logged with its reason and not
+//! acknowledged. Differences from the original: cluster ids are matched exactly (the bcs-api
+//! cluster id, or a BCS cluster id through the BCS cluster info), never by substring; `wss`
+//! works (trusting `cert_config.ca_file`). Reconnects back off from 1 s to 30 s.
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bcs_shared::config::{non_empty, Config};
+use bcs_shared::secret::Secret;
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::templates;
+use crate::rest::AppState;
+use crate::store::model::{grant_source, NewGrant};
+use crate::store::StoreError;
+
+pub const PATH: &str = "/subscribers/bcs-api/sub";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Without any message for this long the connection is taken as dead and reopened.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a `data` message may wait for its clusters to reconcile before it is left
+/// unacknowledged.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct Settings {
+    /// `ws://host:port/subscribers/bcs-api/sub` or `wss://...`.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub app_code: String,
+    /// `Basic base64(app_code:app_secret)`.
+    pub authorization: Secret,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> anyhow::Result<Settings> {
+        let auth = &config.bkiam_auth;
+        let server = non_empty(&auth.bkiam_auth_sub_server)
+            .ok_or_else(|| anyhow::anyhow!("rbac.turn_on_auth needs bkiam_auth.bkiam_auth_sub_server"))?;
+        let app_code = non_empty(&auth.bkiam_auth_app_code)
+            .ok_or_else(|| anyhow::anyhow!("rbac.turn_on_auth needs bkiam_auth.bkiam_auth_app_code"))?;
+        let secret = auth.bkiam_auth_app_secret.as_ref().map(|s| s.expose().to_owned()).unwrap_or_default();
+        let base = if server.contains("://") { server.to_owned() } else { format!("ws://{server}") };
+        let url = url::Url::parse(&base).map_err(|e| anyhow::anyhow!("bkiam_auth.bkiam_auth_sub_server: {e}"))?;
+        let tls = match url.scheme() {
+            "ws" => None,
+            "wss" => {
+                let ca_file = non_empty(&config.cert_config.ca_file).ok_or_else(|| {
+                    anyhow::anyhow!("bkiam_auth.bkiam_auth_sub_server: wss needs cert_config.ca_file")
+                })?;
+                let pem = std::fs::read(ca_file).map_err(|e| anyhow::anyhow!("cert_config.ca_file {ca_file}: {e}"))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    roots.add(cert.map_err(|e| anyhow::anyhow!("cert_config.ca_file: {e}"))?)?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(Arc::new(config))
+            }
+            other => anyhow::bail!("bkiam_auth.bkiam_auth_sub_server: scheme {other} is not ws or wss"),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| anyhow::anyhow!("bkiam_auth.bkiam_auth_sub_server has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{app_code}:{secret}"));
+        Ok(Settings {
+            url: format!("{}://{authority}{PATH}", url.scheme()),
+            host,
+            port,
+            tls,
+            app_code: app_code.to_owned(),
+            authorization: Secret::new(format!("Basic {credentials}")),
+        })
+    }
+}
+
+/// Subscribes until aborted (when leadership is lost or at shutdown), reconnecting.
+pub async fn run(app: AppState, settings: Settings) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let outcome = session(&app, &settings, &mut backoff).await;
+        {
+            let mut status = app.rbac.subscription.lock().unwrap();
+            status.connected = false;
+            if let Err(e) = &outcome {
+                status.last_error = Some(e.clone());
+            }
+        }
+        app.rbac.metrics.connected.set(0);
+        match outcome {
+            Ok(()) => {
+                tracing::info!(url = %settings.url, retry_in = ?backoff, "permission subscription closed; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(url = %settings.url, error = %e, retry_in = ?backoff, "permission subscription failed")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(settings: &Settings) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, String> {
+    let tcp =
+        tokio::net::TcpStream::connect((settings.host.as_str(), settings.port)).await.map_err(|e| e.to_string())?;
+    let io: Box<dyn Io> = match &settings.tls {
+        Some(config) => {
+            let name = ServerName::try_from(settings.host.clone()).map_err(|e| format!("server name: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Box::new(tls)
+        }
+        None => Box::new(tcp),
+    };
+    let mut request = settings.url.as_str().into_client_request().map_err(|e| e.to_string())?;
+    let authorization = http::HeaderValue::from_str(settings.authorization.expose()).map_err(|e| e.to_string())?;
+    request.headers_mut().insert(http::header::AUTHORIZATION, authorization);
+    let (ws, _) = tokio_tungstenite::client_async(request, io).await.map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) -> Result<(), String> {
+    let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect(settings)).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err(format!("connect: no connection within {CONNECT_TIMEOUT:?}")),
+    };
+    tracing::info!(url = %settings.url, "permission subscription connected");
+    {
+        let mut status = app.rbac.subscription.lock().unwrap();
+        status.connected = true;
+        status.last_error = None;
+    }
+    app.rbac.metrics.connected.set(1);
+    let (mut sink, mut stream) = ws.split();
+    let mut worker_id = String::new();
+    loop {
+        let message = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => return Err(format!("nothing received for {IDLE_TIMEOUT:?}")),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(format!("read: {e}")),
+            Ok(Some(Ok(message))) => message,
+        };
+        let text = match message {
+            Message::Text(text) => text.to_string(),
+            Message::Binary(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Message::Close(_) => return Ok(()),
+            _ => continue,
+        };
+        let Ok(envelope) = serde_json::from_str::<Value>(&text) else {
+            tracing::warn!("permission subscription: a message that is not JSON; ignored");
+            continue;
+        };
+        let field = |k: &str| envelope[k].as_str().unwrap_or_default().to_owned();
+        if field("app_code") != settings.app_code {
+            tracing::debug!(app_code = %field("app_code"), "permission subscription: message for another app_code; ignored");
+            continue;
+        }
+        match field("type").as_str() {
+            "hi" => {
+                worker_id = field("worker_id");
+                *backoff = Duration::from_secs(1);
+                app.rbac.subscription.lock().unwrap().worker_id = Some(worker_id.clone());
+                tracing::info!(%worker_id, "permission subscription: hi");
+            }
+            "ping" => tracing::debug!("permission subscription: ping"),
+            "data" => {
+                let data_id = field("data_id");
+                let data = match &envelope["data"] {
+                    Value::String(s) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
+                    other => other.clone(),
+                };
+                match apply(app, &data).await {
+                    Ok(what) => {
+                        let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
+                        let ack = json!({"app_code": settings.app_code, "type": "ack", "worker_id": worker, "data_id": data_id});
+                        sink.send(Message::text(ack.to_string())).await.map_err(|e| format!("send ack: {e}"))?;
+                        app.rbac.subscription.lock().unwrap().acked += 1;
+                        app.rbac.metrics.messages.with_label_values(&["acked"]).inc();
+                        tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
+                    }
+                    Err(reason) => {
+                        app.rbac.subscription.lock().unwrap().rejected += 1;
+                        app.rbac.metrics.messages.with_label_values(&["rejected"]).inc();
+                        tracing::warn!(%data_id, %reason, "permission subscription: not applied, not acknowledged");
+                    }
+                }
+            }
+            other => {
+                app.rbac.metrics.messages.with_label_values(&["ignored"]).inc();
+                tracing::debug!(kind = %other, "permission subscription: unknown message type; ignored");
+            }
+        }
+    }
+}
+
+/// Applies one `data` message; Ok with a description once its clusters have reconciled.
+async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
+    let text = |v: &Value, what: &str| -> Result<String, String> {
+        v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).ok_or(format!("no {what}"))
+    };
+    let operation = text(&data["operation"], "operation")?;
+    if operation != "add" && operation != "delete" {
+        return Err(format!("unknown operation {operation:?}"));
+    }
+    let principal_type = text(&data["principal"]["principal_type"], "principal.principal_type")?;
+    let principal_id = text(&data["principal"]["principal_id"], "principal.principal_id")?;
+    let action = text(&data["action"], "action")?;
+    let role = templates::parse_role(&action).ok_or(format!("unknown action {action:?}"))?;
+    let resource_type = text(&data["resource_type"], "resource_type")?;
+    let cluster = text(&data["resource_instance"]["cluster"], "resource_instance.cluster")?;
+    let namespace = data["resource_instance"]["namespace"].as_str().unwrap_or_default().trim().to_owned();
+    let policy_from = data["policy_from"].as_str().unwrap_or_default();
+
+    let (namespace, from) = match resource_type.as_str() {
+        "cluster" if cluster == "*" => (String::new(), "any-cluster"),
+        "cluster" => match policy_from {
+            "common" => (String::new(), "common"),
+            "pattern_policy" => (String::new(), "any-cluster"),
+            other => return Err(format!("unknown policy_from {other:?}")),
+        },
+        "namespace" if namespace == "*" => (String::new(), "any-namespaces"),
+        "namespace" if namespace.is_empty() => return Err("no resource_instance.namespace".into()),
+        "namespace" => match policy_from {
+            "common" => {
+                if !valid_namespace(&namespace) {
+                    return Err(format!("namespace {namespace:?} is not a valid name"));
+                }
+                (namespace, "common")
+            }
+            // As the original: namespace pattern policies are not applied.
+            "pattern_policy" => return Ok(format!("skipped a namespace pattern policy for {namespace}")),
+            other => return Err(format!("unknown policy_from {other:?}")),
+        },
+        other => return Err(format!("unknown resource_type {other:?}")),
+    };
+    let cluster_id = resolve_cluster(app, &cluster).await?;
+    let grant = NewGrant {
+        user_name: format!("{principal_type}:{principal_id}"),
+        cluster_id: cluster_id.clone(),
+        namespace,
+        role: role.to_owned(),
+        source: format!("{}{from}", grant_source::AUTH_PREFIX),
+    };
+    let description = format!(
+        "{operation} {role} for {} in {}{}",
+        grant.user_name,
+        grant.cluster_id,
+        if grant.namespace.is_empty() { String::new() } else { format!("/{}", grant.namespace) }
+    );
+    if operation == "add" {
+        match app.store.add_grant(grant, crate::now()).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(format!("store: {e}")),
+        }
+    } else {
+        app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
+    }
+    let generation = app.rbac.changed();
+    let clusters = (cluster_id != "*").then(|| vec![cluster_id]);
+    app.rbac.wait_applied(clusters, generation, APPLY_TIMEOUT).await?;
+    Ok(description)
+}
+
+/// The bcs-api cluster id for a cluster id from the permission service: `*`, the exact
+/// bcs-api cluster id, or the exact BCS cluster id of a registered BCS cluster.
+async fn resolve_cluster(app: &AppState, cluster: &str) -> Result<String, String> {
+    if cluster == "*" {
+        return Ok(cluster.to_owned());
+    }
+    if let Some(found) = app.store.cluster(cluster).await.map_err(|e| format!("store: {e}"))? {
+        return Ok(found.id);
+    }
+    match app.store.bcs_cluster(None, cluster).await.map_err(|e| format!("store: {e}"))? {
+        Some(found) => Ok(found.id),
+        None => Err(format!("no cluster has the id or BCS cluster id {cluster:?}")),
+    }
+}
+
+/// A Kubernetes namespace name (DNS label).
+pub fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

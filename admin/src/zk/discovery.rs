@@ -1,0 +1,131 @@
+//! Live mesos-drivers (reference §5.1): the children of `/bcs/services/endpoints/mesosdriver`
+//! are cluster ids; each cluster's children are its drivers' nodes. Names of 10 characters or
+//! fewer are skipped; the rest are ordered by their 10-digit sequence; each node's data is
+//! ServerInfo JSON, and a node that does not parse into a usable driver is left out with a
+//! warning. Every read sets a watch; when any fires, everything is read again (a few dozen
+//! small reads) and the result handed to the publisher, which publishes only a change.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bcs_shared::snapshot::{MesosDriver, MesosDrivers};
+
+use super::client::{Error, Session, Watch};
+use super::{retrying, Status, MESOS_DRIVERS};
+use crate::snapshot::Publisher;
+
+/// Lets a burst of changes (several drivers starting at once) settle into one read.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// Returns only when the session ended.
+pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
+    let mut warned: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let Ok((sets, watches)) = retrying("reading the mesos-drivers", || read(session)).await else { return };
+        let mut now_warned = BTreeMap::new();
+        let mut live = Vec::with_capacity(sets.len());
+        let mut drivers = 0;
+        for (cluster_id, nodes) in sets {
+            let mut set = MesosDrivers { cluster_id: cluster_id.clone(), drivers: Vec::new() };
+            for (node, parsed) in nodes {
+                match parsed {
+                    Ok(driver) if !set.drivers.contains(&driver) => set.drivers.push(driver),
+                    Ok(_) => {}
+                    Err(why) => {
+                        let path = format!("{MESOS_DRIVERS}/{cluster_id}/{node}");
+                        if warned.get(&path) != Some(&why) {
+                            tracing::warn!(node = %path, reason = %why, "ignoring a malformed mesos-driver node");
+                        }
+                        now_warned.insert(path, why);
+                    }
+                }
+            }
+            drivers += set.drivers.len();
+            live.push(set);
+        }
+        warned = now_warned;
+        status.update(|s| {
+            s.mesos_clusters = live.len();
+            s.mesos_drivers = drivers;
+        });
+        publisher.set_mesos(live);
+        // Any watch: a cluster added or removed, a driver added or removed; or the session ended.
+        let mut fired = tokio::task::JoinSet::new();
+        for watch in watches {
+            fired.spawn(watch.fired());
+        }
+        // Dropping the set drops the other watches (the client then forgets them).
+        let changed = fired.join_next().await.and_then(Result::ok).unwrap_or(false);
+        drop(fired);
+        if !changed {
+            return;
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
+type Nodes = Vec<(String, Result<MesosDriver, String>)>;
+
+/// One full read, with a watch on every path read.
+async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>), Error> {
+    let mut watches = Vec::new();
+    let mut sets = BTreeMap::new();
+    let clusters = match session.children(MESOS_DRIVERS).await {
+        Ok((clusters, watch)) => {
+            watches.push(watch);
+            clusters
+        }
+        Err(Error::NoNode) => {
+            // No driver has registered yet: wait for the path to appear.
+            let (exists, watch) = session.exists(MESOS_DRIVERS).await?;
+            watches.push(watch);
+            if exists {
+                return Err(Error::Transient(format!("{MESOS_DRIVERS} appeared while being read")));
+            }
+            return Ok((sets, watches));
+        }
+        Err(e) => return Err(e),
+    };
+    for cluster in clusters {
+        let path = format!("{MESOS_DRIVERS}/{cluster}");
+        let mut children = match session.children(&path).await {
+            Ok((children, watch)) => {
+                watches.push(watch);
+                children
+            }
+            // Removed since the list: the root's watch reports it.
+            Err(Error::NoNode) => continue,
+            Err(e) => return Err(e),
+        };
+        children.retain(|c| c.len() > 10);
+        children.sort_by(|a, b| sequence(a).cmp(sequence(b)).then_with(|| a.cmp(b)));
+        let mut nodes = Vec::with_capacity(children.len());
+        for child in children {
+            match session.data(&format!("{path}/{child}")).await {
+                Ok(data) => {
+                    let parsed = super::server_info::parse_driver(&data);
+                    nodes.push((child, parsed));
+                }
+                // The driver left between the list and the read; the cluster's watch reports it.
+                Err(Error::NoNode) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        sets.insert(cluster, nodes);
+    }
+    Ok((sets, watches))
+}
+
+/// The trailing 10-digit sequence number of a sequential node's name.
+fn sequence(name: &str) -> &str {
+    &name[name.len().saturating_sub(10)..]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nodes_sort_by_their_sequence() {
+        let mut names = vec!["_c_bb-10.0.0.20000000003", "_c_aa-10.0.0.10000000001", "_c_cc-10.0.0.30000000002"];
+        names.sort_by(|a, b| super::sequence(a).cmp(super::sequence(b)));
+        assert_eq!(names, vec!["_c_aa-10.0.0.10000000001", "_c_cc-10.0.0.30000000002", "_c_bb-10.0.0.20000000003"]);
+    }
+}

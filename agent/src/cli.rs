@@ -1,0 +1,273 @@
+//! The command line and environment of the original `bcs-kube-agent` (reference §4.1), checked
+//! once at start: a bad value stops the agent with exit code 2 before anything is sent.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bcs_shared::secret::Secret;
+use clap::Parser;
+
+/// Where a pod finds its service-account token and CA.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bcs-kube-agent",
+    version,
+    about = "Reports this cluster's apiserver addresses, CA and service-account token to bcs-api",
+    after_help = "Environment: REGISTER_TOKEN (the cluster's register token, required), SERVER_CERT (PEM CA of \
+                  bcs-api; the only root trusted unless --insecureSkipVerify), BCS_LOG (log filter, e.g. debug)."
+)]
+pub struct Args {
+    /// bcs-api base URL, e.g. https://bcs-api.example.com:8443
+    #[arg(long = "bke-address", value_name = "URL")]
+    pub bke_address: String,
+
+    /// bcs-api cluster id (e.g. bcs-k8s-001-3NZMRX6S), not the identifier
+    #[arg(long = "cluster-id", value_name = "ID")]
+    pub cluster_id: String,
+
+    /// Seconds between two reports
+    #[arg(long = "periodsync", value_name = "SECONDS", default_value_t = 60)]
+    pub periodsync: u64,
+
+    /// Address of the HTTP server with /metrics, /healthz and /readyz
+    #[arg(long = "listen-addr", value_name = "HOST:PORT", default_value = "0.0.0.0:10254")]
+    pub listen_addr: String,
+
+    /// Kubeconfig to use out of cluster; empty: the pod's service account (in cluster)
+    #[arg(long = "kubeconfig", value_name = "FILE", default_value = "")]
+    pub kubeconfig: String,
+
+    /// Do not verify bcs-api's certificate (SERVER_CERT is then not needed)
+    #[arg(
+        long = "insecureSkipVerify",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub insecure_skip_verify: bool,
+
+    /// ';'-separated https:// addresses to report instead of the Endpoints default/kubernetes
+    #[arg(long = "external-proxy-addresses", value_name = "URLS", default_value = "")]
+    pub external_proxy_addresses: String,
+
+    /// Directory of the service account's `token` and `ca.crt` (in cluster)
+    #[arg(long = "service-account-dir", env = "BCS_AGENT_SERVICE_ACCOUNT_DIR", default_value = SERVICE_ACCOUNT_DIR)]
+    pub service_account_dir: PathBuf,
+
+    /// Log format: text or json (logs go to stderr)
+    #[arg(long = "log-format", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Everything the agent needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `<bke-address>/rest/clusters/<cluster-id>/credentials`.
+    pub report_url: url::Url,
+    pub cluster_id: String,
+    pub period: Duration,
+    pub listen_addr: std::net::SocketAddr,
+    pub source: Source,
+    pub register_token: Secret,
+    /// PEM of the gateway's CA (`SERVER_CERT`); `None` with `--insecureSkipVerify` or http.
+    pub server_ca: Option<String>,
+    pub insecure_skip_verify: bool,
+    /// `--external-proxy-addresses`, split and checked; empty: read the Endpoints.
+    pub external_addresses: Vec<String>,
+}
+
+/// Where the agent finds the apiserver and its own credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// `KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT`, token and CA from the service account.
+    InCluster { host: String, port: u16, dir: PathBuf },
+    /// `--kubeconfig`: server, CA and bearer token of its current context.
+    Kubeconfig(PathBuf),
+}
+
+impl Args {
+    /// Checks the flags against the environment given by `env` (the process environment in
+    /// `main`, a map in tests).
+    pub fn settings(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let base = url::Url::parse(self.bke_address.trim())
+            .map_err(|e| format!("--bke-address {:?} is not a URL: {e}", self.bke_address))?;
+        if !matches!(base.scheme(), "https" | "http") || base.host_str().is_none() {
+            return Err(format!("--bke-address {:?} must be an http(s)://host[:port] URL", self.bke_address));
+        }
+        if !base.username().is_empty() || base.password().is_some() || base.query().is_some() {
+            return Err("--bke-address must not carry credentials or a query".into());
+        }
+        let id = self.cluster_id.trim();
+        if id.is_empty()
+            || id.len() > 100
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!(
+                "--cluster-id {:?} must be 1 to 100 letters, digits, '.', '_' or '-'",
+                self.cluster_id
+            ));
+        }
+        let report_url =
+            url::Url::parse(&format!("{}/rest/clusters/{id}/credentials", base.as_str().trim_end_matches('/')))
+                .map_err(|e| format!("--bke-address: {e}"))?;
+        if self.periodsync == 0 || self.periodsync > 86_400 {
+            return Err(format!("--periodsync {} must be 1 to 86400 seconds", self.periodsync));
+        }
+        let listen_addr = self
+            .listen_addr
+            .parse()
+            .map_err(|e| format!("--listen-addr {:?} is not an IP:port: {e}", self.listen_addr))?;
+
+        let register_token = env("REGISTER_TOKEN").map(|t| t.trim().to_owned()).unwrap_or_default();
+        if register_token.is_empty() {
+            return Err("the environment variable REGISTER_TOKEN (the cluster's register token) is not set".into());
+        }
+        if !register_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("REGISTER_TOKEN must be visible ASCII characters".into());
+        }
+        let server_ca = match env("SERVER_CERT").filter(|c| !c.trim().is_empty()) {
+            Some(pem) => {
+                crate::http::roots_from_pem(&pem).map_err(|e| format!("SERVER_CERT: {e}"))?;
+                Some(pem)
+            }
+            None if base.scheme() == "https" && !self.insecure_skip_verify => {
+                return Err("the environment variable SERVER_CERT (bcs-api's CA, PEM) is not set; set it or pass \
+                     --insecureSkipVerify"
+                    .into())
+            }
+            None => None,
+        };
+
+        let source = if self.kubeconfig.trim().is_empty() {
+            let host = env("KUBERNETES_SERVICE_HOST").unwrap_or_default();
+            let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_default();
+            if host.is_empty() || port.is_empty() {
+                return Err("not in a cluster (KUBERNETES_SERVICE_HOST/PORT are not set) and no --kubeconfig".into());
+            }
+            let port =
+                port.trim().parse().map_err(|_| format!("KUBERNETES_SERVICE_PORT {port:?} is not a port number"))?;
+            Source::InCluster { host: host.trim().to_owned(), port, dir: self.service_account_dir.clone() }
+        } else {
+            Source::Kubeconfig(PathBuf::from(self.kubeconfig.trim()))
+        };
+
+        let external_addresses = external_addresses(&self.external_proxy_addresses)?;
+        Ok(Settings {
+            report_url,
+            cluster_id: id.to_owned(),
+            period: Duration::from_secs(self.periodsync),
+            listen_addr,
+            source,
+            register_token: Secret::new(register_token),
+            server_ca: if self.insecure_skip_verify { None } else { server_ca },
+            insecure_skip_verify: self.insecure_skip_verify,
+            external_addresses,
+        })
+    }
+}
+
+/// `--external-proxy-addresses`: each must start with `https://` (as the original required).
+fn external_addresses(value: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for address in value.split(';').map(str::trim).filter(|a| !a.is_empty()) {
+        let url = url::Url::parse(address)
+            .map_err(|e| format!("--external-proxy-addresses: {address:?} is not a URL: {e}"))?;
+        if url.scheme() != "https" || url.host_str().is_none() {
+            return Err(format!("--external-proxy-addresses: {address:?} must start with https://"));
+        }
+        out.push(address.trim_end_matches('/').to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["bcs-kube-agent", "--bke-address=https://gw:8443/", "--cluster-id", "bcs-k8s-001-AbCd1234"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    const CA: &str = include_str!("../tests/fixtures/ca.pem");
+
+    #[test]
+    fn the_original_flags_parse() {
+        let a = args(&["--periodsync", "5", "--insecureSkipVerify", "--listen-addr=127.0.0.1:1"]);
+        assert_eq!(a.periodsync, 5);
+        assert!(a.insecure_skip_verify);
+        let a = args(&["--insecureSkipVerify=false"]);
+        assert!(!a.insecure_skip_verify);
+        assert_eq!(args(&[]).periodsync, 60);
+        assert_eq!(args(&[]).listen_addr, "0.0.0.0:10254");
+    }
+
+    #[test]
+    fn settings_need_the_register_token_and_the_gateway_ca() {
+        let a = args(&["--kubeconfig=/k"]);
+        let err = a.settings(env(&[])).unwrap_err();
+        assert!(err.contains("REGISTER_TOKEN"), "{err}");
+        let err = a.settings(env(&[("REGISTER_TOKEN", "t")])).unwrap_err();
+        assert!(err.contains("SERVER_CERT"), "{err}");
+        let err = a.settings(env(&[("REGISTER_TOKEN", "t"), ("SERVER_CERT", "junk")])).unwrap_err();
+        assert!(err.contains("SERVER_CERT"), "{err}");
+        let s = args(&["--kubeconfig=/k", "--insecureSkipVerify"]).settings(env(&[("REGISTER_TOKEN", "t")])).unwrap();
+        assert!(s.server_ca.is_none());
+        let s = a.settings(|k| match k {
+            "REGISTER_TOKEN" => Some("t".into()),
+            "SERVER_CERT" => Some(CA.into()),
+            _ => None,
+        });
+        let s = s.unwrap();
+        assert_eq!(s.report_url.as_str(), "https://gw:8443/rest/clusters/bcs-k8s-001-AbCd1234/credentials");
+        assert_eq!(s.source, Source::Kubeconfig("/k".into()));
+        assert_eq!(format!("{:?}", s.register_token), "Secret(***)");
+    }
+
+    #[test]
+    fn in_cluster_needs_the_service_variables() {
+        let a = args(&["--insecureSkipVerify"]);
+        let err = a.settings(env(&[("REGISTER_TOKEN", "t")])).unwrap_err();
+        assert!(err.contains("KUBERNETES_SERVICE_HOST"), "{err}");
+        let s = a
+            .settings(env(&[
+                ("REGISTER_TOKEN", "t"),
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "443"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            s.source,
+            Source::InCluster { host: "10.96.0.1".into(), port: 443, dir: SERVICE_ACCOUNT_DIR.into() }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = env(&[("REGISTER_TOKEN", "t")]);
+        for extra in [
+            &["--kubeconfig=/k", "--insecureSkipVerify", "--periodsync=0"][..],
+            &["--kubeconfig=/k", "--insecureSkipVerify", "--listen-addr=nowhere"],
+            &["--kubeconfig=/k", "--insecureSkipVerify", "--external-proxy-addresses=http://a:1"],
+        ] {
+            assert!(args(extra).settings(&e).is_err(), "{extra:?}");
+        }
+        let bad_id = Args::try_parse_from(["a", "--bke-address=https://gw", "--cluster-id=a/b", "--kubeconfig=/k"]);
+        assert!(bad_id.unwrap().settings(&e).is_err());
+        let bad_url = Args::try_parse_from(["a", "--bke-address=ftp://gw", "--cluster-id=a", "--kubeconfig=/k"]);
+        assert!(bad_url.unwrap().settings(&e).is_err());
+        let s =
+            args(&["--kubeconfig=/k", "--insecureSkipVerify", "--external-proxy-addresses= https://a:1/ ;https://b:2"])
+                .settings(&e)
+                .unwrap();
+        assert_eq!(s.external_addresses, vec!["https://a:1", "https://b:2"]);
+    }
+}

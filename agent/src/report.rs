@@ -1,0 +1,210 @@
+//! The report loop (reference §4.3): a report at start, then one every period. A network error
+//! (bcs-api, the apiserver, or no reachable address) is retried with capped exponential backoff;
+//! a refusal (4xx) is logged with bcs-api's message and retried at the next period. Nothing
+//! here ends the agent, and no token is ever logged.
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::Settings;
+use crate::http;
+use crate::kube;
+use crate::metrics::{Failure, Metrics};
+use crate::probe;
+
+/// Every request (apiserver or bcs-api) must finish within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// First retry after a network error; doubles up to [`backoff_cap`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// What one report attempt came to.
+#[derive(Debug)]
+pub enum Outcome {
+    Accepted {
+        addresses: usize,
+    },
+    /// Retry at the next period.
+    Refused,
+    /// Retry after a backoff.
+    Retry,
+}
+
+/// The longest wait between two retries: 30 s (the original's fixed retry delay), or the
+/// period when that is shorter.
+pub fn backoff_cap(period: Duration) -> Duration {
+    period.min(Duration::from_secs(30)).max(FIRST_RETRY)
+}
+
+pub struct Reporter {
+    settings: Settings,
+    gateway_tls: Option<Arc<rustls::ClientConfig>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reporter {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Result<Reporter, String> {
+        let gateway_tls = match (&settings.server_ca, settings.insecure_skip_verify) {
+            (_, true) => Some(http::tls_insecure()),
+            (Some(pem), false) => Some(http::tls_trusting(pem).map_err(|e| format!("SERVER_CERT: {e}"))?),
+            (None, false) => None,
+        };
+        Ok(Reporter { settings, gateway_tls, metrics })
+    }
+
+    /// Reports forever: at start, then every period; retries as described above.
+    pub async fn run(&self) {
+        let period = self.settings.period;
+        let mut backoff = FIRST_RETRY;
+        loop {
+            let started = tokio::time::Instant::now();
+            let wait = match self.report_once().await {
+                Outcome::Accepted { .. } | Outcome::Refused => {
+                    backoff = FIRST_RETRY;
+                    period.saturating_sub(started.elapsed())
+                }
+                Outcome::Retry => {
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(backoff_cap(period));
+                    tracing::info!(retry_in = ?wait, "will retry");
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One report: read the access, find the addresses, `PUT` them.
+    pub async fn report_once(&self) -> Outcome {
+        let access = match kube::load(&self.settings.source) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the cluster's access");
+                self.metrics.failure(Failure::KubeAccess);
+                return Outcome::Retry;
+            }
+        };
+        let addresses = if self.settings.external_addresses.is_empty() {
+            let candidates = match kube::endpoint_candidates(&access, REQUEST_TIMEOUT).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(server = %access.server, error = %e, "cannot read Endpoints default/kubernetes");
+                    self.metrics.failure(Failure::Endpoints);
+                    return Outcome::Retry;
+                }
+            };
+            let found = candidates.len();
+            let reachable = probe::reachable(candidates).await;
+            if reachable.is_empty() {
+                tracing::error!(
+                    listed = found,
+                    "no apiserver address of Endpoints default/kubernetes is reachable; nothing reported"
+                );
+                self.metrics.failure(Failure::NoAddress);
+                return Outcome::Retry;
+            }
+            reachable
+        } else {
+            self.settings.external_addresses.clone()
+        };
+        self.put(&access, addresses).await
+    }
+
+    async fn put(&self, access: &kube::Access, addresses: Vec<String>) -> Outcome {
+        let server_addresses = addresses.join(";");
+        let body = serde_json::json!({
+            "register_token": self.settings.register_token.expose(),
+            "server_addresses": server_addresses,
+            "cacert_data": access.ca_pem,
+            "user_token": access.token.expose(),
+        });
+        let url = &self.settings.report_url;
+        let answer = http::request(
+            ::http::Method::PUT,
+            url,
+            &[
+                ("content-type", "application/json".into()),
+                ("accept", "application/json".into()),
+                ("user-agent", concat!("bcs-kube-agent/", env!("CARGO_PKG_VERSION")).into()),
+            ],
+            Some(body.to_string().into_bytes()),
+            self.gateway_tls.clone(),
+            REQUEST_TIMEOUT,
+        )
+        .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach bcs-api");
+                self.metrics.failure(Failure::Network);
+                return Outcome::Retry;
+            }
+        };
+        if (200..300).contains(&answer.status) {
+            tracing::debug!(cluster = %self.settings.cluster_id, addresses = %server_addresses, "report accepted");
+            if !self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(cluster = %self.settings.cluster_id, addresses = %server_addresses, "first report accepted");
+            }
+            self.metrics.success(addresses.len());
+            return Outcome::Accepted { addresses: addresses.len() };
+        }
+        let (code_name, message) = error_body(&answer.body);
+        // bcs-api never echoes a token; redact anyway, in case something in between does.
+        let message = self.redact(&message, access);
+        if answer.status >= 500 {
+            tracing::error!(status = answer.status, code_name = %code_name, message = %message, "bcs-api failed the report");
+            self.metrics.failure(Failure::ServerError);
+            return Outcome::Retry;
+        }
+        tracing::error!(
+            status = answer.status,
+            code_name = %code_name,
+            message = %message,
+            cluster = %self.settings.cluster_id,
+            "bcs-api refused the report; retrying at the next period"
+        );
+        self.metrics.failure(Failure::Rejected);
+        Outcome::Refused
+    }
+
+    fn redact(&self, text: &str, access: &kube::Access) -> String {
+        let mut text = text.to_owned();
+        for secret in [self.settings.register_token.expose(), access.token.expose()] {
+            if !secret.is_empty() {
+                text = text.replace(secret, "***");
+            }
+        }
+        text
+    }
+}
+
+/// `code_name` and `message` of bcs-api's error body (`{"code_name", "message"}`), or the first
+/// characters of anything else.
+fn error_body(body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => (
+            v["code_name"].as_str().unwrap_or_default().to_owned(),
+            v["message"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()),
+        ),
+        Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_is_capped_by_thirty_seconds_or_the_period() {
+        assert_eq!(backoff_cap(Duration::from_secs(60)), Duration::from_secs(30));
+        assert_eq!(backoff_cap(Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(backoff_cap(Duration::from_millis(10)), FIRST_RETRY);
+    }
+
+    #[test]
+    fn error_bodies_give_code_and_message() {
+        assert_eq!(
+            error_body(br#"{"code_name":"UNAUTHORIZED","message":"errcode: 1405059, bad"}"#),
+            ("UNAUTHORIZED".to_owned(), "errcode: 1405059, bad".to_owned())
+        );
+        assert_eq!(error_body(b"<html>"), (String::new(), "<html>".to_owned()));
+    }
+}
