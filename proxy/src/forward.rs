@@ -208,7 +208,7 @@ async fn send<C: AsyncReadRent>(
     let mut retried = false;
     for address in destination.addresses() {
         let key = destination.pool_key(address);
-        let request_head = destination.head(head, target, address, client_ip).map_err(|e| (e, false))?;
+        let mut request_head = destination.head(head, target, address, client_ip).map_err(|e| (e, false))?;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -225,7 +225,8 @@ async fn send<C: AsyncReadRent>(
                 },
             };
             tracing::debug!(address = %address.authority(), reused, attempt = attempts, "sending upstream");
-            let (written, _) = conn.write_all(request_head.clone()).await;
+            let (written, head_back) = conn.write_all(request_head).await;
+            request_head = head_back;
             let body_result = match written {
                 Ok(_) => send_body(client, inbuf, head.framing, &mut conn).await,
                 Err(e) => Err(BodyError::Upstream(e.to_string())),
@@ -404,7 +405,7 @@ async fn relay_response<C: AsyncWriteRent>(
         Framing::Length(n) => n,
         _ => 0,
     };
-    let mut data = Vec::with_capacity(BUFFER);
+    let mut data = Vec::new();
     let mut clean = false;
     loop {
         // Turn what arrived into what the client gets.
@@ -415,9 +416,15 @@ async fn relay_response<C: AsyncWriteRent>(
             }
             Framing::Length(_) => {
                 let take = (left as usize).min(buf.len());
-                out.extend_from_slice(&buf[..take]);
                 left -= take as u64;
                 clean = left == 0 && buf.len() == take;
+                if out.is_empty() {
+                    // Nothing else to send first: write the read buffer itself, no copy.
+                    std::mem::swap(&mut out, &mut buf);
+                    out.truncate(take);
+                } else {
+                    out.extend_from_slice(&buf[..take]);
+                }
                 buf.clear();
             }
             Framing::Chunked => {
