@@ -175,3 +175,27 @@ fn is_leader(g: &Gateway) -> bool {
     .unwrap();
     body["leader"] == true
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mysql_down_rest_is_503_and_the_proxy_keeps_serving() {
+    let zk = ZooKeeper::start();
+    let db = bcs_testkit::mysql::MysqlDatabase::fresh("bcs_gw_down");
+    let forwarder = bcs_testkit::forward::Forwarder::start(db.server_address()).await;
+    let _driver = FakeMesosDriver::start(&zk.address(), CLUSTER).await;
+    let gw = gateway(&zk, &db.go_dsn_via("127.0.0.1", forwarder.port()), "mysqlDownAdminToken0123456789abc").await;
+    gw.until_status(200, Duration::from_secs(20)).await;
+
+    forwarder.cut();
+    let rest =
+        gw.admin.call(Method::POST, "/rest/users/", gw.admin.admin(), Some(json!({"user_name": "during"}))).await;
+    assert_eq!(rest.0, 503, "{}", rest.1);
+    assert_eq!(gw.admin.call(Method::GET, "/healthz", None, None).await.0, 503);
+    for _ in 0..10 {
+        assert_eq!(
+            gw.mesos("/apps", Some(&gw.user_token), Some(CLUSTER)).await.0,
+            200,
+            "the proxy serves without MySQL"
+        );
+    }
+    forwarder.restore();
+}

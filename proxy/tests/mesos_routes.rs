@@ -158,3 +158,93 @@ async fn without_allowed_hosts_the_webconsole_is_refused() {
     assert_eq!(s.proxy.send(&console_get("?host_ip=127.0.0.1", Some(USER_TOKEN))).await.status, 403);
     assert_eq!(console.connections(), 0);
 }
+
+/// An https mesos-driver requiring a client certificate from `client_ca`: answers 200 with
+/// whether the peer presented one. Returns its port and a handle to stop it.
+async fn tls_driver(
+    server: &bcs_testkit::apiserver::CertPair,
+    client_ca: &bcs_testkit::apiserver::CertPair,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(client_ca.ca_der.clone())).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(server.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key_der.clone())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let body = format!("{{\"client_cert\":{client_cert}}}");
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_drivers_get_the_client_certificate_and_are_verified_against_ca_file() {
+    use bcs_testkit::apiserver::CertPair;
+    let driver_certs = CertPair::generate_for("mesos-ca", &["127.0.0.1"]);
+    let client_certs = CertPair::generate_for("bcs-client-ca", &["bcs-api"]);
+    let impostor_certs = CertPair::generate_for("other-ca", &["127.0.0.1"]);
+    let (port, _driver) = tls_driver(&driver_certs, &client_certs).await;
+    let (impostor_port, _impostor) = tls_driver(&impostor_certs, &client_certs).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &driver_certs.ca_pem).unwrap();
+    std::fs::write(dir.path().join("client.pem"), &client_certs.cert_pem).unwrap();
+    std::fs::write(dir.path().join("client.key"), &client_certs.key_pem).unwrap();
+    let cert_config =
+        "  ca_file: ./ca.pem\n  client_cert_file: ./client.pem\n  client_key_file: ./client.key\n".to_owned();
+    let mut proxy =
+        Proxy::spawn(dir.path(), &ProxyOptions { cert_config: Some(cert_config), ..ProxyOptions::default() });
+    let mut snap = snapshot(1, "http://127.0.0.1:1", "");
+    snap.mesos = vec![
+        MesosDrivers {
+            cluster_id: MESOS.into(),
+            drivers: vec![MesosDriver { scheme: "https".into(), ip: "127.0.0.1".into(), port }],
+        },
+        MesosDrivers {
+            cluster_id: "BCS-MESOS-IMPOSTOR".into(),
+            drivers: vec![MesosDriver { scheme: "https".into(), ip: "127.0.0.1".into(), port: impostor_port }],
+        },
+    ];
+    let _admin = FakeAdmin::start(&proxy.socket(), snap).await;
+    proxy.wait_ready().await;
+
+    let r = proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["client_cert"], true, "the driver saw the gateway's client certificate");
+    let r = proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some("BCS-MESOS-IMPOSTOR"), "")).await;
+    assert_eq!(r.status, 502, "a driver whose certificate ca_file does not vouch for is refused: {}", r.text());
+}
