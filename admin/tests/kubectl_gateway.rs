@@ -39,20 +39,6 @@ fn proxy_binary() -> std::path::PathBuf {
     path
 }
 
-fn write_gateway_config(dir: &Path, admin_port: u16, insecure_port: u16, tls_port: u16, metric_port: u16) {
-    let yaml = format!(
-        "service_config:\n  address: 127.0.0.1\n  port: {tls_port}\n  insecure_address: 127.0.0.1\n  insecure_port: {insecure_port}\n\
-         metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n\
-         cert_config:\n  server_cert_file: ./gateway.crt\n  server_key_file: ./gateway.key\n\
-         log_config:\n  logtostderr: true\n  v: 1\n\
-         bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [\"\"]\n\
-         rbac:\n  turn_on_rbac: true\n\
-         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  snapshot_socket: ./run/bcs-api.sock\n  spawn_proxy: true\n\
-         proxy_config:\n  cores: 1\nstorage:\n  data_dir: ./data\n"
-    );
-    std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
-}
-
 /// Registers a cluster reporting `fake` as its apiserver; returns its client_credentials.
 async fn register(admin: &Admin, user_token: &str, id: &str, fake: &FakeApiserver) -> serde_json::Value {
     let cluster = admin
@@ -85,7 +71,7 @@ async fn gateway(options: FakeOptions) -> Gateway {
     std::fs::write(dir.path().join("gateway.key"), &certs.key_pem).unwrap();
     let ports: Vec<u16> = (0..4).map(|_| bcs_testkit::free_port()).collect();
     let (admin_port, insecure_port, tls_port, metric_port) = (ports[0], ports[1], ports[2], ports[3]);
-    write_gateway_config(dir.path(), admin_port, insecure_port, tls_port, metric_port);
+    common::write_gateway_config(dir.path(), [admin_port, insecure_port, tls_port, metric_port], "", "");
     let admin = Admin::start_existing(dir.path(), admin_port, insecure_port, String::new()).await;
 
     let fake = FakeApiserver::start(options).await;

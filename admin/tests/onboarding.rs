@@ -66,21 +66,6 @@ impl Tls {
     }
 }
 
-fn write_gateway_config(dir: &Path, ports: &[u16; 4]) {
-    let [admin_port, insecure_port, tls_port, metric_port] = ports;
-    let yaml = format!(
-        "service_config:\n  address: 127.0.0.1\n  port: {tls_port}\n  insecure_address: 127.0.0.1\n  insecure_port: {insecure_port}\n\
-         metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n\
-         cert_config:\n  server_cert_file: ./gateway.crt\n  server_key_file: ./gateway.key\n\
-         log_config:\n  logtostderr: true\n  v: 1\n\
-         bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [\"\"]\n\
-         rbac:\n  turn_on_rbac: true\n\
-         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  snapshot_socket: ./run/bcs-api.sock\n  spawn_proxy: true\n\
-         proxy_config:\n  cores: 1\nstorage:\n  data_dir: ./data\n"
-    );
-    std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
-}
-
 /// What the rendered manifest says the agent runs with.
 struct Rendered {
     bke_address: String,
@@ -180,7 +165,7 @@ async fn a_cluster_onboarded_with_the_rendered_manifest_is_reachable_and_follows
     std::fs::write(dir.path().join("gateway.crt"), format!("{}{}", certs.cert_pem, certs.ca_pem)).unwrap();
     std::fs::write(dir.path().join("gateway.key"), &certs.key_pem).unwrap();
     let ports = [0; 4].map(|_| bcs_testkit::free_port());
-    write_gateway_config(dir.path(), &ports);
+    common::write_gateway_config(dir.path(), ports, "", "");
     let admin = Admin::start_existing(dir.path(), ports[0], ports[1], String::new()).await;
     let tls = Tls {
         base: url::Url::parse(&format!("https://127.0.0.1:{}/", ports[2])).unwrap(),

@@ -4,7 +4,6 @@
 //! subscription (the test kit's fake permission service).
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bcs_testkit::apiserver::kubectl::Kubectl;
@@ -26,21 +25,6 @@ struct Gateway {
     user_token: String,
 }
 
-fn write_config(dir: &Path, ports: &[u16], rbac: &str, extra: &str) {
-    let (admin_port, insecure_port, tls_port, metric_port) = (ports[0], ports[1], ports[2], ports[3]);
-    let yaml = format!(
-        "service_config:\n  address: 127.0.0.1\n  port: {tls_port}\n  insecure_address: 127.0.0.1\n  insecure_port: {insecure_port}\n\
-         metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n\
-         cert_config:\n  server_cert_file: ./gateway.crt\n  server_key_file: ./gateway.key\n\
-         log_config:\n  logtostderr: true\n  v: 1\n\
-         bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [\"\"]\n\
-         rbac:\n  turn_on_rbac: true\n{rbac}\
-         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  snapshot_socket: ./run/bcs-api.sock\n  spawn_proxy: true\n\
-         proxy_config:\n  cores: 1\nstorage:\n  data_dir: ./data\n{extra}"
-    );
-    std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
-}
-
 /// Starts bcs-api (and its proxy) with this `rbac` section body and extra sections, and
 /// creates the normal user `dev` (`plain:dev`, `Impersonate-User: plain.dev`) with a token.
 async fn gateway(rbac: &str, extra: &str) -> Gateway {
@@ -51,7 +35,7 @@ async fn gateway(rbac: &str, extra: &str) -> Gateway {
     std::fs::write(dir.path().join("gateway.crt"), format!("{}{}", certs.cert_pem, certs.ca_pem)).unwrap();
     std::fs::write(dir.path().join("gateway.key"), &certs.key_pem).unwrap();
     let ports: Vec<u16> = (0..4).map(|_| bcs_testkit::free_port()).collect();
-    write_config(dir.path(), &ports, rbac, extra);
+    common::write_gateway_config(dir.path(), [ports[0], ports[1], ports[2], ports[3]], rbac, extra);
     let admin = Admin::start_existing(dir.path(), ports[0], ports[1], String::new()).await;
     let user = admin.call(Method::POST, "/rest/users/", admin.admin(), Some(json!({"user_name": "dev"}))).await;
     assert_eq!(user.0, 200, "{}", user.1);

@@ -281,22 +281,11 @@ async fn send_body<C: AsyncReadRent>(
                 out.extend_from_slice(&inbuf[..take]);
                 inbuf.drain(..take);
                 left -= take as u64;
-                if !out.is_empty() {
-                    let (r, o) = write_all(conn, out).await;
-                    out = o;
-                    r.map_err(|e| BodyError::Upstream(e.to_string()))?;
-                }
+                out = send_upstream(conn, out).await?;
                 if left == 0 {
                     return Ok(());
                 }
-                let (r, b) = read_more(client, std::mem::take(inbuf)).await;
-                *inbuf = b;
-                match r {
-                    Ok(0) | Err(_) => {
-                        return Err(BodyError::Client(ProxyError::BadRequest("the request body ended early".into())))
-                    }
-                    Ok(_) => {}
-                }
+                more_body(client, inbuf).await?;
             }
         }
         Framing::Chunked => {
@@ -313,25 +302,34 @@ async fn send_body<C: AsyncReadRent>(
                 if decoder.is_done() {
                     out.extend_from_slice(LAST_CHUNK);
                 }
-                if !out.is_empty() {
-                    let (r, o) = write_all(conn, out).await;
-                    out = o;
-                    r.map_err(|e| BodyError::Upstream(e.to_string()))?;
-                }
+                out = send_upstream(conn, out).await?;
                 if decoder.is_done() {
                     return Ok(());
                 }
-                let (r, b) = read_more(client, std::mem::take(inbuf)).await;
-                *inbuf = b;
-                match r {
-                    Ok(0) | Err(_) => {
-                        return Err(BodyError::Client(ProxyError::BadRequest("the request body ended early".into())))
-                    }
-                    Ok(_) => {}
-                }
+                more_body(client, inbuf).await?;
             }
         }
     }
+}
+
+/// Reads more of the request body from the client onto `inbuf`.
+async fn more_body<C: AsyncReadRent>(client: &mut C, inbuf: &mut Vec<u8>) -> Result<(), BodyError> {
+    let (r, b) = read_more(client, std::mem::take(inbuf)).await;
+    *inbuf = b;
+    match r {
+        Ok(n) if n > 0 => Ok(()),
+        _ => Err(BodyError::Client(ProxyError::BadRequest("the request body ended early".into()))),
+    }
+}
+
+/// Writes `out` (if anything) to the upstream and gives the cleared buffer back.
+async fn send_upstream(conn: &mut Conn, out: Vec<u8>) -> Result<Vec<u8>, BodyError> {
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (r, out) = write_all(conn, out).await;
+    r.map_err(|e| BodyError::Upstream(e.to_string()))?;
+    Ok(out)
 }
 
 /// Reads until a whole response head (skipping 100 Continue and other 1xx but 101).

@@ -33,20 +33,7 @@ pub async fn create(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
-    let cluster = load(&app, &id).await?;
-    require_creator_or_super(&caller, &cluster)?;
-    let value = random_token(REGISTER_TOKEN_LEN);
-    let sealed = app.sealer.seal(&register_token_purpose(&cluster.id), &value);
-    let token = app.store.create_register_token(&cluster.id, sealed, crate::now()).await.map_err(|e| match e {
-        StoreError::Conflict(_) => ApiError::conflict(
-            "RTOKEN_ALREADY_EXISTS",
-            format_args!("cluster {} already has a register token", cluster.id),
-        ),
-        e => e.into(),
-    })?;
-    record_digest(&app, &cluster.id, &value).await;
-    tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created register token");
-    Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
+    issue(app, caller, id, false).await
 }
 
 /// `POST .../register_tokens/rotate`: replaces the token; the old one stops working at once.
@@ -55,13 +42,33 @@ pub async fn rotate(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
+    issue(app, caller, id, true).await
+}
+
+/// A new random token for the cluster, stored sealed: the first one, or one replacing it.
+async fn issue(
+    app: AppState,
+    caller: Caller,
+    id: String,
+    rotate: bool,
+) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
     let value = random_token(REGISTER_TOKEN_LEN);
     let sealed = app.sealer.seal(&register_token_purpose(&cluster.id), &value);
-    let token = app.store.rotate_register_token(&cluster.id, sealed, crate::now()).await?;
+    let token = if rotate {
+        app.store.rotate_register_token(&cluster.id, sealed, crate::now()).await?
+    } else {
+        app.store.create_register_token(&cluster.id, sealed, crate::now()).await.map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::conflict(
+                "RTOKEN_ALREADY_EXISTS",
+                format_args!("cluster {} already has a register token", cluster.id),
+            ),
+            e => e.into(),
+        })?
+    };
     record_digest(&app, &cluster.id, &value).await;
-    tracing::info!(cluster = %cluster.id, by = %caller.user.name, "rotated register token");
+    tracing::info!(cluster = %cluster.id, by = %caller.user.name, rotate, "issued a register token");
     Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
 }
 

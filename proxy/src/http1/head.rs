@@ -19,6 +19,11 @@ impl Header {
         self.name.eq_ignore_ascii_case(name)
     }
 
+    /// `Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`, in any case.
+    pub fn is_impersonation(&self) -> bool {
+        self.name.len() >= 12 && self.name.as_bytes()[..12].eq_ignore_ascii_case(b"impersonate-")
+    }
+
     pub fn value_str(&self) -> &str {
         std::str::from_utf8(&self.value).unwrap_or("")
     }

@@ -103,6 +103,42 @@ fn upgrade_headers(out: &mut Vec<u8>, protocol: Option<&str>) -> Result<(), Prox
     Ok(())
 }
 
+/// The start line, `Host`, then every client header that is not removed (hop-by-hop, named in
+/// `Connection`, or listed in `removed`), each written by `forward` (which may rewrite or drop it).
+fn begin(
+    head: &RequestHead,
+    target: &str,
+    host: &str,
+    removed: &[&str],
+    forward: impl Fn(&mut Vec<u8>, &Header) -> Result<(), ProxyError>,
+) -> Result<Vec<u8>, ProxyError> {
+    let named = tokens(&head.headers, "connection");
+    let mut out = start(&head.method, target)?;
+    header(&mut out, "Host", host.as_bytes())?;
+    for h in head.headers.iter().filter(|h| !is_removed(h, &named, removed)) {
+        forward(&mut out, h)?;
+    }
+    Ok(out)
+}
+
+/// The gateway's own last headers (after the client's, so none can be stripped): the
+/// forwarding chain, our framing, the upgrade, then the blank line.
+fn finish(
+    mut out: Vec<u8>,
+    head: &RequestHead,
+    client: IpAddr,
+    body: BodyFraming,
+    upgrade: bool,
+) -> Result<Vec<u8>, ProxyError> {
+    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
+    framing(&mut out, body)?;
+    if upgrade {
+        upgrade_headers(&mut out, head.upgrade.as_deref())?;
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
 /// The request to a cluster's apiserver at `host` (its `host:port`).
 pub fn to_cluster(
     head: &RequestHead,
@@ -112,34 +148,24 @@ pub fn to_cluster(
     client: IpAddr,
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named = tokens(&head.headers, "connection");
-    let mut out = start(&head.method, target)?;
-    header(&mut out, "Host", host.as_bytes())?;
-    for h in &head.headers {
-        if is_removed(h, &named, NOT_TO_CLUSTERS) {
-            continue;
+    let mut out = begin(head, target, host, NOT_TO_CLUSTERS, |out, h| {
+        if !h.is("sec-websocket-protocol") {
+            return header(out, &h.name, &h.value);
         }
-        if h.is("sec-websocket-protocol") {
-            let kept: Vec<&str> =
-                h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
-            if !kept.is_empty() {
-                header(&mut out, &h.name, kept.join(", ").as_bytes())?;
-            }
-            continue;
+        let kept: Vec<&str> =
+            h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
+        if kept.is_empty() {
+            return Ok(());
         }
-        header(&mut out, &h.name, &h.value)?;
-    }
+        header(out, &h.name, kept.join(", ").as_bytes())
+    })?;
     let mut bearer = b"Bearer ".to_vec();
     bearer.extend_from_slice(identity.token.expose().as_bytes());
     header(&mut out, "Authorization", &bearer)?;
     if let Some(user) = identity.impersonate {
         header(&mut out, "Impersonate-User", user.as_bytes())?;
     }
-    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
-    framing(&mut out, body)?;
-    upgrade_headers(&mut out, head.upgrade.as_deref())?;
-    out.extend_from_slice(b"\r\n");
-    Ok(out)
+    finish(out, head, client, body, true)
 }
 
 /// Never forwarded to a mesos-driver or a console proxy: the caller's credentials, any
@@ -154,37 +180,19 @@ pub fn to_driver(
     client: IpAddr,
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named = tokens(&head.headers, "connection");
-    let mut out = start(&head.method, target)?;
-    header(&mut out, "Host", host.as_bytes())?;
-    for h in &head.headers {
-        let impersonation = h.name.len() >= 12 && h.name[..12].eq_ignore_ascii_case("impersonate-");
-        if impersonation || is_removed(h, &named, NOT_TO_DRIVERS) {
-            continue;
+    let out = begin(head, target, host, NOT_TO_DRIVERS, |out, h| {
+        if h.is_impersonation() {
+            return Ok(());
         }
-        header(&mut out, &h.name, &h.value)?;
-    }
-    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
-    framing(&mut out, body)?;
-    upgrade_headers(&mut out, head.upgrade.as_deref())?;
-    out.extend_from_slice(b"\r\n");
-    Ok(out)
+        header(out, &h.name, &h.value)
+    })?;
+    finish(out, head, client, body, true)
 }
 
 /// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
 pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
-    let named = tokens(&head.headers, "connection");
-    let mut out = start(&head.method, &head.target)?;
-    header(&mut out, "Host", host.as_bytes())?;
-    for h in &head.headers {
-        if !is_removed(h, &named, NOT_TO_ADMIN) {
-            header(&mut out, &h.name, &h.value)?;
-        }
-    }
-    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
-    framing(&mut out, body)?;
-    out.extend_from_slice(b"\r\n");
-    Ok(out)
+    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| header(out, &h.name, &h.value))?;
+    finish(out, head, client, body, false)
 }
 
 /// The response head to the client. `upgrade`: the 101 of an upgrade the client asked for.
