@@ -31,6 +31,11 @@ use crate::upstream::{self, PoolKey};
 /// How long an upstream may take to start answering.
 pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How much of a Content-Length body may be held to make one larger write, and the read size
+/// that counts as "more is flowing" (a TLS record is 16 KiB; a read of half that or more).
+const GATHER: usize = 48 * 1024;
+const FULL_READ: usize = 8 * 1024;
+
 /// Where the request goes.
 pub enum Destination {
     Cluster {
@@ -405,6 +410,7 @@ async fn relay_response<C: AsyncWriteRent>(
     };
     let mut data = Vec::new();
     let mut clean = false;
+    let mut last_read = 0usize;
     loop {
         // Turn what arrived into what the client gets.
         match response.framing {
@@ -451,7 +457,12 @@ async fn relay_response<C: AsyncWriteRent>(
             Framing::Chunked => decoder.is_done(),
             Framing::UntilClose => false,
         };
-        if !out.is_empty() {
+        // A Content-Length body still arriving in full reads is gathered into fewer, larger
+        // writes (at most GATHER bytes held); streams (chunked, until close) are written as
+        // they arrive, so a watch event is never held back.
+        let gather =
+            !finished && matches!(response.framing, Framing::Length(_)) && out.len() < GATHER && last_read >= FULL_READ;
+        if !out.is_empty() && !gather {
             let (r, o) = write_all(client, out).await;
             out = o;
             r.map_err(|_| ())?;
@@ -481,7 +492,7 @@ async fn relay_response<C: AsyncWriteRent>(
                 return if close { Err(()) } else { Ok(()) };
             }
             Ok(0) | Err(_) => return Err(()),
-            Ok(_) => {}
+            Ok(n) => last_read = n,
         }
     }
     if clean && !response.close {

@@ -195,6 +195,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         metrics,
         settings: Arc::new(settings),
         max_connections_per_core,
+        epoll: non_empty(&config.proxy_config.io_driver) == Some("epoll"),
     }
     .start()?;
     let signal = wait_for_termination();

@@ -40,6 +40,8 @@ struct Idle {
 
 thread_local! {
     static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
+    /// The credential version last seen per owner: a new one purges the owner's older sockets.
+    static VERSIONS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
     static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::new());
     static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
 }
@@ -47,9 +49,25 @@ thread_local! {
 /// An idle pooled connection for `key`, if a fresh one is there. Connections of the same owner
 /// with another credential version are closed on the way.
 pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
+    let changed = VERSIONS.with(|v| {
+        let mut v = v.borrow_mut();
+        match v.get_mut(&key.owner) {
+            Some(version) if *version == key.version => false,
+            Some(version) => {
+                *version = key.version;
+                true
+            }
+            None => {
+                v.insert(key.owner.clone(), key.version);
+                false
+            }
+        }
+    });
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
+        if changed {
+            pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
+        }
         let idle = pool.get_mut(key)?;
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < POOL_IDLE {
@@ -65,10 +83,21 @@ pub fn put_pooled(key: PoolKey, conn: Conn) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.entry(key).or_default();
-        idle.retain(|e| e.since.elapsed() < POOL_IDLE);
         if idle.len() < POOL_MAX_PER_KEY {
             idle.push(Idle { conn, since: Instant::now() });
         }
+    })
+}
+
+/// Closes pooled connections idle for longer than [`POOL_IDLE`] (the housekeeping tick calls
+/// it every second, so the request path never scans the pool).
+pub fn expire_idle() {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        for idle in pool.values_mut() {
+            idle.retain(|e| e.since.elapsed() < POOL_IDLE);
+        }
+        pool.retain(|_, idle| !idle.is_empty());
     })
 }
 

@@ -268,3 +268,18 @@ async fn sigterm_stops_the_proxy_cleanly() {
     assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(10)), Some(0), "exit status 0 after SIGTERM");
     assert!(s.proxy.process.stderr().contains("shutting down"), "{}", s.proxy.process.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_off_and_the_epoll_driver_are_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let options = ProxyOptions { access_log: false, io_driver: "epoll", ..ProxyOptions::default() };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    assert!(proxy
+        .process
+        .wait_stderr(&["epoll (proxy_config.io_driver)", "routed to a cluster"], Duration::from_secs(5)));
+    assert!(!proxy.process.stderr().contains("bcs_proxy::access"), "no access-log line: {}", proxy.process.stderr());
+}

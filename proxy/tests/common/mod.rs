@@ -386,6 +386,9 @@ pub struct ProxyOptions {
     /// `consoleproxy_port` and `proxy_config.webconsole_allowed_hosts`.
     pub console_port: u16,
     pub console_allowed: Vec<String>,
+    /// `log_config.access_log` and `proxy_config.io_driver`.
+    pub access_log: bool,
+    pub io_driver: &'static str,
 }
 
 impl Default for ProxyOptions {
@@ -397,6 +400,8 @@ impl Default for ProxyOptions {
             max_connections: 1000,
             console_port: 8083,
             console_allowed: vec![],
+            access_log: true,
+            io_driver: "auto",
         }
     }
 }
@@ -415,10 +420,16 @@ impl Proxy {
         let yaml = format!(
             "service_config:\n  address: 127.0.0.1\n  port: {tls_port}\n  insecure_address: 127.0.0.1\n  insecure_port: {plain_port}\n\
              metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n{cert}\
-             log_config:\n  logtostderr: true\n  v: 9\n\
+             log_config:\n  logtostderr: true\n  v: 9\n  access_log: {}\n\
              admin_config:\n  address: 127.0.0.1\n  port: {}\n  snapshot_socket: ./run/bcs-api.sock\n\
-             proxy_config:\n  cores: {}\n  max_connections: {}\n  webconsole_allowed_hosts: {:?}\nconsoleproxy_port: {}\nstorage:\n  data_dir: ./data\n",
-            options.admin_port, options.cores, options.max_connections, options.console_allowed, options.console_port
+             proxy_config:\n  cores: {}\n  max_connections: {}\n  io_driver: {}\n  webconsole_allowed_hosts: {:?}\nconsoleproxy_port: {}\nstorage:\n  data_dir: ./data\n",
+            options.access_log,
+            options.admin_port,
+            options.cores,
+            options.max_connections,
+            options.io_driver,
+            options.console_allowed,
+            options.console_port
         );
         std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
         let process = Process::spawn(&binary(), &["--config=bcs-api.yaml"], dir, "bcs-api-proxy");
