@@ -20,6 +20,8 @@ pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> 
         1 | 2 => "info,bcs_admin=debug,bcs_proxy=debug,bcs_shared=debug",
         _ => "debug,bcs_admin=trace,bcs_proxy=trace,bcs_shared=trace",
     };
+    let filter =
+        if log.access_log.unwrap_or(true) { filter.to_owned() } else { format!("{filter},bcs_proxy::access=off") };
     let filter = EnvFilter::try_from_env("BCS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
     let json = format_override.or(non_empty(&log.log_format)) == Some("json");
 

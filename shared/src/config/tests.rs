@@ -84,6 +84,8 @@ fn invalid_values_are_named() {
     assert!(e.contains("admin_config.address"), "{e}");
     let e = error_of("edition: enterprise\n");
     assert!(e.contains("edition"), "{e}");
+    let e = error_of("proxy_config:\n  io_driver: kqueue\n");
+    assert!(e.contains("proxy_config.io_driver"), "{e}");
     let e = error_of("log_config:\n  log_format: xml\n");
     assert!(e.contains("log_config.log_format"), "{e}");
     let e = error_of("admin_config:\n  external_url: gateway:8443\n");
