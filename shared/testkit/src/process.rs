@@ -111,18 +111,25 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if it has not exited within 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            signal_and_reap(&mut child, "-TERM", Duration::from_secs(5));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// Sends `signal` (as `kill` spells it) and waits up to `patience` for the child to exit, then
+/// SIGKILLs it; the child is reaped either way.
+pub fn signal_and_reap(child: &mut Child, signal: &str, patience: Duration) {
+    let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Process {

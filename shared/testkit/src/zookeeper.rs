@@ -132,17 +132,9 @@ impl ZooKeeper {
     }
 
     fn signal(&mut self, signal: &str, patience: Duration) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
-        let deadline = Instant::now() + patience;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            crate::process::signal_and_reap(&mut child, signal, patience);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
