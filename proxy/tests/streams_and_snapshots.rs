@@ -291,3 +291,19 @@ async fn access_log_off_and_the_epoll_driver_are_settings() {
     );
     assert!(!proxy.process.stderr().contains("bcs_proxy::access"), "no access-log line: {}", proxy.process.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_token_closes_its_exec_tunnel() {
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+    let s = setup(Arc::new(move |_| Reply::SwitchAndEcho(switch.clone(), Duration::from_millis(0)))).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(upgrade_request("").as_bytes()).await.unwrap();
+    read_until(&mut stream, "101 Switching Protocols", Duration::from_secs(5)).await.expect("switched");
+    stream.write_all(b"still-open").await.unwrap();
+    read_until(&mut stream, "still-open", Duration::from_secs(5)).await.expect("echo through the tunnel");
+
+    let mut revoked = snapshot(2, &s.upstream.url(), "");
+    revoked.tokens.retain(|t| t.user_id != 2);
+    s.admin.as_ref().unwrap().publish(revoked);
+    assert!(closed(&mut stream, Duration::from_secs(5)).await, "the revoked token's exec tunnel is closed within 5 s");
+}
