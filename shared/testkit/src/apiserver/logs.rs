@@ -1,6 +1,5 @@
 //! Pod logs: the configured lines, then (with `follow=true`) one line per interval for as long
 //! as the client stays, the test closes streams, or 10 minutes pass.
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,17 +35,8 @@ pub fn start(state: &Arc<State>, pod: &str, follow: bool) -> Body {
                 _ = tx.closed() => return,
                 _ = &mut deadline => return,
                 c = control.changed() => {
-                    if c.is_err() {
+                    if StreamControl::ends_stream(c, &control, &tx, "log stream").await {
                         return;
-                    }
-                    let now = *control.borrow();
-                    match now {
-                        StreamControl::Abort(_) => {
-                            let _ = tx.send(Err(io::Error::other("log stream aborted by the test"))).await;
-                            return;
-                        }
-                        StreamControl::Close(_) => return,
-                        StreamControl::Open => {}
                     }
                 }
             }

@@ -103,6 +103,31 @@ pub(crate) enum StreamControl {
     Abort(u64),
 }
 
+impl StreamControl {
+    /// What a streaming response does when the control changed (`changed` is the result of
+    /// `Receiver::changed`): true when it must end, after sending the abort error to `tx` if the
+    /// test asked for an abort. `what` names the stream in that error.
+    pub(crate) async fn ends_stream(
+        changed: Result<(), tokio::sync::watch::error::RecvError>,
+        control: &tokio::sync::watch::Receiver<StreamControl>,
+        tx: &body::Chunks,
+        what: &str,
+    ) -> bool {
+        if changed.is_err() {
+            return true;
+        }
+        let now = *control.borrow();
+        match now {
+            StreamControl::Abort(_) => {
+                let _ = tx.send(Err(std::io::Error::other(format!("{what} aborted by the test")))).await;
+                true
+            }
+            StreamControl::Close(_) => true,
+            StreamControl::Open => false,
+        }
+    }
+}
+
 pub(crate) struct State {
     pub options: FakeOptions,
     pub address: SocketAddr,

@@ -1,7 +1,6 @@
 //! Watch streams: newline-delimited `{"type": ..., "object": ...}` events in a chunked body,
 //! each flushed at once, open until the client goes, the test closes or aborts streams, or the
 //! request's `timeoutSeconds` (at most 30 minutes) passes.
-use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,17 +85,8 @@ pub fn start(state: &Arc<State>, spec: WatchSpec) -> Body {
                 _ = tx.closed() => return,
                 _ = &mut deadline => return,
                 c = control.changed() => {
-                    if c.is_err() {
+                    if StreamControl::ends_stream(c, &control, &tx, "watch").await {
                         return;
-                    }
-                    let now = *control.borrow();
-                    match now {
-                        StreamControl::Abort(_) => {
-                            let _ = tx.send(Err(io::Error::other("watch aborted by the test"))).await;
-                            return;
-                        }
-                        StreamControl::Close(_) => return,
-                        StreamControl::Open => {}
                     }
                 }
             }
