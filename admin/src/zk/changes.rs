@@ -4,17 +4,21 @@
 //! from the store (the data itself always comes from MySQL). The node's data names the
 //! writer, for people reading it with zkCli only.
 //!
-//! No notice is lost between a watch firing and the next one being set: the version read with
-//! each new watch is compared with the last one seen, and a write of ours that did not move
-//! the version by exactly one means someone else wrote too.
+//! No notice is lost:
+//! - between a watch firing and the next one being set: the version read with each new watch is
+//!   compared with the last one seen, and a write of ours that did not move the version by
+//!   exactly one means someone else wrote too;
+//! - before this session's first watch was set (at start, or while ZooKeeper was away): the
+//!   store is read again once that watch is in place, so a write either fires it or is read;
+//! - of our own writes made while no session was up: `local` lives across sessions and is
+//!   created marked, so they are announced as soon as a session is.
 use super::client::{Error, Session};
 use super::{retrying, CHANGES};
 use crate::snapshot::Publisher;
+use tokio::sync::watch;
 
-/// Returns only when the session ended.
-pub async fn run(session: &Session, publisher: &Publisher) {
-    let mut local = publisher.local_writes();
-    local.borrow_and_update();
+/// Returns only when the session ended. `local` comes from [`Publisher::local_writes`].
+pub async fn run(session: &Session, publisher: &Publisher, local: &mut watch::Receiver<u64>) {
     let me = format!("pid {} session {:#x}", std::process::id(), session.id());
     let mut written = 0u64;
     let mut seen: Option<i32> = None;
@@ -30,7 +34,8 @@ pub async fn run(session: &Session, publisher: &Publisher) {
         })
         .await;
         let Ok((version, watch)) = watched else { return };
-        if seen.is_some_and(|seen| seen != version) {
+        // The first watch of the session: whatever was written before it was set, read now.
+        if seen.is_none_or(|seen| seen != version) {
             publisher.changed_elsewhere();
         }
         seen = Some(version);

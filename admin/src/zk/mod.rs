@@ -191,6 +191,9 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let mut backoff = Duration::from_millis(200);
+    // Our writes still to announce; marked so the first session announces the ones made before it.
+    let mut local = publisher.local_writes();
+    local.mark_changed();
     loop {
         status.set_state("connecting");
         let connected = tokio::select! {
@@ -223,14 +226,12 @@ pub async fn run(
             s.last_error.clear();
         });
         leadership.set_connected(true);
-        // Changes made elsewhere while this instance had no session: read the store again.
-        publisher.changed_elsewhere();
         let ended = tokio::select! {
             _ = follow_state(&session, &status, &leadership) => "the session ended",
             _ = discovery::run(&session, &publisher, &status) => "discovery stopped",
             _ = registration::run(&session, &settings.me, &status) => "registration stopped",
             _ = leader::run(&session, &leadership) => "the leader task stopped",
-            _ = changes::run(&session, &publisher) => "change notices stopped",
+            _ = changes::run(&session, &publisher, &mut local) => "change notices stopped",
             _ = shutdown.wait() => "",
         };
         leadership.set_holding(false);
