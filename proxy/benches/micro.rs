@@ -5,9 +5,8 @@ use std::hint::black_box;
 use bcs_proxy::http1::head::parse_request;
 use bcs_proxy::route::route;
 use bcs_proxy::tables::{digest, Tables};
-use bcs_shared::secret::{digest_hex, Secret};
+use bcs_shared::snapshot::synthetic::{cluster_identifier, snapshot};
 use bcs_shared::snapshot::wire::{encode, Decoder, Message};
-use bcs_shared::snapshot::{Cluster, Credentials, Snapshot, Token, User};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 const KUBECTL_GET: &[u8] = b"GET /tunnels/clusters/bcs-k8s-001-abcdefgh-0123456789abcdef/api/v1/namespaces/default/pods?limit=500 HTTP/1.1\r\n\
@@ -15,38 +14,6 @@ Host: gateway.example:8443\r\nUser-Agent: kubectl/v1.33.1 (linux/amd64) kubernet
 Accept: application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json\r\n\
 Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345\r\nKubectl-Command: kubectl get\r\n\
 Kubectl-Session: 2b1c3b7e-0d0b-4b0e-9e6a-3c1b3a9f0c11\r\nAccept-Encoding: gzip\r\n\r\n";
-
-fn snapshot(clusters: usize, tokens: usize) -> Snapshot {
-    let users: Vec<User> =
-        (0..1000).map(|i| User { id: i, name: format!("plain:user{i}"), is_super_user: false }).collect();
-    Snapshot {
-        revision: 1,
-        generated_at: 0,
-        turn_on_rbac: true,
-        tokens: (0..tokens)
-            .map(|i| Token {
-                digest: digest_hex(&format!("token-{i}")),
-                user_id: (i % 1000) as i64,
-                expires_at: i64::MAX,
-            })
-            .collect(),
-        users,
-        clusters: (0..clusters)
-            .map(|i| Cluster {
-                id: format!("bcs-k8s-{i:05}-AbCdEfGh"),
-                identifier: format!("bcs-k8s-{i:05}-abcdefgh-0123456789abcdef"),
-                cluster_type: "k8s".into(),
-                credentials: Some(Credentials {
-                    addresses: vec![format!("https://10.0.{}.{}:6443", i / 250, i % 250)],
-                    ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".repeat(2),
-                    token: Secret::new(format!("cluster-token-{i}")),
-                    version: 1,
-                }),
-            })
-            .collect(),
-        mesos: vec![],
-    }
-}
 
 fn heads(c: &mut Criterion) {
     c.bench_function("parse kubectl GET head", |b| b.iter(|| parse_request(black_box(KUBECTL_GET)).unwrap().unwrap()));
@@ -56,7 +23,7 @@ fn routes(c: &mut Criterion) {
     let mut group = c.benchmark_group("route + cluster lookup");
     for n in [10, 1_000, 10_000] {
         let tables = Tables::compile(&snapshot(n, 10));
-        let target = format!("/tunnels/clusters/bcs-k8s-{:05}-abcdefgh-0123456789abcdef/api/v1/pods?watch=1", n / 2);
+        let target = format!("/tunnels/clusters/{}/api/v1/pods?watch=1", cluster_identifier(n / 2));
         group.bench_with_input(BenchmarkId::from_parameter(n), &target, |b, target| {
             b.iter(|| match route(black_box(target)).unwrap() {
                 bcs_proxy::route::Route::Kubernetes { identifier, .. } => tables.cluster(identifier).is_some(),

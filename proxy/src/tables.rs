@@ -52,10 +52,41 @@ pub struct Tables {
     pub generated_at: i64,
     pub turn_on_rbac: bool,
     pub installed_at: Instant,
-    tokens: HashMap<[u8; 32], TokenEntry>,
+    tokens: HashMap<[u8; 32], TokenEntry, DigestKeyed>,
     clusters: HashMap<String, Arc<ClusterEntry>>,
     /// Live mesos-drivers by BCS cluster id.
     mesos: HashMap<String, Arc<Vec<Address>>>,
+}
+
+/// Hashes a token map key (a SHA-256 digest) by taking its first 8 bytes: the digest is already
+/// uniformly spread, so hashing it again (SipHash, per request and per token at compile) buys
+/// nothing. No flooding either: only admin puts keys in the map (digests of tokens it made at
+/// random), and a lookup's probe length depends on the map's keys, not on the key looked up.
+#[derive(Clone, Copy, Default)]
+pub struct DigestKeyed;
+
+impl std::hash::BuildHasher for DigestKeyed {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    /// A `[u8; 32]` hashes as its length, then its bytes: each write's first 8 bytes are
+    /// XORed in (a constant, then the digest's start).
+    fn write(&mut self, bytes: &[u8]) {
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(first);
+    }
 }
 
 /// SHA-256 of a presented token: the lookup key.
@@ -79,7 +110,7 @@ impl Tables {
                 (u.id, Arc::new(entry))
             })
             .collect();
-        let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
+        let mut tokens = HashMap::with_capacity_and_hasher(snapshot.tokens.len(), DigestKeyed);
         for t in &snapshot.tokens {
             let (Some(user), Ok(raw)) = (users.get(&t.user_id), hex_digest(&t.digest)) else { continue };
             tokens.insert(raw, TokenEntry { user: user.clone(), expires_at: t.expires_at });

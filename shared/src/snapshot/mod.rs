@@ -4,6 +4,7 @@
 //! User tokens travel only as SHA-256 digests: a proxy can check a bearer token but cannot
 //! produce one. Cluster tokens travel in clear (the proxy must send them upstream), on a unix
 //! socket of mode 0600; a proxy persists its snapshot sealed with the key file.
+pub mod synthetic;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -118,7 +119,7 @@ pub enum Invalid {
 impl Snapshot {
     /// Checks everything the proxy relies on, so a bad snapshot is refused whole.
     pub fn validate(&self) -> Result<(), Invalid> {
-        let mut users = HashSet::new();
+        let mut users = HashSet::with_capacity(self.users.len());
         for user in &self.users {
             if !users.insert(user.id) {
                 return Err(Invalid::DuplicateUser(user.id));
@@ -128,7 +129,7 @@ impl Snapshot {
                 return Err(Invalid::BadUserName(user.name.clone()));
             }
         }
-        let mut digests = HashSet::new();
+        let mut digests = HashSet::with_capacity(self.tokens.len());
         for token in &self.tokens {
             let hex = token.digest.len() == 64 && token.digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
             if !hex {
@@ -141,7 +142,7 @@ impl Snapshot {
                 return Err(Invalid::UnknownUser(token.user_id));
             }
         }
-        let mut identifiers = HashSet::new();
+        let mut identifiers = HashSet::with_capacity(self.clusters.len());
         for cluster in &self.clusters {
             let id = &cluster.identifier;
             let charset =
