@@ -36,7 +36,7 @@ pub fn authenticate(head: &RequestHead, tables: &Tables, now: i64) -> Result<Cal
 /// Client `Impersonate-*` headers: refused for normal users (403, nothing is forwarded);
 /// passed on for super users (`kubectl --as`), who are logged.
 pub fn check_impersonation(head: &RequestHead, caller: &Caller) -> Result<(), ProxyError> {
-    let asked: Vec<&str> = head.headers.iter().filter(|h| h.is_impersonation()).map(|h| h.name.as_str()).collect();
+    let asked: Vec<&str> = head.headers.iter().filter(|h| h.is_impersonation()).map(|h| h.name()).collect();
     if asked.is_empty() {
         return Ok(());
     }

@@ -14,11 +14,11 @@ pub fn request_head(data: &[u8]) {
         Ok(Some((head, used))) => {
             assert!(used <= data.len());
             assert!(data[..used].ends_with(b"\r\n\r\n"));
-            for h in &head.headers {
+            for h in head.headers.iter() {
                 assert!(
                     !h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
                     "control character in {}",
-                    h.name
+                    h.name()
                 );
             }
             if head.framing == Framing::Chunked {

@@ -8,24 +8,72 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields (431 past it).
 pub const MAX_HEADERS: usize = 100;
 
-#[derive(Debug, Clone)]
-pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+/// The header fields of a head: one copy of the head's bytes and where each field lies in
+/// it, so parsing a head allocates twice, not twice per field.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    raw: Vec<u8>,
+    spans: Vec<Span>,
 }
 
-impl Header {
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Fields {
+    /// The fields httparse found in `head` (which it parsed), as spans of a copy of `head`.
+    fn from_parsed(head: &[u8], parsed: &[httparse::Header<'_>]) -> Fields {
+        let base = head.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).saturating_sub(base) as u32;
+            (start, start + s.len() as u32)
+        };
+        let spans = parsed.iter().map(|h| Span { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
+        Fields { raw: head.to_vec(), spans }
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Header<'_>> + Clone + '_ {
+        self.spans.iter().map(|s| Header {
+            name: &self.raw[s.name.0 as usize..s.name.1 as usize],
+            value: &self.raw[s.value.0 as usize..s.value.1 as usize],
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// One header field, borrowed from its head's [`Fields`].
+#[derive(Debug, Clone, Copy)]
+pub struct Header<'a> {
+    /// A token (httparse checked it): ASCII.
+    name: &'a [u8],
+    pub value: &'a [u8],
+}
+
+impl<'a> Header<'a> {
+    pub fn name(&self) -> &'a str {
+        std::str::from_utf8(self.name).unwrap_or("")
+    }
+
     pub fn is(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name)
+        self.name.eq_ignore_ascii_case(name.as_bytes())
     }
 
     /// `Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`, in any case.
     pub fn is_impersonation(&self) -> bool {
-        self.name.len() >= 12 && self.name.as_bytes()[..12].eq_ignore_ascii_case(b"impersonate-")
+        self.name.len() >= 12 && self.name[..12].eq_ignore_ascii_case(b"impersonate-")
     }
 
-    pub fn value_str(&self) -> &str {
-        std::str::from_utf8(&self.value).unwrap_or("")
+    pub fn value_str(&self) -> &'a str {
+        std::str::from_utf8(self.value).unwrap_or("")
     }
 }
 
@@ -45,7 +93,7 @@ pub struct RequestHead {
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Fields,
     pub framing: Framing,
     /// `Upgrade` protocol when the request asks to switch (`websocket` or `SPDY/3.1`).
     pub upgrade: Option<String>,
@@ -55,11 +103,11 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    pub fn header(&self, name: &str) -> Option<&Header> {
+    pub fn header(&self, name: &str) -> Option<Header<'_>> {
         self.headers.iter().find(|h| h.is(name))
     }
 
-    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Header<'a>> + 'a {
         self.headers.iter().filter(move |h| h.is(name))
     }
 }
@@ -68,13 +116,13 @@ impl RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub reason: String,
-    pub headers: Vec<Header>,
+    pub headers: Fields,
     pub framing: Framing,
     pub close: bool,
 }
 
 impl ResponseHead {
-    pub fn header(&self, name: &str) -> Option<&Header> {
+    pub fn header(&self, name: &str) -> Option<Header<'_>> {
         self.headers.iter().find(|h| h.is(name))
     }
 }
@@ -82,7 +130,7 @@ impl ResponseHead {
 /// Parses a request head at the start of `buf`. `Ok(None)`: more bytes are needed.
 /// On success, also returns how many bytes the head took.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyError> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n");
+    let line_end = memchr::memmem::find(buf, b"\r\n");
     match line_end {
         None if buf.len() > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
         Some(end) if end > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
@@ -112,8 +160,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyEr
     let method = request.method.unwrap_or_default().to_owned();
     let target = request.path.unwrap_or_default().to_owned();
     let minor_version = request.version.unwrap_or(1);
-    let headers: Vec<Header> =
-        request.headers.iter().map(|h| Header { name: h.name.to_owned(), value: h.value.to_vec() }).collect();
+    let headers = Fields::from_parsed(&buf[..head_len], request.headers);
 
     let framing = request_framing(&headers, minor_version)?;
     let hosts = headers.iter().filter(|h| h.is("host")).count();
@@ -124,7 +171,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyEr
     let close = connection.iter().any(|t| t == "close")
         || (minor_version == 0 && !connection.iter().any(|t| t == "keep-alive"));
     let upgrade = if connection.iter().any(|t| t == "upgrade") {
-        let protocols: Vec<&Header> = headers.iter().filter(|h| h.is("upgrade")).collect();
+        let protocols: Vec<Header> = headers.iter().filter(|h| h.is("upgrade")).collect();
         match protocols.as_slice() {
             [] => None,
             [one] => Some(allowed_upgrade(one.value_str())?),
@@ -163,10 +210,9 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
     }
     let code = response.code.unwrap_or(0);
     let reason = response.reason.unwrap_or("").to_owned();
-    let headers: Vec<Header> =
-        response.headers.iter().map(|h| Header { name: h.name.to_owned(), value: h.value.to_vec() }).collect();
-    let te: Vec<&Header> = headers.iter().filter(|h| h.is("transfer-encoding")).collect();
-    let lengths: Vec<&Header> = headers.iter().filter(|h| h.is("content-length")).collect();
+    let headers = Fields::from_parsed(&buf[..head_len], response.headers);
+    let te: Vec<Header> = headers.iter().filter(|h| h.is("transfer-encoding")).collect();
+    let lengths: Vec<Header> = headers.iter().filter(|h| h.is("content-length")).collect();
     let bodiless = request_method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304;
     let framing = if bodiless {
         Framing::None
@@ -188,28 +234,24 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// Every line of a head ends in CRLF: a bare LF or CR is a smuggling vector (RFC 9112 §2.2).
 fn check_line_endings(head: &[u8]) -> Result<(), ProxyError> {
-    for (i, b) in head.iter().enumerate() {
-        let bad = match b {
-            b'\n' => i == 0 || head[i - 1] != b'\r',
-            b'\r' => head.get(i + 1) != Some(&b'\n'),
-            0 => true,
-            _ => false,
-        };
-        if bad {
-            return Err(ProxyError::BadRequest("bare CR, bare LF or NUL in the request head".into()));
-        }
+    let bare = |i: usize| match head[i] {
+        b'\n' => i == 0 || head[i - 1] != b'\r',
+        _ => head.get(i + 1) != Some(&b'\n'),
+    };
+    if memchr::memchr(0, head).is_some() || memchr::memchr2_iter(b'\r', b'\n', head).any(bare) {
+        return Err(ProxyError::BadRequest("bare CR, bare LF or NUL in the request head".into()));
     }
     Ok(())
 }
 
-fn request_framing(headers: &[Header], minor_version: u8) -> Result<Framing, ProxyError> {
-    let te: Vec<&Header> = headers.iter().filter(|h| h.is("transfer-encoding")).collect();
-    let lengths: Vec<&Header> = headers.iter().filter(|h| h.is("content-length")).collect();
+fn request_framing(headers: &Fields, minor_version: u8) -> Result<Framing, ProxyError> {
+    let te: Vec<Header> = headers.iter().filter(|h| h.is("transfer-encoding")).collect();
+    let lengths: Vec<Header> = headers.iter().filter(|h| h.is("content-length")).collect();
     match (te.as_slice(), lengths.as_slice()) {
         ([], []) => Ok(Framing::None),
         ([], [one]) => parse_length(one.value_str())
@@ -234,7 +276,7 @@ fn parse_length(value: &str) -> Option<u64> {
 }
 
 /// Lower-cased comma-separated tokens of every header `name`.
-pub fn tokens(headers: &[Header], name: &str) -> Vec<String> {
+pub fn tokens(headers: &Fields, name: &str) -> Vec<String> {
     headers
         .iter()
         .filter(|h| h.is(name))

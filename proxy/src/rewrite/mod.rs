@@ -62,7 +62,7 @@ pub struct ClusterIdentity<'a> {
 
 fn is_removed(h: &Header, named_in_connection: &[String], extra: &[&str]) -> bool {
     HOP_BY_HOP.iter().chain(extra).any(|n| h.is(n))
-        || named_in_connection.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+        || named_in_connection.iter().any(|n| h.name().eq_ignore_ascii_case(n))
 }
 
 fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
@@ -116,7 +116,7 @@ fn begin(
     let mut out = start(&head.method, target)?;
     header(&mut out, "Host", host.as_bytes())?;
     for h in head.headers.iter().filter(|h| !is_removed(h, &named, removed)) {
-        forward(&mut out, h)?;
+        forward(&mut out, &h)?;
     }
     Ok(out)
 }
@@ -150,14 +150,14 @@ pub fn to_cluster(
 ) -> Result<Vec<u8>, ProxyError> {
     let mut out = begin(head, target, host, NOT_TO_CLUSTERS, |out, h| {
         if !h.is("sec-websocket-protocol") {
-            return header(out, &h.name, &h.value);
+            return header(out, h.name(), h.value);
         }
         let kept: Vec<&str> =
             h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
         if kept.is_empty() {
             return Ok(());
         }
-        header(out, &h.name, kept.join(", ").as_bytes())
+        header(out, h.name(), kept.join(", ").as_bytes())
     })?;
     let mut bearer = b"Bearer ".to_vec();
     bearer.extend_from_slice(identity.token.expose().as_bytes());
@@ -184,14 +184,14 @@ pub fn to_driver(
         if h.is_impersonation() {
             return Ok(());
         }
-        header(out, &h.name, &h.value)
+        header(out, h.name(), h.value)
     })?;
     finish(out, head, client, body, true)
 }
 
 /// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
 pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
-    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| header(out, &h.name, &h.value))?;
+    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| header(out, h.name(), h.value))?;
     finish(out, head, client, body, false)
 }
 
@@ -206,18 +206,18 @@ pub fn to_client(
     let mut out = Vec::with_capacity(512);
     let reason: String = response.reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", response.status, reason).as_bytes());
-    for h in &response.headers {
+    for h in response.headers.iter() {
         // Set-Cookie from one cluster would land on the gateway's origin, shared by all clusters.
-        if is_removed(h, &named, &["content-length", "set-cookie"]) {
+        if is_removed(&h, &named, &["content-length", "set-cookie"]) {
             continue;
         }
-        header(&mut out, &h.name, &h.value)?;
+        header(&mut out, h.name(), h.value)?;
     }
     match (body, response.framing) {
         // A HEAD answer or a 304 tells the length of a body it does not carry.
         (BodyFraming::None, Framing::None) => {
             if let Some(cl) = response.header("content-length").filter(|h| h.value.iter().all(u8::is_ascii_digit)) {
-                header(&mut out, "Content-Length", &cl.value)?;
+                header(&mut out, "Content-Length", cl.value)?;
             }
         }
         (b, _) => framing(&mut out, b)?,
