@@ -36,6 +36,12 @@ pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 const GATHER: usize = 48 * 1024;
 const FULL_READ: usize = 8 * 1024;
 
+/// The read size of a stream (chunked or until close) while its reads stay under [`FULL_READ`].
+const STREAM_READ: usize = 4 * 1024;
+
+/// How long a stream's upstream stays silent before its client is watched for hanging up.
+const STREAM_QUIET: Duration = Duration::from_secs(1);
+
 /// Where the request goes.
 pub enum Destination {
     Cluster {
@@ -377,7 +383,7 @@ async fn read_response_head(
 /// mid-response (the client connection must close). Returns the upstream connection to the
 /// pool when the response ended cleanly.
 #[allow(clippy::too_many_arguments)]
-async fn relay_response<C: AsyncWriteRent>(
+async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut C,
     mut conn: Conn,
     key: PoolKey,
@@ -411,6 +417,7 @@ async fn relay_response<C: AsyncWriteRent>(
     let mut data = Vec::new();
     let mut clean = false;
     let mut last_read = 0usize;
+    let mut client_unsynced = false;
     loop {
         // Turn what arrived into what the client gets.
         match response.framing {
@@ -473,12 +480,13 @@ async fn relay_response<C: AsyncWriteRent>(
         let (r, b) = match revoked.as_mut() {
             None => read_more(&mut conn, buf).await,
             Some(revoked) => {
-                monoio::select! {
-                    read = read_more(&mut conn, Vec::with_capacity(BUFFER)) => read,
-                    _ = revoked => {
-                        tracing::info!("token revoked or expired: closing its stream");
-                        return Err(());
-                    }
+                // A stream reads into a small buffer while events are small, so that an idle
+                // watch holds 4 KiB, not 64.
+                let size = if last_read >= FULL_READ { BUFFER } else { STREAM_READ };
+                drop(buf);
+                match next_stream_read(&mut conn, client, revoked, size, &mut client_unsynced).await {
+                    Some(read) => read,
+                    None => return Err(()),
                 }
             }
         };
@@ -498,7 +506,52 @@ async fn relay_response<C: AsyncWriteRent>(
     if clean && !response.close {
         upstream::put_pooled(key, conn);
     }
+    // A read of the client was given up while it may have received bytes: the connection
+    // cannot be trusted to be at a request boundary.
+    if client_unsynced {
+        return Err(());
+    }
     Ok(())
+}
+
+/// The next read of a stream's upstream, while watching its token and, once the stream has been
+/// quiet for [`STREAM_QUIET`], its client: a client that hung up (or sent anything: no request
+/// may follow a stream's) ends the stream at once instead of at the next event, which on an idle
+/// watch may be an hour away. None: end the stream. `client_unsynced` is set when a client read
+/// was given up (it may have taken bytes).
+async fn next_stream_read<C: AsyncReadRent>(
+    conn: &mut Conn,
+    client: &mut C,
+    revoked: &mut streams::Revoked,
+    size: usize,
+    client_unsynced: &mut bool,
+) -> Option<(std::io::Result<usize>, Vec<u8>)> {
+    let mut upstream = std::pin::pin!(read_more(conn, Vec::with_capacity(size)));
+    monoio::select! {
+        read = &mut upstream => return Some(read),
+        _ = &mut *revoked => {
+            tracing::info!("token revoked or expired: closing its stream");
+            return None;
+        }
+        _ = monoio::time::sleep(STREAM_QUIET) => {}
+    }
+    monoio::select! {
+        read = &mut upstream => {
+            *client_unsynced = true;
+            Some(read)
+        }
+        _ = &mut *revoked => {
+            tracing::info!("token revoked or expired: closing its stream");
+            None
+        }
+        (read, _) = client.read(Vec::with_capacity(64)) => {
+            match read {
+                Ok(0) | Err(_) => tracing::debug!("the client left its stream"),
+                Ok(_) => tracing::info!("the client sent bytes during a stream; closing it"),
+            }
+            None
+        }
+    }
 }
 
 /// After an upstream 101: hand the 101 to the client, release the held bytes, and copy both

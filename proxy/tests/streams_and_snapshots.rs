@@ -67,6 +67,31 @@ async fn watch_events_arrive_as_they_happen() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_hanging_up_on_an_idle_watch_closes_the_upstream_watch() {
+    // The next event is a minute away: the proxy must notice the client leaving without it.
+    let s = setup(watch_script(Duration::from_secs(60))).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut stream, "pod-1", Duration::from_secs(5)).await.expect("watch open");
+    let streams_closed = || s.upstream.streams_closed.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(streams_closed(), 0, "an idle watch whose client stays stays open");
+    drop(stream);
+    let hung_up = Instant::now();
+    while streams_closed() == 0 && hung_up.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(streams_closed(), 1, "the upstream watch is closed within 5 s of the client hanging up");
+    println!("upstream watch closed {:?} after the client hung up", hung_up.elapsed());
+    // A watch whose client sends nothing and stays is not disturbed by the check.
+    let mut kept = s.proxy.connect().await;
+    kept.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut kept, "pod-1", Duration::from_secs(5)).await.expect("second watch open");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(streams_closed(), 1, "the staying client's watch is still open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn revoking_a_token_closes_its_watch_and_refuses_its_next_request() {
     let s = setup(watch_script(Duration::from_secs(60))).await;
     let mut stream = s.proxy.connect().await;

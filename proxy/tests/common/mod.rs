@@ -197,6 +197,8 @@ pub struct RawUpstream {
     pub raw: Arc<Mutex<Vec<Vec<u8>>>>,
     /// For each switch: the bytes that arrived after the upgrade request and before the 101.
     pub early: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// How many `Reply::Stream` connections the proxy closed while they were streaming.
+    pub streams_closed: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -207,7 +209,8 @@ impl RawUpstream {
         let requests: Arc<Mutex<Vec<RecordedRequest>>> = Arc::default();
         let raw: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let early: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let (requests2, raw2, early2) = (requests.clone(), raw.clone(), early.clone());
+        let streams_closed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (requests2, raw2, early2, closed2) = (requests.clone(), raw.clone(), early.clone(), streams_closed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
@@ -222,11 +225,12 @@ impl RawUpstream {
                     requests2.clone(),
                     raw2.clone(),
                     early2.clone(),
+                    closed2.clone(),
                     index,
                 ));
             }
         });
-        RawUpstream { address, requests, raw, early, task }
+        RawUpstream { address, requests, raw, early, streams_closed, task }
     }
 
     pub fn url(&self) -> String {
@@ -258,6 +262,7 @@ async fn serve_upstream(
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     raw: Arc<Mutex<Vec<Vec<u8>>>>,
     early: Arc<Mutex<Vec<Vec<u8>>>>,
+    streams_closed: Arc<std::sync::atomic::AtomicUsize>,
     index: usize,
 ) {
     let mut buf: Vec<u8> = Vec::new();
@@ -303,14 +308,24 @@ async fn serve_upstream(
             }
             Reply::Stream(first, rest) => {
                 let _ = stream.write_all(&first).await;
+                let closed = || streams_closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 for (delay, piece) in rest {
-                    tokio::time::sleep(delay).await;
+                    // The proxy closing the stream meanwhile shows as a read of 0 (or an error).
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stream.read(&mut chunk) => {
+                            closed();
+                            return;
+                        }
+                    }
                     if stream.write_all(&piece).await.is_err() {
+                        closed();
                         return;
                     }
                 }
                 // Hold the stream open until the client goes.
                 let _ = stream.read(&mut chunk).await;
+                closed();
                 return;
             }
             Reply::SwitchAndEcho(switch, hold) => {
