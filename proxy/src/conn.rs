@@ -52,7 +52,9 @@ where
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
     let mut client = client;
-    let mut inbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Request heads are small; a body grows it (io::read_more). Small matters: a connection
+    // holding an idle watch keeps it.
+    let mut inbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
     loop {
         let head = match read_head(&mut client, &mut inbuf, &settings).await {
             Ok(Some(head)) => head,

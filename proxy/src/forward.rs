@@ -36,6 +36,9 @@ pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 const GATHER: usize = 48 * 1024;
 const FULL_READ: usize = 8 * 1024;
 
+/// The first read of a response: its head and, often, all of a small body.
+const HEAD_READ: usize = 16 * 1024;
+
 /// The read size of a stream (chunked or until close) while its reads stay under [`FULL_READ`].
 const STREAM_READ: usize = 4 * 1024;
 
@@ -349,7 +352,8 @@ async fn read_response_head(
     conn: &mut Conn,
     method: &str,
 ) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
-    let mut buf = Vec::with_capacity(BUFFER);
+    // Room for the head and a small body; a large body grows it on its first read.
+    let mut buf = Vec::with_capacity(HEAD_READ);
     let mut received_any = false;
     let work = async {
         loop {
