@@ -14,6 +14,13 @@ and runs `wrk -t1 -c64 -d<secs> --latency` against each configuration and size, 
 server under test (utime+stime from /proc). CPU used by processes outside the benchmark during a
 run is measured too; a run disturbed by more than --noise-limit is tried again (up to --tries).
 
+With nproc >= 2 the server under test (bcs-api-proxy, all its threads; nginx-proxy's master and
+workers) is pinned with taskset to its own core(s), and wrk, the origin, bcs-api and this script to the
+others (--no-pin turns that off). Besides the throughput matrix it measures, in the same run
+(--scenarios): a new connection per request (wrk with `Connection: close`, 1 KiB, interleaved with the
+matrix), how long a REST change takes to reach the proxy (scenarios.py: propagation), and the memory
+of 10 000 idle watch streams held through each proxy (scenarios.py: watch, watch_holder.py).
+
 It prints the tables and writes them as markdown to results/latest.md. It never fails on a
 figure: it is a measurement, not a test. Everything it starts is stopped on exit.
 """
@@ -25,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -36,8 +44,17 @@ import sys
 import tempfile
 import time
 
+import mesos
+import scenarios
+
 SIZES = {"1k": 1024, "64k": 65536, "1m": 1048576}
 CONFIGS = ["direct-origin", "nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
+SCENARIOS = ["throughput", "close", "mesos", "propagation", "apply", "watch"]
+DEFAULT_DURATION = 3
+# The close scenario's workload: 1 KiB, a new connection per request (its key in Bench.runs).
+CLOSE = "close-1k"
+MESOS = "mesos-1k"
+MESOS_CLUSTER = "BCS-MESOS-10001"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -134,6 +151,86 @@ def noise(before, after, ours, reaped_ticks=0):
     return outside / CLK_TCK, ", ".join(f"{c} {t / CLK_TCK:.1f}" for c, t in top)
 
 
+# ---------------------------------------------------------------- CPU pinning
+
+def cpu_list(cpus):
+    """taskset's notation of a CPU set: 0,2-3."""
+    out, cpus = [], sorted(cpus)
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def parse_cpu_list(text):
+    cpus = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus |= set(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def cpu_plan(args):
+    """(server CPUs, load CPUs) as sorted lists: the server under test on the upper half of the CPUs
+    this script may use (on 2 cores: CPU 1, or --server-cpus), wrk, the origins, bcs-api and this script
+    on the others; (None, None) with --no-pin or fewer than 2 CPUs."""
+    avail = sorted(os.sched_getaffinity(0))
+    if args.no_pin or len(avail) < 2:
+        return None, None
+    if args.server_cpus:
+        server = sorted(parse_cpu_list(args.server_cpus))
+    else:
+        server = avail[len(avail) - len(avail) // 2:]
+    return server, [c for c in avail if c not in server]
+
+
+def pin(pid, cpus):
+    """Every thread of `pid` onto `cpus` (`taskset -a -p -c`); False if the process is gone or it failed.
+    Threads started later inherit the mask of the thread that starts them."""
+    try:
+        r = subprocess.run(["taskset", "-a", "-p", "-c", cpu_list(cpus), str(pid)], capture_output=True,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def thread_affinity(pid):
+    """The distinct Cpus_allowed_list values of a process's threads, e.g. {'1'}."""
+    out = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                m = re.search(r"^Cpus_allowed_list:\s*(\S+)", f.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def raise_fd_limit(want=65536):
+    """RLIMIT_NOFILE up to `want` (soft and hard; root may raise the hard limit), before anything is
+    started, so nginx, bcs-api and bcs-api-proxy inherit it: 10 000 watch streams take a client and an
+    upstream descriptor each. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for new in ((max(want, soft), max(want, hard)), (min(max(want, soft), hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, new)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 # ---------------------------------------------------------------- processes
 
 class Procs:
@@ -149,23 +246,33 @@ class Procs:
 
     def stop_all(self):
         for name, p, grace in reversed(self.items):
-            if p.poll() is not None:
-                continue
-            extra = []
-            if name == "bcs-api":
-                # bcs-api stops its proxy on SIGTERM; remember the proxy in case it has to be killed.
-                extra = [c for c in children(p.pid) if (s := proc_stat(c)) and s[0].startswith("bcs-api-proxy")]
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                log(f"{name} (pid {p.pid}) did not stop within {grace}s: SIGKILL")
-                p.kill()
-                p.wait()
-            for pid in extra:
-                if proc_stat(pid):
-                    os.kill(pid, signal.SIGKILL)
+            self._stop(name, p, grace)
         self.items.clear()
+
+    def stop(self, proc):
+        """Stops one process started here (before the end of the run)."""
+        for item in [i for i in self.items if i[1] is proc]:
+            self._stop(*item)
+            self.items.remove(item)
+
+    @staticmethod
+    def _stop(name, p, grace):
+        if p.poll() is not None:
+            return
+        extra = []
+        if name == "bcs-api":
+            # bcs-api stops its proxy on SIGTERM; remember the proxy in case it has to be killed.
+            extra = [c for c in children(p.pid) if (s := proc_stat(c)) and s[0].startswith("bcs-api-proxy")]
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            log(f"{name} (pid {p.pid}) did not stop within {grace}s: SIGKILL")
+            p.kill()
+            p.wait()
+        for pid in extra:
+            if proc_stat(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def free_ports(n):
@@ -194,7 +301,7 @@ def wait_until(what, check, timeout, alive=None):
     raise RuntimeError(f"{what}: not ready within {timeout}s")
 
 
-def http_get(port, path, tls=False, token=None):
+def http_get(port, path, tls=False, token=None, headers=None):
     """(status, body) of one GET on loopback."""
     if tls:
         ctx = ssl.create_default_context()
@@ -204,7 +311,10 @@ def http_get(port, path, tls=False, token=None):
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        sent = dict(headers or {})
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        conn.request("GET", path, headers=sent)
         r = conn.getresponse()
         return r.status, r.read()
     finally:
@@ -228,6 +338,8 @@ http {
     server {
         listen 127.0.0.1:@ORIGIN@ reuseport backlog=4096;
         location = /1k { return 200 '@J1K@'; }
+        # The mesos workload: the origin is also the (plain http) mesos-driver.
+        location = /mesosdriver/v4/1k { return 200 '@J1K@'; }
         location / { root www; }
     }
     # Not in perf.md: the same origin over TLS, used when the upstream leg is https (--upstream).
@@ -258,6 +370,11 @@ http {
         keepalive 128;              # idle keep-alive connections per worker
         keepalive_requests 1000000;
     }
+    upstream mesosdriver {          # the mesos workload: a plain http driver, as bcs-api-proxy's
+        server 127.0.0.1:@ORIGIN@;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host $host;
@@ -269,6 +386,7 @@ http {
 @UPSTREAM_TLS@    server {
         listen 127.0.0.1:@NGINX@ reuseport backlog=4096;
         location / { proxy_pass @UPSTREAM_SCHEME@://backend; }
+        location /mesosdriver/ { proxy_pass http://mesosdriver; }
     }
     server {
         listen 127.0.0.1:@NGINX_TLS@ ssl reuseport backlog=4096;
@@ -277,6 +395,7 @@ http {
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         location / { proxy_pass @UPSTREAM_SCHEME@://backend; }
+        location /mesosdriver/ { proxy_pass http://mesosdriver; }
     }
 }
 """
@@ -299,6 +418,8 @@ log_config:
   v: 0
 core_database:
   dsn: ""
+zk_config:
+  bcs_zookeeper: "@ZK@"
 bootstrap_users:
   - name: "admin"
     is_super_user: true
@@ -368,9 +489,10 @@ class Gateway:
         self.dir = os.path.join(bench.dir, "bcs" + (f"-{name}" if name else ""))
         self.plain_port, self.tls_port, self.metric_port, self.admin_port = free_ports(4)
         self.api = None
-        self.identifier = self.user_token = self.admin_token = None
+        self.identifier = self.user_token = self.admin_token = self.user_id = None
         self.driver = "?"
         self.upstream_scheme = self.upstream_refusal = None
+        self.pinned_pid = None  # the bcs-api-proxy pid last seen (and pinned to the server CPUs)
 
     def start(self):
         a, b = self.bench.args, self.bench
@@ -378,7 +500,8 @@ class Gateway:
         config = os.path.join(self.dir, "bcs-api.yaml")
         with open(config, "w") as f:
             f.write(fill(BCS_CONF, {"BCS": self.plain_port, "BCS_TLS": self.tls_port, "BCS_METRIC": self.metric_port,
-                                    "ADMIN": self.admin_port, "DIR": b.dir, "STATE": self.dir, "CORES": a.cores}))
+                                    "ADMIN": self.admin_port, "DIR": b.dir, "STATE": self.dir, "CORES": a.cores,
+                                    "ZK": f"127.0.0.1:{b.zk_port}" if b.zk_port else ""}))
         bin_dir = os.path.join(a.root, "target", "release")
         env = {k: v for k, v in os.environ.items() if k not in ("BCS_LOG", "BCS_PROXY_DRIVER")}
         # bcs-api looks for bcs-api-proxy next to itself; name it explicitly all the same.
@@ -429,28 +552,11 @@ class Gateway:
         """The README's seed flow: user, its token, a cluster, its register token, credentials."""
         b, admin = self.bench, self.admin_token
         self.rest("POST", "/rest/users/", admin, {"user_name": "bench"})
-        user_id = self.rest("GET", "/rest/users/bench", admin)["ID"]
+        self.user_id = user_id = self.rest("GET", "/rest/users/bench", admin)["ID"]
         self.user_token = self.rest("POST", f"/rest/users/{user_id}/tokens", admin)["Value"]
-        cluster = self.rest("POST", "/rest/clusters/bcs", self.user_token, {"id": "bench-001", "project_id": "bench"})
-        cluster_id, self.identifier = cluster["id"], cluster["identifier"]
-        register = self.rest("POST", f"/rest/clusters/{cluster_id}/register_tokens", self.user_token)[0]["token"]
         schemes = {"auto": ["http", "https"], "http": ["http"], "https": ["https"]}[b.args.upstream]
-        for scheme in schemes:
-            port = b.origin_port if scheme == "http" else b.origin_tls_port
-            status, answer = self.curl("PUT", f"/rest/clusters/{cluster_id}/credentials", None, {
-                "register_token": register,
-                "server_addresses": f"{scheme}://127.0.0.1:{port}",
-                "cacert_data": open(os.path.join(b.dir, "ca.pem")).read(),
-                "user_token": "bench-dummy-cluster-token",
-            })
-            if status == 200:
-                self.upstream_scheme = scheme
-                break
-            self.upstream_refusal = answer.get("message", answer) if isinstance(answer, dict) else answer
-            if not self.name:
-                log(f"PUT credentials with {scheme}:// refused: {status} {self.upstream_refusal}")
-        else:
-            raise RuntimeError("admin refused every upstream address (see --upstream)")
+        self.identifier, self.upstream_scheme = self.add_cluster(
+            "bench-001", {"http": b.origin_port, "https": b.origin_tls_port}, schemes)
         path = f"/tunnels/clusters/{self.identifier}/1k"
         wait_until("bcs-api-proxy serving the cluster",
                    lambda: http_get(self.plain_port, path, token=self.user_token)[0] == 200, 30, self.api)
@@ -460,11 +566,35 @@ class Gateway:
             m = re.search(r'starting the proxy runtimes.*driver="([^"]+)"', f.read())
         self.driver = m.group(1) if m else "?"
 
+    def add_cluster(self, source_id, ports, schemes):
+        """A cluster created by the bench user, its register token and its credentials, whose apiserver is
+        127.0.0.1:ports[scheme] for the first of `schemes` admin accepts: (identifier, scheme)."""
+        b = self.bench
+        cluster = self.rest("POST", "/rest/clusters/bcs", self.user_token, {"id": source_id, "project_id": "bench"})
+        cluster_id, identifier = cluster["id"], cluster["identifier"]
+        register = self.rest("POST", f"/rest/clusters/{cluster_id}/register_tokens", self.user_token)[0]["token"]
+        for scheme in schemes:
+            status, answer = self.curl("PUT", f"/rest/clusters/{cluster_id}/credentials", None, {
+                "register_token": register,
+                "server_addresses": f"{scheme}://127.0.0.1:{ports[scheme]}",
+                "cacert_data": open(os.path.join(b.dir, "ca.pem")).read(),
+                "user_token": "bench-dummy-cluster-token",
+            })
+            if status == 200:
+                return identifier, scheme
+            self.upstream_refusal = answer.get("message", answer) if isinstance(answer, dict) else answer
+            if not self.name:
+                log(f"PUT credentials with {scheme}:// refused: {status} {self.upstream_refusal}")
+        raise RuntimeError("admin refused every upstream address (see --upstream)")
+
     def proxy_pid(self):
-        kids = [c for c in children(self.api.pid) if (s := proc_stat(c)) and s[0].startswith("bcs-api-proxy")]
-        if not kids:
-            raise RuntimeError(f"bcs-api-proxy is not running under bcs-api {self.name}")
-        return kids[0]
+        """The pid of the bcs-api-proxy bcs-api started: its child named so, else its only child (a
+        wrapper script in place of the binary execs something of another name)."""
+        kids = [(c, s[0]) for c in children(self.api.pid) if (s := proc_stat(c))]
+        named = [c for c, comm in kids if comm.startswith("bcs-api-proxy")]
+        if named or len(kids) == 1:
+            return (named or [kids[0][0]])[0]
+        raise RuntimeError(f"bcs-api-proxy is not running under bcs-api {self.name}")
 
     def url(self, tls, size):
         port = self.tls_port if tls else self.plain_port
@@ -477,11 +607,75 @@ class Bench:
         self.procs = Procs()
         self.dir = None
         self.gateways = {}
-        self.origin = self.nginx = None
+        self.origin = self.nginx = self.zk = None
+        self.zk_port = None
+        self.server_cpus, self.load_cpus = cpu_plan(args)
+        self.repins = 0
+        self.last_clean = None  # when the last measurement that came out clean ended
+        self.extra = {}  # results of the propagation and watch scenarios
+        self.timings = {}  # seconds spent per phase, for the report
 
     @property
     def main(self):
         return self.gateways[""]
+
+    # -- CPU pinning
+
+    def pinned_argv(self, argv):
+        """`argv` started on the server CPUs (taskset execs it: the pid is the program's own)."""
+        return ["taskset", "-c", cpu_list(self.server_cpus), *argv] if self.server_cpus else argv
+
+    def proxy_pid(self, gateway):
+        """The gateway's bcs-api-proxy pid, every thread of it pinned to the server CPUs. bcs-api restarts a
+        dead proxy, which then inherits bcs-api's (load) CPUs: a new pid is pinned again."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pid = gateway.proxy_pid()
+                break
+            except RuntimeError:
+                # Dead: bcs-api starts it again after a back-off (1 s the first time).
+                if time.monotonic() > deadline or gateway.api.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        if gateway.pinned_pid != pid:
+            if gateway.pinned_pid is not None:
+                self.repins += 1
+                log(f"    bcs-api-proxy{' ' + gateway.name if gateway.name else ''} restarted "
+                    f"(pid {gateway.pinned_pid} -> {pid})" + (": pinning it again" if self.server_cpus else ""))
+                path = f"/tunnels/clusters/{gateway.identifier}/1k"
+                wait_until("the restarted bcs-api-proxy serving", lambda: http_get(
+                    gateway.plain_port, path, token=gateway.user_token)[0] == 200, 30, gateway.api)
+            if self.server_cpus and not pin(pid, self.server_cpus):
+                raise RuntimeError(f"taskset could not pin bcs-api-proxy (pid {pid})")
+            gateway.pinned_pid = pid
+        return pid
+
+    def pin_tree(self, master, cpus):
+        """An nginx master and its workers onto `cpus`."""
+        for pid in [master.pid] + children(master.pid):
+            pin(pid, cpus)
+
+    def pinning(self):
+        """The report's line on CPU pinning, with each process's affinity as read back from /proc."""
+        if not self.server_cpus:
+            why = "--no-pin" if self.args.no_pin else "fewer than 2 CPUs"
+            return f"off ({why}): every process may run on every CPU"
+        seen = {"bcs-api-proxy": set(), "nginx-proxy": set(), "origin": set(), "bcs-api": set(), "bench.py": set()}
+        for g in self.gateways.values():
+            seen["bcs-api-proxy"] |= thread_affinity(self.proxy_pid(g))
+            seen["bcs-api"] |= thread_affinity(g.api.pid)
+        for pid in [self.nginx.pid] + children(self.nginx.pid):
+            seen["nginx-proxy"] |= thread_affinity(pid)
+        for pid in [self.origin.pid] + children(self.origin.pid):
+            seen["origin"] |= thread_affinity(pid)
+        seen["bench.py"] = thread_affinity(os.getpid())
+        read = "; ".join(f"{k} {'/'.join(sorted(v)) or '?'}" for k, v in seen.items())
+        return (f"**on** (taskset): the server under test on CPU {cpu_list(self.server_cpus)} (bcs-api-proxy, all "
+                f"threads, pinned again after a restart; nginx-proxy master and workers; the origin itself only "
+                f"during direct-origin runs), wrk, the origin nginx, bcs-api and bench.py on CPU "
+                f"{cpu_list(self.load_cpus)}; read back from /proc: {read}; proxy restarts seen (and pinned again): "
+                f"{self.repins}")
 
     # -- set-up
 
@@ -491,6 +685,9 @@ class Bench:
         # nginx workers run as `nobody` when started as root: they must reach www/.
         os.chmod(self.dir, 0o755)
         d = self.dir
+        if self.load_cpus:
+            # Inherited by everything started from here on: the origin, bcs-api, wrk, curl.
+            os.sched_setaffinity(0, self.load_cpus)
         for sub in ("www", "logs", "tmp"):
             os.makedirs(os.path.join(d, sub))
         for name, n in SIZES.items():
@@ -512,6 +709,13 @@ class Bench:
         wait_until("origin nginx", lambda: http_get(self.origin_port, "/1k")[0] == 200, 10, self.origin)
         wait_until("origin nginx TLS", lambda: http_get(self.origin_tls_port, "/1k", True)[0] == 200, 10, self.origin)
 
+        self.zk_port = self.zk = None
+        if MESOS in a.workloads:
+            self.zk_port = free_ports(1)[0]
+            self.zk = mesos.start_zookeeper(self.procs, d, self.zk_port)
+            mesos.register_driver(self.zk_port, MESOS_CLUSTER, "127.0.0.1", self.origin_port)
+            log(f"ZooKeeper on :{self.zk_port}; mesos-driver {MESOS_CLUSTER} -> origin :{self.origin_port}")
+
         main_env = {}
         if a.access_log == "off":
             main_env["BCS_LOG"] = VARIANTS["nolog"]["BCS_LOG"]
@@ -520,6 +724,13 @@ class Bench:
         for name, env in [("", main_env)] + [(v, VARIANTS[v]) for v in a.variants]:
             self.gateways[name] = Gateway(self, name, env)
             self.gateways[name].start()
+            self.proxy_pid(self.gateways[name])
+            if MESOS in a.workloads:
+                g = self.gateways[name]
+                path = "/bcsapi/v4/scheduler/mesos/1k"
+                wait_until("bcs-api-proxy serving the mesos route", lambda: http_get(
+                    g.plain_port, path, token=g.user_token, headers={"BCS-ClusterID": MESOS_CLUSTER})[0] == 200,
+                    30, g.api)
         self.upstream_scheme = self.main.upstream_scheme
         self.upstream_refusal = self.main.upstream_refusal
         self.driver = self.main.driver
@@ -531,8 +742,9 @@ class Bench:
                       UPSTREAM_TLS=UPSTREAM_TLS_CONF if tls else "")
         with open(os.path.join(d, "proxy.conf"), "w") as f:
             f.write(fill(PROXY_CONF, values))
-        self.nginx = self.procs.start("proxy nginx", [nginx, "-p", d + "/", "-c", "proxy.conf",
-                                                      "-e", "logs/proxy.err", "-g", "daemon off;"], cwd=d)
+        self.nginx = self.procs.start("proxy nginx", self.pinned_argv([nginx, "-p", d + "/", "-c", "proxy.conf",
+                                                                       "-e", "logs/proxy.err", "-g", "daemon off;"]),
+                                      cwd=d)
         wait_until("proxy nginx", lambda: http_get(self.nginx_port, "/1k")[0] == 200, 10, self.nginx)
         self.check_bodies()
 
@@ -549,10 +761,21 @@ class Bench:
         gateway = self.gateways["" if config == "bcs-proxy" else config[len("bcs-proxy-"):]]
         return (lambda s: gateway.url(False, s)), None, gateway, gateway.user_token
 
+    def workload_url(self, config, key):
+        """The URL a workload fetches from a configuration: the mesos workload takes the mesos route
+        (bcs-api-proxy) or the driver's own path (nginx-proxy, the origin); the others a size."""
+        url_of = self.target(config)[0]
+        if key != MESOS:
+            return url_of(workload_size(key))
+        base = url_of("").rsplit("/", 1)[0]
+        if config.startswith("bcs-proxy"):
+            return base.split("/tunnels/", 1)[0] + "/bcsapi/v4/scheduler/mesos/1k"
+        return base + "/mesosdriver/v4/1k"
+
     def server_pids(self, config):
         _, master, gateway, _ = self.target(config)
         if gateway is not None:
-            return [gateway.proxy_pid()]
+            return [self.proxy_pid(gateway)]
         return [master.pid] + children(master.pid)
 
     def our_pids(self):
@@ -561,13 +784,16 @@ class Bench:
             ours |= {master.pid, *children(master.pid)}
         for g in self.gateways.values():
             ours |= {g.api.pid, *children(g.api.pid)}
+        if self.zk:
+            ours.add(self.zk.pid)
         return ours
 
     def check_bodies(self):
         """Every configuration returns every size byte for byte before anything is measured."""
+        sizes = sorted({workload_size(k) for k in self.args.workloads}, key=list(SIZES).index)
         for config in self.args.configs:
             url_of, _, _, token = self.target(config)
-            for size in self.args.sizes:
+            for size in sizes:
                 url = url_of(size)
                 tls = url.startswith("https")
                 port = int(url.split(":")[2].split("/")[0])
@@ -575,13 +801,26 @@ class Bench:
                 status, body = http_get(port, path, tls, token)
                 if status != 200 or hashlib.sha256(body).hexdigest() != self.expected[size]:
                     raise RuntimeError(f"{config} {size}: status {status}, {len(body)} bytes, not the file")
-        log(f"bodies checked: {len(self.args.configs)} configurations x {len(self.args.sizes)} sizes byte for byte")
+            if MESOS in self.args.workloads:
+                url = self.workload_url(config, MESOS)
+                port = int(url.split(":")[2].split("/")[0])
+                path = "/" + url.split("/", 3)[3]
+                status, body = http_get(port, path, url.startswith("https"), token,
+                                        headers={"BCS-ClusterID": MESOS_CLUSTER})
+                if status != 200 or hashlib.sha256(body).hexdigest() != self.expected["1k"]:
+                    raise RuntimeError(f"{config} {MESOS}: status {status}, {len(body)} bytes, not the file")
+        log(f"bodies checked: {len(self.args.configs)} configurations x {len(sizes)} sizes byte for byte"
+            + (", and the mesos route" if MESOS in self.args.workloads else ""))
 
     # -- measuring
 
-    def wrk(self, url, token, secs):
+    def wrk(self, url, token, secs, close=False, mesos_route=False):
+        """One wrk run; with `close`, every request asks `Connection: close`, so wrk opens a new connection
+        (and, on https, makes a new TLS handshake) for each request; with `mesos_route`, every request
+        names the mesos cluster (`BCS-ClusterID`), as the mesos route requires."""
         argv = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{secs}s", "--latency",
-                "-H", f"Authorization: Bearer {token}", url]
+                "-H", f"Authorization: Bearer {token}", *(["-H", "Connection: close"] if close else []),
+                *(["-H", f"BCS-ClusterID: {MESOS_CLUSTER}"] if mesos_route else []), url]
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.items.append(("wrk", p, 2))
         try:
@@ -592,8 +831,20 @@ class Bench:
         self.procs.items.remove(("wrk", p, 2))
         return out.decode(errors="replace"), p.pid
 
-    def measure_once(self, config, size, secs):
-        url_of, _, gateway, token = self.target(config)
+    def measure_once(self, config, key, secs):
+        """One wrk run of a workload (a size, or CLOSE) against a configuration, with the CPU of everyone
+        involved. With pinning, the origin is the server under test in direct-origin runs: it moves to the
+        server CPUs for the run and back."""
+        if config == "direct-origin" and self.server_cpus:
+            self.pin_tree(self.origin, self.server_cpus)
+            try:
+                return self._measure_once(config, key, secs)
+            finally:
+                self.pin_tree(self.origin, self.load_cpus)
+        return self._measure_once(config, key, secs)
+
+    def _measure_once(self, config, key, secs):
+        _, _, gateway, token = self.target(config)
         pids = self.server_pids(config)
         origin_pids = [self.origin.pid] + children(self.origin.pid)
         admin_pid = gateway.api.pid if gateway else self.main.api.pid
@@ -603,7 +854,7 @@ class Bench:
         self_c0 = os.times()
         snap0 = cpu_snapshot()
         t0 = time.monotonic()
-        out, _ = self.wrk(url_of(size), token, secs)
+        out, _ = self.wrk(self.workload_url(config, key), token, secs, close=key == CLOSE, mesos_route=key == MESOS)
         elapsed = time.monotonic() - t0
         snap1 = cpu_snapshot()
         self_c1 = os.times()
@@ -631,6 +882,8 @@ class Bench:
             r["tries"] = attempt
             if best is None or r["noise_cpu"] < best["noise_cpu"]:
                 best = r
+            if r["noise_cpu"] <= limit:
+                self.last_clean = time.monotonic()
             if r["noise_cpu"] <= limit or r.get("failed") or attempt == self.args.tries:
                 break
             log(f"    disturbed: {r['noise_cpu']:.2f} CPU-s outside the benchmark ({r['noise_who']}); again")
@@ -640,7 +893,10 @@ class Bench:
 
     def wait_for_quiet(self):
         """Waits (at most --quiet-wait seconds) until one second passes with no more than --noise-limit
-        CPU-s used outside the benchmark, so a run does not start in the middle of someone's build."""
+        CPU-s used outside the benchmark, so a run does not start in the middle of someone's build. A run
+        that came out clean less than a second ago is that quiet second already: no wait then."""
+        if self.last_clean is not None and time.monotonic() - self.last_clean < 1:
+            return
         deadline = time.monotonic() + self.args.quiet_wait
         ours = self.our_pids()
         waited = False
@@ -655,34 +911,67 @@ class Bench:
                 waited = True
 
     def run(self):
+        """The wrk matrix (throughput sizes and the close workload), interleaved round -> workload ->
+        configuration, then the propagation and watch scenarios."""
         a = self.args
-        self.runs = {(c, s): [] for c in a.configs for s in a.sizes}
-        # One short pass first (not recorded): pools filled, code paged in, TLS tables built.
-        for size in a.sizes:
+        self.runs = {(c, k): [] for c in a.configs for k in a.workloads}
+        # One short pass first (not recorded): pools filled, code paged in, TLS tables built. The close
+        # workload needs none of its own: it opens new connections anyway.
+        t0 = time.monotonic()
+        for key in [k for k in a.workloads if k != CLOSE] or a.workloads:
             for config in a.configs:
-                url_of, _, _, token = self.target(config)
-                self.wrk(url_of(size), token, 1)
+                token = self.target(config)[3]
+                self.wrk(self.workload_url(config, key), token, 1, close=key == CLOSE, mesos_route=key == MESOS)
         for rnd in range(1, a.rounds + 1):
-            for size in a.sizes:
+            for key in a.workloads:
                 for config in a.configs:
-                    r = self.measure(config, size, a.duration)
+                    r = self.measure(config, key, a.duration)
                     r["round"] = rnd
-                    self.runs[(config, size)].append(r)
-                    log(f"round {rnd} {size:>3} {config:<22} {r['rps']:>10,.0f} req/s  p50 {r['p50']:.2f} ms  "
+                    self.runs[(config, key)].append(r)
+                    log(f"round {rnd} {key:>8} {config:<22} {r['rps']:>10,.0f} req/s  p50 {r['p50']:.2f} ms  "
                         f"p99 {r['p99']:.2f} ms  errors {r['errors']}  server {r['server_cpu']:.1f} CPU-s  "
                         f"origin {r['origin_cpu']:.1f}  wrk {r['wrk_cpu']:.1f}  outside {r['noise_cpu']:.2f}"
                         + (" (disturbed)" if r["disturbed"] else ""))
+        if a.workloads:
+            self.timings["wrk matrix"] = time.monotonic() - t0
+        if "propagation" in a.scenarios:
+            t0 = time.monotonic()
+            self.extra["propagation"] = scenarios.propagation(self, a.propagation_samples)
+            self.timings["propagation"] = time.monotonic() - t0
+        if "apply" in a.scenarios:
+            t0 = time.monotonic()
+            self.extra["apply"] = self.snapshot_apply()
+            self.timings["snapshot apply"] = time.monotonic() - t0
+        if "watch" in a.scenarios:
+            t0 = time.monotonic()
+            self.extra["watch"] = scenarios.watch(self, a.streams)
+            self.timings["watch"] = time.monotonic() - t0
         self.log_bytes = sum(os.path.getsize(g.err) for g in self.gateways.values())
         self.proxy_restarts = sum(len({tuple(r["pids"]) for r in rs}) - 1
                                   for (c, _), rs in self.runs.items() if c.startswith("bcs"))
+
+    def snapshot_apply(self):
+        """target/release/bcs-snapshot-apply (benches/snapshot-apply): what the proxy does with a snapshot
+        frame of 10 000 clusters and 1 000 000 tokens, stage by stage, on the server CPUs."""
+        argv = [os.path.join(self.args.root, "target", "release", "bcs-snapshot-apply"),
+                "--clusters", "10000", "--tokens", "1000000", "--rounds", "3"]
+        if self.server_cpus:
+            argv = ["taskset", "-c", cpu_list(self.server_cpus)] + argv
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"bcs-snapshot-apply failed: {out.stderr[-2000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        log(f"snapshot apply (10k clusters, 1M tokens): {result['apply_ms']:.0f} ms")
+        return result
 
     def hold(self):
         """--hold: set up, print how to reach each configuration, wait, stop. For profiling by hand."""
         log(f"holding for {self.args.hold}s (Ctrl-C stops everything); nginx-proxy master pid {self.nginx.pid}, "
             f"origin master pid {self.origin.pid}")
+        log(f"CPU pinning: {self.pinning()}")
         for config in self.args.configs:
             url_of, _, gateway, token = self.target(config)
-            pid = f" (bcs-api-proxy pid {gateway.proxy_pid()})" if gateway else ""
+            pid = f" (bcs-api-proxy pid {self.proxy_pid(gateway)})" if gateway else ""
             log(f"  {config:<22} wrk -t1 -c64 -d10s --latency -H 'Authorization: Bearer {token}' "
                 f"{url_of(self.args.sizes[0])}{pid}")
         time.sleep(self.args.hold)
@@ -693,6 +982,11 @@ class Bench:
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.dir:
             log(f"kept {self.dir}")
+
+
+def workload_size(key):
+    """The response size a workload of the wrk matrix fetches: the close and mesos workloads fetch 1k."""
+    return "1k" if key in (CLOSE, MESOS) else key
 
 
 def parse_wrk(out):
@@ -733,14 +1027,14 @@ def fmt_int(v):
 
 
 def summarize(bench):
-    """{(config, size): row dict} with medians over rounds."""
+    """{(config, workload): row dict} with medians over rounds."""
     rows = {}
-    for (config, size), runs in bench.runs.items():
+    for (config, key), runs in bench.runs.items():
         secs = bench.args.duration
-        rows[(config, size)] = {
+        rows[(config, key)] = {
             "rps": med([r["rps"] for r in runs]),
             "runs": runs,
-            "mbs": med([r["rps"] for r in runs]) * SIZES[size] / 1e6,
+            "mbs": med([r["rps"] for r in runs]) * SIZES[workload_size(key)] / 1e6,
             "p50": med([r["p50"] for r in runs]),
             "p99": med([r["p99"] for r in runs]),
             # normalised to 10 s so quick and full runs read alike
@@ -765,36 +1059,63 @@ def ratio(a, b):
 
 
 def tables(bench, rows):
-    a = bench.args
+    """One table per response size of the throughput matrix."""
     out = []
-    n = a.rounds
     names = {"1k": "1k response (1 KiB)", "64k": "64k response (64 KiB)", "1m": "1m response (1 MiB)"}
-    for size in a.sizes:
+    for size in bench.args.sizes:
         out.append(f"#### {names[size]}\n")
-        out.append(f"| configuration | req/s median | {n} run{'s' if n > 1 else ''} | MB/s | p50 ms | p99 ms | "
-                   "CPU-s of server under test per 10 s | req per CPU-s | ratio req/s | ratio req per CPU-s | "
-                   f"errors (sum of {n}) |")
-        out.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
-        for config in a.configs:
-            row = rows[(config, size)]
-            base = rows.get((baseline(config), size))
-            runs = ", ".join(fmt_int(r["rps"]) + ("†" if r["disturbed"] else "") for r in row["runs"])
-            if row["errors"]:
-                parts = []
-                if row["non2xx"]:
-                    parts.append(f"{row['non2xx']} non-2xx")
-                if row["socket"]:
-                    parts.append(f"{row['socket']} socket")
-                if any(r.get("failed") for r in row["runs"]):
-                    parts.append("wrk failed")
-                errors = ", ".join(parts)
-            else:
-                errors = "0"
-            out.append(f"| {config} | {fmt_int(row['rps'])} | {runs} | {row['mbs']:,.0f} | {row['p50']:.2f} | "
-                       f"{row['p99']:.2f} | {row['cpu10']:.1f} | {fmt_int(row['rpcpu'])} | "
-                       f"{ratio(row['rps'], base['rps']) if base else '–'} | "
-                       f"{ratio(row['rpcpu'], base['rpcpu']) if base else '–'} | {errors} |")
+        out.append(matrix_table(bench, rows, size))
         out.append("")
+    return "\n".join(out)
+
+
+def close_table(bench, rows):
+    """The close workload: 1 KiB, a new connection (and TLS handshake on -tls) per request."""
+    return matrix_table(bench, rows, CLOSE)
+
+
+def wrk_bound(bench, key):
+    """A note on the rows of a workload whose median run had wrk busy nearly all the time (it makes a
+    handshake per request too): there req/s says how fast wrk was, and req per CPU-s is the figure."""
+    bound = []
+    for config in bench.args.configs:
+        runs = sorted(bench.runs[(config, key)], key=lambda r: r["rps"])
+        r = runs[len(runs) // 2]
+        if r["duration"] and r["wrk_cpu"] >= 0.85 * r["duration"]:
+            bound.append(f"{config} ({r['wrk_cpu']:.1f} CPU-s in {r['duration']:.1f} s)")
+    if not bound:
+        return "wrk was not the bottleneck in any row (its CPU stayed under 85 % of the run)."
+    return ("wrk was busy at least 85 % of the run, so it bounded req/s, in: " + ", ".join(bound)
+            + ". Read req per CPU-s for those rows.")
+
+
+def matrix_table(bench, rows, key):
+    """Every configuration of one workload of the wrk matrix, ratios against its nginx baseline."""
+    a = bench.args
+    n = a.rounds
+    out = [f"| configuration | req/s median | {n} run{'s' if n > 1 else ''} | MB/s | p50 ms | p99 ms | "
+           "CPU-s of server under test per 10 s | req per CPU-s | ratio req/s | ratio req per CPU-s | "
+           f"errors (sum of {n}) |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for config in a.configs:
+        row = rows[(config, key)]
+        base = rows.get((baseline(config), key))
+        runs = ", ".join(fmt_int(r["rps"]) + ("†" if r["disturbed"] else "") for r in row["runs"])
+        if row["errors"]:
+            parts = []
+            if row["non2xx"]:
+                parts.append(f"{row['non2xx']} non-2xx")
+            if row["socket"]:
+                parts.append(f"{row['socket']} socket")
+            if any(r.get("failed") for r in row["runs"]):
+                parts.append("wrk failed")
+            errors = ", ".join(parts)
+        else:
+            errors = "0"
+        out.append(f"| {config} | {fmt_int(row['rps'])} | {runs} | {row['mbs']:,.0f} | {row['p50']:.2f} | "
+                   f"{row['p99']:.2f} | {row['cpu10']:.1f} | {fmt_int(row['rpcpu'])} | "
+                   f"{ratio(row['rps'], base['rps']) if base else '–'} | "
+                   f"{ratio(row['rpcpu'], base['rpcpu']) if base else '–'} | {errors} |")
     return "\n".join(out)
 
 
@@ -820,9 +1141,9 @@ def target_check(bench, rows):
 
 def cpu_split(bench):
     """Where the CPU went in each configuration's median run: server, origin, wrk, admin, outside."""
-    out = ["| size | configuration | req/s | server CPU-s | origin CPU-s | wrk CPU-s | bcs-api (admin) CPU-s | "
+    out = ["| workload | configuration | req/s | server CPU-s | origin CPU-s | wrk CPU-s | bcs-api (admin) CPU-s | "
            "outside CPU-s | proxy threads (CPU-s) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for size in bench.args.sizes:
+    for size in bench.args.workloads:
         for config in bench.args.configs:
             runs = sorted(bench.runs[(config, size)], key=lambda r: r["rps"])
             r = runs[len(runs) // 2]
@@ -884,9 +1205,13 @@ def report(bench, env):
         f"- commit: {env['commit']}",
         f"- command: `{env['command']}`",
         f"- tools: {env['versions']}",
+        f"- scenarios: {', '.join(a.scenarios)}",
         f"- load: `wrk -t{a.threads} -c{a.connections} -d{a.duration}s --latency` with "
-        "`Authorization: Bearer <user token>` on every configuration; "
-        f"{a.rounds} round{'s' if a.rounds > 1 else ''}, ordered round → size → configuration; medians per column",
+        "`Authorization: Bearer <user token>` on every configuration"
+        + (" (and `-H 'Connection: close'` for the close workload)" if CLOSE in a.workloads else "")
+        + f"; {a.rounds} round{'s' if a.rounds > 1 else ''}, ordered round → workload ("
+        + ", ".join(a.workloads) + ") → configuration; medians per column",
+        f"- CPU pinning: {bench.pinning()}",
         f"- bcs-api-proxy: `proxy_config.cores: {a.cores}`, driver {bench.driver}, `log_config.v: 0` "
         + ("(access log on: one line per request to stderr, redirected to a file)" if a.access_log == "on"
            else "(access log off through `BCS_LOG=info,bcs_proxy::access=off`)")
@@ -904,36 +1229,84 @@ def report(bench, env):
         f"{disturbed} of {total}",
         f"- bcs-api-proxy restarts during the run: {bench.proxy_restarts}; "
         f"gateway log written: {bench.log_bytes / 1e6:,.0f} MB",
+        f"- time taken: {sum(bench.timings.values()):.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in bench.timings.items()) + "; the release build not counted)",
         "",
         "Ratios are against nginx-proxy (TLS rows against nginx-proxy-tls). MB/s counts response bodies. "
         "CPU-s is utime+stime of the server under test (nginx master and workers; the bcs-api-proxy process; "
         "for direct-origin, the origin), normalised to 10 s.",
         "",
-        tables(bench, rows),
-        "### Against the targets of perf.md §6",
-        "",
-        target_check(bench, rows),
-        "",
-        "### Where the CPU went (median run of each row)",
-        "",
-        cpu_split(bench),
-        "",
     ]
+    if a.sizes:
+        md += [tables(bench, rows), "### Against the targets of perf.md §6", "", target_check(bench, rows), ""]
+    if CLOSE in a.workloads:
+        md += ["### A new connection per request (`Connection: close`, 1 KiB)", "",
+               "wrk sends `Connection: close` on every request, so each request opens a new TCP connection "
+               "to the configuration under test (and makes a full TLS handshake on the -tls rows: wrk does "
+               "not resume sessions); the proxies' upstream leg stays pooled. Same columns as above.", "",
+               close_table(bench, rows), "", wrk_bound(bench, CLOSE), ""]
+    if MESOS in a.workloads:
+        md += ["### The mesos route (1 KiB)", "",
+               f"bcs-api-proxy: `GET /bcsapi/v4/scheduler/mesos/1k` with `BCS-ClusterID: {MESOS_CLUSTER}`, sent "
+               "to the cluster's mesos-driver found through ZooKeeper (Debian's zookeeper package, one "
+               "persistent driver node written with zkCli.sh) at `/mesosdriver/v4/1k`; the driver is the "
+               "origin nginx over plain http (as a driver without cert_config). nginx-proxy: "
+               "`/mesosdriver/v4/1k` to the same origin through a plain-http keep-alive upstream. Same columns "
+               "as above.", "", matrix_table(bench, rows, MESOS), ""]
+    if "propagation" in bench.extra:
+        md += ["### Snapshot propagation (REST change → proxy)", "", scenarios.propagation_table(bench), ""]
+    if "apply" in bench.extra:
+        x = bench.extra["apply"]
+        ok = "met" if x["apply_ms"] <= 1000 else "**missed**"
+        md += ["### Snapshot apply (10 000 clusters, 1 000 000 tokens)", "",
+               "| frame MiB | decode ms | validate ms | compile ms | install ms | apply ms (sum) | "
+               "admin's encode ms | RSS MiB | target apply ≤ 1 000 ms |",
+               "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+               f"| {x['frame_bytes'] / 2**20:,.0f} | {x['decode_ms']:.0f} | {x['validate_ms']:.0f} | "
+               f"{x['compile_ms']:.0f} | {x['install_ms']:.1f} | {x['apply_ms']:.0f} | {x['encode_ms']:.0f} | "
+               f"{x['rss_mib']:,.0f} | {x['apply_ms']:.0f} {ok} |", "",
+               "`target/release/bcs-snapshot-apply` (benches/snapshot-apply) on the server CPUs: a made-up "
+               "snapshot (`bcs_shared::snapshot::synthetic`) encoded as admin sends it, then the proxy's own "
+               "calls (decode the frame, `Snapshot::validate`, `Tables::compile`, install), medians of "
+               f"{x['rounds']} rounds; it then finds a token and a cluster in what it installed. Persisting the "
+               "sealed copy follows the install and is not counted (requests already use the new tables).", ""]
+    if "watch" in bench.extra:
+        md += [f"### {bench.extra['watch']['n']:,} idle watch streams", "", scenarios.watch_table(bench), ""]
+    if a.workloads:
+        md += ["### Where the CPU went (median run of each row)", "", cpu_split(bench), ""]
     return "\n".join(md)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="benches/vs-nginx/run",
                                 description="bcs-api-proxy next to nginx proxying the same origin, in one run.")
-    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--duration", type=int, default=DEFAULT_DURATION,
+                   help=f"seconds per wrk run (default {DEFAULT_DURATION})")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken (default 3)")
-    p.add_argument("--quick", action="store_true", help="3-s runs, 1 round (explicit --duration/--rounds win)")
+    p.add_argument("--quick", action="store_true",
+                   help="3-s runs, 1 round, 20 propagation samples (explicit --duration/--rounds/... win)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of " + ", ".join(SCENARIOS) + " (default all): throughput = the "
+                        "sizes x configurations matrix, close = 1 KiB with a new connection per request, "
+                        "propagation = REST change to the proxy's first answer, watch = idle watch streams' memory")
+    p.add_argument("--propagation-samples", type=int, default=50,
+                   help="token creations and revocations timed (default 50; --quick 20)")
+    p.add_argument("--streams", type=int, default=10000, help="idle watch streams held at once (default 10000)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="no CPU pinning (by default, with 2 or more CPUs, the server under test runs on its own "
+                        "CPUs through taskset and wrk, origin, bcs-api on the others)")
+    p.add_argument("--server-cpus", metavar="LIST",
+                   help="the CPUs of the server under test, taskset notation (default: the upper half, on 2 "
+                        "cores CPU 1); the others take the load")
     p.add_argument("--sizes", default="1k,64k,1m", help="comma-separated subset of 1k,64k,1m")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
-    p.add_argument("--cores", type=int, default=2, help="proxy_config.cores of bcs-api-proxy (default 2)")
-    p.add_argument("--nginx-workers", type=int, default=2, help="worker_processes of nginx-proxy (default 2)")
+    p.add_argument("--cores", type=int,
+                   help="proxy_config.cores of bcs-api-proxy (default: the number of server CPUs when pinned, "
+                        "1 on 2 cores; 2 with --no-pin)")
+    p.add_argument("--nginx-workers", type=int,
+                   help="worker_processes of nginx-proxy (default: as --cores)")
     p.add_argument("--access-log", choices=["on", "off"], default="off",
                    help="bcs-api-proxy's per-request access log (default off, as nginx-proxy's `access_log off`: "
                         "both off or both on; `on` measures the deployed default, log_config.access_log: true)")
@@ -966,6 +1339,25 @@ def parse_args(argv):
             args.duration = 3
         if "--rounds" not in " ".join(argv):
             args.rounds = 1
+        if "--propagation-samples" not in " ".join(argv):
+            args.propagation_samples = 20
+    args.scenarios = [x for x in args.scenarios.split(",") if x]
+    for x in args.scenarios:
+        if x not in SCENARIOS:
+            p.error(f"unknown scenario {x!r} (known: {', '.join(SCENARIOS)})")
+    if args.server_cpus:
+        try:
+            cpus = parse_cpu_list(args.server_cpus)
+        except ValueError:
+            p.error(f"--server-cpus {args.server_cpus!r}: not a CPU list such as 1 or 2-3")
+        avail = os.sched_getaffinity(0)
+        if not cpus <= avail or not avail - cpus:
+            p.error(f"--server-cpus {args.server_cpus!r}: must be some, not all, of CPUs {cpu_list(avail)}")
+    server, _ = cpu_plan(args)
+    if args.cores is None:
+        args.cores = len(server) if server else 2
+    if args.nginx_workers is None:
+        args.nginx_workers = args.cores
     args.sizes = [s for s in args.sizes.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
     for v in args.variants:
@@ -982,9 +1374,22 @@ def parse_args(argv):
         if c not in known:
             p.error(f"unknown configuration {c!r} (known: {', '.join(known)})")
     args.configs = [c for c in known if c in configs]
+    if "mesos" in args.scenarios and mesos.available():
+        if "--scenarios" in " ".join(argv):
+            p.error(f"the mesos scenario needs ZooKeeper: {mesos.available()}")
+        print(f"bench: skipping the mesos scenario: {mesos.available()}", file=sys.stderr)
+        args.scenarios.remove("mesos")
+    args.workloads = ((args.sizes if "throughput" in args.scenarios else [])
+                      + ([CLOSE] if "close" in args.scenarios else [])
+                      + ([MESOS] if "mesos" in args.scenarios else []))
+    if "throughput" not in args.scenarios:
+        args.sizes = []
     if min(args.duration, args.rounds, args.connections, args.threads, args.cores, args.nginx_workers,
-           args.tries) < 1:
-        p.error("--duration, --rounds, --connections, --threads, --cores, --nginx-workers, --tries must be >= 1")
+           args.tries, args.propagation_samples, args.streams) < 1:
+        p.error("--duration, --rounds, --connections, --threads, --cores, --nginx-workers, --tries, "
+                "--propagation-samples, --streams must be >= 1")
+    if args.streams > 30000:
+        p.error("--streams above 30000: each takes 4 ports' worth of loopback connections")
     if not 0 <= args.quiet_wait <= 600:
         p.error("--quiet-wait must be between 0 and 600 seconds")
     if not 0 <= args.hold <= 3600:
@@ -1001,6 +1406,10 @@ def main():
     for binary in ("bcs-api", "bcs-api-proxy"):
         if not os.access(os.path.join(args.root, "target", "release", binary), os.X_OK):
             sys.exit(f"target/release/{binary} is missing: run benches/vs-nginx/run (it builds first)")
+    fd_limit = raise_fd_limit()
+    if "watch" in args.scenarios and fd_limit < 2 * args.streams + 1000:
+        log(f"note: RLIMIT_NOFILE stays at {fd_limit} (raising it takes CAP_SYS_RESOURCE): the watch scenario "
+            f"will hold as many of the {args.streams:,} streams as the proxy's descriptors allow")
     bench = Bench(args)
 
     def stop(signum, _frame):
@@ -1011,11 +1420,16 @@ def main():
     try:
         # Before anything runs: the commit and work tree the binaries were just built from.
         env = environment(bench)
+        t0 = time.monotonic()
         bench.setup()
+        bench.timings["set-up"] = time.monotonic() - t0
         m = bench.main
         log(f"temp dir {bench.dir}; origin :{bench.origin_port}, nginx :{bench.nginx_port}/:{bench.nginx_tls_port}, "
             f"bcs :{m.plain_port}/:{m.tls_port}, admin :{m.admin_port}; proxy driver {bench.driver}; "
-            f"upstream leg {bench.upstream_scheme}")
+            f"upstream leg {bench.upstream_scheme}; CPU pinning: server on "
+            f"{cpu_list(bench.server_cpus) if bench.server_cpus else 'any'}, load on "
+            f"{cpu_list(bench.load_cpus) if bench.load_cpus else 'any'} (cores {args.cores}, nginx workers "
+            f"{args.nginx_workers})")
         if args.hold:
             bench.hold()
             return 0
@@ -1032,7 +1446,8 @@ def main():
         log(f"bench: {e}")
         if bench.dir:
             logs = [os.path.join(g.dir, "bcs-api.stderr") for g in bench.gateways.values()]
-            for path in logs + [os.path.join(bench.dir, "logs", n) for n in ("upstream.err", "proxy.err")]:
+            names = ("upstream.err", "proxy.err", "watch-origin.err", "watch-proxy.err", "watch-holder.out")
+            for path in logs + [os.path.join(bench.dir, "logs", n) for n in names]:
                 name = os.path.relpath(path, bench.dir)
                 if os.path.exists(path):
                     log(f"--- last lines of {name}")
@@ -1045,4 +1460,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module as `bench`, the name scenarios.py imports it by, so that there is one copy of it.
+    import bench as _self
+
+    sys.exit(_self.main())
