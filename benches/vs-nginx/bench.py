@@ -92,19 +92,24 @@ def cpu_ticks(pids):
     return sum(s[3] for p in pids if (s := proc_stat(p)))
 
 
-def thread_ticks(pid):
-    """utime+stime by thread name for one process."""
-    out = {}
+def task_files(pid, name):
+    """The text of /proc/<pid>/task/<tid>/<name> for each thread still there (none if the process is gone)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return out
+        return
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read().decode("utf-8", "replace")
+            with open(f"/proc/{pid}/task/{tid}/{name}", "rb") as f:
+                yield f.read().decode("utf-8", "replace")
         except OSError:
             continue
+
+
+def thread_ticks(pid):
+    """utime+stime by thread name for one process."""
+    out = {}
+    for data in task_files(pid, "stat"):
         comm = data[data.index("(") + 1:data.rindex(")")]
         fields = data[data.rindex(")") + 2:].split()
         out[comm] = out.get(comm, 0) + int(fields[11]) + int(fields[12])
@@ -201,20 +206,8 @@ def pin(pid, cpus):
 
 def thread_affinity(pid):
     """The distinct Cpus_allowed_list values of a process's threads, e.g. {'1'}."""
-    out = set()
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                m = re.search(r"^Cpus_allowed_list:\s*(\S+)", f.read(), re.M)
-        except OSError:
-            continue
-        if m:
-            out.add(m.group(1))
-    return out
+    found = (re.search(r"^Cpus_allowed_list:\s*(\S+)", text, re.M) for text in task_files(pid, "status"))
+    return {m.group(1) for m in found if m}
 
 
 def raise_fd_limit(want=65536):
