@@ -40,14 +40,6 @@ impl Fields {
             value: &self.raw[s.value.0 as usize..s.value.1 as usize],
         })
     }
-
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
 }
 
 /// One header field, borrowed from its head's [`Fields`].
