@@ -11,7 +11,6 @@ use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -47,15 +46,7 @@ pub struct Answer {
 /// The certificates of a PEM bundle as a root store; an error if it holds none or one does
 /// not parse.
 pub fn roots_from_pem(pem: &str) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
-        roots.add(cert).map_err(|e| format!("invalid certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no PEM certificate".into());
-    }
-    Ok(roots)
+    bcs_shared::tls::roots_from_pem(pem.as_bytes()).map_err(|e| e.to_string())
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -64,14 +55,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Client TLS trusting only the certificates in `ca_pem`.
 pub fn tls_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = roots_from_pem(ca_pem)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(bcs_shared::tls::http1_client(roots_from_pem(ca_pem)?))
 }
 
 /// Client TLS that accepts any certificate (`--insecureSkipVerify`, and the reachability probe,

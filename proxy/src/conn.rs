@@ -12,7 +12,7 @@ use crate::auth;
 use crate::error::ProxyError;
 use crate::forward::{self, Destination, Failed, Flow};
 use crate::http1::head::{parse_request, Framing, RequestHead};
-use crate::io::{read_more, write_all};
+use crate::io::{read_more, write_all, Readable};
 use crate::respond::{self, Shape};
 use crate::route::{self, Route};
 use crate::tables::{self, Tables};
@@ -47,7 +47,7 @@ impl Default for Settings {
 /// Serves one client connection to its end.
 pub async fn serve<C>(client: C, peer: SocketAddr, settings: std::sync::Arc<Settings>)
 where
-    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C: AsyncReadRent + AsyncWriteRent + Readable + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
@@ -93,6 +93,10 @@ async fn read_head<C: AsyncReadRent>(
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => settings.idle_timeout,
         };
+        if inbuf.capacity() == 0 {
+            // A stream gave its buffer up (forward.rs); a request head needs little.
+            inbuf.reserve_exact(4 * 1024);
+        }
         match monoio::time::timeout(wait, read_more(client, std::mem::take(inbuf))).await {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
             Ok((Ok(_), b)) => *inbuf = b,
@@ -111,7 +115,7 @@ async fn handle<C>(
     started: Instant,
 ) -> Flow<C>
 where
-    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C: AsyncReadRent + AsyncWriteRent + Readable + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
     C::OwnedWrite: AsyncWriteRent + 'static,
 {

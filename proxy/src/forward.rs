@@ -22,7 +22,7 @@ use crate::auth::Caller;
 use crate::error::ProxyError;
 use crate::http1::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::head::{parse_response, Framing, RequestHead, ResponseHead};
-use crate::io::{read_more, write_all, write_from, Conn, BUFFER};
+use crate::io::{read_more, write_all, write_from, Conn, Readable, BUFFER};
 use crate::rewrite::{self, BodyFraming, ClusterIdentity};
 use crate::streams;
 use crate::tables::Upstream;
@@ -38,9 +38,6 @@ const FULL_READ: usize = 8 * 1024;
 
 /// The first read of a response: its head and, often, all of a small body.
 const HEAD_READ: usize = 16 * 1024;
-
-/// The read size of a stream (chunked or until close) while its reads stay under [`FULL_READ`].
-const STREAM_READ: usize = 4 * 1024;
 
 /// How long a stream's upstream stays silent before its client is watched for hanging up.
 const STREAM_QUIET: Duration = Duration::from_secs(1);
@@ -161,7 +158,7 @@ pub async fn exchange<C>(
     client_ip: IpAddr,
 ) -> Result<(Flow<C>, u16), Failed<C>>
 where
-    C: AsyncReadRent + AsyncWriteRent + Splitable,
+    C: AsyncReadRent + AsyncWriteRent + Readable + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
@@ -199,6 +196,10 @@ where
     let close = head.close || head.upgrade.is_some();
     let streaming = matches!(response.framing, Framing::Chunked | Framing::UntilClose);
     let stream_digest = destination.caller().filter(|_| streaming).map(|c| c.digest);
+    if stream_digest.is_some() && inbuf.is_empty() {
+        // A stream may idle for an hour: it keeps no request buffer (the next request gets one).
+        *inbuf = Vec::new();
+    }
     match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_digest)
         .await
     {
@@ -387,7 +388,7 @@ async fn read_response_head(
 /// mid-response (the client connection must close). Returns the upstream connection to the
 /// pool when the response ended cleanly.
 #[allow(clippy::too_many_arguments)]
-async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
+async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     client: &mut C,
     mut conn: Conn,
     key: PoolKey,
@@ -421,7 +422,6 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
     let mut data = Vec::new();
     let mut clean = false;
     let mut last_read = 0usize;
-    let mut client_unsynced = false;
     loop {
         // Turn what arrived into what the client gets.
         match response.framing {
@@ -473,6 +473,22 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
         // they arrive, so a watch event is never held back.
         let gather =
             !finished && matches!(response.framing, Framing::Length(_)) && out.len() < GATHER && last_read >= FULL_READ;
+        if !out.is_empty() && !gather && !finished && revoked.is_none() {
+            // A body still coming: write this part while the next is read, so that neither
+            // leg waits for the other (io_uring runs both operations at once).
+            let ((w, o), (r, b)) = monoio::join!(write_all(client, out), read_more(&mut conn, buf));
+            out = o;
+            buf = b;
+            w.map_err(|_| ())?;
+            match r {
+                Ok(0) if response.framing == Framing::UntilClose => {
+                    return end_until_close(client, out_framing, close).await
+                }
+                Ok(0) | Err(_) => return Err(()),
+                Ok(n) => last_read = n,
+            }
+            continue;
+        }
         if !out.is_empty() && !gather {
             let (r, o) = write_all(client, out).await;
             out = o;
@@ -484,11 +500,14 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
         let (r, b) = match revoked.as_mut() {
             None => read_more(&mut conn, buf).await,
             Some(revoked) => {
-                // A stream reads into a small buffer while events are small, so that an idle
-                // watch holds 4 KiB, not 64.
-                let size = if last_read >= FULL_READ { BUFFER } else { STREAM_READ };
                 drop(buf);
-                match next_stream_read(&mut conn, client, revoked, size, &mut client_unsynced).await {
+                let flowing = last_read >= FULL_READ;
+                if !flowing {
+                    // About to wait, perhaps for an hour: hold no buffer meanwhile.
+                    out.shrink_to(0);
+                    data.shrink_to(0);
+                }
+                match next_stream_read(&mut conn, client, revoked, flowing).await {
                     Some(read) => read,
                     None => return Err(()),
                 }
@@ -497,11 +516,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
         buf = b;
         match r {
             Ok(0) if response.framing == Framing::UntilClose => {
-                if out_framing == BodyFraming::Chunked {
-                    let (r, _) = write_from(client, LAST_CHUNK.to_vec(), 0).await;
-                    r.map_err(|_| ())?;
-                }
-                return if close { Err(()) } else { Ok(()) };
+                return end_until_close(client, out_framing, close).await
             }
             Ok(0) | Err(_) => return Err(()),
             Ok(n) => last_read = n,
@@ -510,29 +525,53 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent>(
     if clean && !response.close {
         upstream::put_pooled(key, conn);
     }
-    // A read of the client was given up while it may have received bytes: the connection
-    // cannot be trusted to be at a request boundary.
-    if client_unsynced {
-        return Err(());
-    }
     Ok(())
+}
+
+/// The upstream ended a body framed by its close: end the client's copy (its last chunk).
+async fn end_until_close<C: AsyncWriteRent>(client: &mut C, out_framing: BodyFraming, close: bool) -> Result<(), ()> {
+    if out_framing == BodyFraming::Chunked {
+        let (r, _) = write_from(client, LAST_CHUNK.to_vec(), 0).await;
+        r.map_err(|_| ())?;
+    }
+    if close {
+        Err(())
+    } else {
+        Ok(())
+    }
 }
 
 /// The next read of a stream's upstream, while watching its token and, once the stream has been
 /// quiet for [`STREAM_QUIET`], its client: a client that hung up (or sent anything: no request
 /// may follow a stream's) ends the stream at once instead of at the next event, which on an idle
-/// watch may be an hour away. None: end the stream. `client_unsynced` is set when a client read
-/// was given up (it may have taken bytes).
-async fn next_stream_read<C: AsyncReadRent>(
+/// watch may be an hour away. None: end the stream.
+///
+/// Unless more is flowing (`flowing`: the last read was a full one), it first waits for the
+/// upstream to be readable and only then takes a buffer, so an idle stream holds none; the
+/// client is watched the same way, so watching it never takes its bytes.
+async fn next_stream_read<C: Readable>(
     conn: &mut Conn,
     client: &mut C,
     revoked: &mut streams::Revoked,
-    size: usize,
-    client_unsynced: &mut bool,
+    flowing: bool,
 ) -> Option<(std::io::Result<usize>, Vec<u8>)> {
-    let mut upstream = std::pin::pin!(read_more(conn, Vec::with_capacity(size)));
+    if flowing {
+        return watched(read_more(conn, Vec::with_capacity(BUFFER)), client, revoked).await;
+    }
+    // A readiness error is left for the read to report.
+    let _ = watched(conn.readable(), client, revoked).await?;
+    Some(read_more(conn, Vec::with_capacity(BUFFER)).await)
+}
+
+/// Runs `work` unless the token is revoked or, after [`STREAM_QUIET`], the client leaves.
+async fn watched<F: std::future::Future, C: Readable>(
+    work: F,
+    client: &mut C,
+    revoked: &mut streams::Revoked,
+) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
     monoio::select! {
-        read = &mut upstream => return Some(read),
+        out = &mut work => return Some(out),
         _ = &mut *revoked => {
             tracing::info!("token revoked or expired: closing its stream");
             return None;
@@ -540,19 +579,13 @@ async fn next_stream_read<C: AsyncReadRent>(
         _ = monoio::time::sleep(STREAM_QUIET) => {}
     }
     monoio::select! {
-        read = &mut upstream => {
-            *client_unsynced = true;
-            Some(read)
-        }
+        out = &mut work => Some(out),
         _ = &mut *revoked => {
             tracing::info!("token revoked or expired: closing its stream");
             None
         }
-        (read, _) = client.read(Vec::with_capacity(64)) => {
-            match read {
-                Ok(0) | Err(_) => tracing::debug!("the client left its stream"),
-                Ok(_) => tracing::info!("the client sent bytes during a stream; closing it"),
-            }
+        _ = client.readable() => {
+            tracing::debug!("the client left its stream or sent bytes during it; closing it");
             None
         }
     }

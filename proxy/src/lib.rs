@@ -5,6 +5,7 @@
 //! | stage | module |
 //! |---|---|
 //! | runtimes and listeners (TLS, plain, metrics) | [`listen`], [`health`] |
+//! | TLS on both legs | [`tls`] |
 //! | one client connection, request by request | [`conn`] |
 //! | request and response heads, body framing | [`http1`] |
 //! | which route | [`route`], [`allow`] |
@@ -31,4 +32,5 @@ pub mod rewrite;
 pub mod route;
 pub mod streams;
 pub mod tables;
+pub mod tls;
 pub mod upstream;

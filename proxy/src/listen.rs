@@ -13,6 +13,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::conn::{self, Settings};
 use crate::health;
+use crate::tls;
 
 /// What every core needs to start.
 #[derive(Clone)]
@@ -108,10 +109,7 @@ async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<(
     let mut listeners = Vec::new();
     let bound = (|| -> anyhow::Result<()> {
         if let Some((address, config)) = &plan.tls {
-            listeners.push((
-                bind(*address, "service_config address:port")?,
-                Some(monoio_rustls::TlsAcceptor::from(config.clone())),
-            ));
+            listeners.push((bind(*address, "service_config address:port")?, Some(config.clone())));
         }
         if let Some(address) = plan.plain {
             listeners.push((bind(address, "service_config insecure_address:insecure_port")?, None));
@@ -161,7 +159,7 @@ impl Drop for OpenGuard {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<monoio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     settings: Arc<Settings>,
     open: Rc<std::cell::Cell<usize>>,
     max_open: usize,
@@ -191,7 +189,8 @@ async fn accept_loop(
             }
             match tls {
                 None => conn::serve(stream, peer, settings).await,
-                Some(acceptor) => match monoio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Some(config) => match monoio::time::timeout(Duration::from_secs(10), tls::accept(stream, config)).await
+                {
                     Ok(Ok(stream)) => conn::serve(stream, peer, settings).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -202,15 +201,16 @@ async fn accept_loop(
 }
 
 /// Answers 503 with Retry-After and closes (after the handshake on the TLS listener).
-async fn overloaded(stream: monoio::net::TcpStream, tls: Option<monoio_rustls::TlsAcceptor>) {
+async fn overloaded(stream: monoio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let answer = crate::respond::error(&crate::error::ProxyError::Overloaded, crate::respond::Shape::Rest, true);
     match tls {
         None => {
             let mut stream = stream;
             let _ = crate::io::write_all(&mut stream, answer).await;
         }
-        Some(acceptor) => {
-            if let Ok(Ok(mut stream)) = monoio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await {
+        Some(config) => {
+            if let Ok(Ok(mut stream)) = monoio::time::timeout(Duration::from_secs(5), tls::accept(stream, config)).await
+            {
                 let _ = crate::io::write_all(&mut stream, answer).await;
             }
         }

@@ -107,14 +107,10 @@ fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
 /// client certificate when one is configured. None when no CA file is set.
 fn internal_tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
     let Some(ca_file) = non_empty(&config.cert_config.ca_file) else { return Ok(None) };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).with_context(|| format!("cert_config.ca_file {ca_file}"))? {
-        roots.add(cert.with_context(|| format!("cert_config.ca_file {ca_file}"))?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+    let pem = std::fs::read(ca_file).with_context(|| format!("cert_config.ca_file {ca_file}"))?;
+    let roots =
+        bcs_shared::tls::roots_from_pem(&pem).map_err(|e| anyhow::anyhow!("cert_config.ca_file {ca_file} {e}"))?;
+    let builder = bcs_shared::tls::client_trusting(roots);
     let config = match (non_empty(&config.cert_config.client_cert_file), non_empty(&config.cert_config.client_key_file))
     {
         (Some(cert), Some(key)) => {

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::Address;
 use monoio::net::TcpStream;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::error::ProxyError;
 use crate::io::Conn;
@@ -142,19 +141,9 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
     if let Some(config) = TLS_CONFIGS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(config);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(upstream.ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| ProxyError::BadUpstream(format!("cluster CA is not PEM: {e}")))?;
-        roots.add(cert).map_err(|e| ProxyError::BadUpstream(format!("cluster CA refused: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let config = Arc::new(config);
+    let roots = bcs_shared::tls::roots_from_pem(upstream.ca_pem.as_bytes())
+        .map_err(|e| ProxyError::BadUpstream(format!("the cluster CA {e}")))?;
+    let config = bcs_shared::tls::http1_client(roots);
     TLS_CONFIGS.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|(id, _), _| id != &upstream.cluster_id);
@@ -199,9 +188,7 @@ pub async fn connect(address: &Address, tls: Tls<'_>) -> Result<Conn, ProxyError
                 return Err(ProxyError::UpstreamConnect(format!("{authority}: https needs cert_config.ca_file")));
             }
         };
-        let connector = monoio_rustls::TlsConnector::from(config);
-        let tls = connector
-            .connect(name, tcp)
+        let tls = crate::tls::connect(tcp, config, name)
             .await
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: TLS: {e}")))?;
         Ok(Conn::Tls(Box::new(tls)))

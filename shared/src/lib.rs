@@ -7,9 +7,11 @@
 //! - [`logging`]: `tracing` set up from `log_config`, for every binary.
 //! - [`sealer`]: AES-256-GCM encryption at rest under the key file.
 //! - [`snapshot`]: what admin sends proxies, and the framed wire protocol it travels in.
+//! - [`tls`]: trust anchors from PEM and client TLS settings.
 pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod sealer;
 pub mod secret;
 pub mod snapshot;
+pub mod tls;

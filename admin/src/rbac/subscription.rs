@@ -17,8 +17,7 @@ use base64::Engine;
 use bcs_shared::config::{non_empty, Config};
 use bcs_shared::secret::Secret;
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -66,16 +65,9 @@ impl Settings {
                     anyhow::anyhow!("bkiam_auth.bkiam_auth_sub_server: wss needs cert_config.ca_file")
                 })?;
                 let pem = std::fs::read(ca_file).map_err(|e| anyhow::anyhow!("cert_config.ca_file {ca_file}: {e}"))?;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    roots.add(cert.map_err(|e| anyhow::anyhow!("cert_config.ca_file: {e}"))?)?;
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                Some(Arc::new(config))
+                let roots = bcs_shared::tls::roots_from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("cert_config.ca_file {ca_file} {e}"))?;
+                Some(Arc::new(bcs_shared::tls::client_trusting(roots).with_no_client_auth()))
             }
             other => anyhow::bail!("bkiam_auth.bkiam_auth_sub_server: scheme {other} is not ws or wss"),
         };

@@ -1,6 +1,4 @@
 //! Field checks of the REST API. Each failure is a 400 naming the field.
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 use super::error::ApiError;
 
@@ -72,18 +70,7 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
 /// `cacert_data`: one or more PEM certificates, each one a parseable X.509 certificate that
 /// can serve as a trust anchor (as the proxy will use it).
 pub fn ca_certificates(value: &str) -> Result<(), ApiError> {
-    const FIELD: &str = "cacert_data";
-    let mut count = 0;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(value.as_bytes()) {
-        let cert = cert.map_err(|e| ApiError::validation(FIELD, format_args!("is not valid PEM: {e}")))?;
-        roots.add(cert).map_err(|e| ApiError::validation(FIELD, format_args!("holds an invalid certificate: {e}")))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(ApiError::validation(FIELD, "holds no PEM certificate"));
-    }
-    Ok(())
+    bcs_shared::tls::roots_from_pem(value.as_bytes()).map(|_| ()).map_err(|e| ApiError::validation("cacert_data", e))
 }
 
 /// A bearer token that will be sent in an HTTP header: visible ASCII, at most 16 KiB.

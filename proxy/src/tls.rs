@@ -1,0 +1,303 @@
+//! TLS on monoio's owned-buffer I/O, for both legs: clients' connections (server side) and
+//! apiservers' (client side). rustls does the protocol; this file only moves ciphertext.
+//!
+//! Written here, not taken from monoio-rustls, because the proxy's memory and system-call budget
+//! lives in this layer (DESIGN §5, benches/README.md):
+//! - a read takes as much ciphertext as the caller's buffer can take the plaintext of, up to
+//!   [`CIPHER_READ`] per system call (monoio-rustls: 16 KiB);
+//! - the ciphertext buffer exists only while a read is in flight or ciphertext is left over, so
+//!   a connection at rest holds none (monoio-rustls keeps two zeroed 16 KiB buffers per connection
+//!   for its whole life: 32 KiB of every idle watch);
+//! - a write encrypts the whole buffer and sends it in one call (monoio-rustls: 16 KiB per call);
+//! - [`TlsStream::readable`] waits for data without any buffer, for streams that idle.
+//!
+//! Reads and writes touch disjoint state across their awaits (the read side owns `pending`; the
+//! write side only a local buffer; rustls is used between awaits, never across one), which is
+//! what monoio's `Split` asks for: exec and port-forward tunnels read and write at once.
+use std::io::{self, Read, Write};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
+
+/// The most ciphertext one read asks the kernel for.
+pub const CIPHER_READ: usize = 64 * 1024;
+
+/// What a read asks for beyond the plaintext it wants: record headers and tags (22 bytes per
+/// 16 KiB record), with room to spare.
+const CIPHER_SLACK: usize = 512;
+
+/// A handshake read: the largest record.
+const HANDSHAKE_READ: usize = 16 * 1024 + CIPHER_SLACK;
+
+/// A TLS connection over TCP; `C` is rustls' `ClientConnection` or `ServerConnection`.
+pub struct TlsStream<C> {
+    io: TcpStream,
+    session: C,
+    /// Ciphertext read from the socket and not yet taken by rustls (from `pos` on). Empty, and
+    /// without capacity, whenever everything read has been taken.
+    pending: Vec<u8>,
+    pos: usize,
+}
+
+pub type ServerTls = TlsStream<ServerConnection>;
+pub type ClientTls = TlsStream<ClientConnection>;
+
+// SAFETY: reads and writes are independent (see the module comment): across an await the read
+// side holds only the socket and `pending`, the write side only the socket and its own buffer.
+unsafe impl<C> Split for TlsStream<C> {}
+
+/// Accepts a client's TLS connection (the handshake, then the stream).
+pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<ServerTls> {
+    let session = ServerConnection::new(config).map_err(io::Error::other)?;
+    TlsStream::handshaken(io, session).await
+}
+
+/// Opens a TLS connection to a server that must prove it is `name`.
+pub async fn connect(
+    io: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<ClientTls> {
+    let session = ClientConnection::new(config, name).map_err(io::Error::other)?;
+    TlsStream::handshaken(io, session).await
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl<C, D> TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    async fn handshaken(io: TcpStream, mut session: C) -> io::Result<Self> {
+        // Whole writes are encrypted at once (see `write`): no cap on what rustls may queue.
+        session.set_buffer_limit(None);
+        let mut stream = TlsStream { io, session, pending: Vec::new(), pos: 0 };
+        while stream.session.is_handshaking() {
+            if stream.session.wants_write() {
+                stream.send_queued().await?;
+            } else if stream.session.wants_read() {
+                if stream.pos == stream.pending.len() && stream.read_cipher(HANDSHAKE_READ).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed during the TLS handshake",
+                    ));
+                }
+                if let Err(e) = stream.take_cipher() {
+                    // Tell the peer why (rustls queued an alert), then give up.
+                    let _ = stream.send_queued().await;
+                    return Err(e);
+                }
+            } else {
+                break;
+            }
+        }
+        if stream.session.wants_write() {
+            stream.send_queued().await?;
+        }
+        Ok(stream)
+    }
+
+    /// Reads up to `want` bytes of ciphertext from the socket into `pending`. Ok(0): the peer
+    /// closed the socket.
+    async fn read_cipher(&mut self, want: usize) -> io::Result<usize> {
+        let (result, buf) = self.io.read(Vec::with_capacity(want)).await;
+        let n = result?;
+        if n == 0 {
+            // Tells rustls the socket ended: its reader then answers with UnexpectedEof unless
+            // close_notify came first.
+            self.session.read_tls(&mut io::empty())?;
+            self.session.process_new_packets().map_err(tls_error)?;
+        } else {
+            self.pending = buf;
+            self.pos = 0;
+        }
+        Ok(n)
+    }
+
+    /// Gives rustls pending ciphertext, one bite at a time, until it is all taken or rustls holds
+    /// a full plaintext buffer; decrypts what it took.
+    fn take_cipher(&mut self) -> io::Result<()> {
+        while self.pos < self.pending.len() {
+            let taken = match self.session.read_tls(&mut &self.pending[self.pos..]) {
+                Ok(n) => n,
+                // Its plaintext buffer is full: the reader must drain it first.
+                Err(e) if e.kind() == io::ErrorKind::Other => break,
+                Err(e) => return Err(e),
+            };
+            if taken == 0 {
+                // close_notify was received: what follows it is not the peer's data.
+                self.pos = self.pending.len();
+                break;
+            }
+            self.pos += taken;
+            self.session.process_new_packets().map_err(tls_error)?;
+        }
+        if self.pos == self.pending.len() {
+            self.pending = Vec::new();
+            self.pos = 0;
+        }
+        Ok(())
+    }
+
+    /// Sends everything rustls has queued (handshake messages, alerts, records) in one write.
+    async fn send_queued(&mut self) -> io::Result<()> {
+        let mut out = Vec::new();
+        while self.session.wants_write() {
+            self.session.write_tls(&mut out)?;
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let (result, _) = self.io.write_all(out).await;
+        result.map(|_| ())
+    }
+
+    /// Decrypted bytes into `dst`, reading the socket only when nothing is decrypted or
+    /// pending. Ok(0): the peer ended the stream with close_notify.
+    async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        let mut filled = 0;
+        loop {
+            match self.session.reader().read(&mut dst[filled..]) {
+                Ok(0) => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    if filled == dst.len() {
+                        return Ok(filled);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The data before an unclean end is delivered first; the error comes next read.
+                Err(_) if filled > 0 => return Ok(filled),
+                Err(e) => return Err(e),
+            }
+            if self.pos < self.pending.len() {
+                self.take_cipher()?;
+                continue;
+            }
+            if filled > 0 {
+                return Ok(filled);
+            }
+            // As much ciphertext as `dst` can take the plaintext of: an idle keep-alive connection
+            // waits on a buffer the size of its request buffer, not on 64 KiB.
+            self.read_cipher(dst.len().min(CIPHER_READ) + CIPHER_SLACK).await?;
+            self.take_cipher()?;
+        }
+    }
+
+    /// Waits, holding no buffer while nothing arrives, until a read would not wait: plaintext,
+    /// the end of the stream or an error. Records that carry no data (TLS 1.3 session tickets,
+    /// key updates) are taken on the way and do not count.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        loop {
+            self.take_cipher()?;
+            match self.session.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
+                _ => return Ok(()),
+            }
+            if self.pos < self.pending.len() {
+                return Ok(());
+            }
+            self.io.readable(false).await?;
+            if self.read_cipher(HANDSHAKE_READ).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Encrypts `src` whole and sends it in one write.
+    async fn write_plain(&mut self, src: &[u8]) -> io::Result<()> {
+        // Records add 22 bytes each (header, tag, content type) to at most 16 KiB of data.
+        let mut out = Vec::with_capacity(src.len() + (src.len() / 16384 + 1) * 32);
+        while self.session.wants_write() {
+            self.session.write_tls(&mut out)?;
+        }
+        let mut written = 0;
+        while written < src.len() {
+            let n = self.session.writer().write(&src[written..])?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "the TLS session takes no more data"));
+            }
+            written += n;
+            while self.session.wants_write() {
+                self.session.write_tls(&mut out)?;
+            }
+        }
+        let (result, _) = self.io.write_all(out).await;
+        result.map(|_| ())
+    }
+}
+
+impl<C, D> AsyncReadRent for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // SAFETY: the slice is the buffer's spare room, which `set_init` then marks as written
+        // up to what was filled.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        let result = self.read_plain(dst).await;
+        if let Ok(n) = result {
+            unsafe { buf.set_init(n) };
+        }
+        (result, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // Fills the first non-empty slice only, as a single read may.
+        let iovecs = unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
+        let Some(first) = iovecs.iter().find(|v| v.iov_len > 0) else { return (Ok(0), buf) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(first.iov_base as *mut u8, first.iov_len) };
+        let result = self.read_plain(dst).await;
+        if let Ok(n) = result {
+            unsafe { buf.set_init(n) };
+        }
+        (result, buf)
+    }
+}
+
+impl<C, D> AsyncWriteRent for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's initialised bytes, borrowed while it is held here.
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let result = self.write_plain(src).await.map(|_| src.len());
+        (result, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let iovecs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let mut joined = Vec::with_capacity(iovecs.iter().map(|v| v.iov_len).sum());
+        for v in iovecs {
+            joined.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+        }
+        let result = self.write_plain(&joined).await.map(|_| joined.len());
+        (result, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.send_queued().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.session.send_close_notify();
+        self.send_queued().await?;
+        self.io.shutdown().await
+    }
+}
