@@ -97,7 +97,7 @@ async fn read_head<C: AsyncReadRent>(
             // A stream gave its buffer up (forward.rs); a request head needs little.
             inbuf.reserve_exact(4 * 1024);
         }
-        match monoio::time::timeout(wait, read_more(client, std::mem::take(inbuf))).await {
+        match crate::io::timeout(wait, read_more(client, std::mem::take(inbuf))).await {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
             Ok((Ok(_), b)) => *inbuf = b,
             Err(_) if deadline.is_some() => return Err(ProxyError::HeaderTimeout),

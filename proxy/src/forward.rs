@@ -188,7 +188,8 @@ where
             let error = ProxyError::BadUpstream("admin switched protocols".into());
             return Err(Failed { client, error, in_sync: true });
         };
-        tunnel(client, inbuf, conn, &response, buf, head_len, protocol, caller).await;
+        // Boxed, as the connect above: only an upgrade pays for the tunnel's future.
+        Box::pin(tunnel(client, inbuf, conn, &response, buf, head_len, protocol, caller)).await;
         return Ok((Flow::Done, 101));
     }
 
@@ -229,7 +230,9 @@ async fn send<C: AsyncReadRent>(
             attempts += 1;
             let (mut conn, reused) = match upstream::take_pooled(&key) {
                 Some(conn) if attempts == 1 => (conn, true),
-                _ => match upstream::connect(address, destination.tls()).await {
+                // Boxed: a TLS handshake's future is large, and inline it would make every
+                // connection's task that large for its whole life (an idle watch's too).
+                _ => match Box::pin(upstream::connect(address, destination.tls())).await {
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         tracing::warn!(address = %address.authority(), error = %e, "upstream connect failed");
@@ -378,7 +381,7 @@ async fn read_response_head(
             }
         }
     };
-    match monoio::time::timeout(RESPONSE_HEAD_TIMEOUT, work).await {
+    match crate::io::timeout(RESPONSE_HEAD_TIMEOUT, work).await {
         Ok(result) => result,
         Err(_) => Err((ProxyError::UpstreamTimeout, false)),
     }
@@ -576,7 +579,8 @@ async fn watched<F: std::future::Future, C: Readable>(
             tracing::info!("token revoked or expired: closing its stream");
             return None;
         }
-        _ = monoio::time::sleep(STREAM_QUIET) => {}
+        // Boxed: see io::timeout.
+        _ = Box::pin(monoio::time::sleep(STREAM_QUIET)) => {}
     }
     monoio::select! {
         out = &mut work => Some(out),

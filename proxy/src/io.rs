@@ -15,7 +15,7 @@ pub const BUFFER: usize = 64 * 1024;
 /// An upstream connection.
 pub enum Conn {
     Plain(TcpStream),
-    Tls(Box<ClientTls>),
+    Tls(ClientTls),
 }
 
 // Reads and writes of both variants are independent (both are `Split`).
@@ -97,6 +97,18 @@ impl Readable for Conn {
             Conn::Plain(s) => TcpStream::readable(s, false).await,
             Conn::Tls(s) => s.readable().await,
         }
+    }
+}
+
+/// monoio's `time::timeout` with its timer on the heap. monoio's `Sleep` is 640 bytes aligned to
+/// 128: inline, it pads every future that holds it and every future above that, up to the
+/// connection's task, which an idle watch keeps for hours. Err: `limit` passed first.
+pub async fn timeout<F: std::future::Future>(limit: std::time::Duration, work: F) -> Result<F::Output, ()> {
+    let mut timer = Box::pin(monoio::time::sleep(limit));
+    let mut work = std::pin::pin!(work);
+    monoio::select! {
+        out = &mut work => Ok(out),
+        _ = &mut timer => Err(()),
     }
 }
 

@@ -180,21 +180,25 @@ async fn accept_loop(
         open.set(open.get() + 1);
         crate::metrics::connection_opened();
         let guard = OpenGuard(open.clone());
+        // Each phase's future is boxed, so that the task holds only the phase it is in: inline,
+        // the task would be as large as the largest phase of any kind of connection (the TLS
+        // handshake, a TLS client's requests) for its whole life, an idle plain watch included.
         monoio::spawn(async move {
             let _guard = guard;
             if over_limit {
                 tracing::warn!(%peer, max_open, "connection limit reached: answering 503");
-                overloaded(stream, tls).await;
+                Box::pin(overloaded(stream, tls)).await;
                 return;
             }
             match tls {
-                None => conn::serve(stream, peer, settings).await,
-                Some(config) => match monoio::time::timeout(Duration::from_secs(10), tls::accept(stream, config)).await
-                {
-                    Ok(Ok(stream)) => conn::serve(stream, peer, settings).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                None => Box::pin(conn::serve(stream, peer, settings)).await,
+                Some(config) => {
+                    match Box::pin(crate::io::timeout(Duration::from_secs(10), tls::accept(stream, config))).await {
+                        Ok(Ok(stream)) => Box::pin(conn::serve(stream, peer, settings)).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -209,8 +213,7 @@ async fn overloaded(stream: monoio::net::TcpStream, tls: Option<Arc<rustls::Serv
             let _ = crate::io::write_all(&mut stream, answer).await;
         }
         Some(config) => {
-            if let Ok(Ok(mut stream)) = monoio::time::timeout(Duration::from_secs(5), tls::accept(stream, config)).await
-            {
+            if let Ok(Ok(mut stream)) = crate::io::timeout(Duration::from_secs(5), tls::accept(stream, config)).await {
                 let _ = crate::io::write_all(&mut stream, answer).await;
             }
         }

@@ -38,7 +38,9 @@ const HANDSHAKE_READ: usize = 16 * 1024 + CIPHER_SLACK;
 /// A TLS connection over TCP; `C` is rustls' `ClientConnection` or `ServerConnection`.
 pub struct TlsStream<C> {
     io: TcpStream,
-    session: C,
+    /// Boxed: a stream is passed by value down a request's chain of futures, and each level
+    /// that holds it would otherwise hold rustls' kilobyte of state again.
+    session: Box<C>,
     /// Ciphertext read from the socket and not yet taken by rustls (from `pos` on). Empty, and
     /// without capacity, whenever everything read has been taken.
     pending: Vec<u8>,
@@ -77,7 +79,8 @@ where
     C: DerefMut + Deref<Target = ConnectionCommon<D>>,
     D: SideData,
 {
-    async fn handshaken(io: TcpStream, mut session: C) -> io::Result<Self> {
+    async fn handshaken(io: TcpStream, session: C) -> io::Result<Self> {
+        let mut session = Box::new(session);
         // Whole writes are encrypted at once (see `write`): no cap on what rustls may queue.
         session.set_buffer_limit(None);
         let mut stream = TlsStream { io, session, pending: Vec::new(), pos: 0 };

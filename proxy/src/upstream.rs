@@ -191,9 +191,9 @@ pub async fn connect(address: &Address, tls: Tls<'_>) -> Result<Conn, ProxyError
         let tls = crate::tls::connect(tcp, config, name)
             .await
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: TLS: {e}")))?;
-        Ok(Conn::Tls(Box::new(tls)))
+        Ok(Conn::Tls(tls))
     };
-    match monoio::time::timeout(CONNECT_TIMEOUT, work).await {
+    match crate::io::timeout(CONNECT_TIMEOUT, work).await {
         Ok(result) => result,
         Err(_) => Err(ProxyError::UpstreamConnect(format!("{authority}: no connection within {CONNECT_TIMEOUT:?}"))),
     }
