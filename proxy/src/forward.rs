@@ -36,6 +36,13 @@ pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 const GATHER: usize = 48 * 1024;
 const FULL_READ: usize = 8 * 1024;
 
+/// A Content-Length body larger than this is bulk: it is read into buffers of this size and
+/// written to the client in parts of up to [`BULK_GATHER`] (nginx-proxy's `proxy_buffers 8 64k`
+/// make about 128 KiB writes): fewer, larger system calls on both legs, and fewer wake-ups of
+/// the client and the upstream.
+const BULK: usize = 256 * 1024;
+const BULK_GATHER: usize = 192 * 1024;
+
 /// The first read of a response: its head and, often, all of a small body.
 const HEAD_READ: usize = 16 * 1024;
 
@@ -422,6 +429,12 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         Framing::Length(n) => n,
         _ => 0,
     };
+    let bulk = matches!(response.framing, Framing::Length(n) if n > BULK as u64);
+    let gather_limit = match response.framing {
+        Framing::Length(_) if bulk => BULK_GATHER,
+        Framing::Length(_) => GATHER,
+        _ => 0,
+    };
     let mut data = Vec::new();
     let mut clean = false;
     let mut last_read = 0usize;
@@ -474,11 +487,13 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         // A Content-Length body still arriving in full reads is gathered into fewer, larger
         // writes (at most GATHER bytes held); streams (chunked, until close) are written as
         // they arrive, so a watch event is never held back.
-        let gather =
-            !finished && matches!(response.framing, Framing::Length(_)) && out.len() < GATHER && last_read >= FULL_READ;
+        let gather = !finished && out.len() < gather_limit && last_read >= FULL_READ;
         if !out.is_empty() && !gather && !finished && revoked.is_none() {
             // A body still coming: write this part while the next is read, so that neither
             // leg waits for the other (io_uring runs both operations at once).
+            if bulk && buf.capacity() < BULK {
+                buf.reserve(BULK);
+            }
             let ((w, o), (r, b)) = monoio::join!(write_all(client, out), read_more(&mut conn, buf));
             out = o;
             buf = b;

@@ -26,7 +26,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 
 /// The most ciphertext one read asks the kernel for.
-pub const CIPHER_READ: usize = 64 * 1024;
+pub const CIPHER_READ: usize = 256 * 1024;
 
 /// What a read asks for beyond the plaintext it wants: record headers and tags (22 bytes per
 /// 16 KiB record), with room to spare.
