@@ -61,7 +61,7 @@ where
             Ok(None) => return,
             Err(error) => {
                 let _ = write_all(&mut client, respond::error(&error, Shape::Rest, true)).await;
-                log_request("-", "-", "", "", error.status(), Instant::now(), Some(&error));
+                log_request("-", "-", "", "", error.status(), Duration::ZERO, Some(&error));
                 return;
             }
         };
@@ -119,7 +119,7 @@ where
     C::OwnedRead: AsyncReadRent + 'static,
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
-    let path = head.target.split('?').next().unwrap_or_default().to_owned();
+    let path = head.target.split('?').next().unwrap_or_default();
     let (kind, user, cluster, outcome) = match plan(head, settings) {
         Err((kind, error)) => {
             (kind, String::new(), String::new(), Err(Failed { client, error, in_sync: head.framing == Framing::None }))
@@ -138,15 +138,17 @@ where
     let shape = if kind == "k8s" { Shape::Kubernetes } else { Shape::Rest };
     match outcome {
         Ok((flow, status)) => {
-            log_request(&head.method, &path, &user, &cluster, status, started, None);
-            crate::metrics::request_done(kind, &head.method, status, started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            log_request(&head.method, path, &user, &cluster, status, took, None);
+            crate::metrics::request_done(kind, &head.method, status, took.as_secs_f64());
             flow
         }
         Err(Failed { mut client, error, in_sync }) => {
             let close = !in_sync || error.closes_connection() || head.close || head.upgrade.is_some();
             let (written, _) = write_all(&mut client, respond::error(&error, shape, close)).await;
-            log_request(&head.method, &path, &user, &cluster, error.status(), started, Some(&error));
-            crate::metrics::request_done(kind, &head.method, error.status(), started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            log_request(&head.method, path, &user, &cluster, error.status(), took, Some(&error));
+            crate::metrics::request_done(kind, &head.method, error.status(), took.as_secs_f64());
             if close || written.is_err() {
                 Flow::Done
             } else {
@@ -289,10 +291,10 @@ fn log_request(
     user: &str,
     cluster: &str,
     status: u16,
-    started: Instant,
+    took: Duration,
     error: Option<&ProxyError>,
 ) {
-    let millis = started.elapsed().as_secs_f64() * 1e3;
+    let millis = took.as_secs_f64() * 1e3;
     match error {
         None => tracing::info!(target: "bcs_proxy::access", method, path, user, cluster, status, millis, "request"),
         Some(e) => {

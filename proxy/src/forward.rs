@@ -106,17 +106,14 @@ impl Destination {
         }
     }
 
-    fn pool_key(&self, address: &Address) -> PoolKey {
+    /// `authority`: the address's `host:port`.
+    fn pool_key(&self, authority: String) -> PoolKey {
         match self {
-            Destination::Cluster { upstream, .. } => PoolKey {
-                authority: address.authority(),
-                owner: upstream.cluster_id.clone(),
-                version: upstream.version,
-            },
-            Destination::Admin { .. } => PoolKey { authority: address.authority(), owner: "admin".into(), version: 0 },
-            Destination::Internal { owner, .. } => {
-                PoolKey { authority: address.authority(), owner: owner.clone(), version: 0 }
+            Destination::Cluster { upstream, .. } => {
+                PoolKey { authority, owner: upstream.cluster_id.clone(), version: upstream.version }
             }
+            Destination::Admin { .. } => PoolKey { authority, owner: "admin".into(), version: 0 },
+            Destination::Internal { owner, .. } => PoolKey { authority, owner: owner.clone(), version: 0 },
         }
     }
 
@@ -124,17 +121,17 @@ impl Destination {
         &self,
         head: &RequestHead,
         target: &str,
-        address: &Address,
+        authority: &str,
         client_ip: IpAddr,
     ) -> Result<Vec<u8>, ProxyError> {
         let body = BodyFraming::from(head.framing);
         match self {
             Destination::Cluster { upstream, impersonate, .. } => {
                 let identity = ClusterIdentity { token: &upstream.token, impersonate: impersonate.as_deref() };
-                rewrite::to_cluster(head, target, &address.authority(), &identity, client_ip, body)
+                rewrite::to_cluster(head, target, authority, &identity, client_ip, body)
             }
-            Destination::Admin { .. } => rewrite::to_admin(head, &address.authority(), client_ip, body),
-            Destination::Internal { .. } => rewrite::to_driver(head, target, &address.authority(), client_ip, body),
+            Destination::Admin { .. } => rewrite::to_admin(head, authority, client_ip, body),
+            Destination::Internal { .. } => rewrite::to_driver(head, target, authority, client_ip, body),
         }
     }
 
@@ -230,8 +227,9 @@ async fn send<C: AsyncReadRent>(
     let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
     let mut retried = false;
     for address in destination.addresses() {
-        let key = destination.pool_key(address);
-        let mut request_head = destination.head(head, target, address, client_ip).map_err(|e| (e, false))?;
+        let authority = address.authority();
+        let mut request_head = destination.head(head, target, &authority, client_ip).map_err(|e| (e, false))?;
+        let key = destination.pool_key(authority);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -108,9 +108,13 @@ pub fn pooled_count() -> usize {
 /// The addresses to try, healthy ones first, in the reported order (failover, as the
 /// original: the first healthy address takes the traffic, which keeps pools warm).
 pub fn candidates(addresses: &[Address]) -> Vec<&Address> {
-    let now = Instant::now();
     EJECTED.with(|e| {
         let mut e = e.borrow_mut();
+        if e.is_empty() {
+            // The usual case: no clock read, no address formatted.
+            return addresses.iter().collect();
+        }
+        let now = Instant::now();
         e.retain(|_, until| *until > now);
         let (healthy, ejected): (Vec<&Address>, Vec<&Address>) =
             addresses.iter().partition(|a| !e.contains_key(&a.authority()));
