@@ -208,8 +208,14 @@ where
     match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_digest)
         .await
     {
-        Ok(()) if !close => Ok((Flow::Next(client), response.status)),
-        _ => Ok((Flow::Done, response.status)),
+        Ok(false) => Ok((Flow::Next(client), response.status)),
+        Ok(true) => {
+            // A complete response on a connection that closes: end it cleanly (a TLS client
+            // gets close_notify, which tells a body read until close from a cut one).
+            let _ = client.shutdown().await;
+            Ok((Flow::Done, response.status))
+        }
+        Err(()) => Ok((Flow::Done, response.status)),
     }
 }
 
@@ -392,7 +398,8 @@ async fn read_response_head(
     }
 }
 
-/// Writes the response head and streams the body. Err: the client or the upstream broke off
+/// Writes the response head and streams the body. Ok(close): the response ended cleanly, and
+/// whether the client connection must close now. Err: the client or the upstream broke off
 /// mid-response (the client connection must close). Returns the upstream connection to the
 /// pool when the response ended cleanly.
 #[allow(clippy::too_many_arguments)]
@@ -406,7 +413,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     client_minor: u8,
     close: bool,
     stream_digest: Option<[u8; 32]>,
-) -> Result<(), ()> {
+) -> Result<bool, ()> {
     // HTTP/1.0 clients cannot read chunked: they get the body until close.
     let out_framing = match response.framing {
         Framing::UntilClose if client_minor == 0 => BodyFraming::None,
@@ -541,20 +548,16 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     if clean && !response.close {
         upstream::put_pooled(key, conn);
     }
-    Ok(())
+    Ok(close)
 }
 
 /// The upstream ended a body framed by its close: end the client's copy (its last chunk).
-async fn end_until_close<C: AsyncWriteRent>(client: &mut C, out_framing: BodyFraming, close: bool) -> Result<(), ()> {
+async fn end_until_close<C: AsyncWriteRent>(client: &mut C, out_framing: BodyFraming, close: bool) -> Result<bool, ()> {
     if out_framing == BodyFraming::Chunked {
         let (r, _) = write_from(client, LAST_CHUNK.to_vec(), 0).await;
         r.map_err(|_| ())?;
     }
-    if close {
-        Err(())
-    } else {
-        Ok(())
-    }
+    Ok(close)
 }
 
 /// The next read of a stream's upstream, while watching its token and, once the stream has been
@@ -641,34 +644,40 @@ async fn tunnel<C>(
     let mut revoked = std::pin::pin!(revoked);
     monoio::select! {
         _ = &mut down => {}
-        _ = &mut up => {
-            // The client finished sending; let the upstream finish answering.
-            monoio::select! {
-                _ = &mut down => {}
-                _ = &mut revoked => tracing::info!("token revoked or expired: closing its stream"),
+        clean = &mut up => {
+            // The client finished sending: let the upstream finish answering. A client that
+            // broke off ends the tunnel.
+            if clean {
+                monoio::select! {
+                    _ = &mut down => {}
+                    _ = &mut revoked => tracing::info!("token revoked or expired: closing its stream"),
+                }
             }
         }
         _ = &mut revoked => tracing::info!("token revoked or expired: closing its stream"),
     }
 }
 
-/// Copies until end of stream, then shuts the writer down.
-async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) {
+/// Copies until end of stream, then shuts the writer down (for TLS: close_notify). A read that
+/// fails (a TLS stream cut without close_notify, a reset) is not passed on as a clean end: the
+/// writer is dropped unclosed, so the other side sees the cut too. True: a clean end.
+async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) -> bool {
     let mut buf = Vec::with_capacity(BUFFER);
     loop {
         buf.clear();
         let (r, b) = from.read(buf).await;
         buf = b;
         match r {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(_) => return false,
             Ok(_) => {
                 let (r, b) = to.write_all(buf).await;
                 buf = b;
                 if r.is_err() {
-                    break;
+                    return false;
                 }
             }
         }
     }
-    let _ = to.shutdown().await;
+    to.shutdown().await.is_ok()
 }

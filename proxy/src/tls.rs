@@ -16,6 +16,7 @@
 //! what monoio's `Split` asks for: exec and port-forward tunnels read and write at once.
 use std::io::{self, Read, Write};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
@@ -53,6 +54,12 @@ pub type ClientTls = TlsStream<ClientConnection>;
 // SAFETY: reads and writes are independent (see the module comment): across an await the read
 // side holds only the socket and `pending`, the write side only the socket and its own buffer.
 unsafe impl<C> Split for TlsStream<C> {}
+
+impl<C> AsRawFd for TlsStream<C> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.as_raw_fd()
+    }
+}
 
 /// Accepts a client's TLS connection (the handshake, then the stream).
 pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<ServerTls> {
@@ -100,7 +107,7 @@ where
                     return Err(e);
                 }
             } else {
-                break;
+                return Err(io::Error::other("the TLS handshake stalled: nothing to send and nothing awaited"));
             }
         }
         if stream.session.wants_write() {
@@ -115,15 +122,47 @@ where
         let (result, buf) = self.io.read(Vec::with_capacity(want)).await;
         let n = result?;
         if n == 0 {
-            // Tells rustls the socket ended: its reader then answers with UnexpectedEof unless
-            // close_notify came first.
-            self.session.read_tls(&mut io::empty())?;
-            self.session.process_new_packets().map_err(tls_error)?;
+            self.socket_ended()?;
         } else {
             self.pending = buf;
             self.pos = 0;
         }
         Ok(n)
+    }
+
+    /// Takes up to `want` bytes the socket holds now into `pending`, without waiting. None:
+    /// nothing yet. Synchronous on purpose: a future dropped at an await loses nothing, where an
+    /// io_uring read dropped after it completed would lose its bytes (`readable` is raced against
+    /// other events and dropped).
+    fn recv_now(&mut self, want: usize) -> io::Result<Option<usize>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(want);
+        // SAFETY: recv writes at most `want` bytes into the vector's spare room, then the length
+        // is set to what it wrote.
+        let n = unsafe { libc::recv(self.io.as_raw_fd(), buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        if n == 0 {
+            self.socket_ended()?;
+        } else {
+            unsafe { buf.set_len(n) };
+            self.pending = buf;
+            self.pos = 0;
+        }
+        Ok(Some(n))
+    }
+
+    /// Tells rustls the socket ended: its reader then answers with UnexpectedEof unless
+    /// close_notify came first.
+    fn socket_ended(&mut self) -> io::Result<()> {
+        self.session.read_tls(&mut io::empty())?;
+        self.session.process_new_packets().map_err(tls_error)?;
+        Ok(())
     }
 
     /// Gives rustls pending ciphertext, one bite at a time, until it is all taken or rustls holds
@@ -187,12 +226,19 @@ where
                 Err(e) => return Err(e),
             }
             if self.pos < self.pending.len() {
-                self.take_cipher()?;
-                continue;
+                match self.take_cipher() {
+                    Ok(()) => continue,
+                    // What was decrypted before the error is delivered first.
+                    Err(_) if filled > 0 => return Ok(filled),
+                    Err(e) => return Err(e),
+                }
             }
             if filled > 0 {
                 return Ok(filled);
             }
+            // A session that failed earlier (rustls keeps the error) fails this read too,
+            // rather than waiting on the socket for bytes it could not use.
+            self.session.process_new_packets().map_err(tls_error)?;
             // As much ciphertext as `dst` can take the plaintext of: an idle keep-alive connection
             // waits on a buffer the size of its request buffer, not on 64 KiB.
             self.read_cipher(dst.len().min(CIPHER_READ) + CIPHER_SLACK).await?;
@@ -201,20 +247,18 @@ where
     }
 
     /// Waits, holding no buffer while nothing arrives, until a read would not wait: plaintext,
-    /// the end of the stream or an error. Records that carry no data (TLS 1.3 session tickets,
-    /// key updates) are taken on the way and do not count.
+    /// or the end of the stream. Records that carry no data (TLS 1.3 session tickets, key
+    /// updates) are taken on the way and do not count. Err: the session failed (as the read
+    /// would). Safe to drop at any point: it never holds bytes it has not handed to rustls.
     pub async fn readable(&mut self) -> io::Result<()> {
         loop {
             self.take_cipher()?;
-            match self.session.process_new_packets() {
-                Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
-                _ => return Ok(()),
-            }
-            if self.pos < self.pending.len() {
+            let state = self.session.process_new_packets().map_err(tls_error)?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || self.pos < self.pending.len() {
                 return Ok(());
             }
             self.io.readable(false).await?;
-            if self.read_cipher(HANDSHAKE_READ).await? == 0 {
+            if self.recv_now(HANDSHAKE_READ)? == Some(0) {
                 return Ok(());
             }
         }

@@ -61,8 +61,9 @@ fn three_mebibytes_each_way_arrive_intact_through_split_halves() {
         let certs = CertPair::generate("tls-test-ca");
         let (server, client) = pair(&certs, &certs.ca_pem).await;
         let (server, client) = (server.expect("server handshake"), client.expect("client handshake"));
-        // The server echoes through its split halves, reading in odd small pieces so that
-        // ciphertext is left over between reads.
+        // The server echoes through its split halves, reading in odd small pieces; the client
+        // reads 64 KiB at a time while 1 MiB writes arrive, which fills rustls' plaintext
+        // buffer and leaves ciphertext over between reads.
         let echo = monoio::spawn(async move {
             let (mut read, mut write) = server.into_split();
             loop {
@@ -160,5 +161,51 @@ fn readable_waits_for_data_without_taking_it() {
         let (r, buf) = client.read(Vec::with_capacity(64)).await;
         assert_eq!(r.expect("read"), 5);
         assert_eq!(buf, b"event");
+    })
+}
+
+#[test]
+fn a_corrupted_record_fails_readable_and_the_next_read_at_once() {
+    run(async {
+        use std::io::Write;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let certs = CertPair::generate("tls-test-ca");
+        let (server, client) = pair(&certs, &certs.ca_pem).await;
+        let (server, mut client) = (server.expect("server"), client.expect("client"));
+        // An application-data record whose tag cannot verify, written past the server's TLS.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend([0x5a; 32]);
+        // SAFETY: borrows the server's descriptor without taking it over (ManuallyDrop).
+        let mut raw = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(server.as_raw_fd()) });
+        raw.write_all(&record).expect("raw write");
+        let ready = monoio::time::timeout(Duration::from_secs(10), client.readable()).await.expect("readable answers");
+        let error = ready.expect_err("a record that does not decrypt is an error, not data");
+        assert_eq!(error.kind(), ErrorKind::InvalidData, "{error}");
+        // The session is broken: the read fails too, at once, instead of waiting on the socket.
+        let (read, _) = monoio::time::timeout(Duration::from_secs(5), client.read(Vec::with_capacity(64)))
+            .await
+            .expect("the read fails without waiting for more bytes");
+        assert_eq!(read.expect_err("a failed session reads as an error").kind(), ErrorKind::InvalidData);
+        drop(server);
+    })
+}
+
+#[test]
+fn readable_answers_for_close_notify_and_for_a_bare_close() {
+    run(async {
+        let certs = CertPair::generate("tls-test-ca");
+        let (server, client) = pair(&certs, &certs.ca_pem).await;
+        let (mut server, mut client) = (server.expect("server"), client.expect("client"));
+        server.shutdown().await.expect("close_notify");
+        monoio::time::timeout(Duration::from_secs(10), client.readable()).await.expect("readable").expect("no error");
+        let (read, _) = client.read(Vec::with_capacity(64)).await;
+        assert_eq!(read.expect("a clean end"), 0);
+
+        let (server, client) = pair(&certs, &certs.ca_pem).await;
+        let (server, mut client) = (server.expect("server"), client.expect("client"));
+        drop(server);
+        monoio::time::timeout(Duration::from_secs(10), client.readable()).await.expect("readable").expect("no error");
+        let (read, _) = client.read(Vec::with_capacity(64)).await;
+        assert_eq!(read.expect_err("a cut is not a clean end").kind(), ErrorKind::UnexpectedEof);
     })
 }
