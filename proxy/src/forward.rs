@@ -499,7 +499,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
             if bulk && buf.capacity() < BULK {
                 buf.reserve(BULK);
             }
-            let ((w, o), (r, b)) = monoio::join!(write_all(client, out), read_more(&mut conn, buf));
+            let ((w, o), (r, b)) = write_while_reading(client, out, &mut conn, buf).await?;
             out = o;
             buf = b;
             w.map_err(|_| ())?;
@@ -549,6 +549,28 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         upstream::put_pooled(key, conn);
     }
     Ok(close)
+}
+
+/// Writes `out` to the client while the next part is read into `buf`, both at once. A failed
+/// write ends the exchange without waiting for the read: an upstream that stalls mid-body must
+/// not keep a connection whose client has gone.
+async fn write_while_reading<C: AsyncWriteRent>(
+    client: &mut C,
+    out: Vec<u8>,
+    conn: &mut Conn,
+    buf: Vec<u8>,
+) -> Result<((std::io::Result<()>, Vec<u8>), (std::io::Result<usize>, Vec<u8>)), ()> {
+    let mut write = std::pin::pin!(write_all(client, out));
+    let mut read = std::pin::pin!(read_more(conn, buf));
+    monoio::select! {
+        written = &mut write => {
+            if written.0.is_err() {
+                return Err(());
+            }
+            Ok((written, read.await))
+        }
+        read = &mut read => Ok((write.await, read)),
+    }
 }
 
 /// The upstream ended a body framed by its close: end the client's copy (its last chunk).
