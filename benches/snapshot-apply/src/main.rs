@@ -7,6 +7,10 @@
 //! `bcs-snapshot-apply [--clusters N] [--tokens N] [--rounds N]`; benches/vs-nginx/run runs it.
 use std::time::Instant;
 
+// The proxy's allocator (proxy/src/main.rs), so that allocation costs are the proxy's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bcs_proxy::tables::{self, digest, Tables};
 use bcs_shared::snapshot::synthetic::{cluster_identifier, snapshot, token_value};
 use bcs_shared::snapshot::wire::{encode, Decoder, Message};
