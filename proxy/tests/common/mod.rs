@@ -162,6 +162,9 @@ pub enum Reply {
     SwitchAndEcho(Vec<u8>, Duration),
     /// A 200 with a Content-Length body of `n` bytes, written in 64 KiB pieces.
     Large(usize),
+    /// Write these bytes (a 101 and some tunnel data), wait, then end the connection: with a
+    /// reset (RST, `true`) or a clean close (FIN, `false`).
+    SwitchThenEnd(Vec<u8>, Duration, bool),
     /// Close without answering.
     Close,
 }
@@ -371,6 +374,15 @@ async fn serve_upstream(
                     }
                     left -= n;
                 }
+            }
+            Reply::SwitchThenEnd(bytes, wait, reset) => {
+                let _ = stream.write_all(&bytes).await;
+                tokio::time::sleep(wait).await;
+                if reset {
+                    // Linger 0: close sends RST, not FIN.
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                }
+                return;
             }
             Reply::Close => return,
         }
