@@ -380,7 +380,7 @@ async fn serve_upstream(
                 tokio::time::sleep(wait).await;
                 if reset {
                     // Linger 0: close sends RST, not FIN.
-                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    let _ = stream.set_zero_linger();
                 }
                 return;
             }
