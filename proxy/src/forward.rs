@@ -170,7 +170,8 @@ where
         let error = ProxyError::BadRequest("an upgrade request must not have a body".into());
         return Err(Failed { client, error, in_sync: false });
     }
-    let sent = match send(&mut client, inbuf, head, target, &destination, client_ip).await {
+    // Boxed: a stream's task keeps this future's largest state for hours, and sending is it.
+    let sent = match Box::pin(send(&mut client, inbuf, head, target, &destination, client_ip)).await {
         Ok(sent) => sent,
         Err((error, in_sync)) => return Err(Failed { client, error, in_sync }),
     };
@@ -499,7 +500,8 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
             if bulk && buf.capacity() < BULK {
                 buf.reserve(BULK);
             }
-            let ((w, o), (r, b)) = write_while_reading(client, out, &mut conn, buf).await?;
+            // Boxed: the relay's future, which an idle stream keeps, need not hold this state.
+            let ((w, o), (r, b)) = Box::pin(write_while_reading(client, out, &mut conn, buf)).await?;
             out = o;
             buf = b;
             w.map_err(|_| ())?;
@@ -597,7 +599,8 @@ async fn next_stream_read<C: Readable>(
     flowing: bool,
 ) -> Option<(std::io::Result<usize>, Vec<u8>)> {
     if flowing {
-        return watched(read_more(conn, Vec::with_capacity(BUFFER)), client, revoked).await;
+        // Boxed, so that this rarer case does not size the wait of every idle stream.
+        return Box::pin(watched(read_more(conn, Vec::with_capacity(BUFFER)), client, revoked)).await;
     }
     // A readiness error is left for the read to report.
     let _ = watched(conn.readable(), client, revoked).await?;
