@@ -75,7 +75,12 @@ impl Decoder {
     /// before buffering its payload.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         self.buffer.extend_from_slice(bytes);
-        self.check_length().map(|_| ())
+        if let Some(len) = self.check_length()? {
+            // Room for the whole frame at once (its length passed the limit): a large snapshot
+            // arriving in many reads is then copied once, not at every doubling of the buffer.
+            self.buffer.reserve((4 + len).saturating_sub(self.buffer.len()));
+        }
+        Ok(())
     }
 
     fn check_length(&self) -> Result<Option<usize>, WireError> {
