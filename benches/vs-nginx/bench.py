@@ -1285,6 +1285,8 @@ def parse_args(argv):
     p.add_argument("--propagation-samples", type=int, default=50,
                    help="token creations and revocations timed (default 50; --quick 20)")
     p.add_argument("--streams", type=int, default=10000, help="idle watch streams held at once (default 10000)")
+    p.add_argument("--watch-client", choices=["plain", "tls"], default="plain",
+                   help="the watch streams' client leg: the proxies' plain ports (default) or their TLS ports")
     p.add_argument("--no-pin", action="store_true",
                    help="no CPU pinning (by default, with 2 or more CPUs, the server under test runs on its own "
                         "CPUs through taskset and wrk, origin, bcs-api on the others)")

@@ -287,6 +287,10 @@ http {
     proxy_read_timeout 1h;
 @UPSTREAM_TLS@    server {
         listen 127.0.0.1:@WATCH_NGINX@ reuseport backlog=4096;
+        # The client leg over TLS (--watch-client tls): the gateway's certificate.
+        listen 127.0.0.1:@WATCH_NGINX_TLS@ ssl reuseport backlog=4096;
+        ssl_certificate     cert.pem;
+        ssl_certificate_key key.pem;
         location / { proxy_pass @UPSTREAM_SCHEME@://backend; }
     }
 }
@@ -360,11 +364,18 @@ class StreamFailed(Exception):
     pass
 
 
-async def open_stream(port, request, sem):
-    """One watch stream: connect, send the request, read the 200 head and the first event; the writer
-    (its socket stays open, idle) or an exception."""
+def client_tls():
+    """The TLS context of a watch client: the bench's throw-away certificates, unverified (as probe_watch)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx
+
+
+async def open_stream(port, request, sem, tls=None):
+    """One watch stream: connect (over TLS when `tls` is a context), send the request, read the 200 head
+    and the first event; the writer (its socket stays open, idle) or an exception."""
     async with sem:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 20)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 20)
         try:
             writer.write(request)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
@@ -387,13 +398,14 @@ async def open_stream(port, request, sem):
         return writer
 
 
-async def hold_streams(port, request, n, measure):
+async def hold_streams(port, request, n, measure, tls=False):
     """Opens n watch streams (OPEN_CONCURRENCY at a time), lets them idle SETTLE seconds, calls `measure()`
     with all of them open, then closes them from the client side. (opened, errors by kind, seconds to
     open them all, what measure returned)."""
     sem = asyncio.Semaphore(OPEN_CONCURRENCY)
     t0 = time.monotonic()
-    tasks = [asyncio.ensure_future(open_stream(port, request, sem)) for _ in range(n)]
+    ctx = client_tls() if tls else None
+    tasks = [asyncio.ensure_future(open_stream(port, request, sem, ctx)) for _ in range(n)]
     done, pending = await asyncio.wait(tasks, timeout=OPEN_TIMEOUT)
     for t in pending:
         t.cancel()
@@ -466,7 +478,7 @@ def drain(pids_of, base_fds, slack, upstream_port):
         time.sleep(0.1)
 
 
-def streams_through(name, port, path, token, n, pids_of, holder, upstream_port, metric=None):
+def streams_through(name, port, path, token, n, pids_of, holder, upstream_port, metric=None, tls=False):
     """n idle watch streams through one proxy: its RSS (VmRSS, summed over `pids_of()`) and descriptors
     before, with all n open (after a settling second), after the clients closed them, and after the origin
     ended the watches (SIGUSR1 to watch_holder.py)."""
@@ -479,7 +491,7 @@ def streams_through(name, port, path, token, n, pids_of, holder, upstream_port, 
 
     b.log(f"watch: opening {n:,} streams through {name} (RSS {r['rss0'] / 1024:.1f} MiB, {r['fds0']} fds)")
     r["open"], r["errors"], r["open_secs"], peak = asyncio.run(
-        hold_streams(port, watch_request(path, port, token), n, measure))
+        hold_streams(port, watch_request(path, port, token), n, measure, tls))
     r.update(rss1=peak["rss"], fds1=peak["fds"], metric=peak["metric"])
     r["per_stream"] = (r["rss1"] - r["rss0"]) / r["open"] if r["open"] else float("nan")
     slack = max(16, n // 100)
@@ -526,19 +538,19 @@ def watch(bench, n):
     """n concurrent idle watch streams through bcs-api-proxy, then through an nginx-proxy, each proxy's RSS
     per stream. The origin holds every watch open: watch_holder.py (asyncio, plain) behind a TLS nginx
     (the watch origin), which the gateway reaches as a second cluster; the client is asyncio in this
-    process, on the proxies' plain ports, with the bench user's token."""
+    process, on the proxies' plain ports (TLS ports with --watch-client tls), with the bench user's token."""
     a, d, g = bench.args, bench.dir, bench.main
     requested, n, why = n, *stream_capacity(n, bench.proxy_pid(g))
     if n < requested:
         b.log(f"watch: {n:,} streams instead of {requested:,}: {why}")
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    holder_port, origin_port, origin_tls_port, proxy_port = b.free_ports(4)
+    holder_port, origin_port, origin_tls_port, proxy_port, proxy_tls_port = b.free_ports(5)
     # A worker takes two connections per stream (client and upstream). nginx starts closing idle client
     # connections ("worker_connections are not enough, reusing connections") once fewer than 1/16 of its
     # worker_connections are free, hence the headroom; it may exceed the open-files limit (a warning).
     wconn = 2 * n + n // 4 + 1024
     values = {"HOLDER": holder_port, "WATCH_ORIGIN": origin_port, "WATCH_ORIGIN_TLS": origin_tls_port,
-              "WATCH_NGINX": proxy_port, "WCONN": wconn, "NOFILE": limit,
+              "WATCH_NGINX": proxy_port, "WATCH_NGINX_TLS": proxy_tls_port, "WCONN": wconn, "NOFILE": limit,
               "WORKERS": a.nginx_workers, "ORIGIN_WORKERS": WATCH_ORIGIN_WORKERS}
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     out = open(os.path.join(d, "logs", "watch-holder.out"), "wb")
@@ -571,14 +583,16 @@ def watch(bench, n):
     b.wait_until("watch nginx-proxy", lambda: probe_watch(proxy_port, WATCH_PATH, g.user_token), 10, ngx)
 
     t0 = time.monotonic()
+    client_tls_leg = a.watch_client == "tls"
     res = {"n": n, "requested": requested, "capped": why, "proxy_nofile": nofile_limit(bench.proxy_pid(g)),
-           "scheme": scheme}
+           "scheme": scheme, "client": a.watch_client}
     upstream_port = origin_tls_port if tls else origin_port
-    res["bcs-proxy"] = streams_through("bcs-api-proxy", g.plain_port, gw_path, g.user_token, n,
-                                       lambda: [bench.proxy_pid(g)], holder, upstream_port,
-                                       lambda: active_streams(g.metric_port))
-    res["nginx-proxy"] = streams_through("nginx-proxy", proxy_port, WATCH_PATH, g.user_token, n,
-                                         lambda: b.children(ngx.pid), holder, upstream_port)
+    res["bcs-proxy"] = streams_through("bcs-api-proxy", g.tls_port if client_tls_leg else g.plain_port, gw_path,
+                                       g.user_token, n, lambda: [bench.proxy_pid(g)], holder, upstream_port,
+                                       lambda: active_streams(g.metric_port), client_tls_leg)
+    res["nginx-proxy"] = streams_through("nginx-proxy", proxy_tls_port if client_tls_leg else proxy_port,
+                                         WATCH_PATH, g.user_token, n, lambda: b.children(ngx.pid), holder,
+                                         upstream_port, None, client_tls_leg)
     res["secs"] = time.monotonic() - t0
     for p in (ngx, origin, holder):
         bench.procs.stop(p)
@@ -621,7 +635,8 @@ def watch_table(bench):
         out.append(f"| {x['name']} | {after(x['closed'], x['fds0'])} | {after(x['ended'], x['fds0'])} |")
     metric = f"; the proxy's `bcs_api_active_streams` with all open: {bcs['metric']}" if bcs["metric"] is not None else ""
     out += ["", f"Each stream: `GET /tunnels/clusters/<watch cluster>{WATCH_PATH}` (nginx-proxy: `{WATCH_PATH}`) "
-            f"on the proxy's plain port with the bench user's token, from asyncio in bench.py, "
+            f"on the proxy's {'TLS port (`--watch-client tls`)' if r['client'] == 'tls' else 'plain port'} "
+            f"with the bench user's token, from asyncio in bench.py, "
             f"{OPEN_CONCURRENCY} being opened at a time; each read its 200 head and its first event (ADDED) and "
             f"then stayed idle. The origin: watch_holder.py (asyncio) holding every watch open, behind an nginx "
             f"on {'TLS' if r['scheme'] == 'https' else 'plain HTTP'} (a second cluster of the gateway); nginx-proxy "
