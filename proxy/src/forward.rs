@@ -494,47 +494,40 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         // writes (at most GATHER bytes held); streams (chunked, until close) are written as
         // they arrive, so a watch event is never held back.
         let gather = !finished && out.len() < gather_limit && last_read >= FULL_READ;
-        if !out.is_empty() && !gather && !finished && revoked.is_none() {
+        let (r, b) = if !out.is_empty() && !gather && !finished && revoked.is_none() {
             // A body still coming: write this part while the next is read, so that neither
             // leg waits for the other (io_uring runs both operations at once).
             if bulk && buf.capacity() < BULK {
                 buf.reserve(BULK);
             }
             // Boxed: the relay's future, which an idle stream keeps, need not hold this state.
-            let ((w, o), (r, b)) = Box::pin(write_while_reading(client, out, &mut conn, buf)).await?;
+            let ((w, o), read) = Box::pin(write_while_reading(client, out, &mut conn, buf)).await?;
             out = o;
-            buf = b;
             w.map_err(|_| ())?;
-            match r {
-                Ok(0) if response.framing == Framing::UntilClose => {
-                    return end_until_close(client, out_framing, close).await
-                }
-                Ok(0) | Err(_) => return Err(()),
-                Ok(n) => last_read = n,
+            read
+        } else {
+            if !out.is_empty() && !gather {
+                let (r, o) = write_all(client, out).await;
+                out = o;
+                r.map_err(|_| ())?;
             }
-            continue;
-        }
-        if !out.is_empty() && !gather {
-            let (r, o) = write_all(client, out).await;
-            out = o;
-            r.map_err(|_| ())?;
-        }
-        if finished {
-            break;
-        }
-        let (r, b) = match revoked.as_mut() {
-            None => read_more(&mut conn, buf).await,
-            Some(revoked) => {
-                drop(buf);
-                let flowing = last_read >= FULL_READ;
-                if !flowing {
-                    // About to wait, perhaps for an hour: hold no buffer meanwhile.
-                    out.shrink_to(0);
-                    data.shrink_to(0);
-                }
-                match next_stream_read(&mut conn, client, revoked, flowing).await {
-                    Some(read) => read,
-                    None => return Err(()),
+            if finished {
+                break;
+            }
+            match revoked.as_mut() {
+                None => read_more(&mut conn, buf).await,
+                Some(revoked) => {
+                    drop(buf);
+                    let flowing = last_read >= FULL_READ;
+                    if !flowing {
+                        // About to wait, perhaps for an hour: hold no buffer meanwhile.
+                        out.shrink_to(0);
+                        data.shrink_to(0);
+                    }
+                    match next_stream_read(&mut conn, client, revoked, flowing).await {
+                        Some(read) => read,
+                        None => return Err(()),
+                    }
                 }
             }
         };
