@@ -38,6 +38,12 @@ async fn pair(certs: &CertPair, trusted_ca: &str) -> (std::io::Result<ServerTls>
     (server.await, client)
 }
 
+/// A pair whose handshakes both succeeded (the server trusts its own CA).
+async fn connected(certs: &CertPair) -> (ServerTls, ClientTls) {
+    let (server, client) = pair(certs, &certs.ca_pem).await;
+    (server.expect("server handshake"), client.expect("client handshake"))
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -59,8 +65,7 @@ async fn read_to_end<R: AsyncReadRent>(from: &mut R, size: usize) -> (Vec<u8>, s
 fn three_mebibytes_each_way_arrive_intact_through_split_halves() {
     run(async {
         let certs = CertPair::generate("tls-test-ca");
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (server, client) = (server.expect("server handshake"), client.expect("client handshake"));
+        let (server, client) = connected(&certs).await;
         // The server echoes through its split halves, reading in odd small pieces; the client
         // reads 64 KiB at a time while 1 MiB writes arrive, which fills rustls' plaintext
         // buffer and leaves ciphertext over between reads.
@@ -104,8 +109,7 @@ fn close_notify_reads_as_the_end_and_a_bare_tcp_close_as_an_error() {
     run(async {
         let certs = CertPair::generate("tls-test-ca");
         // Clean: data, then close_notify.
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (mut server, mut client) = (server.expect("server"), client.expect("client"));
+        let (mut server, mut client) = connected(&certs).await;
         let (w, _) = server.write_all(b"last words".to_vec()).await;
         w.expect("write");
         server.shutdown().await.expect("shutdown");
@@ -115,8 +119,7 @@ fn close_notify_reads_as_the_end_and_a_bare_tcp_close_as_an_error() {
 
         // Unclean: data, then the socket closes without close_notify (a truncation attack
         // looks the same): the data arrives, then an error, never a clean end.
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (mut server, mut client) = (server.expect("server"), client.expect("client"));
+        let (mut server, mut client) = connected(&certs).await;
         let (w, _) = server.write_all(b"cut".to_vec()).await;
         w.expect("write");
         drop(server);
@@ -145,8 +148,7 @@ fn an_untrusted_certificate_fails_both_handshakes() {
 fn readable_waits_for_data_without_taking_it() {
     run(async {
         let certs = CertPair::generate("tls-test-ca");
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (mut server, mut client) = (server.expect("server"), client.expect("client"));
+        let (mut server, mut client) = connected(&certs).await;
         // Nothing sent yet: not readable (TLS 1.3 session tickets, sent after the handshake,
         // are no data and must not count).
         let idle = monoio::time::timeout(Duration::from_millis(200), client.readable()).await;
@@ -170,8 +172,7 @@ fn a_corrupted_record_fails_readable_and_the_next_read_at_once() {
         use std::io::Write;
         use std::os::fd::{AsRawFd, FromRawFd};
         let certs = CertPair::generate("tls-test-ca");
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (server, mut client) = (server.expect("server"), client.expect("client"));
+        let (server, mut client) = connected(&certs).await;
         // An application-data record whose tag cannot verify, written past the server's TLS.
         let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
         record.extend([0x5a; 32]);
@@ -194,15 +195,13 @@ fn a_corrupted_record_fails_readable_and_the_next_read_at_once() {
 fn readable_answers_for_close_notify_and_for_a_bare_close() {
     run(async {
         let certs = CertPair::generate("tls-test-ca");
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (mut server, mut client) = (server.expect("server"), client.expect("client"));
+        let (mut server, mut client) = connected(&certs).await;
         server.shutdown().await.expect("close_notify");
         monoio::time::timeout(Duration::from_secs(10), client.readable()).await.expect("readable").expect("no error");
         let (read, _) = client.read(Vec::with_capacity(64)).await;
         assert_eq!(read.expect("a clean end"), 0);
 
-        let (server, client) = pair(&certs, &certs.ca_pem).await;
-        let (server, mut client) = (server.expect("server"), client.expect("client"));
+        let (server, mut client) = connected(&certs).await;
         drop(server);
         monoio::time::timeout(Duration::from_secs(10), client.readable()).await.expect("readable").expect("no error");
         let (read, _) = client.read(Vec::with_capacity(64)).await;
