@@ -120,14 +120,8 @@ where
     /// closed the socket.
     async fn read_cipher(&mut self, want: usize) -> io::Result<usize> {
         let (result, buf) = self.io.read(Vec::with_capacity(want)).await;
-        let n = result?;
-        if n == 0 {
-            self.socket_ended()?;
-        } else {
-            self.pending = buf;
-            self.pos = 0;
-        }
-        Ok(n)
+        result?;
+        self.keep(buf)
     }
 
     /// Takes up to `want` bytes the socket holds now into `pending`, without waiting. None:
@@ -146,15 +140,21 @@ where
                 _ => Err(e),
             };
         }
-        let n = n as usize;
+        unsafe { buf.set_len(n as usize) };
+        self.keep(buf).map(Some)
+    }
+
+    /// Makes what a socket read returned the pending ciphertext; an empty read is the socket's
+    /// end. The number of bytes read.
+    fn keep(&mut self, read: Vec<u8>) -> io::Result<usize> {
+        let n = read.len();
         if n == 0 {
             self.socket_ended()?;
         } else {
-            unsafe { buf.set_len(n) };
-            self.pending = buf;
+            self.pending = read;
             self.pos = 0;
         }
-        Ok(Some(n))
+        Ok(n)
     }
 
     /// Tells rustls the socket ended: its reader then answers with UnexpectedEof unless
