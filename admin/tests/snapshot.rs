@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bcs_shared::secret::digest_hex;
 use bcs_shared::snapshot::wire::{encode, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use bcs_shared::snapshot::Snapshot;
+use bcs_shared::snapshot::{Digest, Snapshot};
 use bcs_testkit::mysql::MysqlDatabase;
 use bcs_testkit::process::Process;
 use common::{Admin, Options};
@@ -212,7 +211,7 @@ async fn rest_changes_reach_the_proxy_within_a_second(label: &str, options: Opti
     let admin_user = first.users.iter().find(|u| u.name == "admin").expect("the bootstrap admin");
     assert!(admin_user.is_super_user);
     assert!(
-        first.tokens.iter().any(|t| t.digest == digest_hex(&admin.admin_token) && t.user_id == admin_user.id),
+        first.tokens.iter().any(|t| t.digest == Digest::of(&admin.admin_token) && t.user_id == admin_user.id),
         "the bootstrap token's digest"
     );
 
@@ -231,7 +230,7 @@ async fn rest_changes_reach_the_proxy_within_a_second(label: &str, options: Opti
 
         let (at, token) = call(&admin, Method::POST, &format!("/rest/users/{user_id}/tokens"), su, None).await;
         let value = token["Value"].as_str().unwrap().to_owned();
-        let digest = digest_hex(&value);
+        let digest = Digest::of(&value);
         let (arrived, _) =
             proxy.snapshot_where(|s| s.tokens.iter().any(|t| t.digest == digest && t.user_id == user_id)).await;
         latencies.record(at, arrived);

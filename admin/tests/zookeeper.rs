@@ -9,9 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bcs_shared::secret::digest_hex;
 use bcs_shared::snapshot::wire::{encode, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use bcs_shared::snapshot::{MesosDriver, Snapshot};
+use bcs_shared::snapshot::{Digest, MesosDriver, Snapshot};
 use bcs_testkit::mesos_driver::{FakeMesosDriver, Options as DriverOptions, DRIVERS};
 use bcs_testkit::mysql::MysqlDatabase;
 use bcs_testkit::zookeeper::ZooKeeper;
@@ -318,7 +317,7 @@ async fn two_instances_see_each_others_writes_within_a_second_and_one_leads() {
             writer.call(Method::POST, &format!("/rest/users/{user_id}/tokens"), Some(token), None).await;
         let answered = Instant::now();
         assert_eq!(status, 200, "{created}");
-        let digest = digest_hex(created["Value"].as_str().unwrap());
+        let digest = Digest::of(created["Value"].as_str().unwrap());
         let (at, _) =
             reader.until(PATIENCE, "the other instance's token", |s| s.tokens.iter().any(|t| t.digest == digest)).await;
         latencies.push(at.saturating_duration_since(answered));

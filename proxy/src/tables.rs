@@ -9,7 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use bcs_shared::identity::kubernetes_user_name;
 use bcs_shared::secret::Secret;
-use bcs_shared::snapshot::{parse_address, Address, Snapshot};
+use bcs_shared::snapshot::{parse_address, Address, DigestKeyed, Snapshot};
 use sha2::{Digest, Sha256};
 
 static TABLES: ArcSwapOption<Tables> = ArcSwapOption::const_empty();
@@ -58,37 +58,6 @@ pub struct Tables {
     mesos: HashMap<String, Arc<Vec<Address>>>,
 }
 
-/// Hashes a token map key (a SHA-256 digest) by taking its first 8 bytes: the digest is already
-/// uniformly spread, so hashing it again (SipHash, per request and per token at compile) buys
-/// nothing. No flooding either: only admin puts keys in the map (digests of tokens it made at
-/// random), and a lookup's probe length depends on the map's keys, not on the key looked up.
-#[derive(Clone, Copy, Default)]
-pub struct DigestKeyed;
-
-impl std::hash::BuildHasher for DigestKeyed {
-    type Hasher = DigestHasher;
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
-    }
-}
-
-pub struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    /// A `[u8; 32]` hashes as its length, then its bytes: each write's first 8 bytes are
-    /// XORed in (a constant, then the digest's start).
-    fn write(&mut self, bytes: &[u8]) {
-        let mut first = [0u8; 8];
-        let n = bytes.len().min(8);
-        first[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(first);
-    }
-}
-
 /// SHA-256 of a presented token: the lookup key.
 pub fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
@@ -112,8 +81,8 @@ impl Tables {
             .collect();
         let mut tokens = HashMap::with_capacity_and_hasher(snapshot.tokens.len(), DigestKeyed);
         for t in &snapshot.tokens {
-            let (Some(user), Ok(raw)) = (users.get(&t.user_id), hex_digest(&t.digest)) else { continue };
-            tokens.insert(raw, TokenEntry { user: user.clone(), expires_at: t.expires_at });
+            let Some(user) = users.get(&t.user_id) else { continue };
+            tokens.insert(t.digest.0, TokenEntry { user: user.clone(), expires_at: t.expires_at });
         }
         let clusters = snapshot
             .clusters
@@ -169,17 +138,6 @@ impl Tables {
     pub fn cluster_count(&self) -> usize {
         self.clusters.len()
     }
-}
-
-fn hex_digest(hex: &str) -> Result<[u8; 32], ()> {
-    let mut out = [0u8; 32];
-    if hex.len() != 64 {
-        return Err(());
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ())?;
-    }
-    Ok(out)
 }
 
 /// The tables every request uses now; None until a first snapshot is installed.

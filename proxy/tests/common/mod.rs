@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bcs_shared::secret::{digest_hex, Secret};
+use bcs_shared::secret::Secret;
 use bcs_shared::snapshot::wire::{encode, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use bcs_shared::snapshot::{Cluster, Credentials, Snapshot, Token, User};
+use bcs_shared::snapshot::{Cluster, Credentials, Digest, Snapshot, Token, User};
 use bcs_testkit::process::Process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
@@ -32,8 +32,8 @@ pub fn snapshot(revision: u64, upstream: &str, ca_pem: &str) -> Snapshot {
             User { id: 2, name: "plain:alice".into(), is_super_user: false },
         ],
         tokens: vec![
-            Token { digest: digest_hex(SUPER_TOKEN), user_id: 1, expires_at: now() + 3600 },
-            Token { digest: digest_hex(USER_TOKEN), user_id: 2, expires_at: now() + 3600 },
+            Token { digest: Digest::of(SUPER_TOKEN), user_id: 1, expires_at: now() + 3600 },
+            Token { digest: Digest::of(USER_TOKEN), user_id: 2, expires_at: now() + 3600 },
         ],
         clusters: vec![Cluster {
             id: "bcs-k8s-001-AbCdEfGh".into(),

@@ -1,7 +1,7 @@
 //! Large made-up snapshots for the benchmarks (criterion's and benches/snapshot-apply): `clusters`
 //! k8s clusters with credentials, 1 000 users and `tokens` tokens. Never used by the gateway.
-use super::{Cluster, Credentials, Snapshot, Token, User};
-use crate::secret::{digest_hex, Secret};
+use super::{Cluster, Credentials, Digest, Snapshot, Token, User};
+use crate::secret::Secret;
 
 /// The value of the made-up token `i` (its digest is in the snapshot).
 pub fn token_value(i: usize) -> String {
@@ -19,7 +19,7 @@ pub fn snapshot(clusters: usize, tokens: usize) -> Snapshot {
         generated_at: 0,
         turn_on_rbac: true,
         tokens: (0..tokens)
-            .map(|i| Token { digest: digest_hex(&token_value(i)), user_id: (i % 1000) as i64, expires_at: i64::MAX })
+            .map(|i| Token { digest: Digest::of(&token_value(i)), user_id: (i % 1000) as i64, expires_at: i64::MAX })
             .collect(),
         users: (0..1000).map(|i| User { id: i, name: format!("plain:user{i}"), is_super_user: false }).collect(),
         clusters: (0..clusters)

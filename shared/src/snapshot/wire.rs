@@ -8,7 +8,15 @@
 //!
 //! Why by hand: the protocol is a few dozen lines, and owning it keeps the size check before
 //! any allocation and the error messages ours.
-use serde::{Deserialize, Serialize};
+//!
+//! A message is a JSON object whose first field is `"type"` (what serde's internally tagged
+//! form writes). Decoding insists on that order: it reads the type, then hands the rest of the
+//! object straight to the variant's fields. serde's own decoding of an internally tagged enum
+//! would first copy the whole object into a generic tree, a million token objects of it for a
+//! large snapshot, which cost more than the decode itself.
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Snapshot;
 
@@ -17,7 +25,7 @@ pub const PROTOCOL_MINOR: u16 = 0;
 /// Largest frame either side accepts: enough for thousands of clusters and a million tokens.
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     Hello {
@@ -37,6 +45,59 @@ pub enum Message {
     },
 }
 
+/// The fields of each variant but `Snapshot`, decoded after the type.
+#[derive(Deserialize)]
+struct HelloFields {
+    major: u16,
+    minor: u16,
+    peer: String,
+    revision: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RefusedFields {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct AckFields {
+    revision: u64,
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Message, D::Error> {
+        d.deserialize_map(MessageVisitor)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object whose first field is \"type\"")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        if map.next_key::<String>()?.as_deref() != Some("type") {
+            return Err(de::Error::custom("a message's first field must be \"type\""));
+        }
+        let kind: String = map.next_value()?;
+        let rest = MapAccessDeserializer::new(map);
+        Ok(match kind.as_str() {
+            "hello" => {
+                let HelloFields { major, minor, peer, revision } = HelloFields::deserialize(rest)?;
+                Message::Hello { major, minor, peer, revision }
+            }
+            "refused" => Message::Refused { reason: RefusedFields::deserialize(rest)?.reason },
+            "snapshot" => Message::Snapshot(Snapshot::deserialize(rest)?),
+            "ack" => Message::Ack { revision: AckFields::deserialize(rest)?.revision },
+            other => return Err(de::Error::unknown_variant(other, &["hello", "refused", "snapshot", "ack"])),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WireError {
     #[error("frame of {len} bytes is larger than the limit of {max}")]
@@ -53,6 +114,9 @@ pub fn encode(message: &Message) -> Vec<u8> {
     frame.extend_from_slice(&payload);
     frame
 }
+
+/// What a decoder keeps of its buffer after handing out a message.
+const KEPT_ROOM: usize = 64 * 1024;
 
 /// Accumulates bytes and yields whole messages.
 pub struct Decoder {
@@ -100,6 +164,11 @@ impl Decoder {
         }
         let message = serde_json::from_slice(&self.buffer[4..4 + len]).map_err(|e| WireError::Malformed(e.to_string()));
         self.buffer.drain(..4 + len);
+        // A large snapshot's room is not kept for the life of the connection (128 MiB at a
+        // million tokens): the next one gets fresh room when its length arrives.
+        if self.buffer.capacity() > KEPT_ROOM {
+            self.buffer.shrink_to(KEPT_ROOM);
+        }
         message.map(Some)
     }
 }
@@ -109,5 +178,22 @@ pub fn read_hint(decoder: &Decoder) -> usize {
     match decoder.check_length() {
         Ok(Some(len)) => (4 + len).saturating_sub(decoder.buffer.len()).max(1),
         _ => 4usize.saturating_sub(decoder.buffer.len()).max(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_frames_room_is_given_back_once_it_is_decoded() {
+        let big = Message::Refused { reason: "x".repeat(4 * KEPT_ROOM) };
+        let mut decoder = Decoder::default();
+        decoder.push(&encode(&big)).unwrap();
+        decoder.push(&encode(&Message::Ack { revision: 1 })[..3]).unwrap();
+        assert!(decoder.buffer.capacity() > 4 * KEPT_ROOM);
+        assert_eq!(decoder.next_message().unwrap(), Some(big));
+        assert!(decoder.buffer.capacity() <= KEPT_ROOM, "kept {}", decoder.buffer.capacity());
+        assert_eq!(decoder.buffer.len(), 3, "the next frame's first bytes stay");
     }
 }
