@@ -91,6 +91,26 @@ where
     }
 }
 
+impl std::os::fd::AsRawFd for Conn {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Plain(s) => s.as_raw_fd(),
+            Conn::Tls(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// True while nothing has arrived on an idle connection: no data, no end, no error. A pooled
+/// connection should receive nothing between exchanges, so anything else (the upstream's FIN,
+/// its TLS close_notify, a reset) means it must not be reused. A peek that never waits: no
+/// bytes are taken and no buffer is held.
+pub fn quiet(socket: &impl std::os::fd::AsRawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 impl Readable for Conn {
     async fn readable(&mut self) -> io::Result<()> {
         match self {

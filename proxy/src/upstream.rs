@@ -19,6 +19,10 @@ use crate::tables::Upstream;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections older than this are closed (below apiservers' keep-alive).
 pub const POOL_IDLE: Duration = Duration::from_secs(30);
+/// A pooled connection idle this long is checked for an upstream close before reuse (one
+/// non-blocking peek). Busy connections, reused within milliseconds, skip it; a close that
+/// races a request is left to the idempotent retry (forward.rs).
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 const POOL_MAX_PER_KEY: usize = 64;
 /// How long a failed address is skipped.
 const EJECTION: Duration = Duration::from_secs(10);
@@ -69,9 +73,15 @@ pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
         }
         let idle = pool.get_mut(key)?;
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < POOL_IDLE {
-                return Some(entry.conn);
+            let idle_for = entry.since.elapsed();
+            if idle_for >= POOL_IDLE {
+                continue;
             }
+            if idle_for >= CHECK_AFTER && !crate::io::quiet(&entry.conn) {
+                tracing::debug!(owner = %key.owner, "the upstream closed a pooled connection; not reusing it");
+                continue;
+            }
+            return Some(entry.conn);
         }
         None
     })

@@ -218,6 +218,23 @@ async fn keep_alive_carries_several_requests_and_reuses_the_upstream_connection(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_the_upstream_closed_is_not_reused_for_a_post() {
+    let s = setup(Arc::new(|_| Reply::BytesThenIdleClose(ok_json("{}"), Duration::from_millis(200)))).await;
+    let post = format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    assert_eq!(s.proxy.send(&post).await.status, 200);
+    // The upstream closes its side after 200 ms idle; the proxy's pool still holds the socket.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A POST is not retried on a failed pooled connection, so reusing this one would be a 502.
+    let r = s.proxy.send(&post).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.upstream.requests().len(), 2);
+    assert_eq!(s.upstream.connections(), 2, "the closed connection was left, a new one made");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_token_reaches_the_logs_and_metrics_count_requests() {
     let s = setup(json_ok()).await;
     assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);

@@ -165,6 +165,9 @@ pub enum Reply {
     /// Write these bytes (a 101 and some tunnel data), wait, then end the connection: with a
     /// reset (RST, `true`) or a clean close (FIN, `false`).
     SwitchThenEnd(Vec<u8>, Duration, bool),
+    /// Write these bytes, then close the connection if no next request starts within the
+    /// duration (an apiserver's idle timeout).
+    BytesThenIdleClose(Vec<u8>, Duration),
     /// Close without answering.
     Close,
 }
@@ -270,13 +273,21 @@ async fn serve_upstream(
 ) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
+    let mut idle_close: Option<Duration> = None;
     loop {
         // One request: head, then a Content-Length or chunked body.
         let head_end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break p + 4;
             }
-            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            let read = stream.read(&mut chunk);
+            let n = match idle_close.filter(|_| buf.is_empty()) {
+                Some(limit) => match tokio::time::timeout(limit, read).await {
+                    Ok(read) => read.unwrap_or(0),
+                    Err(_) => return,
+                },
+                None => read.await.unwrap_or(0),
+            };
             if n == 0 {
                 return;
             }
@@ -383,6 +394,12 @@ async fn serve_upstream(
                     let _ = stream.set_zero_linger();
                 }
                 return;
+            }
+            Reply::BytesThenIdleClose(bytes, limit) => {
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                idle_close = Some(limit);
             }
             Reply::Close => return,
         }
