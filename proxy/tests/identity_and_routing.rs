@@ -234,6 +234,89 @@ async fn a_pooled_connection_the_upstream_closed_is_not_reused_for_a_post() {
     assert_eq!(s.upstream.connections(), 2, "the closed connection was left, a new one made");
 }
 
+/// An https apiserver for `kubernetes` that answers each request with 200 `{}` and, after
+/// `idle` without a next request, ends the connection with close_notify. Returns its port and
+/// how many connections it has accepted.
+async fn tls_upstream_closing_idle(
+    certs: &bcs_testkit::apiserver::CertPair,
+    idle: Duration,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                loop {
+                    // A request: its head, then its Content-Length body.
+                    let done = |seen: &[u8]| {
+                        let end = seen.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        (seen.len() >= end + length).then_some(end + length)
+                    };
+                    while done(&seen).is_none() {
+                        let read = tls.read(&mut buf);
+                        let n = if seen.is_empty() {
+                            match tokio::time::timeout(idle, read).await {
+                                Ok(r) => r.unwrap_or(0),
+                                Err(_) => {
+                                    let _ = tls.shutdown().await;
+                                    return;
+                                }
+                            }
+                        } else {
+                            read.await.unwrap_or(0)
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    seen.drain(..done(&seen).unwrap());
+                    if tls.write_all(&ok_json("{}")).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_tls_connection_the_apiserver_ended_with_close_notify_is_not_reused() {
+    let certs = bcs_testkit::apiserver::CertPair::generate_for("cluster-ca", &["kubernetes"]);
+    let (port, accepted, _task) = tls_upstream_closing_idle(&certs, Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let upstream = format!("https://127.0.0.1:{port}");
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream, &certs.ca_pem)).await;
+    proxy.wait_ready().await;
+    let post = format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let r = proxy.send(&post).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = proxy.send(&post).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "the ended connection was left");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_token_reaches_the_logs_and_metrics_count_requests() {
     let s = setup(json_ok()).await;
