@@ -91,20 +91,22 @@ where
     }
 }
 
-impl std::os::fd::AsRawFd for Conn {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+impl Conn {
+    /// True while nothing has arrived on this idle connection: no data, no end, no error,
+    /// neither in the socket nor (TLS) already read into the session. A pooled connection
+    /// should receive nothing between exchanges, so anything else (the upstream's FIN, its
+    /// close_notify, a reset) means it must not be reused.
+    pub fn quiet(&mut self) -> bool {
         match self {
-            Conn::Plain(s) => s.as_raw_fd(),
-            Conn::Tls(s) => s.as_raw_fd(),
+            Conn::Plain(s) => quiet(s),
+            Conn::Tls(s) => s.drained() && quiet(s),
         }
     }
 }
 
-/// True while nothing has arrived on an idle connection: no data, no end, no error. A pooled
-/// connection should receive nothing between exchanges, so anything else (the upstream's FIN,
-/// its TLS close_notify, a reset) means it must not be reused. A peek that never waits: no
-/// bytes are taken and no buffer is held.
-pub fn quiet(socket: &impl std::os::fd::AsRawFd) -> bool {
+/// True while the socket holds nothing to read and no error: a peek that never waits, takes
+/// no bytes and holds no buffer.
+fn quiet(socket: &impl std::os::fd::AsRawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv writes at most 1 byte into `byte`.
     let n = unsafe { libc::recv(socket.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };

@@ -10,7 +10,6 @@ use arc_swap::ArcSwapOption;
 use bcs_shared::identity::kubernetes_user_name;
 use bcs_shared::secret::Secret;
 use bcs_shared::snapshot::{parse_address, Address, DigestKeyed, Snapshot};
-use sha2::{Digest, Sha256};
 
 static TABLES: ArcSwapOption<Tables> = ArcSwapOption::const_empty();
 
@@ -60,7 +59,7 @@ pub struct Tables {
 
 /// SHA-256 of a presented token: the lookup key.
 pub fn digest(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
+    bcs_shared::snapshot::Digest::of_bytes(token).0
 }
 
 impl Tables {

@@ -264,6 +264,19 @@ where
         }
     }
 
+    /// True while nothing has come in that a reader has not taken: no ciphertext read and
+    /// waiting, no plaintext, no close_notify. (A pooled connection between exchanges; the
+    /// socket itself is peeked by `io::quiet`.)
+    pub fn drained(&mut self) -> bool {
+        if self.pos < self.pending.len() {
+            return false;
+        }
+        match self.session.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed(),
+            Err(_) => false,
+        }
+    }
+
     /// Encrypts `src` whole and sends it in one write.
     async fn write_plain(&mut self, src: &[u8]) -> io::Result<()> {
         // Records add 22 bytes each (header, tag, content type) to at most 16 KiB of data.

@@ -72,12 +72,12 @@ pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
             pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
         }
         let idle = pool.get_mut(key)?;
-        while let Some(entry) = idle.pop() {
+        while let Some(mut entry) = idle.pop() {
             let idle_for = entry.since.elapsed();
             if idle_for >= POOL_IDLE {
                 continue;
             }
-            if idle_for >= CHECK_AFTER && !crate::io::quiet(&entry.conn) {
+            if idle_for >= CHECK_AFTER && !entry.conn.quiet() {
                 tracing::debug!(owner = %key.owner, "the upstream closed a pooled connection; not reusing it");
                 continue;
             }

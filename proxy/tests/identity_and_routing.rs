@@ -217,29 +217,54 @@ async fn keep_alive_carries_several_requests_and_reuses_the_upstream_connection(
     assert_eq!(s.upstream.connections(), 1, "one pooled upstream connection served all five");
 }
 
+/// A POST creating a namespace: not idempotent, so the proxy never retries it.
+fn post_namespace() -> String {
+    format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+}
+
+/// Two POSTs 1.5 s apart through `proxy` (its pool checks connections
+/// idle for over a second). Both must succeed.
+async fn two_posts_apart(proxy: &Proxy) {
+    let r = proxy.send(&post_namespace()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A POST is not retried on a failed pooled connection: reusing a dead one would be a 502.
+    let r = proxy.send(&post_namespace()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pooled_connection_the_upstream_closed_is_not_reused_for_a_post() {
     let s = setup(Arc::new(|_| Reply::BytesThenIdleClose(ok_json("{}"), Duration::from_millis(200)))).await;
-    let post = format!(
-        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
-         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
-    );
-    assert_eq!(s.proxy.send(&post).await.status, 200);
-    // The upstream closes its side after 200 ms idle; the proxy's pool still holds the socket.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // A POST is not retried on a failed pooled connection, so reusing this one would be a 502.
-    let r = s.proxy.send(&post).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    two_posts_apart(&s.proxy).await;
     assert_eq!(s.upstream.requests().len(), 2);
     assert_eq!(s.upstream.connections(), 2, "the closed connection was left, a new one made");
 }
 
-/// An https apiserver for `kubernetes` that answers each request with 200 `{}` and, after
-/// `idle` without a next request, ends the connection with close_notify. Returns its port and
-/// how many connections it has accepted.
-async fn tls_upstream_closing_idle(
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_still_open_after_an_idle_spell_is_reused() {
+    let s = setup(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    two_posts_apart(&s.proxy).await;
+    assert_eq!(s.upstream.connections(), 1, "the check kept the healthy connection");
+}
+
+/// How the TLS upstream ends a connection left idle.
+#[derive(Clone, Copy)]
+enum IdleEnd {
+    /// close_notify, with the TCP connection left open.
+    CloseNotifyOnly,
+    /// Never: the connection stays usable.
+    Never,
+}
+
+/// An https apiserver for `kubernetes` that answers each request with 200 `{}`; a connection
+/// idle for 200 ms ends as `end` says. Returns its port and how many connections it accepted.
+async fn tls_upstream(
     certs: &bcs_testkit::apiserver::CertPair,
-    idle: Duration,
+    end: IdleEnd,
 ) -> (u16, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
     use tokio::io::AsyncReadExt;
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
@@ -269,16 +294,20 @@ async fn tls_upstream_closing_idle(
                     };
                     while done(&seen).is_none() {
                         let read = tls.read(&mut buf);
-                        let n = if seen.is_empty() {
-                            match tokio::time::timeout(idle, read).await {
-                                Ok(r) => r.unwrap_or(0),
-                                Err(_) => {
-                                    let _ = tls.shutdown().await;
-                                    return;
+                        let n = match (seen.is_empty(), end) {
+                            (true, IdleEnd::CloseNotifyOnly) => {
+                                match tokio::time::timeout(Duration::from_millis(200), read).await {
+                                    Ok(r) => r.unwrap_or(0),
+                                    Err(_) => {
+                                        tls.get_mut().1.send_close_notify();
+                                        let _ = tls.flush().await;
+                                        // The TCP connection stays open: only the TLS layer says it ended.
+                                        tokio::time::sleep(Duration::from_secs(60)).await;
+                                        return;
+                                    }
                                 }
                             }
-                        } else {
-                            read.await.unwrap_or(0)
+                            _ => read.await.unwrap_or(0),
                         };
                         if n == 0 {
                             return;
@@ -296,25 +325,30 @@ async fn tls_upstream_closing_idle(
     (port, accepted, task)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pooled_tls_connection_the_apiserver_ended_with_close_notify_is_not_reused() {
+/// Two POSTs 1.5 s apart through the real proxy to a TLS upstream that ends idle connections
+/// as `end` says; how many connections the upstream accepted.
+async fn tls_upstream_connections_for_two_posts(end: IdleEnd) -> usize {
     let certs = bcs_testkit::apiserver::CertPair::generate_for("cluster-ca", &["kubernetes"]);
-    let (port, accepted, _task) = tls_upstream_closing_idle(&certs, Duration::from_millis(200)).await;
+    let (port, accepted, _task) = tls_upstream(&certs, end).await;
     let dir = tempfile::tempdir().unwrap();
     let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
     let upstream = format!("https://127.0.0.1:{port}");
     let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream, &certs.ca_pem)).await;
     proxy.wait_ready().await;
-    let post = format!(
-        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
-         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
-    );
-    let r = proxy.send(&post).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = proxy.send(&post).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "the ended connection was left");
+    two_posts_apart(&proxy).await;
+    accepted.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_tls_connection_the_apiserver_ended_with_close_notify_alone_is_not_reused() {
+    let accepted = tls_upstream_connections_for_two_posts(IdleEnd::CloseNotifyOnly).await;
+    assert_eq!(accepted, 2, "the ended connection was left, a new one made");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_tls_connection_still_open_after_an_idle_spell_is_reused() {
+    let accepted = tls_upstream_connections_for_two_posts(IdleEnd::Never).await;
+    assert_eq!(accepted, 1, "the check kept the healthy connection (session tickets and all)");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,6 @@
 //! in a log line or an error message by accident: reading it takes an explicit [`Secret::expose`].
 use rand::distr::{Alphanumeric, SampleString};
 use rand::TryRngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Length of a user token (the original used 32 alphanumerics).
@@ -61,7 +60,7 @@ pub fn random_token(len: usize) -> Secret {
 
 /// Lower-case hex SHA-256 of `value`.
 pub fn digest_hex(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
+    crate::snapshot::Digest::of(value).to_string()
 }
 
 /// Constant-time comparison of two byte strings (lengths are not secret).

@@ -134,6 +134,7 @@ fn leave_out_invalid(snapshot: &mut Snapshot, left_out: &mut Vec<String>) -> Res
                 }
             }
             Invalid::BadMesosCluster(id) => snapshot.mesos.retain(|m| &m.cluster_id != id),
+            // BadDigest comes only from the parse in `build_with_mesos`, never from `validate`.
             Invalid::DuplicateUser(_) | Invalid::DuplicateToken(_) | Invalid::BadDigest => return Err(invalid),
         }
         let after = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len(), drivers(snapshot));

@@ -21,8 +21,13 @@ pub struct NotADigest;
 impl Digest {
     /// The digest of a token's value.
     pub fn of(value: &str) -> Digest {
+        Digest::of_bytes(value.as_bytes())
+    }
+
+    /// The digest of a token as presented (the proxy's lookup key).
+    pub fn of_bytes(value: &[u8]) -> Digest {
         use sha2::Digest as _;
-        Digest(Sha256::digest(value.as_bytes()).into())
+        Digest(Sha256::digest(value).into())
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
-pub use digest::{Digest, DigestKeyed};
+pub use digest::{Digest, DigestKeyed, NotADigest};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -102,7 +102,7 @@ pub enum Invalid {
     DuplicateToken(String),
     /// Admin's store held a digest that is not 64 lower-case hex digits (the wire form
     /// cannot carry one: the decoder refuses it).
-    #[error("a token digest is not 64 lower-case hex digits")]
+    #[error("{}", NotADigest)]
     BadDigest,
     #[error("a token belongs to unknown user {0}")]
     UnknownUser(i64),

@@ -13,7 +13,8 @@
 //! form writes). Decoding insists on that order: it reads the type, then hands the rest of the
 //! object straight to the variant's fields. serde's own decoding of an internally tagged enum
 //! would first copy the whole object into a generic tree, a million token objects of it for a
-//! large snapshot, which cost more than the decode itself.
+//! large snapshot, which cost more than the decode itself. Unknown fields are ignored, so a
+//! minor version can add some; a second `"type"` is one of them (serde's derive refused it).
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
