@@ -201,6 +201,20 @@ async fn kubectl_exec_and_cp_through_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_through_the_gateway() {
+    let gw = gateway(fake_options()).await;
+    let k = gw.kubectl(&gw.user_token);
+    // The fake's attached process: without stdin it prints one line; with stdin it is `cat`.
+    assert_eq!(k.ok(&["attach", "web-0"]).await, "attached to web-0\n");
+    let out = k.run_with(&["attach", "-i", "web-0"], Some(b"stdin to the attached process\n"), T).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "stdin to the attached process\n");
+    let attaches = gw.fake.requests().iter().filter(|r| r.path.ends_with("/pods/web-0/attach")).count();
+    assert_eq!(attaches, 2, "both went to the pod's attach subresource");
+    gw.assert_identity();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_over_spdy_through_the_gateway() {
     let gw = gateway(FakeOptions { exec_websocket: false, ..fake_options() }).await;
     let k = gw.kubectl(&gw.user_token);
