@@ -19,8 +19,8 @@ pub fn authenticate(head: &RequestHead, tables: &Tables, now: i64) -> Result<Cal
         return Err(ProxyError::Unauthorized("anonymous requests are forbidden, please provide a valid token"));
     };
     let value = value.value_str();
-    let token = value
-        .split_once(' ')
+    let token = memchr::memchr(b' ', value.as_bytes())
+        .map(|at| (&value[..at], &value[at + 1..]))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())

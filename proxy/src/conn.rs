@@ -119,7 +119,7 @@ where
     C::OwnedRead: AsyncReadRent + 'static,
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
-    let path = head.target.split('?').next().unwrap_or_default();
+    let path = &head.target[..memchr::memchr(b'?', head.target.as_bytes()).unwrap_or(head.target.len())];
     let (kind, user, cluster, outcome) = match plan(head, settings) {
         Err((kind, error)) => {
             (kind, String::new(), String::new(), Err(Failed { client, error, in_sync: head.framing == Framing::None }))

@@ -5,6 +5,8 @@
 //! `/`, `\` or NUL, malformed percent-encoding, a fragment, a raw backslash, control characters
 //! or an empty segment give 400, so the gateway and the apiserver can never disagree about
 //! which resource a path names.
+use std::borrow::Cow;
+
 use crate::error::ProxyError;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -28,11 +30,12 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
     if !target.starts_with('/') {
         return Err(ProxyError::BadRequest("the request target must be an absolute path".into()));
     }
-    if target.contains('#') {
+    // Byte searches (memchr), not `str` patterns: this runs on every request.
+    if memchr::memchr(b'#', target.as_bytes()).is_some() {
         return Err(ProxyError::BadRequest("a fragment in the request target".into()));
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    let (path, query) = match memchr::memchr(b'?', target.as_bytes()) {
+        Some(at) => (&target[..at], Some(&target[at + 1..])),
         None => (target, None),
     };
     check_path(path)?;
@@ -40,17 +43,19 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
         if !query.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ProxyError::BadRequest("control characters in the query".into()));
         }
-        percent_decode_check(query)?;
+        percent_decode_check(query.as_bytes())?;
     }
     if let Some(rest) = path.strip_prefix(TUNNEL_PREFIX) {
-        let (identifier, sub_path) = match rest.split_once('/') {
-            Some((id, sub)) => (id, sub),
+        let (identifier, sub_path) = match memchr::memchr(b'/', rest.as_bytes()) {
+            Some(at) => (&rest[..at], &rest[at + 1..]),
             None => (rest, ""),
         };
         if identifier.is_empty() {
             return Err(ProxyError::NotFound("no cluster identifier in the path".into()));
         }
-        let mut upstream_target = format!("/{sub_path}");
+        let mut upstream_target = String::with_capacity(2 + sub_path.len() + query.map_or(0, str::len));
+        upstream_target.push('/');
+        upstream_target.push_str(sub_path);
         if let Some(q) = query {
             upstream_target.push('?');
             upstream_target.push_str(q);
@@ -71,7 +76,7 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
         let host_ip = query.and_then(|q| {
             q.split('&')
                 .find_map(|pair| pair.strip_prefix("host_ip="))
-                .map(|v| String::from_utf8_lossy(&percent_decode_check(v).unwrap_or_default()).into_owned())
+                .map(|v| String::from_utf8_lossy(&percent_decode_check(v.as_bytes()).unwrap_or_default()).into_owned())
         });
         return Ok(Route::Webconsole {
             host_ip,
@@ -82,18 +87,17 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
 }
 
 fn check_path(path: &str) -> Result<(), ProxyError> {
-    if !path.bytes().all(|b| b.is_ascii_graphic()) || path.contains('\\') {
+    if !path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
         return Err(ProxyError::BadRequest("control characters, spaces or backslashes in the path".into()));
     }
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = path.as_bytes()[1..].split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
         // A trailing slash is fine (`/api/`), an empty segment inside the path is not.
-        if segment.is_empty() && i != last {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err(ProxyError::BadRequest("an empty segment in the path".into()));
         }
         let decoded = percent_decode_check(segment)?;
-        if matches!(decoded.as_slice(), b"." | b"..") {
+        if matches!(&*decoded, b"." | b"..") {
             return Err(ProxyError::BadRequest("a dot segment in the path".into()));
         }
         if decoded.iter().any(|&b| b == b'/' || b == b'\\' || b == 0) {
@@ -103,9 +107,12 @@ fn check_path(path: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Decodes percent-escapes once, refusing malformed ones.
-fn percent_decode_check(s: &str) -> Result<Vec<u8>, ProxyError> {
-    let bytes = s.as_bytes();
+/// Decodes percent-escapes once, refusing malformed ones. Borrowed when there is no escape
+/// (the usual segment), so routing a plain path allocates nothing.
+fn percent_decode_check(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProxyError> {
+    if memchr::memchr(b'%', bytes).is_none() {
+        return Ok(Cow::Borrowed(bytes));
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -122,7 +129,7 @@ fn percent_decode_check(s: &str) -> Result<Vec<u8>, ProxyError> {
             i += 1;
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]

@@ -52,9 +52,11 @@ pub struct Tables {
     pub turn_on_rbac: bool,
     pub installed_at: Instant,
     tokens: HashMap<[u8; 32], TokenEntry, DigestKeyed>,
-    clusters: HashMap<String, Arc<ClusterEntry>>,
+    /// foldhash (as the mesos map): every request looks a cluster up, and the keys come from the
+    /// snapshot, not from clients.
+    clusters: foldhash::HashMap<String, Arc<ClusterEntry>>,
     /// Live mesos-drivers by BCS cluster id.
-    mesos: HashMap<String, Arc<Vec<Address>>>,
+    mesos: foldhash::HashMap<String, Arc<Vec<Address>>>,
 }
 
 /// SHA-256 of a presented token: the lookup key.

@@ -4,7 +4,6 @@
 //! (address, cluster, credential version), TLS configs per credential version, and passive
 //! ejection of addresses that fail.
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,12 +40,16 @@ struct Idle {
     since: Instant,
 }
 
+/// foldhash, not SipHash: these maps are keyed by the snapshot's addresses and cluster ids, which
+/// no client can choose, and a pooled request looks them up three times.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
+
 thread_local! {
-    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::default());
     /// The credential version last seen per owner: a new one purges the owner's older sockets.
-    static VERSIONS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
-    static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::new());
-    static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
+    static VERSIONS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::default());
+    static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::default());
+    static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::default());
 }
 
 /// An idle pooled connection for `key`, if a fresh one is there. Connections of the same owner

@@ -55,6 +55,11 @@ impl<'a> Header<'a> {
         std::str::from_utf8(self.name).unwrap_or("")
     }
 
+    /// The name's bytes, as received (writing a head needs no UTF-8 check).
+    pub fn raw_name(&self) -> &'a [u8] {
+        self.name
+    }
+
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name.as_bytes())
     }
@@ -159,15 +164,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyEr
     if hosts > 1 || (minor_version == 1 && hosts == 0) {
         return Err(ProxyError::BadRequest("a request needs exactly one Host header".into()));
     }
-    let connection = tokens(&headers, "connection");
-    let close = connection.iter().any(|t| t == "close")
-        || (minor_version == 0 && !connection.iter().any(|t| t == "keep-alive"));
-    let upgrade = if connection.iter().any(|t| t == "upgrade") {
-        let protocols: Vec<Header> = headers.iter().filter(|h| h.is("upgrade")).collect();
-        match protocols.as_slice() {
-            [] => None,
-            [one] => Some(allowed_upgrade(one.value_str())?),
-            _ => return Err(ProxyError::BadRequest("more than one Upgrade header".into())),
+    let close = has_token(&headers, "connection", "close")
+        || (minor_version == 0 && !has_token(&headers, "connection", "keep-alive"));
+    let upgrade = if has_token(&headers, "connection", "upgrade") {
+        match count(&headers, "upgrade") {
+            Count::Zero => None,
+            Count::One(one) => Some(allowed_upgrade(one.value_str())?),
+            Count::Many => return Err(ProxyError::BadRequest("more than one Upgrade header".into())),
         }
     } else {
         None
@@ -203,25 +206,24 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
     let code = response.code.unwrap_or(0);
     let reason = response.reason.unwrap_or("").to_owned();
     let headers = Fields::from_parsed(&buf[..head_len], response.headers);
-    let te: Vec<Header> = headers.iter().filter(|h| h.is("transfer-encoding")).collect();
-    let lengths: Vec<Header> = headers.iter().filter(|h| h.is("content-length")).collect();
     let bodiless = request_method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304;
     let framing = if bodiless {
         Framing::None
     } else {
-        match (te.as_slice(), lengths.as_slice()) {
-            ([], []) => Framing::UntilClose,
-            ([], [one]) => Framing::Length(
+        match (count(&headers, "transfer-encoding"), count(&headers, "content-length")) {
+            (Count::Zero, Count::Zero) => Framing::UntilClose,
+            (Count::Zero, Count::One(one)) => Framing::Length(
                 parse_length(one.value_str())
                     .ok_or_else(|| ProxyError::BadUpstream("invalid Content-Length".into()))?,
             ),
-            ([one], []) if one.value_str().trim().eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            (Count::One(one), Count::Zero) if one.value_str().trim().eq_ignore_ascii_case("chunked") => {
+                Framing::Chunked
+            }
             _ => return Err(ProxyError::BadUpstream("ambiguous response framing".into())),
         }
     };
-    let close = tokens(&headers, "connection").iter().any(|t| t == "close")
-        || response.version == Some(0)
-        || framing == Framing::UntilClose;
+    let close =
+        has_token(&headers, "connection", "close") || response.version == Some(0) || framing == Framing::UntilClose;
     Ok(Some((ResponseHead { status: code, reason, headers, framing, close }, head_len)))
 }
 
@@ -242,20 +244,38 @@ fn check_line_endings(head: &[u8]) -> Result<(), ProxyError> {
 }
 
 fn request_framing(headers: &Fields, minor_version: u8) -> Result<Framing, ProxyError> {
-    let te: Vec<Header> = headers.iter().filter(|h| h.is("transfer-encoding")).collect();
-    let lengths: Vec<Header> = headers.iter().filter(|h| h.is("content-length")).collect();
-    match (te.as_slice(), lengths.as_slice()) {
-        ([], []) => Ok(Framing::None),
-        ([], [one]) => parse_length(one.value_str())
+    match (count(headers, "transfer-encoding"), count(headers, "content-length")) {
+        (Count::Zero, Count::Zero) => Ok(Framing::None),
+        (Count::Zero, Count::One(one)) => parse_length(one.value_str())
             .map(|n| if n == 0 { Framing::None } else { Framing::Length(n) })
             .ok_or_else(|| ProxyError::BadRequest("invalid Content-Length".into())),
-        ([], _) => Err(ProxyError::BadRequest("more than one Content-Length".into())),
-        ([_], [_, ..]) | ([_, _, ..], _) => {
+        (Count::Zero, Count::Many) => Err(ProxyError::BadRequest("more than one Content-Length".into())),
+        (Count::One(_), Count::One(_) | Count::Many) | (Count::Many, _) => {
             Err(ProxyError::BadRequest("Transfer-Encoding with Content-Length, or repeated".into()))
         }
-        ([_], []) if minor_version == 0 => Err(ProxyError::BadRequest("Transfer-Encoding in HTTP/1.0".into())),
-        ([one], []) if one.value_str().trim().eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
-        ([_], []) => Err(ProxyError::BadRequest("unsupported Transfer-Encoding".into())),
+        (Count::One(_), Count::Zero) if minor_version == 0 => {
+            Err(ProxyError::BadRequest("Transfer-Encoding in HTTP/1.0".into()))
+        }
+        (Count::One(one), Count::Zero) if one.value_str().trim().eq_ignore_ascii_case("chunked") => {
+            Ok(Framing::Chunked)
+        }
+        (Count::One(_), Count::Zero) => Err(ProxyError::BadRequest("unsupported Transfer-Encoding".into())),
+    }
+}
+
+/// How many fields a head has of one name, keeping the only one (framing rules need no more).
+enum Count<'a> {
+    Zero,
+    One(Header<'a>),
+    Many,
+}
+
+fn count<'a>(headers: &'a Fields, name: &str) -> Count<'a> {
+    let mut named = headers.iter().filter(|h| h.is(name));
+    match (named.next(), named.next()) {
+        (None, _) => Count::Zero,
+        (Some(one), None) => Count::One(one),
+        (Some(_), Some(_)) => Count::Many,
     }
 }
 
@@ -267,14 +287,20 @@ fn parse_length(value: &str) -> Option<u64> {
     value.parse().ok()
 }
 
-/// Lower-cased comma-separated tokens of every header `name`.
-pub fn tokens(headers: &Fields, name: &str) -> Vec<String> {
+/// The comma-separated tokens of every header `name`, trimmed, empty ones skipped, in the case
+/// they came in (compare them with `eq_ignore_ascii_case`). Borrowed: nothing is allocated.
+pub fn tokens<'a>(headers: &'a Fields, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .iter()
-        .filter(|h| h.is(name))
-        .flat_map(|h| h.value_str().split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter(move |h| h.is(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
-        .collect()
+}
+
+/// Whether a header `name` lists `token` (in any case).
+pub fn has_token(headers: &Fields, name: &str, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Only the protocols Kubernetes uses may be upgraded to (h2c and others are refused).

@@ -2,18 +2,68 @@
 //! LF, NUL and other control characters, so no value can split a request or a response.
 use crate::error::ProxyError;
 
-pub fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) -> Result<(), ProxyError> {
-    let name_ok =
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    let value_ok = value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
-    if !name_ok || !value_ok {
+/// RFC 9110 `tchar`: the bytes a field name may have.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+')
+            || matches!(c, b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        b += 1;
+    }
+    table
+};
+
+/// A field value: tab, visible ASCII, space and obs-text (0x80 and up); no other control byte.
+/// Eight bytes at a time while all are space to `~` (the usual value; a token is hundreds of
+/// bytes), byte by byte from the first word that is not.
+fn value_ok(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let mut at = 0;
+    while let Some(word) = value.get(at..at + 8) {
+        let x = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+        // Some byte below 0x20; some byte 0x7f or above (DEL, or obs-text: decided bytewise).
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let above = (x.wrapping_add(ONES) | x) & HIGH;
+        if below | above != 0 {
+            break;
+        }
+        at += 8;
+    }
+    value[at..].iter().all(|&b| (b >= b' ' && b != 0x7f) || b == b'\t')
+}
+
+pub fn header(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) -> Result<(), ProxyError> {
+    let name = name.as_ref();
+    let name_ok = !name.is_empty() && name.iter().all(|&b| TOKEN[b as usize]);
+    if !name_ok || !value_ok(value) {
+        let name = String::from_utf8_lossy(name);
         return Err(ProxyError::Internal(format!("refusing to write header {name:?} with control characters")));
     }
-    out.extend_from_slice(name.as_bytes());
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// Appends `n` in decimal (a status code, a Content-Length) without the formatting machinery.
+pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -28,5 +78,33 @@ mod tests {
         }
         assert!(super::header(&mut Vec::new(), "X Y", b"v").is_err());
         assert!(super::header(&mut Vec::new(), "X:Y", b"v").is_err());
+        assert!(super::header(&mut Vec::new(), "", b"v").is_err());
+        // Tab and obs-text pass, as httparse lets them in.
+        super::header(&mut out, "X", b"a\tb \x80\xff~").unwrap();
+    }
+
+    #[test]
+    fn the_tables_agree_with_the_rules() {
+        for b in 0..=255u8 {
+            let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(super::header(&mut Vec::new(), [b], b"v").is_ok(), token, "name byte {b:#x}");
+            let value = b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
+            assert_eq!(super::header(&mut Vec::new(), "X", &[b'a', b, b'z']).is_ok(), value, "value byte {b:#x}");
+            // In a long value, in every lane of the word-at-a-time check and in the tail.
+            for at in [0, 3, 7, 8, 12, 15, 16, 20] {
+                let mut long = [b'v'; 21];
+                long[at] = b;
+                assert_eq!(super::header(&mut Vec::new(), "X", &long).is_ok(), value, "byte {b:#x} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 200, 1_048_576, u64::MAX] {
+            let mut out = b"x".to_vec();
+            super::decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 }

@@ -11,7 +11,7 @@ use bcs_shared::secret::Secret;
 
 use crate::error::ProxyError;
 use crate::http1::head::{tokens, Framing, Header, RequestHead, ResponseHead};
-use crate::http1::write::header;
+use crate::http1::write::{decimal, header};
 
 /// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
 const HOP_BY_HOP: &[&str] = &[
@@ -60,9 +60,9 @@ pub struct ClusterIdentity<'a> {
     pub impersonate: Option<&'a str>,
 }
 
-fn is_removed(h: &Header, named_in_connection: &[String], extra: &[&str]) -> bool {
+fn is_removed(h: &Header, named_in_connection: &[&[u8]], extra: &[&str]) -> bool {
     HOP_BY_HOP.iter().chain(extra).any(|n| h.is(n))
-        || named_in_connection.iter().any(|n| h.name().eq_ignore_ascii_case(n))
+        || named_in_connection.iter().any(|n| h.raw_name().eq_ignore_ascii_case(n))
 }
 
 fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
@@ -77,20 +77,35 @@ fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
     Ok(out)
 }
 
-fn forwarded_for(head: &RequestHead, client: IpAddr) -> String {
-    let prior: Vec<&str> =
-        head.headers_named("x-forwarded-for").map(|h| h.value_str().trim()).filter(|v| !v.is_empty()).collect();
-    if prior.is_empty() {
-        client.to_string()
-    } else {
-        format!("{}, {client}", prior.join(", "))
+/// The client's `X-Forwarded-For` entries, then its address.
+fn forwarded_for(head: &RequestHead, client: IpAddr) -> Vec<u8> {
+    let mut value = Vec::with_capacity(48);
+    for prior in head.headers_named("x-forwarded-for").map(|h| h.value_str().trim()).filter(|v| !v.is_empty()) {
+        value.extend_from_slice(prior.as_bytes());
+        value.extend_from_slice(b", ");
     }
+    match client {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    value.push(b'.');
+                }
+                decimal(&mut value, octet.into());
+            }
+        }
+        IpAddr::V6(v6) => value.extend_from_slice(v6.to_string().as_bytes()),
+    }
+    value
 }
 
 fn framing(out: &mut Vec<u8>, body: BodyFraming) -> Result<(), ProxyError> {
     match body {
         BodyFraming::None => Ok(()),
-        BodyFraming::Length(n) => header(out, "Content-Length", n.to_string().as_bytes()),
+        BodyFraming::Length(n) => {
+            let mut digits = Vec::with_capacity(20);
+            decimal(&mut digits, n);
+            header(out, "Content-Length", &digits)
+        }
         BodyFraming::Chunked => header(out, "Transfer-Encoding", b"chunked"),
     }
 }
@@ -112,7 +127,7 @@ fn begin(
     removed: &[&str],
     forward: impl Fn(&mut Vec<u8>, &Header) -> Result<(), ProxyError>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named = tokens(&head.headers, "connection");
+    let named: Vec<&[u8]> = tokens(&head.headers, "connection").collect();
     let mut out = start(&head.method, target)?;
     header(&mut out, "Host", host.as_bytes())?;
     for h in head.headers.iter().filter(|h| !is_removed(h, &named, removed)) {
@@ -130,7 +145,7 @@ fn finish(
     body: BodyFraming,
     upgrade: bool,
 ) -> Result<Vec<u8>, ProxyError> {
-    header(&mut out, "X-Forwarded-For", forwarded_for(head, client).as_bytes())?;
+    header(&mut out, "X-Forwarded-For", &forwarded_for(head, client))?;
     framing(&mut out, body)?;
     if upgrade {
         upgrade_headers(&mut out, head.upgrade.as_deref())?;
@@ -150,7 +165,7 @@ pub fn to_cluster(
 ) -> Result<Vec<u8>, ProxyError> {
     let mut out = begin(head, target, host, NOT_TO_CLUSTERS, |out, h| {
         if !h.is("sec-websocket-protocol") {
-            return header(out, h.name(), h.value);
+            return header(out, h.raw_name(), h.value);
         }
         let kept: Vec<&str> =
             h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
@@ -184,14 +199,14 @@ pub fn to_driver(
         if h.is_impersonation() {
             return Ok(());
         }
-        header(out, h.name(), h.value)
+        header(out, h.raw_name(), h.value)
     })?;
     finish(out, head, client, body, true)
 }
 
 /// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
 pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
-    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| header(out, h.name(), h.value))?;
+    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| header(out, h.raw_name(), h.value))?;
     finish(out, head, client, body, false)
 }
 
@@ -202,16 +217,19 @@ pub fn to_client(
     close: bool,
     upgrade: Option<&str>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named = tokens(&response.headers, "connection");
+    let named: Vec<&[u8]> = tokens(&response.headers, "connection").collect();
     let mut out = Vec::with_capacity(512);
-    let reason: String = response.reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", response.status, reason).as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    decimal(&mut out, response.status.into());
+    out.push(b' ');
+    out.extend(response.reason.bytes().filter(|&b| b.is_ascii_graphic() || b == b' '));
+    out.extend_from_slice(b"\r\n");
     for h in response.headers.iter() {
         // Set-Cookie from one cluster would land on the gateway's origin, shared by all clusters.
         if is_removed(&h, &named, &["content-length", "set-cookie"]) {
             continue;
         }
-        header(&mut out, h.name(), h.value)?;
+        header(&mut out, h.raw_name(), h.value)?;
     }
     match (body, response.framing) {
         // A HEAD answer or a 304 tells the length of a body it does not carry.
