@@ -19,7 +19,9 @@ workers) is pinned with taskset to its own core(s), and wrk, the origin, bcs-api
 others (--no-pin turns that off). Besides the throughput matrix it measures, in the same run
 (--scenarios): a new connection per request (wrk with `Connection: close`, 1 KiB, interleaved with the
 matrix), how long a REST change takes to reach the proxy (scenarios.py: propagation), and the memory
-of 10 000 idle watch streams held through each proxy (scenarios.py: watch, watch_holder.py).
+of 10 000 idle watch streams held through each proxy (scenarios.py: watch, watch_holder.py), and the
+user-space instructions each proxy executes per 1 KiB GET under valgrind's callgrind (instructions.py),
+a figure that, unlike CPU-seconds on a shared machine, does not swing from run to run.
 
 It prints the tables and writes them as markdown to results/latest.md. It never fails on a
 figure: it is a measurement, not a test. Everything it starts is stopped on exit.
@@ -44,12 +46,13 @@ import sys
 import tempfile
 import time
 
+import instructions
 import mesos
 import scenarios
 
 SIZES = {"1k": 1024, "64k": 65536, "1m": 1048576}
 CONFIGS = ["direct-origin", "nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
-SCENARIOS = ["throughput", "close", "mesos", "propagation", "apply", "watch"]
+SCENARIOS = ["throughput", "close", "mesos", "propagation", "apply", "watch", "instructions"]
 DEFAULT_DURATION = 3
 # The close scenario's workload: 1 KiB, a new connection per request (its key in Bench.runs).
 CLOSE = "close-1k"
@@ -939,6 +942,10 @@ class Bench:
             t0 = time.monotonic()
             self.extra["watch"] = scenarios.watch(self, a.streams)
             self.timings["watch"] = time.monotonic() - t0
+        if "instructions" in a.scenarios:
+            t0 = time.monotonic()
+            self.extra["instructions"] = instructions.measure(self)
+            self.timings["instructions"] = time.monotonic() - t0
         self.log_bytes = sum(os.path.getsize(g.err) for g in self.gateways.values())
         self.proxy_restarts = sum(len({tuple(r["pids"]) for r in rs}) - 1
                                   for (c, _), rs in self.runs.items() if c.startswith("bcs"))
@@ -1268,6 +1275,15 @@ def report(bench, env):
                "(`mi_collect`): the memory a proxy keeps for this snapshot between applies.", ""]
     if "watch" in bench.extra:
         md += [f"### {bench.extra['watch']['n']:,} idle watch streams", "", scenarios.watch_table(bench), ""]
+    if "instructions" in bench.extra:
+        md += ["### User-space instructions per request (callgrind, 1 KiB GET, plain port)", "",
+               instructions.table(bench), "",
+               "Each proxy alone under `valgrind --tool=callgrind` on the server CPUs (a second "
+               "bcs-api-proxy on the gateway's configuration and snapshot; a second nginx-proxy with "
+               "`master_process off`), 16 kept-alive wrk connections, counters zeroed after a 2-s warm-up. "
+               "The kernel's share (TCP, system calls, io_uring) is not counted: the wrk matrix's "
+               "CPU-seconds measure it. A count repeats to within about 1 % for the same binary, so it shows changes "
+               "the CPU-seconds of this shared machine hide (instructions.py says how).", ""]
     if a.workloads:
         md += ["### Where the CPU went (median run of each row)", "", cpu_split(bench), ""]
     return "\n".join(md)
@@ -1284,7 +1300,8 @@ def parse_args(argv):
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of " + ", ".join(SCENARIOS) + " (default all): throughput = the "
                         "sizes x configurations matrix, close = 1 KiB with a new connection per request, "
-                        "propagation = REST change to the proxy's first answer, watch = idle watch streams' memory")
+                        "propagation = REST change to the proxy's first answer, watch = idle watch streams' memory, instructions = user-space instructions per "
+                        "request of each proxy under callgrind")
     p.add_argument("--propagation-samples", type=int, default=50,
                    help="token creations and revocations timed (default 50; --quick 20)")
     p.add_argument("--streams", type=int, default=10000, help="idle watch streams held at once (default 10000)")
@@ -1372,6 +1389,11 @@ def parse_args(argv):
         if c not in known:
             p.error(f"unknown configuration {c!r} (known: {', '.join(known)})")
     args.configs = [c for c in known if c in configs]
+    if "instructions" in args.scenarios and not instructions.available():
+        if "--scenarios" in " ".join(argv):
+            p.error("the instructions scenario needs valgrind (apt-get install valgrind)")
+        print("bench: skipping the instructions scenario: valgrind is not installed", file=sys.stderr)
+        args.scenarios.remove("instructions")
     if "mesos" in args.scenarios and mesos.available():
         if "--scenarios" in " ".join(argv):
             p.error(f"the mesos scenario needs ZooKeeper: {mesos.available()}")
