@@ -67,7 +67,7 @@ pub fn digest(token: &[u8]) -> [u8; 32] {
 impl Tables {
     /// Compiles a snapshot that passed `Snapshot::validate`.
     pub fn compile(snapshot: &Snapshot) -> Tables {
-        let users: HashMap<i64, Arc<UserEntry>> = snapshot
+        let users: foldhash::HashMap<i64, Arc<UserEntry>> = snapshot
             .users
             .iter()
             .map(|u| {
