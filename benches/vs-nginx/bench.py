@@ -1282,7 +1282,7 @@ def report(bench, env):
                "bcs-api-proxy on the gateway's configuration and snapshot; a second nginx-proxy with "
                "`master_process off`), 16 kept-alive wrk connections, counters zeroed after a 2-s warm-up. "
                "The kernel's share (TCP, system calls, io_uring) is not counted: the wrk matrix's "
-               "CPU-seconds measure it. A count repeats to within about 1 % for the same binary, so it shows changes "
+               "CPU-seconds measure it. A count repeats to within about 1.5 % for the same binary (bcs-api-proxy: 0.05 % over three runs), so it shows changes "
                "the CPU-seconds of this shared machine hide (instructions.py says how).", ""]
     if a.workloads:
         md += ["### Where the CPU went (median run of each row)", "", cpu_split(bench), ""]

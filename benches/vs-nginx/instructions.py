@@ -3,7 +3,7 @@ each proxy executes per 1 KiB GET, counted by valgrind's callgrind (Python 3 std
 
 Why: on a shared 2-vCPU machine the CPU-seconds of the wrk matrix swing by 15 % and more between runs
 of the same binary, which hides any change to the request path smaller than that. An instruction count
-does not swing: the same binary serving the same requests gives the same count to within about 1 %, so
+does not swing: the same binary serving the same requests gives the same count to within about 1.5 %, so
 one run measures a change. What it cannot see: the kernel (system calls, TCP, io_uring, about 60 % of
 either proxy's CPU on this path), cache misses and how many instructions a cycle retires. The wrk matrix
 keeps measuring those.
