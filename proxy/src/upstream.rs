@@ -4,6 +4,7 @@
 //! (address, cluster, credential version), TLS configs per credential version, and passive
 //! ejection of addresses that fail.
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,16 +41,17 @@ struct Idle {
     since: Instant,
 }
 
-/// foldhash, not SipHash: these maps are keyed by the snapshot's addresses and cluster ids, which
-/// no client can choose, and a pooled request looks them up three times.
-type HashMap<K, V> = foldhash::HashMap<K, V>;
-
 thread_local! {
-    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::default());
+    /// SipHash (std's default): a webconsole request's address is the client's `host_ip`
+    /// (within `webconsole_allowed_hosts`), so a client chooses some of these keys.
+    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
     /// The credential version last seen per owner: a new one purges the owner's older sockets.
-    static VERSIONS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::default());
-    static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::default());
-    static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::default());
+    /// foldhash: owners are the snapshot's cluster ids (`mesos:`-prefixed for drivers), `admin`
+    /// and `console`, none a client's choice, and every pooled request looks its owner up.
+    static VERSIONS: RefCell<foldhash::HashMap<String, i64>> = RefCell::new(foldhash::HashMap::default());
+    static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::new());
+    /// SipHash, as the pool: an unreachable `host_ip` is ejected here.
+    static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
 }
 
 /// An idle pooled connection for `key`, if a fresh one is there. Connections of the same owner

@@ -288,19 +288,20 @@ fn parse_length(value: &str) -> Option<u64> {
 }
 
 /// The comma-separated tokens of every header `name`, trimmed, empty ones skipped, in the case
-/// they came in (compare them with `eq_ignore_ascii_case`). Borrowed: nothing is allocated.
-pub fn tokens<'a>(headers: &'a Fields, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+/// they came in (compare them with `eq_ignore_ascii_case`). Borrowed: nothing is allocated. A
+/// value that is not UTF-8 lists no token (as `Header::value_str` reads it).
+pub fn tokens<'a>(headers: &'a Fields, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .iter()
         .filter(move |h| h.is(name))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
+        .flat_map(|h| h.value_str().split(','))
+        .map(str::trim)
         .filter(|t| !t.is_empty())
 }
 
 /// Whether a header `name` lists `token` (in any case).
 pub fn has_token(headers: &Fields, name: &str, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Only the protocols Kubernetes uses may be upgraded to (h2c and others are refused).

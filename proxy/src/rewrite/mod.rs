@@ -60,9 +60,9 @@ pub struct ClusterIdentity<'a> {
     pub impersonate: Option<&'a str>,
 }
 
-fn is_removed(h: &Header, named_in_connection: &[&[u8]], extra: &[&str]) -> bool {
+fn is_removed(h: &Header, named_in_connection: &[&str], extra: &[&str]) -> bool {
     HOP_BY_HOP.iter().chain(extra).any(|n| h.is(n))
-        || named_in_connection.iter().any(|n| h.raw_name().eq_ignore_ascii_case(n))
+        || named_in_connection.iter().any(|n| h.raw_name().eq_ignore_ascii_case(n.as_bytes()))
 }
 
 fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
@@ -127,7 +127,7 @@ fn begin(
     removed: &[&str],
     forward: impl Fn(&mut Vec<u8>, &Header) -> Result<(), ProxyError>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named: Vec<&[u8]> = tokens(&head.headers, "connection").collect();
+    let named: Vec<&str> = tokens(&head.headers, "connection").collect();
     let mut out = start(&head.method, target)?;
     header(&mut out, "Host", host.as_bytes())?;
     for h in head.headers.iter().filter(|h| !is_removed(h, &named, removed)) {
@@ -217,7 +217,7 @@ pub fn to_client(
     close: bool,
     upgrade: Option<&str>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named: Vec<&[u8]> = tokens(&response.headers, "connection").collect();
+    let named: Vec<&str> = tokens(&response.headers, "connection").collect();
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
     decimal(&mut out, response.status.into());

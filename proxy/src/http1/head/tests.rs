@@ -78,6 +78,28 @@ fn upgrades_and_connection_tokens() {
     assert!(h.close);
 }
 
+/// Connection tokens are read as text: a value that is not UTF-8 lists none (httparse lets
+/// bytes 0x80-0xFF into values), and Unicode spaces around a token are trimmed.
+#[test]
+fn connection_tokens_are_text() {
+    let raw = |value: &[u8]| {
+        let mut head = b"GET /x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: ".to_vec();
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n\r\n");
+        parse_request(&head).unwrap().unwrap().0
+    };
+    let h = raw(b"close, upgrade, \xff");
+    assert!(!h.close && h.upgrade.is_none(), "a non-UTF-8 value lists no token");
+    let h = raw("close\u{a0}, upgrade".as_bytes());
+    assert!(h.close && h.upgrade.is_some(), "U+00A0 is trimmed");
+    let h = raw(b"CLOSE , Upgrade");
+    assert!(h.close && h.upgrade.is_some(), "in any case, spaces trimmed");
+    let (r, _) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close, \x80\r\n\r\n", "GET")
+        .unwrap()
+        .unwrap();
+    assert!(!r.close, "a non-UTF-8 value lists no token");
+}
+
 #[test]
 fn responses() {
     let (r, used) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "GET").unwrap().unwrap();
