@@ -164,9 +164,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyEr
     if hosts > 1 || (minor_version == 1 && hosts == 0) {
         return Err(ProxyError::BadRequest("a request needs exactly one Host header".into()));
     }
-    let close = has_token(&headers, "connection", "close")
-        || (minor_version == 0 && !has_token(&headers, "connection", "keep-alive"));
-    let upgrade = if has_token(&headers, "connection", "upgrade") {
+    // One pass over the Connection tokens for the three that matter here.
+    let (mut close, mut keep_alive, mut asks_upgrade) = (false, false, false);
+    for token in tokens(&headers, "connection") {
+        close |= token.eq_ignore_ascii_case("close");
+        keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        asks_upgrade |= token.eq_ignore_ascii_case("upgrade");
+    }
+    let close = close || (minor_version == 0 && !keep_alive);
+    let upgrade = if asks_upgrade {
         match count(&headers, "upgrade") {
             Count::Zero => None,
             Count::One(one) => Some(allowed_upgrade(one.value_str())?),
