@@ -47,12 +47,13 @@ import tempfile
 import time
 
 import instructions
+import latency
 import mesos
 import scenarios
 
 SIZES = {"1k": 1024, "64k": 65536, "1m": 1048576}
 CONFIGS = ["direct-origin", "nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
-SCENARIOS = ["throughput", "close", "mesos", "propagation", "apply", "watch", "instructions"]
+SCENARIOS = ["throughput", "close", "mesos", "latency", "propagation", "apply", "watch", "instructions"]
 DEFAULT_DURATION = 3
 # The close scenario's workload: 1 KiB, a new connection per request (its key in Bench.runs).
 CLOSE = "close-1k"
@@ -930,6 +931,10 @@ class Bench:
                         + (" (disturbed)" if r["disturbed"] else ""))
         if a.workloads:
             self.timings["wrk matrix"] = time.monotonic() - t0
+        if "latency" in a.scenarios:
+            t0 = time.monotonic()
+            self.extra["latency"] = latency.measure(self)
+            self.timings["latency"] = time.monotonic() - t0
         if "propagation" in a.scenarios:
             t0 = time.monotonic()
             self.extra["propagation"] = scenarios.propagation(self, a.propagation_samples)
@@ -1253,6 +1258,15 @@ def report(bench, env):
                "origin nginx over plain http (as a driver without cert_config). nginx-proxy: "
                "`/mesosdriver/v4/1k` to the same origin through a plain-http keep-alive upstream. Same columns "
                "as above.", "", matrix_table(bench, rows, MESOS), ""]
+    if "latency" in bench.extra:
+        x = bench.extra["latency"]
+        md += ["### Latency at the same request rate (open loop, 1 KiB)", "",
+               f"`bcs-loadgen` (benches/loadgen) sends {x['rate']:,} req/s ({x['why']}) over "
+               f"{a.connections} kept-alive connections to each configuration for {x['secs']} s after a "
+               f"{latency.WARMUP_SECS:.0f}-s warm-up, with the same arrival times for all; {a.rounds} interleaved rounds, "
+               "medians per column. A request held up behind the previous answer on its connection counts "
+               "from when it was due (held up: how many). Server CPU-s is the server under test's over the "
+               "measured seconds.", "", latency.table(bench), ""]
     if "propagation" in bench.extra:
         md += ["### Snapshot propagation (REST change → proxy)", "", scenarios.propagation_table(bench), ""]
     if "apply" in bench.extra:
@@ -1300,8 +1314,12 @@ def parse_args(argv):
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of " + ", ".join(SCENARIOS) + " (default all): throughput = the "
                         "sizes x configurations matrix, close = 1 KiB with a new connection per request, "
+                        "latency = p50/p99 at the same fixed request rate for both proxies (open loop, bcs-loadgen), "
                         "propagation = REST change to the proxy's first answer, watch = idle watch streams' memory, instructions = user-space instructions per "
                         "request of each proxy under callgrind")
+    p.add_argument("--latency-rate", type=int, default=0, metavar="REQ_PER_S",
+                   help="the latency scenario's fixed request rate (default: 60%% of nginx-proxy's lower median "
+                        "1 KiB req/s, plain or TLS, in this run's wrk matrix; 8000 without the matrix)")
     p.add_argument("--propagation-samples", type=int, default=50,
                    help="token creations and revocations timed (default 50; --quick 20)")
     p.add_argument("--streams", type=int, default=10000, help="idle watch streams held at once (default 10000)")
@@ -1397,6 +1415,9 @@ def parse_args(argv):
             p.error("the instructions scenario needs valgrind (apt-get install valgrind)")
         print("bench: skipping the instructions scenario: valgrind is not installed", file=sys.stderr)
         args.scenarios.remove("instructions")
+    if not args.check_args and "latency" in args.scenarios and not os.path.exists(latency.binary(args.root)):
+        p.error(f"the latency scenario needs {latency.binary(args.root)}: "
+                "cargo build --release -p bcs-loadgen (benches/vs-nginx/run builds it)")
     if not args.check_args and "mesos" in args.scenarios and mesos.available():
         if "--scenarios" in " ".join(argv):
             p.error(f"the mesos scenario needs ZooKeeper: {mesos.available()}")
