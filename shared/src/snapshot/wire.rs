@@ -163,7 +163,11 @@ impl Decoder {
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let message = serde_json::from_slice(&self.buffer[4..4 + len]).map_err(|e| WireError::Malformed(e.to_string()));
+        // The payload is checked as UTF-8 once, then parsed as text: serde_json's byte reader
+        // checks every string on its own (a million digests), its text reader does not need to.
+        let message = std::str::from_utf8(&self.buffer[4..4 + len])
+            .map_err(|e| WireError::Malformed(format!("the payload is not UTF-8: {e}")))
+            .and_then(|text| serde_json::from_str(text).map_err(|e| WireError::Malformed(e.to_string())));
         self.buffer.drain(..4 + len);
         // A large snapshot's room is not kept for the life of the connection (128 MiB at a
         // million tokens): the next one gets fresh room when its length arrives.
