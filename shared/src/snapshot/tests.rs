@@ -107,6 +107,15 @@ fn malformed_payloads_are_errors() {
     decoder.push(&(body.len() as u32).to_be_bytes()).unwrap();
     decoder.push(body).unwrap();
     assert!(matches!(decoder.next_message(), Err(WireError::Malformed(_))));
+    // A byte that is not UTF-8, inside a string: refused, and the next frame still decodes.
+    let mut decoder = Decoder::default();
+    let body = b"{\"type\":\"refused\",\"reason\":\"\xff\"}";
+    decoder.push(&(body.len() as u32).to_be_bytes()).unwrap();
+    decoder.push(body).unwrap();
+    decoder.push(&encode(&Message::Ack { revision: 3 })).unwrap();
+    let Err(WireError::Malformed(why)) = decoder.next_message() else { panic!("taken") };
+    assert!(why.contains("not UTF-8"), "{why}");
+    assert_eq!(decoder.next_message(), Ok(Some(Message::Ack { revision: 3 })));
 }
 
 fn decode_one(body: &str) -> Result<Option<Message>, WireError> {
