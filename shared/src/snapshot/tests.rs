@@ -218,3 +218,17 @@ fn addresses_parse() {
         assert!(parse_address(bad).is_none(), "{bad}");
     }
 }
+
+#[test]
+fn tokens_decode_in_any_valid_json_form_and_a_bad_one_is_named() {
+    let message = Message::Snapshot(golden());
+    let body = String::from_utf8(encode(&message)[4..].to_vec()).unwrap();
+    let spaced = body.replace(r#"","user_id":"#, r#"", "user_id" : "#);
+    assert_eq!(decode_one(&spaced), Ok(Some(message.clone())));
+    let persisted = serde_json::to_string(&golden()).unwrap().replace(r#","expires_at":"#, r#", "expires_at":"#);
+    assert_eq!(serde_json::from_str::<Snapshot>(&persisted).unwrap(), golden());
+    let Err(WireError::Malformed(why)) = decode_one(&body.replace(r#","expires_at":"#, r#","expires_at":"x"#)) else {
+        panic!("taken")
+    };
+    assert!(why.contains("expected i64"), "{why}");
+}
