@@ -1318,7 +1318,7 @@ def parse_args(argv):
                         "propagation = REST change to the proxy's first answer, watch = idle watch streams' memory, instructions = user-space instructions per "
                         "request of each proxy under callgrind")
     p.add_argument("--latency-rate", type=int, default=0, metavar="REQ_PER_S",
-                   help="the latency scenario's fixed request rate (default: 60%% of nginx-proxy's lower median "
+                   help="the latency scenario's fixed request rate (default: 35%% of nginx-proxy's lower median "
                         "1 KiB req/s, plain or TLS, in this run's wrk matrix; 8000 without the matrix)")
     p.add_argument("--propagation-samples", type=int, default=50,
                    help="token creations and revocations timed (default 50; --quick 20)")

@@ -20,6 +20,7 @@ the medians of each column.
 import json
 import os
 import subprocess
+import threading
 import time
 
 import bench as b
@@ -63,33 +64,61 @@ def cpu_times(cpus):
 
 
 def run_once(bench, config, req_rate, secs):
+    """One loadgen run; the server's CPU, the load CPUs' busy share and the CPU used outside the
+    benchmark are read at the loadgen's own marks (stderr) for the start and end of its measured
+    seconds, so the warm-up is left out."""
     url_of, _, gateway, token = bench.target(config)
     pids = bench.server_pids(config)
     argv = [binary(bench.args.root), "--url", url_of("1k"), "--rate", str(req_rate), "--connections",
             str(bench.args.connections), "--duration", str(secs), "--warmup", str(WARMUP_SECS),
             "--header", f"Authorization: Bearer {token}", "--ca", os.path.join(bench.dir, "ca.pem")]
-    # The server's CPU over the measured part only: the warm-up is left out.
+    load_cpus = set(bench.load_cpus or range(os.cpu_count()))
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     bench.procs.items.append(("bcs-loadgen", p, 2))
+    # The loadgen gives up on a request after 5 s, so it ends by itself; this is the backstop.
+    watchdog = threading.Timer(secs + WARMUP_SECS + 40, p.kill)
+    watchdog.start()
+    marks, errors = {}, []
     try:
-        time.sleep(0.2 + WARMUP_SECS)
-        load_cpus = set(bench.load_cpus or range(os.cpu_count()))
-        c0, l0 = b.cpu_ticks(pids), cpu_times(load_cpus)
-        time.sleep(secs)
-        c1, l1 = b.cpu_ticks(pids), cpu_times(load_cpus)
-        out, err = p.communicate(timeout=secs + 30)
+        ours = bench.our_pids() | {p.pid}
+        for line in p.stderr:
+            line = line.rstrip("\n")
+            if line in ("bcs-loadgen: measuring", "bcs-loadgen: measured"):
+                marks[line.rsplit(" ", 1)[1]] = (b.cpu_ticks(pids), cpu_times(load_cpus), b.cpu_snapshot())
+            elif line:
+                errors.append(line)
+        out = p.stdout.read()
+        p.wait(timeout=30)
     finally:
+        watchdog.cancel()
         if p.poll() is None:
             p.kill()
             p.communicate()
         bench.procs.items.remove(("bcs-loadgen", p, 2))
-    if p.returncode != 0 or not out.strip():
-        raise RuntimeError(f"bcs-loadgen against {config} failed ({p.returncode}): {err[-1000:]}")
+    if p.returncode != 0 or not out.strip() or len(marks) != 2:
+        raise RuntimeError(f"bcs-loadgen against {config} failed ({p.returncode}): {' / '.join(errors)[-1000:]}")
     r = json.loads(out.strip().splitlines()[-1])
+    (c0, l0, s0), (c1, l1, s1) = marks["measuring"], marks["measured"]
     r["server_cpu"] = (c1 - c0) / b.CLK_TCK
     r["load_busy"] = (l1[0] - l0[0]) / max(l1[1] - l0[1], 1)
-    r["first_error"] = err.strip().splitlines()[0] if err.strip() else ""
+    r["noise_cpu"], r["noise_who"] = b.noise(s0, s1, ours)
+    r["first_error"] = errors[0] if errors else ""
     return r
+
+
+def invalid(bench, r):
+    """Why a run does not measure the proxy, or None: failed requests (a refusal is fast and would
+    shorten the tail), fewer answers than were due, a load CPU that could not keep up, or CPU
+    used outside the benchmark."""
+    if r["errors"] or r["non_2xx"]:
+        return "failed requests"
+    if r["completed"] < 0.99 * r["rate"] * r["duration_s"]:
+        return "fewer answers than were due"
+    if bench.load_cpus and r["load_busy"] > LOAD_BOUND:
+        return "load CPU busy"
+    if r["noise_cpu"] > bench.args.noise_limit * r["duration_s"]:
+        return "disturbed"
+    return None
 
 
 def measure(bench):
@@ -99,45 +128,71 @@ def measure(bench):
     runs = {c: [] for c in configs}
     for rnd in range(1, a.rounds + 1):
         for config in configs:
-            bench.wait_for_quiet()
-            r = run_once(bench, config, req_rate, a.duration)
+            for attempt in range(1, a.tries + 1):
+                bench.wait_for_quiet()
+                r = run_once(bench, config, req_rate, a.duration)
+                r["invalid"] = invalid(bench, r)
+                if r["invalid"] != "disturbed" or attempt == a.tries:
+                    break
+                b.log(f"    disturbed: {r['noise_cpu']:.2f} CPU-s outside the benchmark ({r['noise_who']}); again")
             runs[config].append(r)
             b.log(f"latency round {rnd} {config:<16} {req_rate:,} req/s offered, {r['achieved_rps']:,.0f} done  "
                   f"p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f}  p99.9 {r['p999_ms']:.2f} ms  "
-                  f"held up {r['held_up']}  errors {r['errors']}  server {r['server_cpu']:.2f} CPU-s  "
-                  f"load CPU {r['load_busy']:.0%} busy")
+                  f"held up {r['held_up']}  errors {r['errors'] + r['non_2xx']}  server {r['server_cpu']:.2f} CPU-s  "
+                  f"load CPU {r['load_busy']:.0%} busy" + (f"  (not counted: {r['invalid']})" if r["invalid"] else ""))
     return {"rate": req_rate, "why": why, "runs": runs, "secs": a.duration}
 
 
-def _cell(runs, key, fmt="{:.2f}"):
-    return fmt.format(b.med([r[key] for r in runs]))
+def _med(runs, key):
+    return b.med([r[key] for r in runs])
 
 
 def table(bench):
+    """The table and the verdict. Columns are medians over the rounds that measured the proxy (all
+    rounds, marked, when none did); the verdict compares each bcs round with nginx's round of the
+    same number, both valid, and needs two such pairs."""
     x = bench.extra["latency"]
     runs = x["runs"]
     rows = ["| configuration | offered req/s | done req/s | p50 ms | p90 ms | p99 ms | p99 of each round | p99.9 ms | "
-            "max ms | held up | errors | load CPU busy | server CPU-s per 10 k req | ratio p99 | ratio CPU per req |",
+            "max ms | held up | failed | load CPU busy | server CPU-s per 10 k req | ratio p99 | ratio CPU per req |",
             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    cpu = {c: b.med([r["server_cpu"] / max(r["completed"], 1) * 1e4 for r in rs]) for c, rs in runs.items()}
-    p99 = {c: b.med([r["p99_ms"] for r in rs]) for c, rs in runs.items()}
+    counted = {c: [r for r in rs if not r["invalid"]] or rs for c, rs in runs.items()}
+    cpu = {c: b.med([r["server_cpu"] / max(r["completed"], 1) * 1e4 for r in rs]) for c, rs in counted.items()}
+    p99 = {c: _med(rs, "p99_ms") for c, rs in counted.items()}
     for c, rs in runs.items():
         base = "nginx-proxy-tls" if c.endswith("tls") else "nginx-proxy"
         ratio = lambda d: (f"{d[c] / d[base]:.2f}×" if base in d and d[base] else "–")
+        k = counted[c]
         rows.append(
-            f"| {c} | {x['rate']:,} | {_cell(rs, 'achieved_rps', '{:,.0f}')} | {_cell(rs, 'p50_ms')} | "
-            f"{_cell(rs, 'p90_ms')} | {_cell(rs, 'p99_ms')} | {', '.join('%.2f' % r['p99_ms'] + (' ‡' if r['load_busy'] > LOAD_BOUND else '') for r in rs)} | "
-            f"{_cell(rs, 'p999_ms')} | {_cell(rs, 'max_ms')} | {sum(r['held_up'] for r in rs):,} | "
-            f"{sum(r['errors'] + r['non_2xx'] for r in rs):,} | {_cell(rs, 'load_busy', '{:.0%}')} | {cpu[c]:.3f} | {ratio(p99)} | {ratio(cpu)} |")
+            f"| {c} | {x['rate']:,} | {_med(k, 'achieved_rps'):,.0f} | {_med(k, 'p50_ms'):.2f} | "
+            f"{_med(k, 'p90_ms'):.2f} | {p99[c]:.2f}{'' if any(not r['invalid'] for r in rs) else ' ‡'} | "
+            f"{', '.join('%.2f' % r['p99_ms'] + (' ‡' if r['invalid'] else '') for r in rs)} | "
+            f"{_med(k, 'p999_ms'):.2f} | {_med(k, 'max_ms'):.2f} | {sum(r['held_up'] for r in rs):,} | "
+            f"{sum(r['errors'] + r['non_2xx'] for r in rs):,} | {_med(rs, 'load_busy'):.0%} | {cpu[c]:.3f} | "
+            f"{ratio(p99)} | {ratio(cpu)} |")
     checks = []
     for c in ("bcs-proxy", "bcs-proxy-tls"):
         base = "nginx-proxy-tls" if c.endswith("tls") else "nginx-proxy"
-        if c in p99 and base in p99:
-            met = "met" if p99[c] <= p99[base] else "**missed**"
-            wins = sum(rb["p99_ms"] <= rn["p99_ms"] for rb, rn in zip(runs[c], runs[base]))
-            checks.append(f"{c}: p99 {p99[c]:.2f} / {p99[base]:.2f} ms, {met} (no higher than nginx's in "
-                          f"{wins} of {len(runs[c])} rounds)")
-    bound = sum(r["load_busy"] > LOAD_BOUND for rs in runs.values() for r in rs)
-    return "\n".join(rows + ["", "Target p99 ≤ nginx's at the same load: " + "; ".join(checks) + ".",
-                              "", f"Rounds whose load CPU was over {LOAD_BOUND:.0%} busy (‡, the load side was the "
-                              f"bottleneck, not the proxy): {bound} of {sum(len(rs) for rs in runs.values())}."])
+        if c not in runs or base not in runs:
+            continue
+        pairs = [(rb, rn) for rb, rn in zip(runs[c], runs[base]) if not rb["invalid"] and not rn["invalid"]]
+        if len(pairs) < 2:
+            checks.append(f"{c}: inconclusive ({len(pairs)} round(s) in which both proxies were measured cleanly)")
+            continue
+        ours, theirs = b.med([rb["p99_ms"] for rb, _ in pairs]), b.med([rn["p99_ms"] for _, rn in pairs])
+        wins = sum(rb["p99_ms"] <= rn["p99_ms"] for rb, rn in pairs)
+        checks.append(f"{c}: p99 {ours:.2f} / {theirs:.2f} ms, {'met' if ours <= theirs else '**missed**'} (no higher "
+                      f"than nginx's in {wins} of {len(pairs)} clean rounds)")
+    reasons = {}
+    for rs in runs.values():
+        for r in rs:
+            if r["invalid"]:
+                reasons[r["invalid"]] = reasons.get(r["invalid"], 0) + 1
+    total = sum(len(rs) for rs in runs.values())
+    return "\n".join(rows + [
+        "", "Target p99 ≤ nginx's at the same load: " + "; ".join(checks) + ".", "",
+        f"Rounds not counted (‡): {sum(reasons.values())} of {total}"
+        + (" (" + ", ".join(f"{n} {why}" for why, n in reasons.items()) + ")" if reasons else "")
+        + f". A round is not counted when a request failed or got no 2xx, fewer answers came than were due, the "
+        f"load CPU was over {LOAD_BOUND:.0%} busy (the load side was the bottleneck, not the proxy), or more than "
+        f"{bench.args.noise_limit:.2f} CPU-s per second went to processes outside the benchmark (tried again first)."])

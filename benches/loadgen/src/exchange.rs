@@ -43,7 +43,7 @@ impl Target {
             let ca = ca.ok_or("an https:// URL needs --ca")?;
             let pem = std::fs::read(ca).map_err(|e| format!("--ca {ca}: {e}"))?;
             let roots = bcs_shared::tls::roots_from_pem(&pem).map_err(|e| format!("--ca {ca} {e}"))?;
-            let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+            let config = bcs_shared::tls::client_trusting(roots).with_no_client_auth();
             Some((TlsConnector::from(Arc::new(config)), ServerName::try_from("localhost").expect("a DNS name")))
         } else {
             None

@@ -9,8 +9,12 @@
 //! previous answer then (the server held it up: coordinated omission, as wrk2 corrects it), and
 //! from its actual send otherwise, so this tool's timer (tokio's, 1 ms ticks) adds nothing.
 //!
+//! A connect or an exchange that takes over 5 s is a failure, so every run ends by itself; failures
+//! of requests due after the warm-up are counted. "bcs-loadgen: measuring" and "bcs-loadgen:
+//! measured" on stderr mark the measured seconds, for a caller reading the server's CPU.
+//!
 //! `bcs-loadgen --url URL --rate R [--connections N] [--duration S] [--warmup S] [--header "K: V"]...
-//! [--ca PEM]`; prints one JSON line. A benchmark tool: loopback only, every run ends by itself.
+//! [--ca PEM]`; prints one JSON line. A benchmark tool, for loopback.
 mod exchange;
 
 use std::time::{Duration, Instant};
@@ -70,47 +74,69 @@ struct Seen {
     held_up: u64,
     /// When the last counted answer arrived.
     last: Option<Instant>,
+    printed: bool,
 }
 
+/// The longest a connect or an exchange may take; longer is an error (a server that stops
+/// answering must not stop the run).
+const LIMIT: Duration = Duration::from_secs(5);
+
 impl Seen {
-    /// Counts a failure; prints a connection's first one only.
-    fn report(&mut self, what: std::fmt::Arguments<'_>) {
-        if self.errors == 0 {
+    /// Prints a connection's first failure; counts those of requests due after the warm-up.
+    fn report(&mut self, counted: bool, what: std::fmt::Arguments<'_>) {
+        if self.errors == 0 && !self.printed {
             eprintln!("bcs-loadgen: {what}");
+            self.printed = true;
         }
-        self.errors += 1;
+        self.errors += u64::from(counted);
+    }
+}
+
+async fn connect(target: &Target) -> Result<Connection, String> {
+    match tokio::time::timeout(LIMIT, target.connect()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err(format!("connect: no connection within {LIMIT:?}")),
     }
 }
 
 async fn drive(args: std::rc::Rc<Args>, index: usize, start: Instant) -> Seen {
     let mut seen = Seen::default();
     let end = start + args.warmup + args.duration;
-    let mut connection: Option<Connection> = None;
+    // Connected before the clock starts, so the first due requests do not queue on handshakes.
+    let mut connection = match connect(&args.target).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            seen.report(false, format_args!("{e}"));
+            None
+        }
+    };
     for k in 0u64.. {
         let due = start + Duration::from_secs_f64((k as f64 * args.connections as f64 + index as f64) / args.rate);
         if due >= end {
             break;
         }
+        let counted = due >= start + args.warmup;
         let sent_from = if Instant::now() < due {
             tokio::time::sleep_until(due.into()).await;
             Instant::now()
         } else {
-            seen.held_up += u64::from(due >= start + args.warmup);
+            seen.held_up += u64::from(counted);
             due
         };
         let conn = match connection.take() {
             Some(c) => c,
-            None => match args.target.connect().await {
+            None => match connect(&args.target).await {
                 Ok(c) => c,
                 Err(e) => {
-                    seen.report(format_args!("connect: {e}"));
+                    seen.report(counted, format_args!("{e}"));
                     continue;
                 }
             },
         };
-        match conn.exchange().await {
-            Ok((conn, status)) => {
-                if due >= start + args.warmup {
+        match tokio::time::timeout(LIMIT, conn.exchange()).await {
+            Ok(Ok((conn, status))) => {
+                if counted {
                     let now = Instant::now();
                     seen.latencies.push((now - sent_from).as_micros() as u64);
                     seen.last = Some(now);
@@ -118,7 +144,8 @@ async fn drive(args: std::rc::Rc<Args>, index: usize, start: Instant) -> Seen {
                 }
                 connection = conn;
             }
-            Err(e) => seen.report(format_args!("request: {e}")),
+            Ok(Err(e)) => seen.report(counted, format_args!("request: {e}")),
+            Err(_) => seen.report(counted, format_args!("request: no whole answer within {LIMIT:?}")),
         }
     }
     seen
@@ -143,17 +170,27 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let local = tokio::task::LocalSet::new();
     let args = std::rc::Rc::new(args);
+    let (args_warmup, args_duration) = (args.warmup, args.duration);
     let seen: Vec<Seen> = local.block_on(&runtime, async {
-        // Connections open before the clock starts, so the first due requests do not queue on
-        // handshakes.
+        // Room for every connection's handshake before the first request is due.
         let start = Instant::now() + Duration::from_millis(200);
         started.set(Some(start + args.warmup));
+        // Marks on stderr when the measured seconds begin and end, so a caller can read the
+        // server's CPU over exactly those.
+        let marks = tokio::task::spawn_local(async move {
+            tokio::time::sleep_until((start + args_warmup).into()).await;
+            eprintln!("bcs-loadgen: measuring");
+            tokio::time::sleep_until((start + args_warmup + args_duration).into()).await;
+            eprintln!("bcs-loadgen: measured");
+        });
         let tasks: Vec<_> =
             (0..args.connections).map(|i| tokio::task::spawn_local(drive(args.clone(), i, start))).collect();
         let mut seen = Vec::new();
         for task in tasks {
             seen.push(task.await.expect("a connection's task does not panic"));
         }
+        // The last requests are due before the end: the end mark may still be to come.
+        marks.await.expect("the marks' task does not panic");
         seen
     });
     let mut latencies: Vec<u64> = seen.iter().flat_map(|s| s.latencies.iter().copied()).collect();
