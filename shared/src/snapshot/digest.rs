@@ -29,6 +29,28 @@ impl Digest {
         use sha2::Digest as _;
         Digest(Sha256::digest(value).into())
     }
+
+    /// From exactly 64 lower-case hex digits. Without a branch per digit: digits and letters
+    /// come in random order in a digest, and a branch on each mispredicted often enough to
+    /// cost more than the rest of decoding a million tokens. (The `hex` crate's decoder takes
+    /// upper case too, and branches per digit.)
+    pub fn from_hex(hex: &[u8]) -> Option<Digest> {
+        let hex: &[u8; 64] = hex.try_into().ok()?;
+        let (mut out, mut bad) = ([0u8; 32], 0u8);
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let (high, low) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+            bad |= high | low;
+            *byte = high << 4 | low;
+        }
+        (bad & 0xf0 == 0).then_some(Digest(out))
+    }
+
+    /// The 64 lower-case hex digits, on the stack.
+    fn hex(&self) -> [u8; 64] {
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut hex).expect("64 bytes hold 32 in hex");
+        hex
+    }
 }
 
 impl std::str::FromStr for Digest {
@@ -54,31 +76,6 @@ const NIBBLE: [u8; 256] = {
     }
     table
 };
-
-impl Digest {
-    /// From exactly 64 lower-case hex digits. Without a branch per digit: digits and letters
-    /// come in random order in a digest, and a branch on each mispredicted often enough to
-    /// cost more than the rest of decoding a million tokens.
-    pub fn from_hex(hex: &[u8]) -> Option<Digest> {
-        let hex: &[u8; 64] = hex.try_into().ok()?;
-        let (mut out, mut bad) = ([0u8; 32], 0u8);
-        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            let (high, low) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
-            bad |= high | low;
-            *byte = high << 4 | low;
-        }
-        (bad & 0xf0 == 0).then_some(Digest(out))
-    }
-}
-
-impl Digest {
-    /// The 64 lower-case hex digits, on the stack.
-    fn hex(&self) -> [u8; 64] {
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut hex).expect("64 bytes hold 32 in hex");
-        hex
-    }
-}
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
