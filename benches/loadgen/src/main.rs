@@ -166,21 +166,19 @@ fn main() {
         eprintln!("bcs-loadgen: {e}");
         std::process::exit(2)
     });
-    let started = std::cell::Cell::new(None);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let local = tokio::task::LocalSet::new();
+    // Room for every connection's handshake before the first request is due.
+    let start = Instant::now() + Duration::from_millis(200);
+    let (measured_from, measured_to) = (start + args.warmup, start + args.warmup + args.duration);
     let args = std::rc::Rc::new(args);
-    let (args_warmup, args_duration) = (args.warmup, args.duration);
     let seen: Vec<Seen> = local.block_on(&runtime, async {
-        // Room for every connection's handshake before the first request is due.
-        let start = Instant::now() + Duration::from_millis(200);
-        started.set(Some(start + args.warmup));
         // Marks on stderr when the measured seconds begin and end, so a caller can read the
         // server's CPU over exactly those.
         let marks = tokio::task::spawn_local(async move {
-            tokio::time::sleep_until((start + args_warmup).into()).await;
+            tokio::time::sleep_until(measured_from.into()).await;
             eprintln!("bcs-loadgen: measuring");
-            tokio::time::sleep_until((start + args_warmup + args_duration).into()).await;
+            tokio::time::sleep_until(measured_to.into()).await;
             eprintln!("bcs-loadgen: measured");
         });
         let tasks: Vec<_> =
@@ -198,8 +196,7 @@ fn main() {
     let sum = |f: fn(&Seen) -> u64| seen.iter().map(f).sum::<u64>();
     let completed = latencies.len();
     // Over the time the answers took: longer than --duration when the server fell behind.
-    let counted_from = started.get().expect("set before the run");
-    let span = seen.iter().filter_map(|s| s.last).max().map_or(args.duration, |last| last - counted_from);
+    let span = seen.iter().filter_map(|s| s.last).max().map_or(args.duration, |last| last - measured_from);
     let mean = if completed > 0 { latencies.iter().sum::<u64>() as f64 / completed as f64 / 1000.0 } else { 0.0 };
     println!(
         "{{\"rate\":{},\"connections\":{},\"duration_s\":{},\"completed\":{},\"achieved_rps\":{:.0},\
