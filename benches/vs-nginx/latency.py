@@ -67,7 +67,7 @@ def run_once(bench, config, req_rate, secs):
     """One loadgen run; the server's CPU, the load CPUs' busy share and the CPU used outside the
     benchmark are read at the loadgen's own marks (stderr) for the start and end of its measured
     seconds, so the warm-up is left out."""
-    url_of, _, gateway, token = bench.target(config)
+    url_of, _, _, token = bench.target(config)
     pids = bench.server_pids(config)
     argv = [binary(bench.args.root), "--url", url_of("1k"), "--rate", str(req_rate), "--connections",
             str(bench.args.connections), "--duration", str(secs), "--warmup", str(WARMUP_SECS),
@@ -139,7 +139,8 @@ def measure(bench):
             b.log(f"latency round {rnd} {config:<16} {req_rate:,} req/s offered, {r['achieved_rps']:,.0f} done  "
                   f"p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f}  p99.9 {r['p999_ms']:.2f} ms  "
                   f"held up {r['held_up']}  errors {r['errors'] + r['non_2xx']}  server {r['server_cpu']:.2f} CPU-s  "
-                  f"load CPU {r['load_busy']:.0%} busy" + (f"  (not counted: {r['invalid']})" if r["invalid"] else ""))
+                  f"load CPU {r['load_busy']:.0%} busy" + (f"  (not counted: {r['invalid']})" if r["invalid"] else "")
+                  + (f"  first failure: {r['first_error']}" if r["first_error"] else ""))
     return {"rate": req_rate, "why": why, "runs": runs, "secs": a.duration}
 
 
