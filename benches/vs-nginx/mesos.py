@@ -66,7 +66,14 @@ def register_driver(zk_port, cluster_id, ip, port):
     commands = [f"create /{'/'.join(parts[:i])} \"\"" for i in range(1, len(parts) + 1)]
     commands.append(f"create -s /{'/'.join(parts)}/_c_bench0000000000000000-{ip} '{info}'")
     commands.append(f"ls /{'/'.join(parts)}")
-    out = subprocess.run([ZKCLI, "-server", f"127.0.0.1:{zk_port}"], input="\n".join(commands) + "\nquit\n",
-                         capture_output=True, text=True, timeout=60).stdout
-    if f"_c_bench0000000000000000-{ip}" not in out:
-        raise RuntimeError(f"the driver node was not created:\n{out[-2000:]}")
+    # On a fresh machine the first run once connected and printed no command's output (its stderr
+    # was not kept then; it is in the error now), and the same commands then worked by hand. So
+    # try again: a node that exists already is only reported, and the listing is the check.
+    for attempt in range(1, 4):
+        run = subprocess.run([ZKCLI, "-server", f"127.0.0.1:{zk_port}"], input="\n".join(commands) + "\nquit\n",
+                             capture_output=True, text=True, timeout=60)
+        if f"_c_bench0000000000000000-{ip}" in run.stdout:
+            return
+        time.sleep(attempt)
+    raise RuntimeError(f"the driver node was not created after {attempt} tries:\n{run.stdout[-1500:]}\n"
+                       f"--- stderr\n{run.stderr[-1500:]}")
