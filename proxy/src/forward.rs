@@ -23,6 +23,7 @@ use crate::error::ProxyError;
 use crate::http1::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::head::{parse_response, Framing, RequestHead, ResponseHead};
 use crate::io::{read_more, write_all, write_from, Conn, Readable, BUFFER};
+use crate::low_water;
 use crate::rewrite::{self, BodyFraming, ClusterIdentity};
 use crate::streams;
 use crate::tables::Upstream;
@@ -444,6 +445,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     let mut data = Vec::new();
     let mut clean = false;
     let mut last_read = 0usize;
+    let mut wake = 1usize;
     loop {
         // Turn what arrived into what the client gets.
         match response.framing {
@@ -494,6 +496,18 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         // writes (at most GATHER bytes held); streams (chunked, until close) are written as
         // they arrive, so a watch event is never held back.
         let gather = !finished && out.len() < gather_limit && last_read >= FULL_READ;
+        if bulk && !finished {
+            let want = low_water::for_body(left, conn.held());
+            if want != wake {
+                // A mark the kernel kept higher than asked could outlast the body's bytes: if
+                // setting it fails, back to 1, or give the connection up.
+                wake = match conn.wake_at(want) {
+                    Ok(()) => want,
+                    Err(_) if conn.wake_at(1).is_ok() => 1,
+                    Err(_) => return Err(()),
+                };
+            }
+        }
         let (r, b) = if !out.is_empty() && !gather && !finished && revoked.is_none() {
             // A body still coming: write this part while the next is read, so that neither
             // leg waits for the other (io_uring runs both operations at once).
@@ -536,11 +550,19 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
             Ok(0) if response.framing == Framing::UntilClose => {
                 return end_until_close(client, out_framing, close).await
             }
-            Ok(0) | Err(_) => return Err(()),
+            Ok(0) | Err(_) => {
+                // The upstream broke off: what was gathered still goes to the client, then the
+                // connection ends (the caller closes it), so the client sees the body cut short.
+                if !out.is_empty() {
+                    let _ = write_all(client, out).await;
+                }
+                return Err(());
+            }
             Ok(n) => last_read = n,
         }
     }
-    if clean && !response.close {
+    // A pooled connection reads response heads next: back to the default low-water mark.
+    if clean && !response.close && (wake == 1 || conn.wake_at(1).is_ok()) {
         upstream::put_pooled(key, conn);
     }
     Ok(close)

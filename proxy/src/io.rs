@@ -1,6 +1,7 @@
 //! Byte plumbing on monoio's owned buffers: a connection that is plain TCP or TLS, appending
 //! reads, whole writes, and waiting for data without a buffer.
 use std::io;
+use std::os::fd::AsRawFd;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
@@ -102,7 +103,67 @@ impl Conn {
             Conn::Tls(s) => s.drained() && quiet(s),
         }
     }
+
+    /// At most how many bytes of the upstream's data this side has read off the socket and not
+    /// yet handed out. Plain: none (reads go straight to the caller). TLS: the ciphertext not yet
+    /// given to rustls, plus [`TLS_HELD_MAX`] for what rustls itself may hold.
+    pub fn held(&self) -> usize {
+        match self {
+            Conn::Plain(_) => 0,
+            Conn::Tls(s) => s.unfed() + TLS_HELD_MAX,
+        }
+    }
+
+    /// The socket's receive low-water mark now (a pooled connection's must be 1).
+    pub fn wake_mark(&self) -> io::Result<usize> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value` and the length into `len`.
+        let r = unsafe {
+            libc::getsockopt(self.fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&raw mut value).cast(), &mut len)
+        };
+        if r == 0 {
+            Ok(value as usize)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Plain(s) => s.as_raw_fd(),
+            Conn::Tls(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): the kernel wakes a waiting read
+    /// only once this many bytes have arrived (or the peer ended, or the window is closing).
+    pub fn wake_at(&self, bytes: usize) -> io::Result<()> {
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads one c_int from `value`.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
+
+/// The most rustls (0.23.46, Cargo.lock) may hold of a TLS connection's received data beyond
+/// the ciphertext it was not yet given: its deframer buffer (18 437 bytes, one record; up to
+/// 65 535 while it joins a handshake message split over records, such as a session ticket) and
+/// the decrypted plaintext, which `read_tls` lets grow past its 16 KiB limit only by what the
+/// deframer held. About 80 KiB in all; rounded up.
+const TLS_HELD_MAX: usize = 128 * 1024;
 
 /// True while the socket holds nothing to read and no error: a peek that never waits, takes
 /// no bytes and holds no buffer.

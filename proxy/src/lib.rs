@@ -13,6 +13,7 @@
 //! | what goes upstream, what comes back | [`rewrite`] |
 //! | connecting and pooling | [`upstream`], [`io`] |
 //! | the exchange, streaming and upgrades | [`forward`], [`streams`] |
+//! | when a large body's reads wake | [`low_water`] |
 //! | an error becomes a status | [`error`], [`respond`] |
 //! | snapshots from admin | [`control`] |
 pub mod allow;
@@ -26,6 +27,7 @@ pub mod health;
 pub mod http1;
 pub mod io;
 pub mod listen;
+pub mod low_water;
 pub mod metrics;
 pub mod respond;
 pub mod rewrite;

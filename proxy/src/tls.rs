@@ -116,6 +116,11 @@ where
         Ok(stream)
     }
 
+    /// Ciphertext read from the socket and not yet given to rustls.
+    pub fn unfed(&self) -> usize {
+        self.pending.len() - self.pos
+    }
+
     /// Reads up to `want` bytes of ciphertext from the socket into `pending`. Ok(0): the peer
     /// closed the socket.
     async fn read_cipher(&mut self, want: usize) -> io::Result<usize> {

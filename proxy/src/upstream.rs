@@ -94,6 +94,8 @@ pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
 
 /// Returns a connection whose last exchange ended cleanly.
 pub fn put_pooled(key: PoolKey, conn: Conn) {
+    // The next read on it is a response head, which must wake at its first byte (low_water.rs).
+    debug_assert_eq!(conn.wake_mark().ok(), Some(1), "a pooled connection keeps a receive low-water mark");
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.entry(key).or_default();

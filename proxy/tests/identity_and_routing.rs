@@ -260,11 +260,13 @@ enum IdleEnd {
     Never,
 }
 
-/// An https apiserver for `kubernetes` that answers each request with 200 `{}`; a connection
-/// idle for 200 ms ends as `end` says. Returns its port and how many connections it accepted.
+/// An https apiserver for `kubernetes` that answers each request with `reply(its head)`; a
+/// connection idle for 200 ms ends as `end` says. Returns its port and how many connections it
+/// accepted.
 async fn tls_upstream(
     certs: &bcs_testkit::apiserver::CertPair,
     end: IdleEnd,
+    reply: fn(&str) -> Vec<u8>,
 ) -> (u16, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
     use tokio::io::AsyncReadExt;
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
@@ -314,8 +316,10 @@ async fn tls_upstream(
                         }
                         seen.extend_from_slice(&buf[..n]);
                     }
-                    seen.drain(..done(&seen).unwrap());
-                    if tls.write_all(&ok_json("{}")).await.is_err() {
+                    let used = done(&seen).unwrap();
+                    let head = String::from_utf8_lossy(&seen[..used]).into_owned();
+                    seen.drain(..used);
+                    if tls.write_all(&reply(&head)).await.is_err() {
                         return;
                     }
                 }
@@ -329,7 +333,7 @@ async fn tls_upstream(
 /// as `end` says; how many connections the upstream accepted.
 async fn tls_upstream_connections_for_two_posts(end: IdleEnd) -> usize {
     let certs = bcs_testkit::apiserver::CertPair::generate_for("cluster-ca", &["kubernetes"]);
-    let (port, accepted, _task) = tls_upstream(&certs, end).await;
+    let (port, accepted, _task) = tls_upstream(&certs, end, |_| ok_json("{}")).await;
     let dir = tempfile::tempdir().unwrap();
     let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
     let upstream = format!("https://127.0.0.1:{port}");
@@ -349,6 +353,31 @@ async fn a_pooled_tls_connection_the_apiserver_ended_with_close_notify_alone_is_
 async fn a_pooled_tls_connection_still_open_after_an_idle_spell_is_reused() {
     let accepted = tls_upstream_connections_for_two_posts(IdleEnd::Never).await;
     assert_eq!(accepted, 1, "the check kept the healthy connection (session tickets and all)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_from_a_tls_apiserver_arrive_whole_and_the_connection_serves_small_ones_after() {
+    // Bulk bodies (over 256 KiB) are read with a receive low-water mark (low_water.rs): each must
+    // end without waiting for bytes that never come, whatever its size modulo the mark's steps
+    // and TLS records, and the pooled connection must then read a small answer at once.
+    const SIZES: [usize; 7] = [1024 * 1024, 1024, 300 * 1024, 5 * 1024 * 1024 + 7, 17, 2 * 1024 * 1024 - 1, 1024];
+    let certs = bcs_testkit::apiserver::CertPair::generate_for("cluster-ca", &["kubernetes"]);
+    let (port, accepted, _task) = tls_upstream(&certs, IdleEnd::Never, sized_reply).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let upstream = format!("https://127.0.0.1:{port}");
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream, &certs.ca_pem)).await;
+    proxy.wait_ready().await;
+    let mut stream = proxy.connect().await;
+    for size in SIZES {
+        stream.write_all(get(&format!("/api/v1/pods?size={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
+        // read_response fails the test if the response does not end within 10 s.
+        let response = read_response(&mut stream).await;
+        assert_eq!(response.status, 200, "size {size}");
+        assert_eq!(response.body.len(), size);
+        assert!(response.body == patterned(size), "the {size}-byte body differs from what the upstream sent");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one pooled connection served them all");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -307,26 +307,13 @@ async fn a_100_mib_body_streams_through_with_bounded_memory() {
     assert!(peak < 64 * 1024, "the proxy's peak memory stayed bounded: {peak} KiB");
 }
 
-/// A body whose bytes differ by position, so that a reordered, repeated or lost piece shows.
-fn patterned(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ (i / 251 % 7) as u8).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_of_every_size_class_arrive_byte_for_byte_on_one_connection() {
     // Sizes around the relay's thresholds (forward.rs): under the head read, around GATHER,
-    // past BULK, and a large one with an odd tail.
-    const SIZES: [usize; 6] = [1024, 16 * 1024 + 3, 60 * 1024, 100 * 1024, 300 * 1024, 5 * 1024 * 1024 + 7];
-    let s = setup(Arc::new(|request| {
-        let len: usize =
-            request.request_line().split("size=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-        let mut reply =
-            format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n")
-                .into_bytes();
-        reply.extend(patterned(len));
-        Reply::Bytes(reply)
-    }))
-    .await;
+    // past BULK, and a large one with an odd tail; then a small one, which the pooled connection
+    // must read at once after a bulk body's low-water mark (low_water.rs).
+    const SIZES: [usize; 7] = [1024, 16 * 1024 + 3, 60 * 1024, 100 * 1024, 300 * 1024, 5 * 1024 * 1024 + 7, 1024];
+    let s = setup(Arc::new(|request| Reply::Bytes(sized_reply(request.request_line())))).await;
     let mut stream = s.proxy.connect().await;
     for size in SIZES {
         stream.write_all(get(&format!("/api/v1/pods?size={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
@@ -336,6 +323,37 @@ async fn bodies_of_every_size_class_arrive_byte_for_byte_on_one_connection() {
         assert!(response.body == patterned(size), "the {size}-byte body differs from what the upstream sent");
     }
     assert_eq!(s.upstream.connections(), 1, "every exchange ended cleanly, so one pooled connection served them all");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_body_the_upstream_cuts_short_reaches_the_client_and_then_its_end_at_once() {
+    // Content-Length 1 MiB, 600 KiB sent, then the upstream closes (FIN). The relay reads a bulk
+    // body with a receive low-water mark (low_water.rs) above the 424 KiB still announced: the
+    // FIN must wake the read all the same, so the client gets every byte sent and then the end
+    // of its connection, not a wait.
+    const ANNOUNCED: usize = 1024 * 1024;
+    const SENT: usize = 600 * 1024;
+    let s = setup(Arc::new(|_| {
+        let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {ANNOUNCED}\r\n\r\n").into_bytes();
+        reply.extend(patterned(SENT));
+        Reply::BytesThenIdleClose(reply, Duration::from_millis(300))
+    }))
+    .await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await;
+        let n = read.expect("the client connection ends within 10 s of the upstream's close").unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert_eq!(got.len() - head_end, SENT, "every byte the upstream sent reached the client");
+    assert!(got[head_end..] == patterned(SENT)[..], "in order");
 }
 
 #[tokio::test(flavor = "multi_thread")]

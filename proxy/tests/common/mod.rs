@@ -412,6 +412,21 @@ pub fn ok_json(body: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A body whose bytes differ by position, so that a reordered, repeated or lost piece shows.
+pub fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ (i / 251 % 7) as u8).collect()
+}
+
+/// 200 with `Content-Length: N` of [`patterned`] bytes, N from `?size=N` in the request line or head.
+pub fn sized_reply(request: &str) -> Vec<u8> {
+    let len: usize = request.split("size=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let mut reply =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n")
+            .into_bytes();
+    reply.extend(patterned(len));
+    reply
+}
+
 /// The real proxy with its own config, data dir and ports.
 pub struct Proxy {
     pub process: Process,
