@@ -369,14 +369,7 @@ async fn large_bodies_from_a_tls_apiserver_arrive_whole_and_the_connection_serve
     let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream, &certs.ca_pem)).await;
     proxy.wait_ready().await;
     let mut stream = proxy.connect().await;
-    for size in SIZES {
-        stream.write_all(get(&format!("/api/v1/pods?size={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
-        // read_response fails the test if the response does not end within 10 s.
-        let response = read_response(&mut stream).await;
-        assert_eq!(response.status, 200, "size {size}");
-        assert_eq!(response.body.len(), size);
-        assert!(response.body == patterned(size), "the {size}-byte body differs from what the upstream sent");
-    }
+    get_sized_bodies(&mut stream, &SIZES).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one pooled connection served them all");
 }
 

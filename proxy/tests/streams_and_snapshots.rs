@@ -315,13 +315,7 @@ async fn bodies_of_every_size_class_arrive_byte_for_byte_on_one_connection() {
     const SIZES: [usize; 7] = [1024, 16 * 1024 + 3, 60 * 1024, 100 * 1024, 300 * 1024, 5 * 1024 * 1024 + 7, 1024];
     let s = setup(Arc::new(|request| Reply::Bytes(sized_reply(request.request_line())))).await;
     let mut stream = s.proxy.connect().await;
-    for size in SIZES {
-        stream.write_all(get(&format!("/api/v1/pods?size={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
-        let response = read_response(&mut stream).await;
-        assert_eq!(response.status, 200, "size {size}");
-        assert_eq!(response.body.len(), size);
-        assert!(response.body == patterned(size), "the {size}-byte body differs from what the upstream sent");
-    }
+    get_sized_bodies(&mut stream, &SIZES).await;
     assert_eq!(s.upstream.connections(), 1, "every exchange ended cleanly, so one pooled connection served them all");
 }
 

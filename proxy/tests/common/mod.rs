@@ -427,6 +427,19 @@ pub fn sized_reply(request: &str) -> Vec<u8> {
     reply
 }
 
+/// GETs `?size=N` for each size in turn on one connection (an upstream answering with
+/// [`sized_reply`]) and checks each body byte for byte; a response that does not end within
+/// 10 s fails the test (read_response).
+pub async fn get_sized_bodies(stream: &mut TcpStream, sizes: &[usize]) {
+    for &size in sizes {
+        stream.write_all(get(&format!("/api/v1/pods?size={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
+        let response = read_response(stream).await;
+        assert_eq!(response.status, 200, "size {size}");
+        assert_eq!(response.body.len(), size);
+        assert!(response.body == patterned(size), "the {size}-byte body differs from what the upstream sent");
+    }
+}
+
 /// The real proxy with its own config, data dir and ports.
 pub struct Proxy {
     pub process: Process,
