@@ -124,19 +124,20 @@ async fn authentication_and_authorisation() {
         "anonymous",
     );
 
-    // An expired token.
+    // An expired token. Expiry is kept in whole seconds, so a 1-s token made late in a second
+    // could expire before its first use (seen once under load): 2 s, and 3.1 s of waiting.
     let short = admin
         .call(
             Method::POST,
             &format!("/rest/users/{}/tokens", seeded.user_id),
             admin.admin(),
-            Some(json!({"expires_in": 1})),
+            Some(json!({"expires_in": 2})),
         )
         .await;
     assert_eq!(short.0, 200, "{}", short.1);
     let short = short.1["Value"].as_str().unwrap().to_owned();
     assert_eq!(admin.call(Method::GET, "/rest/clusters", Some(&short), None).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_error(&admin.call(Method::GET, "/rest/clusters", Some(&short), None).await, 401, "UNAUTHORIZED", "expired");
 
     // Super-user routes.
