@@ -1,7 +1,7 @@
 //! Byte plumbing on monoio's owned buffers: a connection that is plain TCP or TLS, appending
 //! reads, whole writes, and waiting for data without a buffer.
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
@@ -120,19 +120,12 @@ impl Conn {
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `value` and the length into `len`.
         let r = unsafe {
-            libc::getsockopt(self.fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&raw mut value).cast(), &mut len)
+            libc::getsockopt(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&raw mut value).cast(), &mut len)
         };
         if r == 0 {
             Ok(value as usize)
         } else {
             Err(io::Error::last_os_error())
-        }
-    }
-
-    fn fd(&self) -> std::os::fd::RawFd {
-        match self {
-            Conn::Plain(s) => s.as_raw_fd(),
-            Conn::Tls(s) => s.as_raw_fd(),
         }
     }
 
@@ -143,7 +136,7 @@ impl Conn {
         // SAFETY: setsockopt reads one c_int from `value`.
         let r = unsafe {
             libc::setsockopt(
-                self.fd(),
+                self.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVLOWAT,
                 (&raw const value).cast(),
@@ -158,6 +151,15 @@ impl Conn {
     }
 }
 
+impl AsRawFd for Conn {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Conn::Plain(s) => s.as_raw_fd(),
+            Conn::Tls(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// The most rustls (0.23.46, Cargo.lock) may hold of a TLS connection's received data beyond
 /// the ciphertext it was not yet given: its deframer buffer (18 437 bytes, one record; up to
 /// 65 535 while it joins a handshake message split over records, such as a session ticket) and
@@ -167,7 +169,7 @@ const TLS_HELD_MAX: usize = 128 * 1024;
 
 /// True while the socket holds nothing to read and no error: a peek that never waits, takes
 /// no bytes and holds no buffer.
-fn quiet(socket: &impl std::os::fd::AsRawFd) -> bool {
+fn quiet(socket: &impl AsRawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv writes at most 1 byte into `byte`.
     let n = unsafe { libc::recv(socket.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
