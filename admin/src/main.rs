@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: bcs_shared::alloc::Mimalloc = bcs_shared::alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "bcs-api", version, about = "bcs-api: multi-cluster Kubernetes and Mesos API gateway (control plane)")]

@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: bcs_shared::alloc::Mimalloc = bcs_shared::alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(

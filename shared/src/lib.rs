@@ -1,5 +1,6 @@
 //! Types shared by bcs-api's processes.
 //!
+//! - [`alloc`]: the global allocator (mimalloc, through `malloc` where that is aligned enough).
 //! - [`config`]: the one YAML configuration file every binary reads (`bcs-api.yaml`).
 //! - [`secret`]: the token type that never prints itself, random tokens, digests and
 //!   constant-time comparison.
@@ -8,6 +9,7 @@
 //! - [`sealer`]: AES-256-GCM encryption at rest under the key file.
 //! - [`snapshot`]: what admin sends proxies, and the framed wire protocol it travels in.
 //! - [`tls`]: trust anchors from PEM and client TLS settings.
+pub mod alloc;
 pub mod config;
 pub mod identity;
 pub mod logging;

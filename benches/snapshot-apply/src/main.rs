@@ -10,7 +10,7 @@ use std::time::Instant;
 
 // The proxy's allocator (proxy/src/main.rs), so that allocation costs are the proxy's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: bcs_shared::alloc::Mimalloc = bcs_shared::alloc::Mimalloc;
 
 use bcs_proxy::tables::{self, digest, Tables};
 use bcs_shared::snapshot::synthetic::{cluster_identifier, snapshot, token_value};
