@@ -55,6 +55,7 @@ where
     // Request heads are small; a body grows it (io::read_more). Small matters: a connection
     // holding an idle watch keeps it.
     let mut inbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let mut memo = auth::TokenMemo::default();
     loop {
         let head = match read_head(&mut client, &mut inbuf, &settings).await {
             Ok(Some(head)) => head,
@@ -66,7 +67,7 @@ where
             }
         };
         let started = Instant::now();
-        match handle(client, &mut inbuf, &head, peer.ip(), &settings, started).await {
+        match handle(client, &mut inbuf, &head, peer.ip(), &settings, &mut memo, started).await {
             Flow::Next(c) => client = c,
             Flow::Done => return,
         }
@@ -112,6 +113,7 @@ async fn handle<C>(
     head: &RequestHead,
     client_ip: IpAddr,
     settings: &Settings,
+    memo: &mut auth::TokenMemo,
     started: Instant,
 ) -> Flow<C>
 where
@@ -120,7 +122,7 @@ where
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
     let path = &head.target[..memchr::memchr(b'?', head.target.as_bytes()).unwrap_or(head.target.len())];
-    let (kind, user, cluster, outcome) = match plan(head, settings) {
+    let (kind, user, cluster, outcome) = match plan(head, settings, memo) {
         Err((kind, error)) => {
             (kind, String::new(), String::new(), Err(Failed { client, error, in_sync: head.framing == Framing::None }))
         }
@@ -167,14 +169,19 @@ struct Plan {
 }
 
 /// Route, authenticate and authorise: everything decided before a byte goes upstream.
-fn plan(head: &RequestHead, settings: &Settings) -> Result<Plan, (&'static str, ProxyError)> {
-    tables::with_current(|tables| plan_with(head, settings, tables))
+fn plan(
+    head: &RequestHead,
+    settings: &Settings,
+    memo: &mut auth::TokenMemo,
+) -> Result<Plan, (&'static str, ProxyError)> {
+    tables::with_current(|tables| plan_with(head, settings, tables, memo))
 }
 
 fn plan_with(
     head: &RequestHead,
     settings: &Settings,
     tables: Option<&Tables>,
+    memo: &mut auth::TokenMemo,
 ) -> Result<Plan, (&'static str, ProxyError)> {
     let route = route::route(&head.target).map_err(|e| ("other", e))?;
     match route {
@@ -188,7 +195,7 @@ fn plan_with(
         Route::Kubernetes { identifier, upstream_target } => {
             let fail = |e| ("k8s", e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
-            let caller = auth::authenticate(head, tables, tables::now()).map_err(fail)?;
+            let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             auth::check_impersonation(head, &caller).map_err(fail)?;
             let cluster = tables
                 .cluster(identifier)
@@ -210,7 +217,7 @@ fn plan_with(
         Route::Mesos { upstream_target } => {
             let fail = |e| ("mesos", e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
-            let caller = auth::authenticate(head, tables, tables::now()).map_err(fail)?;
+            let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             let mut ids = head.headers_named("bcs-clusterid").map(|h| h.value_str().trim().to_owned());
             let cluster_id = match (ids.next(), ids.next()) {
                 (Some(id), None) if !id.is_empty() => id,
@@ -239,7 +246,7 @@ fn plan_with(
         Route::Webconsole { host_ip, upstream_target } => {
             let fail = |e| ("mesos_webconsole", e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
-            let caller = auth::authenticate(head, tables, tables::now()).map_err(fail)?;
+            let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             let host_ip = host_ip
                 .ok_or_else(|| fail(ProxyError::BadRequest("the host_ip query parameter is required".into())))?;
             let ip: std::net::IpAddr = host_ip

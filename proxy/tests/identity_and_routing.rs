@@ -127,6 +127,33 @@ async fn bad_tokens_are_401_status_objects() {
     assert_eq!(s.upstream.connections(), 0);
 }
 
+/// The connection remembers its last token's digest (auth::TokenMemo): on one kept-alive
+/// connection, a revoked token must still be refused at once, another token must be its own
+/// caller, and the first token, back again, refused again.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_one_kept_alive_connection_each_request_is_judged_by_its_own_token_and_the_current_snapshot() {
+    let s = setup(json_ok()).await;
+    let mut stream = s.proxy.connect().await;
+    let mut status_on_this_connection = async |token: &str| {
+        stream.write_all(get("/api", token, "").as_bytes()).await.unwrap();
+        read_response(&mut stream).await.status
+    };
+    assert_eq!(status_on_this_connection(USER_TOKEN).await, 200);
+    assert_eq!(status_on_this_connection(USER_TOKEN).await, 200);
+    let mut revoked = snapshot(2, &s.upstream.url(), "");
+    revoked.tokens.retain(|t| t.user_id != 2);
+    s.admin.publish(revoked);
+    s.admin.wait_ack(2).await;
+    assert_eq!(status_on_this_connection(USER_TOKEN).await, 401, "revoked, on the connection that used it");
+    assert_eq!(status_on_this_connection(SUPER_TOKEN).await, 200, "another token on the same connection");
+    assert_eq!(status_on_this_connection(USER_TOKEN).await, 401, "the revoked token again");
+    assert_eq!(status_on_this_connection(&USER_TOKEN[..USER_TOKEN.len() - 1]).await, 401, "a prefix of it");
+    let seen = s.upstream.requests();
+    assert_eq!(seen.len(), 3, "two as alice, one as the super user");
+    assert_eq!(seen[1].headers("impersonate-user"), vec!["plain.alice".to_owned()]);
+    assert!(seen[2].headers("impersonate-user").is_empty(), "the super user is not impersonated");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_clusters_and_routes_are_404_and_ambiguous_paths_400() {
     let s = setup(json_ok()).await;
