@@ -121,11 +121,13 @@ def thread_ticks(pid):
 
 
 def cpu_snapshot():
-    """The machine's busy ticks (user+nice+system from /proc/stat) and every process's own ticks:
+    """The machine's busy ticks (user+nice+system from /proc/stat), the ticks the hypervisor took
+    from its CPUs (steal: a virtual CPU that waited for the host), and every process's own ticks:
     {(pid, starttime): (comm, utime+stime, is_kernel_thread)}."""
     with open("/proc/stat") as f:
         fields = f.readline().split()
     busy = int(fields[1]) + int(fields[2]) + int(fields[3])
+    steal = int(fields[8]) if len(fields) > 8 else 0
     procs = {}
     for pid in all_pids():
         try:
@@ -136,15 +138,16 @@ def cpu_snapshot():
         s = proc_stat(pid)
         if s:
             procs[(pid, s[2])] = (s[0], s[3], kthread)
-    return busy, procs
+    return busy, steal, procs
 
 
 def noise(before, after, ours, reaped_ticks=0):
     """CPU seconds used outside the benchmark between two snapshots, and by whom: userland processes
     not in `ours` that are alive at the end, plus what processes that exited in between used (the
-    machine's busy time that no living process accounts for, less `reaped_ticks`, our own reaped wrk).
-    Kernel threads (softirq work for our sockets) are not counted."""
-    (busy0, procs0), (busy1, procs1) = before, after
+    machine's busy time that no living process accounts for, less `reaped_ticks`, our own reaped wrk),
+    plus the CPU time the hypervisor stole (a stolen tick slows whichever process it hit, as an
+    outside process would). Kernel threads (softirq work for our sockets) are not counted."""
+    (busy0, steal0, procs0), (busy1, steal1, procs1) = before, after
     live, outside, who = 0, 0, {}
     for key, (comm, ticks, kthread) in procs1.items():
         used = ticks - procs0.get(key, (comm, 0, kthread))[1]
@@ -156,6 +159,9 @@ def noise(before, after, ours, reaped_ticks=0):
     if exited > 2:  # sampling slack
         outside += exited
         who["(exited processes)"] = exited
+    if steal1 > steal0:
+        outside += steal1 - steal0
+        who["(hypervisor steal)"] = steal1 - steal0
     top = sorted(who.items(), key=lambda kv: -kv[1])[:3]
     return outside / CLK_TCK, ", ".join(f"{c} {t / CLK_TCK:.1f}" for c, t in top)
 
@@ -1240,8 +1246,8 @@ def report(bench, env):
            "**TLS** (`https://`, cluster CA verified, name `kubernetes`; nginx with `proxy_ssl_verify on`, "
            "`proxy_ssl_session_reuse on`), unlike perf.md's plain leg"
            + (f": bcs-api refused `http://` (\"{bench.upstream_refusal}\")" if bench.upstream_refusal else "")),
-        f"- runs disturbed by other processes (more than {a.noise_limit:.2f} CPU-s per second of run outside the "
-        f"benchmark, after waiting up to {a.quiet_wait} s for a quiet second and {a.tries} tries; marked †): "
+        f"- runs disturbed by other processes or the hypervisor (more than {a.noise_limit:.2f} CPU-s per second of run "
+        f"outside the benchmark, steal included, after waiting up to {a.quiet_wait} s for a quiet second and {a.tries} tries; marked †): "
         f"{disturbed} of {total}",
         f"- bcs-api-proxy restarts during the run: {bench.proxy_restarts}; "
         f"gateway log written: {bench.log_bytes / 1e6:,.0f} MB",
