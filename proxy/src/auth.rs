@@ -18,20 +18,27 @@ pub struct Caller {
 /// the proxy's user-space instructions per 1 KiB GET (callgrind; this CPU has no SHA
 /// extensions). Only the hashing is skipped: every request still looks the digest up in the
 /// tables current at that moment, so a revoked or expired token is refused on its next request
-/// whatever connection it comes on. No `Debug`: it holds a token. The comparison need not be
-/// constant-time: it tells a client only whether it sent its own previous token again.
+/// whatever connection it comes on. No `Debug`: it holds a token. The comparison is constant-time
+/// (behind a front proxy that pools connections, one connection carries several clients), and
+/// the token is kept at its own size, only up to [`MEMO_MAX`] bytes: a bogus 60 KiB token must
+/// not stay with a connection that goes on to hold a watch.
 #[derive(Default)]
 pub struct TokenMemo {
-    token: Vec<u8>,
+    token: Box<[u8]>,
     digest: [u8; 32],
 }
 
+/// Longer tokens are hashed every time (a service-account JWT is about 1 KiB).
+const MEMO_MAX: usize = 4096;
+
 impl TokenMemo {
     fn digest(&mut self, token: &[u8]) -> [u8; 32] {
-        if self.token.is_empty() || self.token != token {
+        if token.len() > MEMO_MAX {
+            return digest(token);
+        }
+        if self.token.is_empty() || !bcs_shared::secret::ct_eq(&self.token, token) {
             self.digest = digest(token);
-            self.token.clear();
-            self.token.extend_from_slice(token);
+            self.token = token.into();
         }
         self.digest
     }
@@ -85,5 +92,18 @@ mod tests {
         for token in ["alpha", "alpha", "beta", "alpha", "alphA", "alpha-longer", "alpha", "b"] {
             assert_eq!(memo.digest(token.as_bytes()), digest(token.as_bytes()), "{token}");
         }
+    }
+
+    #[test]
+    fn the_memo_keeps_no_long_token_and_nothing_beyond_the_last_ones_size() {
+        let mut memo = TokenMemo::default();
+        let long = vec![b'x'; MEMO_MAX + 1];
+        memo.digest(b"short-token");
+        assert_eq!(memo.digest(&long), digest(&long));
+        assert_eq!(&*memo.token, b"short-token", "a long token is hashed, not kept");
+        let at_limit = vec![b'y'; MEMO_MAX];
+        assert_eq!(memo.digest(&at_limit), digest(&at_limit));
+        assert_eq!(memo.digest(b"short-token"), digest(b"short-token"));
+        assert_eq!(memo.token.len(), "short-token".len(), "kept at the last token's own size");
     }
 }
