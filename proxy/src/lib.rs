@@ -11,7 +11,7 @@
 //! | which route | [`route`], [`allow`] |
 //! | who is calling | [`auth`] over [`tables`] |
 //! | what goes upstream, what comes back | [`rewrite`] |
-//! | connecting and pooling | [`upstream`], [`io`] |
+//! | connecting and pooling | [`upstream`], [`io`], [`tickets`] |
 //! | the exchange, streaming and upgrades | [`forward`], [`streams`] |
 //! | when a large body's reads wake | [`low_water`] |
 //! | an error becomes a status | [`error`], [`respond`] |
@@ -34,5 +34,6 @@ pub mod rewrite;
 pub mod route;
 pub mod streams;
 pub mod tables;
+pub mod tickets;
 pub mod tls;
 pub mod upstream;

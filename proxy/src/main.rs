@@ -111,20 +111,21 @@ fn internal_tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::Cli
     let roots =
         bcs_shared::tls::roots_from_pem(&pem).map_err(|e| anyhow::anyhow!("cert_config.ca_file {ca_file} {e}"))?;
     let builder = bcs_shared::tls::client_trusting(roots);
-    let config = match (non_empty(&config.cert_config.client_cert_file), non_empty(&config.cert_config.client_key_file))
-    {
-        (Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|i| i.collect())
-                .with_context(|| format!("cert_config.client_cert_file {cert}"))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key).with_context(|| format!("cert_config.client_key_file {key}"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .context("cert_config: the client certificate and key do not match")?
-        }
-        _ => builder.with_no_client_auth(),
-    };
+    let mut config =
+        match (non_empty(&config.cert_config.client_cert_file), non_empty(&config.cert_config.client_key_file)) {
+            (Some(cert), Some(key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .and_then(|i| i.collect())
+                    .with_context(|| format!("cert_config.client_cert_file {cert}"))?;
+                let key =
+                    PrivateKeyDer::from_pem_file(key).with_context(|| format!("cert_config.client_key_file {key}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .context("cert_config: the client certificate and key do not match")?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+    config.resumption = bcs_proxy::tickets::resumption();
     Ok(Some(Arc::new(config)))
 }
 

@@ -25,6 +25,8 @@ struct Core {
     /// route type -> (bucket counts, sum, count)
     latency: BTreeMap<&'static str, ([u64; 16], f64, u64)>,
     upstream_connect_errors: u64,
+    /// TLS handshakes with upstreams: [full, resumed from a ticket].
+    upstream_handshakes: [u64; 2],
     active_connections: i64,
     active_streams: i64,
     pooled: usize,
@@ -81,6 +83,12 @@ pub fn upstream_connect_error() {
     with_core(|c| c.upstream_connect_errors += 1);
 }
 
+/// A TLS handshake with an upstream finished; `resumed`: from a session ticket (no certificate
+/// verification), else a full one.
+pub fn upstream_handshake(resumed: bool) {
+    with_core(|c| c.upstream_handshakes[usize::from(resumed)] += 1);
+}
+
 pub fn connection_opened() {
     with_core(|c| c.active_connections += 1);
 }
@@ -106,6 +114,7 @@ pub fn render() -> String {
     let mut requests: BTreeMap<(&'static str, &'static str, u16), u64> = BTreeMap::new();
     let mut latency: BTreeMap<&'static str, ([u64; 16], f64, u64)> = BTreeMap::new();
     let (mut connect_errors, mut connections, mut streams, mut pooled) = (0u64, 0i64, 0i64, 0usize);
+    let mut handshakes = [0u64; 2];
     if let Some(cores) = CORES.get() {
         for core in cores.lock().unwrap().iter() {
             let core = core.lock().unwrap();
@@ -121,6 +130,8 @@ pub fn render() -> String {
                 e.2 += n;
             }
             connect_errors += core.upstream_connect_errors;
+            handshakes[0] += core.upstream_handshakes[0];
+            handshakes[1] += core.upstream_handshakes[1];
             connections += core.active_connections;
             streams += core.active_streams;
             pooled += core.pooled;
@@ -148,6 +159,10 @@ pub fn render() -> String {
         let _ = writeln!(out, "bcs_api_request_latency_seconds_bucket{{type=\"{route}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "bcs_api_request_latency_seconds_sum{{type=\"{route}\"}} {sum}");
         let _ = writeln!(out, "bcs_api_request_latency_seconds_count{{type=\"{route}\"}} {count}");
+    }
+    out.push_str("# HELP bcs_api_upstream_tls_handshakes_total TLS handshakes with upstreams, full or resumed from a session ticket\n# TYPE bcs_api_upstream_tls_handshakes_total counter\n");
+    for (kind, n) in ["full", "resumed"].iter().zip(handshakes) {
+        let _ = writeln!(out, "bcs_api_upstream_tls_handshakes_total{{kind=\"{kind}\"}} {n}");
     }
     let tables = tables::current();
     let gauges = [

@@ -74,7 +74,10 @@ pub async fn connect(
     name: ServerName<'static>,
 ) -> io::Result<ClientTls> {
     let session = ClientConnection::new(config, name).map_err(io::Error::other)?;
-    TlsStream::handshaken(io, session).await
+    let stream = TlsStream::handshaken(io, session).await?;
+    let resumed = stream.session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    crate::metrics::upstream_handshake(resumed);
+    Ok(stream)
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {

@@ -164,7 +164,9 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
     }
     let roots = bcs_shared::tls::roots_from_pem(upstream.ca_pem.as_bytes())
         .map_err(|e| ProxyError::BadUpstream(format!("the cluster CA {e}")))?;
-    let config = bcs_shared::tls::http1_client(roots);
+    let mut config = Arc::unwrap_or_clone(bcs_shared::tls::http1_client(roots));
+    config.resumption = crate::tickets::resumption();
+    let config = Arc::new(config);
     TLS_CONFIGS.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|(id, _), _| id != &upstream.cluster_id);

@@ -358,7 +358,8 @@ async fn tls_upstream(
 
 /// Two POSTs 1.5 s apart through the real proxy to a TLS upstream that ends idle connections
 /// as `end` says; how many connections the upstream accepted.
-async fn tls_upstream_connections_for_two_posts(end: IdleEnd) -> usize {
+/// (connections the TLS upstream accepted, the proxy's metrics after the two POSTs).
+async fn tls_upstream_connections_for_two_posts(end: IdleEnd) -> (usize, String) {
     let certs = bcs_testkit::apiserver::CertPair::generate_for("cluster-ca", &["kubernetes"]);
     let (port, accepted, _task) = tls_upstream(&certs, end, |_| ok_json("{}")).await;
     let dir = tempfile::tempdir().unwrap();
@@ -367,18 +368,25 @@ async fn tls_upstream_connections_for_two_posts(end: IdleEnd) -> usize {
     let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream, &certs.ca_pem)).await;
     proxy.wait_ready().await;
     two_posts_apart(&proxy).await;
-    accepted.load(std::sync::atomic::Ordering::SeqCst)
+    (accepted.load(std::sync::atomic::Ordering::SeqCst), proxy.metrics().await)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pooled_tls_connection_the_apiserver_ended_with_close_notify_alone_is_not_reused() {
-    let accepted = tls_upstream_connections_for_two_posts(IdleEnd::CloseNotifyOnly).await;
+    let (accepted, metrics) = tls_upstream_connections_for_two_posts(IdleEnd::CloseNotifyOnly).await;
     assert_eq!(accepted, 2, "the ended connection was left, a new one made");
+    // The new connection resumed the first one's session from a ticket (no certificate check).
+    for line in [
+        "bcs_api_upstream_tls_handshakes_total{kind=\"full\"} 1",
+        "bcs_api_upstream_tls_handshakes_total{kind=\"resumed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pooled_tls_connection_still_open_after_an_idle_spell_is_reused() {
-    let accepted = tls_upstream_connections_for_two_posts(IdleEnd::Never).await;
+    let (accepted, _) = tls_upstream_connections_for_two_posts(IdleEnd::Never).await;
     assert_eq!(accepted, 1, "the check kept the healthy connection (session tickets and all)");
 }
 
@@ -407,9 +415,7 @@ async fn no_token_reaches_the_logs_and_metrics_count_requests() {
     assert_eq!(s.proxy.send(&get("/api", SUPER_TOKEN, "")).await.status, 200);
     assert_eq!(s.proxy.send(&get("/api", "wrongTokenThatMustNotBeLogged01", "")).await.status, 401);
     assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "Impersonate-Group: x\r\n")).await.status, 403);
-    let mut metrics = tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.metric_port)).await.unwrap();
-    metrics.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let metrics = read_response(&mut metrics).await.text();
+    let metrics = s.proxy.metrics().await;
     assert!(metrics.contains("bcs_api_request_count_total{type=\"k8s\",method=\"GET\",code=\"200\"} 2"), "{metrics}");
     assert!(
         metrics.contains("bcs_api_request_err_count_total{type=\"k8s\",method=\"GET\",code=\"401\"} 1"),

@@ -528,6 +528,13 @@ impl Proxy {
         TcpStream::connect(("127.0.0.1", self.plain_port)).await.unwrap()
     }
 
+    /// The text of `/metrics` on the metric port.
+    pub async fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metric_port)).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        read_response(&mut stream).await.text()
+    }
+
     /// Sends `request` on a new connection and reads one whole response.
     pub async fn send(&self, request: &str) -> Response {
         let mut stream = self.connect().await;
