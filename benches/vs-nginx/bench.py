@@ -353,6 +353,8 @@ http {
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         location = /1k { return 200 '@J1K@'; }
+        # Which TLS version the caller's leg negotiated (the set-up reads it through each proxy).
+        location = /tls-protocol { return 200 '$ssl_protocol'; }
         location / { root www; }
     }
 }
@@ -446,6 +448,8 @@ UPSTREAM_TLS_CONF = """    # The upstream leg is https (see --upstream): verifie
     proxy_ssl_name kubernetes;
     proxy_ssl_server_name on;
     proxy_ssl_session_reuse on;
+    # nginx before 1.23.4 offers at most TLS 1.2 upstream by default; bcs-api-proxy speaks TLS 1.3.
+    proxy_ssl_protocols TLSv1.2 TLSv1.3;
 """
 
 
@@ -616,6 +620,7 @@ class Bench:
         self.repins = 0
         self.last_clean = None  # when the last measurement that came out clean ended
         self.extra = {}  # results of the propagation and watch scenarios
+        self.upstream_protocols = {}  # proxy -> the TLS version its upstream leg negotiated
         self.timings = {}  # seconds spent per phase, for the report
 
     @property
@@ -750,6 +755,20 @@ class Bench:
                                       cwd=d)
         wait_until("proxy nginx", lambda: http_get(self.nginx_port, "/1k")[0] == 200, 10, self.nginx)
         self.check_bodies()
+        if tls:
+            self.upstream_protocols = {
+                "bcs-api-proxy": self.upstream_protocol(self.main.url(False, "tls-protocol"), self.main.user_token),
+                "nginx-proxy": self.upstream_protocol(f"http://127.0.0.1:{self.nginx_port}/tls-protocol", None)}
+            log(f"upstream leg: {self.upstream_protocols}")
+
+    def upstream_protocol(self, url, token):
+        """The TLS version the origin saw on a proxy's upstream leg (its /tls-protocol answer), or why not."""
+        port, path = url.split("://", 1)[1].split(":", 1)[1].split("/", 1)
+        try:
+            status, body = http_get(int(port), "/" + path, token=token)
+        except OSError as e:
+            return f"unknown ({e})"
+        return body.decode(errors="replace") if status == 200 else f"unknown (status {status})"
 
     def target(self, config):
         """(url for a size, nginx master or None, gateway or None, the token wrk sends)"""
@@ -1244,7 +1263,9 @@ def report(bench, env):
         f"- upstream leg (both proxies to the origin): "
         + ("plain HTTP, as perf.md" if bench.upstream_scheme == "http" else
            "**TLS** (`https://`, cluster CA verified, name `kubernetes`; nginx with `proxy_ssl_verify on`, "
-           "`proxy_ssl_session_reuse on`), unlike perf.md's plain leg"
+           "`proxy_ssl_session_reuse on`, `proxy_ssl_protocols TLSv1.2 TLSv1.3`; as the origin saw it: "
+           + ", ".join(f"{k} {v}" for k, v in bench.upstream_protocols.items())
+           + "), unlike perf.md's plain leg"
            + (f": bcs-api refused `http://` (\"{bench.upstream_refusal}\")" if bench.upstream_refusal else "")),
         f"- runs disturbed by other processes or the hypervisor (more than {a.noise_limit:.2f} CPU-s per second of run "
         f"outside the benchmark, steal included, after waiting up to {a.quiet_wait} s for a quiet second and {a.tries} tries; marked †): "

@@ -483,7 +483,8 @@ def streams_through(name, port, path, token, n, pids_of, holder, upstream_port, 
     before, with all n open (after a settling second), after the clients closed them, and after the origin
     ended the watches (SIGUSR1 to watch_holder.py)."""
     pids = pids_of()
-    r = {"name": name, "n": n, "rss0": vm_rss_kib(pids), "fds0": fd_count(pids)}
+    r = {"name": name, "n": n, "rss0": vm_rss_kib(pids), "fds0": fd_count(pids),
+         "metric0": metric() if metric else None}
 
     def measure():
         ps = pids_of()
@@ -506,16 +507,23 @@ def streams_through(name, port, path, token, n, pids_of, holder, upstream_port, 
     return r
 
 
-def active_streams(port):
-    """bcs_api_active_streams from the proxy's /metrics, or None."""
+def proxy_metrics(port):
+    """From the proxy's /metrics: {"streams": bcs_api_active_streams, "full"/"resumed": its upstream TLS
+    handshakes so far}, or None."""
     try:
         status, body = b.http_get(port, "/metrics")
     except OSError:
         return None
+    if status != 200:
+        return None
+    found = {}
     for line in body.decode(errors="replace").splitlines():
-        if line.startswith("bcs_api_active_streams"):
-            return int(float(line.split()[-1]))
-    return None
+        if line.startswith("bcs_api_active_streams "):
+            found["streams"] = int(float(line.split()[-1]))
+        for kind in ("full", "resumed"):
+            if line.startswith(f'bcs_api_upstream_tls_handshakes_total{{kind="{kind}"}}'):
+                found[kind] = int(float(line.split()[-1]))
+    return found
 
 
 def stream_capacity(n, proxy_pid):
@@ -589,7 +597,7 @@ def watch(bench, n):
     upstream_port = origin_tls_port if tls else origin_port
     res["bcs-proxy"] = streams_through("bcs-api-proxy", g.tls_port if client_tls_leg else g.plain_port, gw_path,
                                        g.user_token, n, lambda: [bench.proxy_pid(g)], holder, upstream_port,
-                                       lambda: active_streams(g.metric_port), client_tls_leg)
+                                       lambda: proxy_metrics(g.metric_port), client_tls_leg)
     res["nginx-proxy"] = streams_through("nginx-proxy", proxy_tls_port if client_tls_leg else proxy_port,
                                          WATCH_PATH, g.user_token, n, lambda: b.children(ngx.pid), holder,
                                          upstream_port, None, client_tls_leg)
@@ -633,7 +641,14 @@ def watch_table(bench):
             "|---|---|---|"]
     for x in (bcs, ngx):
         out.append(f"| {x['name']} | {after(x['closed'], x['fds0'])} | {after(x['ended'], x['fds0'])} |")
-    metric = f"; the proxy's `bcs_api_active_streams` with all open: {bcs['metric']}" if bcs["metric"] is not None else ""
+    metric = ""
+    m0, m1 = bcs["metric0"] or {}, bcs["metric"] or {}
+    if "streams" in m1:
+        metric = f"; the proxy's `bcs_api_active_streams` with all open: {m1['streams']:,}"
+    if all(k in m0 and k in m1 for k in ("full", "resumed")):
+        full, resumed = m1["full"] - m0["full"], m1["resumed"] - m0["resumed"]
+        metric += (f"; its TLS handshakes with the watch origin while opening them "
+                   f"(`bcs_api_upstream_tls_handshakes_total`): {full:,} full, {resumed:,} resumed from a ticket")
     out += ["", f"Each stream: `GET /tunnels/clusters/<watch cluster>{WATCH_PATH}` (nginx-proxy: `{WATCH_PATH}`) "
             f"on the proxy's {'TLS port (`--watch-client tls`)' if r['client'] == 'tls' else 'plain port'} "
             f"with the bench user's token, from asyncio in bench.py, "
