@@ -1302,7 +1302,7 @@ def report(bench, env):
         md += ["### Latency at the same request rate (open loop, 1 KiB)", "",
                f"`bcs-loadgen` (benches/loadgen) sends {x['rate']:,} req/s ({x['why']}) over "
                f"{a.connections} kept-alive connections to each configuration for {x['secs']} s after a "
-               f"{latency.WARMUP_SECS:.0f}-s warm-up, with the same arrival times for all; {a.rounds} interleaved rounds, "
+               f"{latency.WARMUP_SECS:g}-s warm-up, with the same arrival times for all; {a.rounds} interleaved rounds, "
                "medians per column. A request held up behind the previous answer on its connection counts "
                "from when it was due (held up: how many). Server CPU-s is the server under test's over the "
                "measured seconds.", "", latency.table(bench), ""]
@@ -1333,7 +1333,8 @@ def report(bench, env):
                instructions.table(bench), "",
                "Each proxy alone under `valgrind --tool=callgrind` on the server CPUs (a second "
                "bcs-api-proxy on the gateway's configuration and snapshot; a second nginx-proxy with "
-               "`master_process off`), 16 kept-alive wrk connections, counters zeroed after a 2-s warm-up. "
+               "`master_process off`), 16 kept-alive wrk connections, counters zeroed after a "
+               f"{instructions.WARM_SECS}-s warm-up. "
                "The kernel's share (TCP, system calls, io_uring) is not counted: the wrk matrix's "
                "CPU-seconds measure it. A count repeats to within about 1.5 % for the same binary (bcs-api-proxy: 0.05 % over three runs), so it shows changes "
                "the CPU-seconds of this shared machine hide (instructions.py says how).", ""]

@@ -11,7 +11,7 @@ keeps measuring those.
 How: a second bcs-api-proxy (the gateway's configuration on other ports: same admin, same snapshot,
 same driver and log settings) and a second nginx-proxy (proxy.conf's plain server, `master_process off`)
 each run under `valgrind --tool=callgrind` on the server CPUs. wrk sends 1 KiB GETs over 16 kept-alive
-connections for 2 s (not counted: pools filled, code paged in); `callgrind_control -z` zeroes the
+connections for 1 s (not counted: pools filled, code paged in); `callgrind_control -z` zeroes the
 counters; wrk runs again; `callgrind_control -d` dumps them; the dump's total over the requests wrk
 completed is the figure. Under callgrind each proxy runs about 50 times slower, so it, not wrk, sets the
 pace. Both see the CPU valgrind emulates: AES-NI, but no SHA extensions, so the SHA-256 of each bearer
@@ -26,7 +26,7 @@ import subprocess
 import bench as b
 
 CONNECTIONS = 16
-WARM_SECS = 2
+WARM_SECS = 1
 TOP = 10
 
 
@@ -99,7 +99,7 @@ def count(bench, name, argv, url, token, ready, secs, cwd, env=None):
     return result
 
 
-def measure(bench, secs=4):
+def measure(bench, secs=2):
     """User-space instructions per 1 KiB GET of bcs-api-proxy and of nginx-proxy, each counted alone."""
     a, g = bench.args, bench.main
     bin_dir = os.path.join(a.root, "target", "release")

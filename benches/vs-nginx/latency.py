@@ -26,7 +26,7 @@ import time
 import bench as b
 
 CONFIGS = ["nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
-WARMUP_SECS = 1.0
+WARMUP_SECS = 0.5
 FALLBACK_RATE = 8000
 SHARE_OF_NGINX = 0.35
 LOAD_BOUND = 0.9  # a round whose load CPU was busier than this measured the load side (marked ‡)

@@ -371,31 +371,94 @@ def client_tls():
     return ctx
 
 
+STREAM_TIMEOUT = 20.0  # for one stream's connect, head and first event
+
+
+def first_event(data):
+    """What the bytes of a watch's answer so far say: None (not enough yet), or raises StreamFailed."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head, rest = data[:end + 4], data[end + 4:]
+    status = head.split(b" ", 2)[1].decode(errors="replace")
+    if status != "200":
+        raise StreamFailed(f"status {status}")
+    if b"chunked" not in head.lower():
+        raise StreamFailed("not chunked")
+    event = b""
+    while b"\n" not in event:
+        line_end = rest.find(b"\r\n")
+        if line_end < 0:
+            return None
+        size = int(rest[:line_end].split(b";")[0], 16)
+        if size == 0:
+            raise StreamFailed("the watch ended")
+        if len(rest) < line_end + 2 + size + 2:
+            return None
+        event += rest[line_end + 2:line_end + 2 + size]
+        rest = rest[line_end + 2 + size + 2:]
+    if b'"ADDED"' not in event:
+        raise StreamFailed("the first event is not ADDED")
+    return True
+
+
+class WatchStream(asyncio.Protocol):
+    """One watch stream from the client side: sends the request, resolves `opened` once the 200 head and
+    the first event (ADDED) are in (or fails it), then stays open and idle. One parser over the bytes,
+    no per-read timers: asyncio's streams and a wait_for per read cost the load CPU as much as the
+    origin did, and that CPU bounds how fast the streams open."""
+
+    def __init__(self, request, opened):
+        self.request, self.opened, self.data = request, opened, b""
+        self.transport = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data):
+        if self.opened.done():
+            return
+        self.data += data
+        try:
+            if first_event(self.data):
+                self.opened.set_result(self)
+                self.data = b""
+        except (StreamFailed, ValueError, IndexError) as e:
+            self.opened.set_exception(e if isinstance(e, StreamFailed) else StreamFailed(f"bad answer: {e}"))
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        if not self.opened.done():
+            self.opened.set_exception(StreamFailed("closed before the first event"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self):
+        self.transport.close()
+
+    async def wait_closed(self):
+        await self.closed
+
+
 async def open_stream(port, request, sem, tls=None):
     """One watch stream: connect (over TLS when `tls` is a context), send the request, read the 200 head
-    and the first event; the writer (its socket stays open, idle) or an exception."""
+    and the first event; the stream (its socket stays open, idle) or an exception."""
     async with sem:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 20)
+        loop = asyncio.get_running_loop()
+        opened = loop.create_future()
         try:
-            writer.write(request)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-            status = head.split(b" ", 2)[1].decode(errors="replace")
-            if status != "200":
-                raise StreamFailed(f"status {status}")
-            if b"chunked" not in head.lower():
-                raise StreamFailed("not chunked")
-            data = b""
-            while b"\n" not in data:
-                size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 20)).split(b";")[0], 16)
-                if size == 0:
-                    raise StreamFailed("the watch ended")
-                data += (await asyncio.wait_for(reader.readexactly(size + 2), 20))[:-2]
-            if b'"ADDED"' not in data:
-                raise StreamFailed("the first event is not ADDED")
-        except BaseException:
-            writer.close()
-            raise
-        return writer
+            async with asyncio.timeout(STREAM_TIMEOUT):
+                transport, _ = await loop.create_connection(lambda: WatchStream(request, opened), "127.0.0.1",
+                                                            port, ssl=tls)
+                try:
+                    return await opened
+                except BaseException:
+                    transport.close()
+                    raise
+        except TimeoutError:
+            raise StreamFailed(f"not open within {STREAM_TIMEOUT:.0f} s") from None
 
 
 async def hold_streams(port, request, n, measure, tls=False):
