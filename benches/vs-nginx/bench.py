@@ -54,7 +54,11 @@ import scenarios
 SIZES = {"1k": 1024, "64k": 65536, "1m": 1048576}
 CONFIGS = ["direct-origin", "nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
 SCENARIOS = ["throughput", "close", "mesos", "latency", "propagation", "apply", "watch", "instructions"]
-DEFAULT_DURATION = 2
+DEFAULT_DURATION = 1
+# More short rounds rather than fewer long ones: this machine's speed drifts between rounds more than
+# within one (benches/README.md), so 4 rounds of 1 s give the median more independent samples than 3 of
+# 2 s, in two thirds of the time. The latency scenario keeps its own rounds and length (latency.py).
+DEFAULT_ROUNDS = 4
 # The close scenario's workload: 1 KiB, a new connection per request (its key in Bench.runs).
 CLOSE = "close-1k"
 MESOS = "mesos-1k"
@@ -1302,7 +1306,7 @@ def report(bench, env):
         md += ["### Latency at the same request rate (open loop, 1 KiB)", "",
                f"`bcs-loadgen` (benches/loadgen) sends {x['rate']:,} req/s ({x['why']}) over "
                f"{a.connections} kept-alive connections to each configuration for {x['secs']} s after a "
-               f"{latency.WARMUP_SECS:g}-s warm-up, with the same arrival times for all; {a.rounds} interleaved rounds, "
+               f"{latency.WARMUP_SECS:g}-s warm-up, with the same arrival times for all; {a.latency_rounds} interleaved rounds, "
                "medians per column. A request held up behind the previous answer on its connection counts "
                "from when it was due (held up: how many). Server CPU-s is the server under test's over the "
                "measured seconds.", "", latency.table(bench), ""]
@@ -1348,9 +1352,15 @@ def parse_args(argv):
                                 description="bcs-api-proxy next to nginx proxying the same origin, in one run.")
     p.add_argument("--duration", type=int, default=DEFAULT_DURATION,
                    help=f"seconds per wrk run (default {DEFAULT_DURATION})")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken (default 3)")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"interleaved rounds of the wrk matrix; medians are taken (default {DEFAULT_ROUNDS})")
+    p.add_argument("--latency-rounds", type=int, default=latency.ROUNDS,
+                   help=f"interleaved rounds of the latency scenario (default {latency.ROUNDS})")
+    p.add_argument("--latency-secs", type=float, default=latency.SECS,
+                   help=f"measured seconds per latency round, after its warm-up (default {latency.SECS:g})")
     p.add_argument("--quick", action="store_true",
-                   help="3-s runs, 1 round, 20 propagation samples (explicit --duration/--rounds/... win)")
+                   help="3-s runs, 1 round (latency too), 20 propagation samples (explicit --duration/--rounds/... "
+                        "win)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of " + ", ".join(SCENARIOS) + " (default all): throughput = the "
                         "sizes x configurations matrix, close = 1 KiB with a new connection per request, "
@@ -1412,6 +1422,8 @@ def parse_args(argv):
             args.duration = 3
         if "--rounds" not in " ".join(argv):
             args.rounds = 1
+        if "--latency-rounds" not in " ".join(argv):
+            args.latency_rounds = 1
         if "--propagation-samples" not in " ".join(argv):
             args.propagation_samples = 20
     args.scenarios = [x for x in args.scenarios.split(",") if x]
@@ -1468,10 +1480,12 @@ def parse_args(argv):
                       + ([MESOS] if "mesos" in args.scenarios else []))
     if "throughput" not in args.scenarios:
         args.sizes = []
-    if min(args.duration, args.rounds, args.connections, args.threads, args.cores, args.nginx_workers,
-           args.tries, args.propagation_samples, args.streams) < 1:
-        p.error("--duration, --rounds, --connections, --threads, --cores, --nginx-workers, --tries, "
-                "--propagation-samples, --streams must be >= 1")
+    if min(args.duration, args.rounds, args.latency_rounds, args.connections, args.threads, args.cores,
+           args.nginx_workers, args.tries, args.propagation_samples, args.streams) < 1:
+        p.error("--duration, --rounds, --latency-rounds, --connections, --threads, --cores, --nginx-workers, "
+                "--tries, --propagation-samples, --streams must be >= 1")
+    if not 0.5 <= args.latency_secs <= 300:
+        p.error("--latency-secs must be between 0.5 and 300")
     if args.streams > 30000:
         p.error("--streams above 30000: each takes 4 ports' worth of loopback connections")
     if not 0 <= args.quiet_wait <= 600:

@@ -27,6 +27,8 @@ import bench as b
 
 CONFIGS = ["nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
 WARMUP_SECS = 0.5
+ROUNDS = 3  # --latency-rounds
+SECS = 2.0  # --latency-secs
 FALLBACK_RATE = 8000
 SHARE_OF_NGINX = 0.35
 LOAD_BOUND = 0.9  # a round whose load CPU was busier than this measured the load side (marked ‡)
@@ -126,11 +128,11 @@ def measure(bench):
     req_rate, why = rate(bench)
     configs = [c for c in CONFIGS if c in a.configs]
     runs = {c: [] for c in configs}
-    for rnd in range(1, a.rounds + 1):
+    for rnd in range(1, a.latency_rounds + 1):
         for config in configs:
             for attempt in range(1, a.tries + 1):
                 bench.wait_for_quiet()
-                r = run_once(bench, config, req_rate, a.duration)
+                r = run_once(bench, config, req_rate, a.latency_secs)
                 r["invalid"] = invalid(bench, r)
                 if r["invalid"] != "disturbed" or attempt == a.tries:
                     break
@@ -141,7 +143,7 @@ def measure(bench):
                   f"held up {r['held_up']}  errors {r['errors'] + r['non_2xx']}  server {r['server_cpu']:.2f} CPU-s  "
                   f"load CPU {r['load_busy']:.0%} busy" + (f"  (not counted: {r['invalid']})" if r["invalid"] else "")
                   + (f"  first failure: {r['first_error']}" if r["first_error"] else ""))
-    return {"rate": req_rate, "why": why, "runs": runs, "secs": a.duration}
+    return {"rate": req_rate, "why": why, "runs": runs, "secs": a.latency_secs}
 
 
 def _med(runs, key):
