@@ -92,6 +92,12 @@ impl TicketStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Tickets the store has room for without growing.
+    #[cfg(test)]
+    fn room(&self) -> usize {
+        self.servers.lock().unwrap().iter().map(|s| s.tickets.capacity()).sum()
+    }
 }
 
 impl std::fmt::Debug for TicketStore {
@@ -157,15 +163,20 @@ impl ClientSessionStore for TicketStore {
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
         let mut servers = self.servers.lock().unwrap();
         let server = servers.iter_mut().find(|s| &s.name == server_name)?;
-        let (since, ticket) = server.tickets.pop_back()?;
+        let tickets = &mut server.tickets;
+        let (since, ticket) = tickets.pop_back()?;
         self.budget.give_back(1);
-        if since.elapsed() < self.limits.max_age {
-            return Some(ticket);
+        let fresh = since.elapsed() < self.limits.max_age;
+        if !fresh {
+            // The newest is too old, so are the rest.
+            self.budget.give_back(tickets.len());
+            tickets.clear();
         }
-        // The newest is too old, so are the rest.
-        self.budget.give_back(server.tickets.len());
-        server.tickets.clear();
-        None
+        // A burst's room goes back once it is mostly empty: the budget counts tickets, not room.
+        if tickets.capacity() > 16 && tickets.len() * 4 < tickets.capacity() {
+            tickets.shrink_to(tickets.len() * 2);
+        }
+        fresh.then_some(ticket)
     }
 }
 

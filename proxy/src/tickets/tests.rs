@@ -97,6 +97,11 @@ fn a_burst_of_new_connections_resumes_where_rustls_own_store_runs_out_at_eight()
     assert_eq!(resumed(&burst), 30, "31 tickets were there for 30 connections");
     assert_eq!(store.len(), 31 - 30 + 2 * 30);
     assert_eq!(budget.left(), 1000 - store.len(), "the budget counts what the store holds");
+    let (_, drained) = warm_then_burst(&pair, &ours, 0, 61);
+    assert_eq!(resumed(&drained), 61);
+    let _taken: Vec<ClientConnection> = (0..store.len()).map(|_| start(&ours, "kubernetes")).collect();
+    assert!(store.is_empty());
+    assert!(store.room() <= 16, "an emptied store gives its burst's room back: {}", store.room());
 
     let theirs = client(&pair, Resumption::in_memory_sessions(256));
     let (_, burst) = warm_then_burst(&pair, &theirs, 30, 30);
