@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bcs_testkit::apiserver::CertPair;
 use rustls::client::Resumption;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, HandshakeKind, ServerConfig, ServerConnection};
 
 use super::*;
 
@@ -40,30 +40,25 @@ fn start(config: &Arc<ClientConfig>, name: &str) -> ClientConnection {
     ClientConnection::new(config.clone(), name.to_string().try_into().unwrap()).unwrap()
 }
 
+/// Moves what `from` has to send into `to`; whether there was anything.
+fn pump(from: &mut Connection, to: &mut Connection) -> bool {
+    let mut moved = false;
+    while from.wants_write() {
+        let mut bytes = Vec::new();
+        from.write_tls(&mut bytes).unwrap();
+        to.read_tls(&mut bytes.as_slice()).unwrap();
+        to.process_new_packets().unwrap();
+        moved = true;
+    }
+    moved
+}
+
 /// Runs `client` against a new server connection until both have nothing more to send (the
 /// tickets included); how the handshake went.
-fn finish(mut client: ClientConnection, pair: &Pair) -> HandshakeKind {
-    let mut server = ServerConnection::new(pair.server.clone()).unwrap();
-    loop {
-        let mut moved = false;
-        while client.wants_write() {
-            let mut bytes = Vec::new();
-            client.write_tls(&mut bytes).unwrap();
-            server.read_tls(&mut bytes.as_slice()).unwrap();
-            server.process_new_packets().unwrap();
-            moved = true;
-        }
-        while server.wants_write() {
-            let mut bytes = Vec::new();
-            server.write_tls(&mut bytes).unwrap();
-            client.read_tls(&mut bytes.as_slice()).unwrap();
-            client.process_new_packets().unwrap();
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
+fn finish(client: ClientConnection, pair: &Pair) -> HandshakeKind {
+    let mut client = Connection::Client(client);
+    let mut server = Connection::Server(ServerConnection::new(pair.server.clone()).unwrap());
+    while pump(&mut client, &mut server) | pump(&mut server, &mut client) {}
     assert!(!client.is_handshaking() && !server.is_handshaking());
     client.handshake_kind().unwrap()
 }
