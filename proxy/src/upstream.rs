@@ -164,7 +164,7 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
     }
     let roots = bcs_shared::tls::roots_from_pem(upstream.ca_pem.as_bytes())
         .map_err(|e| ProxyError::BadUpstream(format!("the cluster CA {e}")))?;
-    let mut config = Arc::unwrap_or_clone(bcs_shared::tls::http1_client(roots));
+    let mut config = bcs_shared::tls::http1_client_config(roots);
     config.resumption = crate::tickets::resumption();
     let config = Arc::new(config);
     TLS_CONFIGS.with(|c| {

@@ -55,9 +55,15 @@ pub fn client_trusting(roots: RootCertStore) -> ConfigBuilder<ClientConfig, Want
 /// Client TLS to an HTTP/1.1 server (an apiserver) that must chain to `roots`, with no client
 /// certificate.
 pub fn http1_client(roots: RootCertStore) -> Arc<ClientConfig> {
+    Arc::new(http1_client_config(roots))
+}
+
+/// [`http1_client`] before it is shared, for a caller that sets more (the proxy: its session
+/// ticket store).
+pub fn http1_client_config(roots: RootCertStore) -> ClientConfig {
     let mut config = client_trusting(roots).with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    config
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ fn pair(names: &[&str]) -> Pair {
 
 fn client(pair: &Pair, resumption: Resumption) -> Arc<ClientConfig> {
     let roots = bcs_shared::tls::roots_from_pem(pair.certs.ca_pem.as_bytes()).unwrap();
-    let mut config = Arc::unwrap_or_clone(bcs_shared::tls::http1_client(roots));
+    let mut config = bcs_shared::tls::http1_client_config(roots);
     config.resumption = resumption;
     Arc::new(config)
 }
