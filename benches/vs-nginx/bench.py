@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 import instructions
 import latency
@@ -767,9 +768,9 @@ class Bench:
 
     def upstream_protocol(self, url, token):
         """The TLS version the origin saw on a proxy's upstream leg (its /tls-protocol answer), or why not."""
-        port, path = url.split("://", 1)[1].split(":", 1)[1].split("/", 1)
+        u = urllib.parse.urlsplit(url)
         try:
-            status, body = http_get(int(port), "/" + path, token=token)
+            status, body = http_get(u.port, u.path, token=token)
         except OSError as e:
             return f"unknown ({e})"
         return body.decode(errors="replace") if status == 200 else f"unknown (status {status})"

@@ -375,7 +375,8 @@ STREAM_TIMEOUT = 20.0  # for one stream's connect, head and first event
 
 
 def first_event(data):
-    """What the bytes of a watch's answer so far say: None (not enough yet), or raises StreamFailed."""
+    """What the bytes of a watch's answer so far say: None (not enough yet), True (a 200 head and the first
+    event, ADDED, are in), or StreamFailed raised."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
