@@ -207,13 +207,29 @@ pub struct Address {
 }
 
 impl Address {
-    /// `host:port` for connecting (`[v6]:port` for IPv6).
+    /// `host:port` for connecting (`[v6]:port` for IPv6). Written by hand, not with `format!`:
+    /// the proxy builds it for every request it sends upstream.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        let v6 = self.host.contains(':');
+        let mut out = String::with_capacity(self.host.len() + 8);
+        if v6 {
+            out.push('[');
         }
+        out.push_str(&self.host);
+        out.push_str(if v6 { "]:" } else { ":" });
+        let mut digits = [0u8; 5];
+        let mut rest = self.port;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        out.extend(digits[start..].iter().map(|&d| char::from(d)));
+        out
     }
 }
 

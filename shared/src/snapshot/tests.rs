@@ -212,6 +212,13 @@ fn addresses_parse() {
     let a = parse_address("http://[::1]/").unwrap();
     assert_eq!((a.tls, a.port, a.authority()), (false, 80, "[::1]:80".to_owned()));
     assert_eq!(parse_address("https://kubernetes").unwrap().port, 443);
+    // The hand-written authority agrees with formatting, at every port width.
+    for port in [0, 1, 9, 10, 99, 100, 443, 999, 1000, 6443, 9999, 10000, 65535] {
+        let v4 = Address { tls: true, host: "10.0.0.1".into(), port };
+        assert_eq!(v4.authority(), format!("10.0.0.1:{port}"));
+        let v6 = Address { tls: true, host: "fd00::1".into(), port };
+        assert_eq!(v6.authority(), format!("[fd00::1]:{port}"));
+    }
     for bad in
         ["ftp://x", "https://", "https://h:0", "https://h:99999", "https://u@h", "https://h/p", "https://h?q", "h:1"]
     {
