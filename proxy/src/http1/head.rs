@@ -1,4 +1,8 @@
 //! Parsing request and response heads, with the limits and the framing rules.
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use crate::error::ProxyError;
 
 /// Longest request line (414 past it).
@@ -127,7 +131,7 @@ impl ResponseHead {
 /// Parses a request head at the start of `buf`. `Ok(None)`: more bytes are needed.
 /// On success, also returns how many bytes the head took.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyError> {
-    let line_end = memchr::memmem::find(buf, b"\r\n");
+    let line_end = CRLF.find(buf);
     match line_end {
         None if buf.len() > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
         Some(end) if end > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
@@ -233,8 +237,13 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
     Ok(Some((ResponseHead { status: code, reason, headers, framing, close }, head_len)))
 }
 
+/// Searchers built once: `memmem::find` builds one per call, which cost more than the search
+/// itself on a head of a few hundred bytes.
+static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n"));
+static HEAD_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4)
+    HEAD_END.find(buf).map(|p| p + 4)
 }
 
 /// Every line of a head ends in CRLF: a bare LF or CR is a smuggling vector (RFC 9112 §2.2).
