@@ -265,7 +265,7 @@ fn plan_with(
                 target: upstream_target,
                 destination: Destination::Internal {
                     addresses: vec![address],
-                    owner: "console".into(),
+                    owner: crate::upstream::CONSOLE_OWNER.into(),
                     tls: None,
                     caller,
                 },

@@ -5,6 +5,7 @@
 //! ejection of addresses that fail.
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,10 +42,22 @@ struct Idle {
     since: Instant,
 }
 
-thread_local! {
+/// The owner of console proxies' connections (`conn.rs`): their addresses are clients' choice.
+pub const CONSOLE_OWNER: &str = "console";
+
+/// Idle connections by key, in two maps for the two kinds of key (by [`CONSOLE_OWNER`]).
+#[derive(Default)]
+struct Pools {
+    /// foldhash: clusters', admin's and mesos-drivers' addresses come from the snapshot and
+    /// the configuration, not from clients, and every pooled request hashes its key twice.
+    ours: foldhash::HashMap<PoolKey, Vec<Idle>>,
     /// SipHash (std's default): a webconsole request's address is the client's `host_ip`
-    /// (within `webconsole_allowed_hosts`), so a client chooses some of these keys.
-    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
+    /// (within `webconsole_allowed_hosts`), so a client chooses these keys.
+    clients: HashMap<PoolKey, Vec<Idle>>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pools> = RefCell::new(Pools::default());
     /// The credential version last seen per owner: a new one purges the owner's older sockets.
     /// foldhash: owners are the snapshot's cluster ids (`mesos:`-prefixed for drivers), `admin`
     /// and `console`, none a client's choice, and every pooled request looks its owner up.
@@ -73,34 +86,49 @@ pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
     });
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if changed {
-            pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
+        if key.owner == CONSOLE_OWNER {
+            take_from(&mut pool.clients, key, changed)
+        } else {
+            take_from(&mut pool.ours, key, changed)
         }
-        let idle = pool.get_mut(key)?;
-        while let Some(mut entry) = idle.pop() {
-            let idle_for = entry.since.elapsed();
-            if idle_for >= POOL_IDLE {
-                continue;
-            }
-            if idle_for >= CHECK_AFTER && !entry.conn.quiet() {
-                tracing::debug!(owner = %key.owner, "the upstream closed a pooled connection; not reusing it");
-                continue;
-            }
-            return Some(entry.conn);
-        }
-        None
     })
+}
+
+fn take_from<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: &PoolKey, changed: bool) -> Option<Conn> {
+    if changed {
+        pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
+    }
+    let idle = pool.get_mut(key)?;
+    while let Some(mut entry) = idle.pop() {
+        let idle_for = entry.since.elapsed();
+        if idle_for >= POOL_IDLE {
+            continue;
+        }
+        if idle_for >= CHECK_AFTER && !entry.conn.quiet() {
+            tracing::debug!(owner = %key.owner, "the upstream closed a pooled connection; not reusing it");
+            continue;
+        }
+        return Some(entry.conn);
+    }
+    None
 }
 
 /// Returns a connection whose last exchange ended cleanly.
 pub fn put_pooled(key: PoolKey, conn: Conn) {
     // The next read on it is a response head, which must wake at its first byte (low_water.rs).
     debug_assert_eq!(conn.wake_mark().ok(), Some(1), "a pooled connection keeps a receive low-water mark");
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
+    fn put<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: PoolKey, conn: Conn) {
         let idle = pool.entry(key).or_default();
         if idle.len() < POOL_MAX_PER_KEY {
             idle.push(Idle { conn, since: Instant::now() });
+        }
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if key.owner == CONSOLE_OWNER {
+            put(&mut pool.clients, key, conn)
+        } else {
+            put(&mut pool.ours, key, conn)
         }
     })
 }
@@ -108,18 +136,25 @@ pub fn put_pooled(key: PoolKey, conn: Conn) {
 /// Closes pooled connections idle for longer than [`POOL_IDLE`] (the housekeeping tick calls
 /// it every second, so the request path never scans the pool).
 pub fn expire_idle() {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
+    fn expire<S>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>) {
         for idle in pool.values_mut() {
             idle.retain(|e| e.since.elapsed() < POOL_IDLE);
         }
         pool.retain(|_, idle| !idle.is_empty());
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        expire(&mut pool.ours);
+        expire(&mut pool.clients);
     })
 }
 
 /// Idle connections on this core, for the metrics.
 pub fn pooled_count() -> usize {
-    POOL.with(|pool| pool.borrow().values().map(Vec::len).sum())
+    POOL.with(|pool| {
+        let pool = pool.borrow();
+        pool.ours.values().chain(pool.clients.values()).map(Vec::len).sum()
+    })
 }
 
 /// The addresses to try, healthy ones first, in the reported order (failover, as the

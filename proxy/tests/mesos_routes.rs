@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bcs_shared::snapshot::{MesosDriver, MesosDrivers, Snapshot};
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 const MESOS: &str = "BCS-MESOS-10001";
 
@@ -149,6 +150,26 @@ async fn the_webconsole_needs_a_token_and_an_allowed_host() {
         "GET /bcsapi/v1/consoleproxy/start_exec?host_ip=127.0.0.1&container_id=c1 HTTP/1.1"
     );
     assert!(seen[0].headers("authorization").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_connections_are_pooled() {
+    let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{\"console\":true}")))).await;
+    let options = ProxyOptions {
+        console_port: console.address.port(),
+        console_allowed: vec!["127.0.0.0/8".into()],
+        ..ProxyOptions::default()
+    };
+    let s = setup(&[], options).await;
+    // One client connection, so one core: its pool of console connections (the map keyed by
+    // clients' host_ip) serves all three requests.
+    let mut stream = s.proxy.connect().await;
+    for _ in 0..3 {
+        stream.write_all(console_get("?host_ip=127.0.0.1", Some(USER_TOKEN)).as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut stream).await.status, 200);
+    }
+    assert_eq!(console.requests().len(), 3);
+    assert_eq!(console.connections(), 1, "one pooled console connection served all three");
 }
 
 #[tokio::test(flavor = "multi_thread")]
