@@ -50,6 +50,30 @@ fn connection_cannot_strip_what_the_gateway_adds() {
 }
 
 #[test]
+fn names_of_every_length_are_dropped_when_named_and_kept_otherwise() {
+    // Around the length mask's edges: names of 63, 64 and 70 bytes, named in Connection or
+    // not, and a kept name as long as a dropped one.
+    let named =
+        ["X-".to_owned() + &"a".repeat(61), "X-".to_owned() + &"b".repeat(62), "X-".to_owned() + &"c".repeat(68)];
+    let kept =
+        ["Y-".to_owned() + &"a".repeat(61), "Y-".to_owned() + &"b".repeat(62), "Y-".to_owned() + &"c".repeat(68)];
+    let mut text = format!("GET /x HTTP/1.1\r\nHost: gw\r\nConnection: {}\r\n", named.join(", "));
+    for name in named.iter().chain(&kept) {
+        text += &format!("{name}: 1\r\n");
+    }
+    text += "Upgrade-Insecure: 1\r\nTrailers: 1\r\n\r\n";
+    let out = cluster(&text, None);
+    for name in &named {
+        assert!(!out.contains(name.as_str()), "{name} was named in Connection: {out}");
+    }
+    for name in &kept {
+        assert!(out.contains(&format!("{name}: 1\r\n")), "{name} is not hop-by-hop: {out}");
+    }
+    // As long as `upgrade` + 9 and `trailer` + 1: kept.
+    assert!(out.contains("Upgrade-Insecure: 1\r\nTrailers: 1\r\n"), "{out}");
+}
+
+#[test]
 fn framing_is_regenerated_and_forwarded_for_appended() {
     let out = cluster(
         "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 005\r\nX-Forwarded-For: 1.1.1.1\r\nExpect: 100-continue\r\n\r\n",
