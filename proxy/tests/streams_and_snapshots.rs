@@ -15,9 +15,14 @@ struct Setup {
 }
 
 async fn setup(script: Script) -> Setup {
+    setup_on(script, 2).await
+}
+
+/// With `cores` proxy runtimes (1: every client connection shares one core's upstream pool).
+async fn setup_on(script: Script, cores: u16) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let upstream = RawUpstream::start(script).await;
-    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions { cores: 2, ..ProxyOptions::default() });
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions { cores, ..ProxyOptions::default() });
     let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
     proxy.wait_ready().await;
     Setup { _dir: dir, admin: Some(admin), upstream, proxy }
@@ -305,6 +310,76 @@ async fn a_100_mib_body_streams_through_with_bounded_memory() {
     let peak = s.proxy.process.peak_rss_kib().unwrap();
     println!("proxy peak RSS after relaying 100 MiB: {peak} KiB");
     assert!(peak < 64 * 1024, "the proxy's peak memory stayed bounded: {peak} KiB");
+}
+
+/// `?pause=N`: a 200 with an N-byte body, of which 64 KiB comes at once and the rest 300 ms
+/// later (time for the client to leave while most of it is still to come); `?size=N`: all at once.
+fn pausing_reply(request: &RecordedRequest) -> Reply {
+    let line = request.request_line();
+    let Some(n) = line.split("pause=").nth(1) else {
+        return Reply::Bytes(sized_reply(line));
+    };
+    let len: usize = n.split(' ').next().unwrap().parse().unwrap();
+    let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    let body = patterned(len);
+    first.extend_from_slice(&body[..64 * 1024]);
+    Reply::Paused(first, Duration::from_millis(300), body[64 * 1024..].to_vec())
+}
+
+/// GETs a `?pause=size` body, reads its first kibibyte (the proxy writes the head and the
+/// first part it read at once) and leaves with a reset (linger 0), while the upstream holds
+/// back the rest: the proxy's next write to it fails.
+async fn leave_mid_body(proxy: &Proxy, size: usize) {
+    let mut stream = proxy.connect().await;
+    stream.write_all(get(&format!("/api/v1/pods?pause={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200 "));
+    stream.set_zero_linger().unwrap();
+}
+
+/// The proxy's idle pooled upstream connections, once the gauge (set every second) reads
+/// `want`, or what it read after 5 s.
+async fn pooled_reaching(proxy: &Proxy, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = proxy.metrics().await;
+        let idle = text
+            .lines()
+            .find_map(|l| l.strip_prefix("bcs_api_upstream_pool_idle "))
+            .map(|v| v.trim().parse::<f64>().unwrap() as usize)
+            .unwrap();
+        if idle == want || Instant::now() > deadline {
+            return idle;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_body_keeps_the_upstream_connection_when_little_is_left() {
+    // 900 KiB, 836 KiB of it still to come when the client leaves (under forward.rs'
+    // DRAIN_MAX): the proxy reads and drops the rest, and the connection goes back to the pool,
+    // where the next request (one core, so the same pool) finds it.
+    let s = setup_on(Arc::new(pausing_reply), 1).await;
+    leave_mid_body(&s.proxy, 900 * 1024).await;
+    assert_eq!(pooled_reaching(&s.proxy, 1).await, 1, "the drained connection is pooled");
+    let mut stream = s.proxy.connect().await;
+    get_sized_bodies(&mut stream, &[1024, 300 * 1024, 1024]).await;
+    assert_eq!(s.upstream.connections(), 1, "one upstream connection served the abandoned body and the next three");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_much_is_left() {
+    // 8 MiB: more than DRAIN_MAX is still to come, so the connection is closed, not drained.
+    let s = setup_on(Arc::new(pausing_reply), 1).await;
+    leave_mid_body(&s.proxy, 8 * 1024 * 1024).await;
+    // Longer than the upstream's pause, a drain (DRAIN_TIME, 1 s) and the gauge's tick.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(pooled_reaching(&s.proxy, 0).await, 0, "nothing was pooled");
+    let mut stream = s.proxy.connect().await;
+    get_sized_bodies(&mut stream, &[1024]).await;
+    assert_eq!(s.upstream.connections(), 2, "the next request needed a new upstream connection");
 }
 
 #[tokio::test(flavor = "multi_thread")]

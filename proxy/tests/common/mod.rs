@@ -162,6 +162,9 @@ pub enum Reply {
     SwitchAndEcho(Vec<u8>, Duration),
     /// A 200 with a Content-Length body of `n` bytes, written in 64 KiB pieces.
     Large(usize),
+    /// Write the first bytes, wait, write the rest; then keep the connection for the next
+    /// request, as `Bytes`.
+    Paused(Vec<u8>, Duration, Vec<u8>),
     /// Write these bytes (a 101 and some tunnel data), wait, then end the connection: with a
     /// reset (RST, `true`) or a clean close (FIN, `false`).
     SwitchThenEnd(Vec<u8>, Duration, bool),
@@ -317,6 +320,15 @@ async fn serve_upstream(
         match script(&request) {
             Reply::Bytes(bytes) => {
                 if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Reply::Paused(first, pause, rest) => {
+                if stream.write_all(&first).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                if stream.write_all(&rest).await.is_err() {
                     return;
                 }
             }
