@@ -13,7 +13,7 @@
 //! - long-lived streams close when their token is revoked or expires ([`crate::streams`]).
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::Address;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -524,11 +524,15 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                 buf.reserve(BULK);
             }
             // Boxed: the relay's future, which an idle stream keeps, need not hold this state.
-            let drain = matches!(response.framing, Framing::Length(_)) && left <= DRAIN_MAX;
-            let ((w, o), read) = Box::pin(write_while_reading(client, out, &mut conn, buf, drain)).await?;
+            let drain = !response.close && matches!(response.framing, Framing::Length(_)) && left <= DRAIN_MAX;
+            let ((w, o), read, deadline) = Box::pin(write_while_reading(client, out, &mut conn, buf, drain)).await?;
             out = o;
             if w.is_err() {
-                return salvage(conn, key, response, left, Some(read), wake).await;
+                if !drain {
+                    return Err(());
+                }
+                let deadline = deadline.unwrap_or_else(|| Instant::now() + DRAIN_TIME);
+                return salvage(conn, key, response, left, Some(read), wake, deadline).await;
             }
             read
         } else {
@@ -536,13 +540,12 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                 let (r, o) = write_all(client, out).await;
                 out = o;
                 if r.is_err() {
-                    // The upstream connection is still good when its response ended cleanly, or
-                    // when the rest of a Content-Length body can be read and dropped.
-                    let reusable = if finished { clean } else { matches!(response.framing, Framing::Length(_)) };
-                    if !reusable {
+                    // A body still coming was written above, while reading; here the response
+                    // has ended, and its upstream connection is still good if it ended cleanly.
+                    if !(finished && clean) {
                         return Err(());
                     }
-                    return salvage(conn, key, response, left, None, wake).await;
+                    return salvage(conn, key, response, 0, None, wake, Instant::now() + DRAIN_TIME).await;
                 }
             }
             if finished {
@@ -588,17 +591,22 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     Ok(close)
 }
 
+/// A write's result and its buffer; a read's.
+type Written = (std::io::Result<()>, Vec<u8>);
+type Read = (std::io::Result<usize>, Vec<u8>);
+
 /// Writes `out` to the client while the next part is read into `buf`, both at once. A failed
 /// write ends the exchange without waiting for the read (an upstream that stalls mid-body must
 /// not keep a connection whose client has gone), unless the caller will `drain` the rest: then
-/// the read may finish, within [`DRAIN_TIME`].
+/// the read may finish within [`DRAIN_TIME`] of the failure, and that deadline is returned for
+/// the rest of the drain.
 async fn write_while_reading<C: AsyncWriteRent>(
     client: &mut C,
     out: Vec<u8>,
     conn: &mut Conn,
     buf: Vec<u8>,
     drain: bool,
-) -> Result<((std::io::Result<()>, Vec<u8>), (std::io::Result<usize>, Vec<u8>)), ()> {
+) -> Result<(Written, Read, Option<Instant>), ()> {
     let mut write = std::pin::pin!(write_all(client, out));
     let mut read = std::pin::pin!(read_more(conn, buf));
     monoio::select! {
@@ -607,33 +615,36 @@ async fn write_while_reading<C: AsyncWriteRent>(
                 if !drain {
                     return Err(());
                 }
+                let deadline = Instant::now() + DRAIN_TIME;
                 let read = crate::io::timeout(DRAIN_TIME, read).await?;
-                return Ok((written, read));
+                return Ok((written, read, Some(deadline)));
             }
-            Ok((written, read.await))
+            Ok((written, read.await, None))
         }
-        read = &mut read => Ok((write.await, read)),
+        read = &mut read => Ok((write.await, read, None)),
     }
 }
 
 /// The client went away during `response`, whose upstream connection is clean once the `left`
 /// bytes of its Content-Length body not yet read are (0: it ended cleanly; `read`: a read that
 /// finished after the last count, its bytes all new). Reads and drops them when they are at
-/// most [`DRAIN_MAX`] and come within [`DRAIN_TIME`], then pools the connection; else drops
-/// it. Always `Err`: the client connection ends.
+/// most [`DRAIN_MAX`] and come by `deadline`, then pools the connection; else drops it.
+/// Always `Err`: the client connection ends.
 async fn salvage(
     mut conn: Conn,
     key: PoolKey,
     response: &ResponseHead,
     left: u64,
-    read: Option<(std::io::Result<usize>, Vec<u8>)>,
+    read: Option<Read>,
     wake: usize,
+    deadline: Instant,
 ) -> Result<bool, ()> {
     if response.close || left > DRAIN_MAX {
         tracing::debug!(left, "the client left mid-response; closing the upstream connection");
         return Err(());
     }
-    let drained = matches!(crate::io::timeout(DRAIN_TIME, drain(&mut conn, left, read, wake)).await, Ok(true));
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let drained = matches!(crate::io::timeout(budget, drain(&mut conn, left, read, wake)).await, Ok(true));
     tracing::debug!(left, drained, "the client left mid-response; the rest of the body read and dropped");
     if drained {
         upstream::put_pooled(key, conn);
@@ -643,12 +654,7 @@ async fn salvage(
 
 /// Reads and drops the `left` bytes of a body still to come (after `read`, if given); true when
 /// exactly they came and the connection is back at the default low-water mark.
-async fn drain(
-    conn: &mut Conn,
-    mut left: u64,
-    mut read: Option<(std::io::Result<usize>, Vec<u8>)>,
-    mut wake: usize,
-) -> bool {
+async fn drain(conn: &mut Conn, mut left: u64, mut read: Option<Read>, mut wake: usize) -> bool {
     let mut buf = Vec::new();
     loop {
         if let Some((result, mut b)) = read.take() {

@@ -313,25 +313,36 @@ async fn a_100_mib_body_streams_through_with_bounded_memory() {
 }
 
 /// `?pause=N`: a 200 with an N-byte body, of which 64 KiB comes at once and the rest 300 ms
-/// later (time for the client to leave while most of it is still to come); `?size=N`: all at once.
+/// later (time for the client to leave while most of it is still to come); `?stall=N`: the
+/// same, but of the rest only 200 KiB after 300 ms and the remainder 1.5 s after that (longer
+/// than the proxy drains); `?size=N`: all at once.
 fn pausing_reply(request: &RecordedRequest) -> Reply {
     let line = request.request_line();
-    let Some(n) = line.split("pause=").nth(1) else {
-        return Reply::Bytes(sized_reply(line));
+    let (stall, n) = match (line.split("pause=").nth(1), line.split("stall=").nth(1)) {
+        (Some(n), _) => (false, n),
+        (_, Some(n)) => (true, n),
+        _ => return Reply::Bytes(sized_reply(line)),
     };
     let len: usize = n.split(' ').next().unwrap().parse().unwrap();
     let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
     let body = patterned(len);
     first.extend_from_slice(&body[..64 * 1024]);
-    Reply::Paused(first, Duration::from_millis(300), body[64 * 1024..].to_vec())
+    let pause = Duration::from_millis(300);
+    let pieces = if stall {
+        let middle = 264 * 1024;
+        vec![(pause, body[64 * 1024..middle].to_vec()), (Duration::from_millis(1500), body[middle..].to_vec())]
+    } else {
+        vec![(pause, body[64 * 1024..].to_vec())]
+    };
+    Reply::Paused(first, pieces)
 }
 
-/// GETs a `?pause=size` body, reads its first kibibyte (the proxy writes the head and the
-/// first part it read at once) and leaves with a reset (linger 0), while the upstream holds
-/// back the rest: the proxy's next write to it fails.
-async fn leave_mid_body(proxy: &Proxy, size: usize) {
+/// GETs a `?{how}=size` body (`pause` or `stall`), reads its first kibibyte (the proxy writes
+/// the head and the first part it read at once) and leaves with a reset (linger 0), while the
+/// upstream holds back the rest: the proxy's next write to it fails.
+async fn leave_mid_body(proxy: &Proxy, how: &str, size: usize) {
     let mut stream = proxy.connect().await;
-    stream.write_all(get(&format!("/api/v1/pods?pause={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
+    stream.write_all(get(&format!("/api/v1/pods?{how}={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 1024];
     stream.read_exact(&mut buf).await.unwrap();
     assert!(buf.starts_with(b"HTTP/1.1 200 "));
@@ -362,7 +373,7 @@ async fn a_client_that_leaves_mid_body_keeps_the_upstream_connection_when_little
     // DRAIN_MAX): the proxy reads and drops the rest, and the connection goes back to the pool,
     // where the next request (one core, so the same pool) finds it.
     let s = setup_on(Arc::new(pausing_reply), 1).await;
-    leave_mid_body(&s.proxy, 900 * 1024).await;
+    leave_mid_body(&s.proxy, "pause", 900 * 1024).await;
     assert_eq!(pooled_reaching(&s.proxy, 1).await, 1, "the drained connection is pooled");
     let mut stream = s.proxy.connect().await;
     get_sized_bodies(&mut stream, &[1024, 300 * 1024, 1024]).await;
@@ -373,8 +384,21 @@ async fn a_client_that_leaves_mid_body_keeps_the_upstream_connection_when_little
 async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_much_is_left() {
     // 8 MiB: more than DRAIN_MAX is still to come, so the connection is closed, not drained.
     let s = setup_on(Arc::new(pausing_reply), 1).await;
-    leave_mid_body(&s.proxy, 8 * 1024 * 1024).await;
+    leave_mid_body(&s.proxy, "pause", 8 * 1024 * 1024).await;
     // Longer than the upstream's pause, a drain (DRAIN_TIME, 1 s) and the gauge's tick.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(pooled_reaching(&s.proxy, 0).await, 0, "nothing was pooled");
+    let mut stream = s.proxy.connect().await;
+    get_sized_bodies(&mut stream, &[1024]).await;
+    assert_eq!(s.upstream.connections(), 2, "the next request needed a new upstream connection");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_the_rest_is_late() {
+    // 900 KiB, but the last 636 KiB come 1.5 s after the client left: the drain gives up after
+    // DRAIN_TIME (1 s) and the connection is closed.
+    let s = setup_on(Arc::new(pausing_reply), 1).await;
+    leave_mid_body(&s.proxy, "stall", 900 * 1024).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(pooled_reaching(&s.proxy, 0).await, 0, "nothing was pooled");
     let mut stream = s.proxy.connect().await;

@@ -162,9 +162,9 @@ pub enum Reply {
     SwitchAndEcho(Vec<u8>, Duration),
     /// A 200 with a Content-Length body of `n` bytes, written in 64 KiB pieces.
     Large(usize),
-    /// Write the first bytes, wait, write the rest; then keep the connection for the next
-    /// request, as `Bytes`.
-    Paused(Vec<u8>, Duration, Vec<u8>),
+    /// Write the first bytes, then after each delay the next piece; then keep the connection
+    /// for the next request, as `Bytes`.
+    Paused(Vec<u8>, Vec<(Duration, Vec<u8>)>),
     /// Write these bytes (a 101 and some tunnel data), wait, then end the connection: with a
     /// reset (RST, `true`) or a clean close (FIN, `false`).
     SwitchThenEnd(Vec<u8>, Duration, bool),
@@ -323,13 +323,15 @@ async fn serve_upstream(
                     return;
                 }
             }
-            Reply::Paused(first, pause, rest) => {
+            Reply::Paused(first, pieces) => {
                 if stream.write_all(&first).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(pause).await;
-                if stream.write_all(&rest).await.is_err() {
-                    return;
+                for (pause, piece) in pieces {
+                    tokio::time::sleep(pause).await;
+                    if stream.write_all(&piece).await.is_err() {
+                        return;
+                    }
                 }
             }
             Reply::Stream(first, rest) => {
