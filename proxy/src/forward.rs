@@ -532,7 +532,9 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                     return Err(());
                 }
                 let deadline = deadline.unwrap_or_else(|| Instant::now() + DRAIN_TIME);
-                return salvage(conn, key, response, left, Some(read), wake, deadline).await;
+                // Boxed, as the write above: inline, the drain's state made every idle watch's
+                // relay about 2 KiB larger (15.9 against 13.9 KiB of RSS per stream).
+                return Box::pin(salvage(conn, key, response, left, Some(read), wake, deadline)).await;
             }
             read
         } else {
@@ -545,7 +547,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                     if !(finished && clean) {
                         return Err(());
                     }
-                    return salvage(conn, key, response, 0, None, wake, Instant::now() + DRAIN_TIME).await;
+                    return Box::pin(salvage(conn, key, response, 0, None, wake, Instant::now() + DRAIN_TIME)).await;
                 }
             }
             if finished {
