@@ -124,8 +124,8 @@ fn console_get(query: &str, token: Option<&str>) -> String {
     format!("GET /bcsapi/v1/webconsole/start_exec{query} HTTP/1.1\r\nHost: g\r\n{auth}\r\n")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_webconsole_needs_a_token_and_an_allowed_host() {
+/// A console proxy answering 200 to everything, and a proxy that allows it (127.0.0.0/8).
+async fn console_setup() -> (RawUpstream, Setup) {
     let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{\"console\":true}")))).await;
     let options = ProxyOptions {
         console_port: console.address.port(),
@@ -133,6 +133,12 @@ async fn the_webconsole_needs_a_token_and_an_allowed_host() {
         ..ProxyOptions::default()
     };
     let s = setup(&[], options).await;
+    (console, s)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webconsole_needs_a_token_and_an_allowed_host() {
+    let (console, s) = console_setup().await;
     assert_eq!(s.proxy.send(&console_get("?host_ip=127.0.0.1", None)).await.status, 401);
     let r = s.proxy.send(&console_get("", Some(USER_TOKEN))).await;
     assert_eq!(r.status, 400);
@@ -154,13 +160,7 @@ async fn the_webconsole_needs_a_token_and_an_allowed_host() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn console_connections_are_pooled() {
-    let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{\"console\":true}")))).await;
-    let options = ProxyOptions {
-        console_port: console.address.port(),
-        console_allowed: vec!["127.0.0.0/8".into()],
-        ..ProxyOptions::default()
-    };
-    let s = setup(&[], options).await;
+    let (console, s) = console_setup().await;
     // One client connection, so one core: its pool of console connections (the map keyed by
     // clients' host_ip) serves all three requests.
     let mut stream = s.proxy.connect().await;

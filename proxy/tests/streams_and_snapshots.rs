@@ -380,12 +380,13 @@ async fn a_client_that_leaves_mid_body_keeps_the_upstream_connection_when_little
     assert_eq!(s.upstream.connections(), 1, "one upstream connection served the abandoned body and the next three");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_much_is_left() {
-    // 8 MiB: more than DRAIN_MAX is still to come, so the connection is closed, not drained.
+/// Leaves a `?{how}=size` body (as [`leave_mid_body`]) and checks that the proxy closed the
+/// upstream connection instead of pooling it: the next request needs a new one.
+async fn leave_and_expect_a_new_connection(how: &str, size: usize) {
     let s = setup_on(Arc::new(pausing_reply), 1).await;
-    leave_mid_body(&s.proxy, "pause", 8 * 1024 * 1024).await;
-    // Longer than the upstream's pause, a drain (DRAIN_TIME, 1 s) and the gauge's tick.
+    leave_mid_body(&s.proxy, how, size).await;
+    // Longer than the upstream's pauses before the drain gives up (DRAIN_TIME, 1 s), and the
+    // gauge's tick.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(pooled_reaching(&s.proxy, 0).await, 0, "nothing was pooled");
     let mut stream = s.proxy.connect().await;
@@ -394,16 +395,16 @@ async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_much_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_much_is_left() {
+    // 8 MiB: more than DRAIN_MAX is still to come, so the connection is closed, not drained.
+    leave_and_expect_a_new_connection("pause", 8 * 1024 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_the_rest_is_late() {
     // 900 KiB, but the last 636 KiB come 1.5 s after the client left: the drain gives up after
     // DRAIN_TIME (1 s) and the connection is closed.
-    let s = setup_on(Arc::new(pausing_reply), 1).await;
-    leave_mid_body(&s.proxy, "stall", 900 * 1024).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(pooled_reaching(&s.proxy, 0).await, 0, "nothing was pooled");
-    let mut stream = s.proxy.connect().await;
-    get_sized_bodies(&mut stream, &[1024]).await;
-    assert_eq!(s.upstream.connections(), 2, "the next request needed a new upstream connection");
+    leave_and_expect_a_new_connection("stall", 900 * 1024).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

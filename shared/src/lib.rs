@@ -8,6 +8,7 @@
 //! - [`logging`]: `tracing` set up from `log_config`, for every binary.
 //! - [`sealer`]: AES-256-GCM encryption at rest under the key file.
 //! - [`snapshot`]: what admin sends proxies, and the framed wire protocol it travels in.
+//! - [`text`]: numbers as text without `format!`, for per-request paths.
 //! - [`tls`]: trust anchors from PEM and client TLS settings.
 pub mod alloc;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod logging;
 pub mod sealer;
 pub mod secret;
 pub mod snapshot;
+pub mod text;
 pub mod tls;

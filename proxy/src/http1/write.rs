@@ -52,19 +52,7 @@ pub fn header(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) -> Result
 }
 
 /// Appends `n` in decimal (a status code, a Content-Length) without the formatting machinery.
-pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
+pub use bcs_shared::text::decimal;
 
 #[cfg(test)]
 mod tests {
@@ -96,15 +84,6 @@ mod tests {
                 long[at] = b;
                 assert_eq!(super::header(&mut Vec::new(), "X", &long).is_ok(), value, "byte {b:#x} at {at}");
             }
-        }
-    }
-
-    #[test]
-    fn decimals() {
-        for n in [0u64, 7, 10, 200, 1_048_576, u64::MAX] {
-            let mut out = b"x".to_vec();
-            super::decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}").into_bytes());
         }
     }
 }

@@ -211,25 +211,14 @@ impl Address {
     /// the proxy builds it for every request it sends upstream.
     pub fn authority(&self) -> String {
         let v6 = self.host.contains(':');
-        let mut out = String::with_capacity(self.host.len() + 8);
+        let mut out = Vec::with_capacity(self.host.len() + 8);
         if v6 {
-            out.push('[');
+            out.push(b'[');
         }
-        out.push_str(&self.host);
-        out.push_str(if v6 { "]:" } else { ":" });
-        let mut digits = [0u8; 5];
-        let mut rest = self.port;
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        out.extend(digits[start..].iter().map(|&d| char::from(d)));
-        out
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(if v6 { b"]:" } else { b":" });
+        crate::text::decimal(&mut out, self.port.into());
+        String::from_utf8(out).expect("a String, brackets, a colon and digits are UTF-8")
     }
 }
 
