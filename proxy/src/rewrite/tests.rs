@@ -51,8 +51,8 @@ fn connection_cannot_strip_what_the_gateway_adds() {
 
 #[test]
 fn names_of_every_length_are_dropped_when_named_and_kept_otherwise() {
-    // Around the length mask's edges: names of 63, 64 and 70 bytes, named in Connection or
-    // not, and a kept name as long as a dropped one.
+    // Long names (63, 64 and 70 bytes), named in Connection or not, and kept names as long as
+    // dropped ones: removal goes by the whole name, whatever its length.
     let named =
         ["X-".to_owned() + &"a".repeat(61), "X-".to_owned() + &"b".repeat(62), "X-".to_owned() + &"c".repeat(68)];
     let kept =
