@@ -20,10 +20,14 @@ async fn setup(script: Script) -> Setup {
 
 /// With `cores` proxy runtimes (1: every client connection shares one core's upstream pool).
 async fn setup_on(script: Script, cores: u16) -> Setup {
+    setup_with(RawUpstream::start(script).await, cores).await
+}
+
+/// As [`setup_on`], with `upstream` (plain or TLS) as the cluster's apiserver.
+async fn setup_with(upstream: RawUpstream, cores: u16) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = RawUpstream::start(script).await;
     let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions { cores, ..ProxyOptions::default() });
-    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), &upstream.ca_pem)).await;
     proxy.wait_ready().await;
     Setup { _dir: dir, admin: Some(admin), upstream, proxy }
 }
@@ -315,9 +319,14 @@ async fn a_100_mib_body_streams_through_with_bounded_memory() {
 /// `?pause=N`: a 200 with an N-byte body, of which 64 KiB comes at once and the rest 300 ms
 /// later (time for the client to leave while most of it is still to come); `?stall=N`: the
 /// same, but of the rest only 200 KiB after 300 ms and the remainder 1.5 s after that (longer
-/// than the proxy drains); `?size=N`: all at once.
+/// than the proxy drains); `?late=N`: all of it, head too, 300 ms after the request (time for
+/// the client to leave before any of it); `?size=N`: all at once.
 fn pausing_reply(request: &RecordedRequest) -> Reply {
     let line = request.request_line();
+    let pause = Duration::from_millis(300);
+    if let Some(n) = line.split("late=").nth(1) {
+        return Reply::Paused(Vec::new(), vec![(pause, sized_reply(&format!("size={n}")))]);
+    }
     let (stall, n) = match (line.split("pause=").nth(1), line.split("stall=").nth(1)) {
         (Some(n), _) => (false, n),
         (_, Some(n)) => (true, n),
@@ -327,7 +336,6 @@ fn pausing_reply(request: &RecordedRequest) -> Reply {
     let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
     let body = patterned(len);
     first.extend_from_slice(&body[..64 * 1024]);
-    let pause = Duration::from_millis(300);
     let pieces = if stall {
         let middle = 264 * 1024;
         vec![(pause, body[64 * 1024..middle].to_vec()), (Duration::from_millis(1500), body[middle..].to_vec())]
@@ -367,17 +375,52 @@ async fn pooled_reaching(proxy: &Proxy, want: usize) -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_leaves_mid_body_keeps_the_upstream_connection_when_little_is_left() {
-    // 900 KiB, 836 KiB of it still to come when the client leaves (under forward.rs'
-    // DRAIN_MAX): the proxy reads and drops the rest, and the connection goes back to the pool,
-    // where the next request (one core, so the same pool) finds it.
-    let s = setup_on(Arc::new(pausing_reply), 1).await;
+/// Leaves a 900 KiB `?pause=` body from `upstream` (as [`leave_mid_body`]) and checks that the
+/// proxy drained the upstream connection and pooled it, where the next requests (one core, so
+/// the same pool) find it.
+async fn leave_and_expect_the_connection_kept(upstream: RawUpstream) {
+    let s = setup_with(upstream, 1).await;
     leave_mid_body(&s.proxy, "pause", 900 * 1024).await;
     assert_eq!(pooled_reaching(&s.proxy, 1).await, 1, "the drained connection is pooled");
     let mut stream = s.proxy.connect().await;
     get_sized_bodies(&mut stream, &[1024, 300 * 1024, 1024]).await;
     assert_eq!(s.upstream.connections(), 1, "one upstream connection served the abandoned body and the next three");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_body_keeps_the_upstream_connection_when_little_is_left() {
+    // 900 KiB, 836 KiB of it still to come when the client leaves (under forward.rs'
+    // DRAIN_MAX): the proxy reads and drops the rest, and the connection goes back to the pool.
+    leave_and_expect_the_connection_kept(RawUpstream::start(Arc::new(pausing_reply)).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_body_keeps_a_tls_upstream_connection_when_little_is_left() {
+    // The same with a TLS upstream (an apiserver's case, where a new connection costs a
+    // handshake): the drain reads the rest of the body through the TLS layer.
+    leave_and_expect_the_connection_kept(RawUpstream::start_tls(Arc::new(pausing_reply)).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_before_the_answer_keeps_the_upstream_connection() {
+    // The client resets its connection once its request has reached the upstream, which answers
+    // 300 ms later. The proxy does not watch a client while it waits for a response head: it
+    // reads the whole 1 KiB answer, its one write (head and body) fails, and the connection,
+    // its response read completely, goes back to the pool, where the next request finds it.
+    let s = setup_on(Arc::new(pausing_reply), 1).await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods?late=1024", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    while s.upstream.requests().is_empty() && sent.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.upstream.requests().len(), 1, "the request reached the upstream");
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    assert_eq!(pooled_reaching(&s.proxy, 1).await, 1, "the answered connection is pooled");
+    let mut stream = s.proxy.connect().await;
+    get_sized_bodies(&mut stream, &[1024]).await;
+    assert_eq!(s.upstream.connections(), 1, "one upstream connection served the abandoned answer and the next");
 }
 
 /// Leaves a `?{how}=size` body (as [`leave_mid_body`]) and checks that the proxy closed the

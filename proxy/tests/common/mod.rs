@@ -12,7 +12,7 @@ use bcs_shared::secret::Secret;
 use bcs_shared::snapshot::wire::{encode, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use bcs_shared::snapshot::{Cluster, Credentials, Digest, Snapshot, Token, User};
 use bcs_testkit::process::Process;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::watch;
 
@@ -198,9 +198,12 @@ impl RecordedRequest {
     }
 }
 
-/// A plain-HTTP upstream recording every request and every raw byte per connection.
+/// An HTTP upstream (plain, or TLS over TCP) recording every request and every raw byte per
+/// connection.
 pub struct RawUpstream {
     pub address: SocketAddr,
+    /// The CA of a TLS upstream's certificate (for `kubernetes` and 127.0.0.1); empty if plain.
+    pub ca_pem: String,
     pub requests: Arc<Mutex<Vec<RecordedRequest>>>,
     /// Raw bytes received, one entry per connection.
     pub raw: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -213,37 +216,56 @@ pub struct RawUpstream {
 
 impl RawUpstream {
     pub async fn start(script: Script) -> RawUpstream {
+        Self::start_with(script, None).await
+    }
+
+    /// As [`RawUpstream::start`], speaking TLS with a certificate from a fresh CA (`ca_pem`).
+    pub async fn start_tls(script: Script) -> RawUpstream {
+        Self::start_with(script, Some(bcs_testkit::apiserver::CertPair::generate("upstream-ca"))).await
+    }
+
+    async fn start_with(script: Script, certs: Option<bcs_testkit::apiserver::CertPair>) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let requests: Arc<Mutex<Vec<RecordedRequest>>> = Arc::default();
-        let raw: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let early: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let streams_closed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
-        let (requests2, raw2, early2, closed2) = (requests.clone(), raw.clone(), early.clone(), streams_closed.clone());
+        let acceptor = certs.as_ref().map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
+        let records = Records {
+            script,
+            requests: Arc::default(),
+            raw: Arc::default(),
+            early: Arc::default(),
+            streams_closed: Arc::default(),
+        };
+        let shared = records.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                // Counted per TCP connection, before any TLS handshake.
                 let index = {
-                    let mut raw = raw2.lock().unwrap();
+                    let mut raw = shared.raw.lock().unwrap();
                     raw.push(Vec::new());
                     raw.len() - 1
                 };
-                tokio::spawn(serve_upstream(
-                    stream,
-                    script.clone(),
-                    requests2.clone(),
-                    raw2.clone(),
-                    early2.clone(),
-                    closed2.clone(),
-                    index,
-                ));
+                let (records, acceptor) = (shared.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => serve_upstream(stream, records, index).await,
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                serve_upstream(tls, records, index).await;
+                            }
+                        }
+                    }
+                });
             }
         });
-        RawUpstream { address, requests, raw, early, streams_closed, task }
+        let Records { requests, raw, early, streams_closed, .. } = records;
+        let ca_pem = certs.map(|c| c.ca_pem).unwrap_or_default();
+        RawUpstream { address, ca_pem, requests, raw, early, streams_closed, task }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.ca_pem.is_empty() { "http" } else { "https" };
+        format!("{scheme}://{}", self.address)
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -265,15 +287,41 @@ impl Drop for RawUpstream {
     }
 }
 
-async fn serve_upstream(
-    mut stream: TcpStream,
+/// What a [`RawUpstream`]'s connections share: its script and its records.
+#[derive(Clone)]
+struct Records {
     script: Script,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     raw: Arc<Mutex<Vec<Vec<u8>>>>,
     early: Arc<Mutex<Vec<Vec<u8>>>>,
     streams_closed: Arc<std::sync::atomic::AtomicUsize>,
-    index: usize,
-) {
+}
+
+/// A connection a [`RawUpstream`] serves: plain TCP, or TLS over it.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Writes `bytes` and flushes them (TLS may hold the last of a write until then); false if the
+/// proxy went.
+async fn send<S: Transport>(stream: &mut S, bytes: &[u8]) -> bool {
+    stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok()
+}
+
+async fn serve_upstream<S: Transport>(mut stream: S, records: Records, index: usize) {
+    let Records { script, requests, raw, early, streams_closed } = records;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
     let mut idle_close: Option<Duration> = None;
@@ -319,23 +367,23 @@ async fn serve_upstream(
         requests.lock().unwrap().push(request.clone());
         match script(&request) {
             Reply::Bytes(bytes) => {
-                if stream.write_all(&bytes).await.is_err() {
+                if !send(&mut stream, &bytes).await {
                     return;
                 }
             }
             Reply::Paused(first, pieces) => {
-                if stream.write_all(&first).await.is_err() {
+                if !send(&mut stream, &first).await {
                     return;
                 }
                 for (pause, piece) in pieces {
                     tokio::time::sleep(pause).await;
-                    if stream.write_all(&piece).await.is_err() {
+                    if !send(&mut stream, &piece).await {
                         return;
                     }
                 }
             }
             Reply::Stream(first, rest) => {
-                let _ = stream.write_all(&first).await;
+                send(&mut stream, &first).await;
                 let closed = || streams_closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 for (delay, piece) in rest {
                     // The proxy closing the stream meanwhile shows as a read of 0 (or an error).
@@ -346,7 +394,7 @@ async fn serve_upstream(
                             return;
                         }
                     }
-                    if stream.write_all(&piece).await.is_err() {
+                    if !send(&mut stream, &piece).await {
                         closed();
                         return;
                     }
@@ -366,11 +414,11 @@ async fn serve_upstream(
                     }
                 }
                 early.lock().unwrap().push(buf.clone());
-                if stream.write_all(&switch).await.is_err() {
+                if !send(&mut stream, &switch).await {
                     return;
                 }
                 if !buf.is_empty() {
-                    let _ = stream.write_all(&buf).await;
+                    send(&mut stream, &buf).await;
                 }
                 loop {
                     let n = stream.read(&mut chunk).await.unwrap_or(0);
@@ -378,7 +426,7 @@ async fn serve_upstream(
                         return;
                     }
                     raw.lock().unwrap()[index].extend_from_slice(&chunk[..n]);
-                    if stream.write_all(&chunk[..n]).await.is_err() {
+                    if !send(&mut stream, &chunk[..n]).await {
                         return;
                     }
                 }
@@ -387,30 +435,30 @@ async fn serve_upstream(
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
                 );
-                if stream.write_all(head.as_bytes()).await.is_err() {
+                if !send(&mut stream, head.as_bytes()).await {
                     return;
                 }
                 let piece = vec![b'x'; 65536];
                 let mut left = total;
                 while left > 0 {
                     let n = left.min(piece.len());
-                    if stream.write_all(&piece[..n]).await.is_err() {
+                    if !send(&mut stream, &piece[..n]).await {
                         return;
                     }
                     left -= n;
                 }
             }
             Reply::SwitchThenEnd(bytes, wait, reset) => {
-                let _ = stream.write_all(&bytes).await;
+                send(&mut stream, &bytes).await;
                 tokio::time::sleep(wait).await;
                 if reset {
                     // Linger 0: close sends RST, not FIN.
-                    let _ = stream.set_zero_linger();
+                    let _ = stream.tcp().set_zero_linger();
                 }
                 return;
             }
             Reply::BytesThenIdleClose(bytes, limit) => {
-                if stream.write_all(&bytes).await.is_err() {
+                if !send(&mut stream, &bytes).await {
                     return;
                 }
                 idle_close = Some(limit);
