@@ -1,6 +1,7 @@
 //! One client connection: read a request head (with its limits and timeouts), pick the route,
 //! authenticate, forward, and loop while the connection stays in sync. Every request ends in
 //! one access-log line (method, path without query, user, cluster, status, time: no secret).
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -160,36 +161,37 @@ where
     }
 }
 
-struct Plan {
+struct Plan<'a> {
     kind: &'static str,
     user: String,
     cluster: String,
-    target: String,
+    /// The request target upstream: mostly a slice of the client's.
+    target: Cow<'a, str>,
     destination: Destination,
 }
 
 /// Route, authenticate and authorise: everything decided before a byte goes upstream.
-fn plan(
-    head: &RequestHead,
+fn plan<'h>(
+    head: &'h RequestHead,
     settings: &Settings,
     memo: &mut auth::TokenMemo,
-) -> Result<Plan, (&'static str, ProxyError)> {
+) -> Result<Plan<'h>, (&'static str, ProxyError)> {
     tables::with_current(|tables| plan_with(head, settings, tables, memo))
 }
 
-fn plan_with(
-    head: &RequestHead,
+fn plan_with<'h>(
+    head: &'h RequestHead,
     settings: &Settings,
     tables: Option<&Tables>,
     memo: &mut auth::TokenMemo,
-) -> Result<Plan, (&'static str, ProxyError)> {
+) -> Result<Plan<'h>, (&'static str, ProxyError)> {
     let route = route::route(&head.target).map_err(|e| ("other", e))?;
     match route {
         Route::Rest => Ok(Plan {
             kind: "rest",
             user: String::new(),
             cluster: String::new(),
-            target: head.target.clone(),
+            target: Cow::Borrowed(&head.target),
             destination: Destination::Admin { address: settings.admin.clone() },
         }),
         Route::Kubernetes { identifier, upstream_target } => {
@@ -234,7 +236,7 @@ fn plan_with(
                 kind: "mesos",
                 user: caller.user.name.clone(),
                 cluster: cluster_id.clone(),
-                target: upstream_target,
+                target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
                     addresses,
                     owner: format!("mesos:{cluster_id}"),
@@ -262,7 +264,7 @@ fn plan_with(
                 kind: "mesos_webconsole",
                 user: caller.user.name.clone(),
                 cluster: String::new(),
-                target: upstream_target,
+                target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
                     addresses: vec![address],
                     owner: crate::upstream::CONSOLE_OWNER.into(),

@@ -11,8 +11,9 @@ use crate::error::ProxyError;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
-    /// `/tunnels/clusters/{identifier}/{rest}`: `upstream_target` is `/{rest}` plus the query.
-    Kubernetes { identifier: &'a str, upstream_target: String },
+    /// `/tunnels/clusters/{identifier}/{rest}`: `upstream_target` is `/{rest}` plus the query,
+    /// the target's own tail (built only for `/tunnels/clusters/{identifier}` with no slash).
+    Kubernetes { identifier: &'a str, upstream_target: Cow<'a, str> },
     /// `/rest/...`: forwarded to admin unchanged.
     Rest,
     /// `/bcsapi/v4/scheduler/mesos/{rest}`: to a mesos-driver at `/mesosdriver/v4/{rest}` plus the query.
@@ -46,20 +47,19 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
         percent_decode_check(query.as_bytes())?;
     }
     if let Some(rest) = path.strip_prefix(TUNNEL_PREFIX) {
-        let (identifier, sub_path) = match memchr::memchr(b'/', rest.as_bytes()) {
-            Some(at) => (&rest[..at], &rest[at + 1..]),
-            None => (rest, ""),
-        };
+        let slash = memchr::memchr(b'/', rest.as_bytes());
+        let identifier = &rest[..slash.unwrap_or(rest.len())];
         if identifier.is_empty() {
             return Err(ProxyError::NotFound("no cluster identifier in the path".into()));
         }
-        let mut upstream_target = String::with_capacity(2 + sub_path.len() + query.map_or(0, str::len));
-        upstream_target.push('/');
-        upstream_target.push_str(sub_path);
-        if let Some(q) = query {
-            upstream_target.push('?');
-            upstream_target.push_str(q);
-        }
+        let upstream_target = match slash {
+            // `/{rest}?{query}` is where the target goes on from that slash.
+            Some(at) => Cow::Borrowed(&target[TUNNEL_PREFIX.len() + at..]),
+            None => Cow::Owned(match query {
+                Some(q) => format!("/?{q}"),
+                None => "/".to_owned(),
+            }),
+        };
         return Ok(Route::Kubernetes { identifier, upstream_target });
     }
     if path == "/rest" || path.starts_with("/rest/") {
@@ -90,17 +90,20 @@ fn check_path(path: &str) -> Result<(), ProxyError> {
     if !path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
         return Err(ProxyError::BadRequest("control characters, spaces or backslashes in the path".into()));
     }
+    // A path with no escape (the usual one) is its own decoding: its segments need no decoding
+    // and cannot hold a slash, backslash or NUL (checked above).
+    let escaped = memchr::memchr(b'%', path.as_bytes()).is_some();
     let mut segments = path.as_bytes()[1..].split(|&b| b == b'/').peekable();
     while let Some(segment) = segments.next() {
         // A trailing slash is fine (`/api/`), an empty segment inside the path is not.
         if segment.is_empty() && segments.peek().is_some() {
             return Err(ProxyError::BadRequest("an empty segment in the path".into()));
         }
-        let decoded = percent_decode_check(segment)?;
+        let decoded = if escaped { percent_decode_check(segment)? } else { Cow::Borrowed(segment) };
         if matches!(&*decoded, b"." | b"..") {
             return Err(ProxyError::BadRequest("a dot segment in the path".into()));
         }
-        if decoded.iter().any(|&b| b == b'/' || b == b'\\' || b == 0) {
+        if escaped && decoded.iter().any(|&b| b == b'/' || b == b'\\' || b == 0) {
             return Err(ProxyError::BadRequest("an encoded slash, backslash or NUL in the path".into()));
         }
     }
@@ -151,6 +154,14 @@ mod tests {
         assert_eq!(r, Route::Kubernetes { identifier: "c1", upstream_target: "/".into() });
         let r = route("/tunnels/clusters/c1/").unwrap();
         assert_eq!(r, Route::Kubernetes { identifier: "c1", upstream_target: "/".into() });
+        for (target, upstream) in
+            [("/tunnels/clusters/c1?watch=1", "/?watch=1"), ("/tunnels/clusters/c1/?a=b", "/?a=b")]
+        {
+            assert_eq!(
+                route(target).unwrap(),
+                Route::Kubernetes { identifier: "c1", upstream_target: upstream.into() }
+            );
+        }
         assert_eq!(route("/rest/users/").unwrap(), Route::Rest);
         assert_eq!(route("/rest").unwrap(), Route::Rest);
     }
