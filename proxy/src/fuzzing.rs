@@ -4,7 +4,8 @@
 
 use crate::error::ProxyError;
 use crate::http1::body::ChunkedDecoder;
-use crate::http1::head::{parse_request, parse_response, Framing};
+use crate::http1::head::{parse_request, parse_response, Framing, Header};
+use crate::http1::write;
 use crate::route::{route, Route};
 
 /// Request heads: never panics; an accepted head has sane framing and no control characters
@@ -20,6 +21,7 @@ pub fn request_head(data: &[u8]) {
                     "control character in {}",
                     h.name()
                 );
+                passes_as_written(&h);
             }
             if head.framing == Framing::Chunked {
                 assert!(head.header("content-length").is_none(), "CL and TE both accepted");
@@ -33,11 +35,25 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// A parsed field is one `write::field` may pass on unchecked: what `write::header` would
+/// accept, with nothing but spaces and tabs between its colon and its value.
+fn passes_as_written(h: &Header) {
+    assert!(write::header(&mut Vec::new(), h.raw_name(), h.value).is_ok(), "{:?} would be refused", h.line());
+    let line = h.line();
+    let between = line
+        .strip_prefix(h.raw_name())
+        .and_then(|rest| rest.strip_prefix(b":"))
+        .and_then(|rest| rest.strip_suffix(h.value))
+        .unwrap_or_else(|| panic!("{line:?} is not name, colon, value"));
+    assert!(between.iter().all(|&b| b == b' ' || b == b'\t'), "{line:?}");
+}
+
 /// Response heads from upstreams: never panics; a body-less status never gets a body framing.
 pub fn response_head(data: &[u8]) {
     for method in ["GET", "HEAD"] {
         if let Ok(Some((head, used))) = parse_response(data, method) {
             assert!(used <= data.len());
+            head.headers.iter().for_each(|h| passes_as_written(&h));
             if method == "HEAD" || head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
                 assert_eq!(head.framing, Framing::None);
             }

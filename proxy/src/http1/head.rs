@@ -24,6 +24,8 @@ pub struct Fields {
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
+    /// Where the field's line ends (its value's end; for an empty value, the colon's).
+    line_end: u32,
 }
 
 impl Fields {
@@ -34,7 +36,15 @@ impl Fields {
             let start = (s.as_ptr() as usize).saturating_sub(base) as u32;
             (start, start + s.len() as u32)
         };
-        let spans = parsed.iter().map(|h| Span { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
+        let spans = parsed
+            .iter()
+            .map(|h| {
+                let name = span(h.name.as_bytes());
+                // httparse ends a name at its colon; an empty value's slice may lie anywhere.
+                let value = if h.value.is_empty() { (name.1 + 1, name.1 + 1) } else { span(h.value) };
+                Span { name, value, line_end: value.1 }
+            })
+            .collect();
         Fields { raw: head.to_vec(), spans }
     }
 
@@ -42,6 +52,7 @@ impl Fields {
         self.spans.iter().map(|s| Header {
             name: &self.raw[s.name.0 as usize..s.name.1 as usize],
             value: &self.raw[s.value.0 as usize..s.value.1 as usize],
+            line: &self.raw[s.name.0 as usize..s.line_end as usize],
         })
     }
 }
@@ -52,6 +63,8 @@ pub struct Header<'a> {
     /// A token (httparse checked it): ASCII.
     name: &'a [u8],
     pub value: &'a [u8],
+    /// The field as it came: the name, the colon, any spaces or tabs, the value.
+    line: &'a [u8],
 }
 
 impl<'a> Header<'a> {
@@ -62,6 +75,13 @@ impl<'a> Header<'a> {
     /// The name's bytes, as received (writing a head needs no UTF-8 check).
     pub fn raw_name(&self) -> &'a [u8] {
         self.name
+    }
+
+    /// The field's line as received, without its line ending: `name:` (spaces or tabs) value.
+    /// Every byte of it passed httparse's checks, which are [`crate::http1::write::header`]'s
+    /// (the fuzz targets assert it for every field they parse).
+    pub fn line(&self) -> &'a [u8] {
+        self.line
     }
 
     pub fn is(&self, name: &str) -> bool {

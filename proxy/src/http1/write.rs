@@ -1,6 +1,9 @@
 //! Writing heads. Every header the gateway writes goes through [`header`], which refuses CR,
-//! LF, NUL and other control characters, so no value can split a request or a response.
+//! LF, NUL and other control characters, so no value can split a request or a response; or
+//! through [`field`], a field passed on as the parser accepted it (the same rules, checked
+//! there); or [`content_length`], digits by construction.
 use crate::error::ProxyError;
+use crate::http1::head::Header;
 
 /// RFC 9110 `tchar`: the bytes a field name may have.
 static TOKEN: [bool; 256] = {
@@ -49,6 +52,22 @@ pub fn header(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) -> Result
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// A field passed on unchanged: its line as received, in one copy. httparse refused every
+/// byte [`header`] would refuse (a name of `tchar`s; in the value, no control byte but tab),
+/// and a [`Header`] comes only from its parse; `fuzzing.rs` checks the two rules agree.
+pub fn field(out: &mut Vec<u8>, h: &Header) {
+    out.reserve(h.line().len() + 2);
+    out.extend_from_slice(h.line());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Content-Length: n`.
+pub fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `n` in decimal (a status code, a Content-Length) without the formatting machinery.

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use bcs_shared::secret::Secret;
 
 use crate::error::ProxyError;
-use crate::http1::head::{tokens, Framing, Header, RequestHead, ResponseHead};
-use crate::http1::write::{decimal, header};
+use crate::http1::head::{tokens, Fields, Framing, Header, RequestHead, ResponseHead};
+use crate::http1::write::{content_length, decimal, field, header};
 
 /// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
 const HOP_BY_HOP: &[&str] = &[
@@ -65,6 +65,12 @@ fn is_removed(h: &Header, named_in_connection: &[&str], extra: &[&str]) -> bool 
         || named_in_connection.iter().any(|n| h.raw_name().eq_ignore_ascii_case(n.as_bytes()))
 }
 
+/// The header names a message's `Connection` lists, less those removed anyway: the usual
+/// `keep-alive` costs no allocation and no comparison per header.
+fn named_in_connection(fields: &Fields) -> Vec<&str> {
+    tokens(fields, "connection").filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))).collect()
+}
+
 fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
     if !target.bytes().all(|b| b.is_ascii_graphic()) || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(ProxyError::Internal("refusing to write a request line with control characters".into()));
@@ -102,9 +108,8 @@ fn framing(out: &mut Vec<u8>, body: BodyFraming) -> Result<(), ProxyError> {
     match body {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => {
-            let mut digits = Vec::with_capacity(20);
-            decimal(&mut digits, n);
-            header(out, "Content-Length", &digits)
+            content_length(out, n);
+            Ok(())
         }
         BodyFraming::Chunked => header(out, "Transfer-Encoding", b"chunked"),
     }
@@ -127,7 +132,7 @@ fn begin(
     removed: &[&str],
     forward: impl Fn(&mut Vec<u8>, &Header) -> Result<(), ProxyError>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named: Vec<&str> = tokens(&head.headers, "connection").collect();
+    let named = named_in_connection(&head.headers);
     let mut out = start(&head.method, target)?;
     header(&mut out, "Host", host.as_bytes())?;
     for h in head.headers.iter().filter(|h| !is_removed(h, &named, removed)) {
@@ -165,7 +170,8 @@ pub fn to_cluster(
 ) -> Result<Vec<u8>, ProxyError> {
     let mut out = begin(head, target, host, NOT_TO_CLUSTERS, |out, h| {
         if !h.is("sec-websocket-protocol") {
-            return header(out, h.raw_name(), h.value);
+            field(out, h);
+            return Ok(());
         }
         let kept: Vec<&str> =
             h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
@@ -196,17 +202,20 @@ pub fn to_driver(
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
     let out = begin(head, target, host, NOT_TO_DRIVERS, |out, h| {
-        if h.is_impersonation() {
-            return Ok(());
+        if !h.is_impersonation() {
+            field(out, h);
         }
-        header(out, h.raw_name(), h.value)
+        Ok(())
     })?;
     finish(out, head, client, body, true)
 }
 
 /// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
 pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
-    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| header(out, h.raw_name(), h.value))?;
+    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| {
+        field(out, h);
+        Ok(())
+    })?;
     finish(out, head, client, body, false)
 }
 
@@ -217,7 +226,7 @@ pub fn to_client(
     close: bool,
     upgrade: Option<&str>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named: Vec<&str> = tokens(&response.headers, "connection").collect();
+    let named = named_in_connection(&response.headers);
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
     decimal(&mut out, response.status.into());
@@ -229,13 +238,13 @@ pub fn to_client(
         if is_removed(&h, &named, &["content-length", "set-cookie"]) {
             continue;
         }
-        header(&mut out, h.raw_name(), h.value)?;
+        field(&mut out, &h);
     }
     match (body, response.framing) {
         // A HEAD answer or a 304 tells the length of a body it does not carry.
         (BodyFraming::None, Framing::None) => {
             if let Some(cl) = response.header("content-length").filter(|h| h.value.iter().all(u8::is_ascii_digit)) {
-                header(&mut out, "Content-Length", cl.value)?;
+                field(&mut out, &cl);
             }
         }
         (b, _) => framing(&mut out, b)?,

@@ -132,3 +132,19 @@ fn drivers_get_no_credentials_and_no_impersonation_but_the_cluster_id() {
     assert!(!out.contains("user-token") && !out.contains("s=1"), "{out}");
     assert_eq!(count(&out, "impersonate-"), 0, "{out}");
 }
+
+#[test]
+fn fields_pass_on_as_received_empty_values_and_spacing_included() {
+    let (r, _) = crate::http1::head::parse_response(
+        b"HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\t v \r\nConnection: keep-alive\r\nX-Last:v\r\nContent-Length: 3\r\n\r\n",
+        "GET",
+    )
+    .unwrap()
+    .unwrap();
+    let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), false, None).unwrap()).unwrap();
+    assert_eq!(out, "HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\t v\r\nX-Last:v\r\nContent-Length: 3\r\n\r\n");
+    let h = head("GET /x HTTP/1.1\r\nHost: gw\r\nAccept:  */*\r\nX-None:\r\n\r\n");
+    let out = cluster("GET /x HTTP/1.1\r\nHost: gw\r\nAccept:  */*\r\nX-None:\r\n\r\n", None);
+    assert!(out.contains("\r\nAccept:  */*\r\nX-None:\r\n"), "{out}");
+    assert_eq!(h.headers.iter().map(|f| f.line().len()).collect::<Vec<_>>(), [8, 12, 7]);
+}
