@@ -431,7 +431,10 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         f => BodyFraming::from(f),
     };
     let close = close || (response.framing == Framing::UntilClose && client_minor == 0);
-    let mut out = rewrite::to_client(response, out_framing, close, None).map_err(|_| ())?;
+    // Room for the body bytes already read, which follow the head in one write (and a
+    // chunk's framing).
+    let room = (buf.len() - head_len).min(GATHER) + 16;
+    let mut out = rewrite::to_client(response, out_framing, close, None, room).map_err(|_| ())?;
     buf.drain(..head_len);
     let (_registration, mut revoked) = match stream_digest {
         Some(digest) => {
@@ -760,7 +763,7 @@ async fn tunnel<C>(
     C::OwnedRead: AsyncReadRent + 'static,
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
-    let Ok(mut out) = rewrite::to_client(response, BodyFraming::None, false, Some(protocol)) else { return };
+    let Ok(mut out) = rewrite::to_client(response, BodyFraming::None, false, Some(protocol), 0) else { return };
     out.extend_from_slice(&buf[head_len..]);
     if write_all(&mut client, out).await.0.is_err() {
         return;

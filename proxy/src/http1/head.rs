@@ -18,6 +18,8 @@ pub const MAX_HEADERS: usize = 100;
 pub struct Fields {
     raw: Vec<u8>,
     spans: Vec<Span>,
+    /// Whether a field is named `Connection` (most heads have none).
+    connection: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +47,18 @@ impl Fields {
                 Span { name, value, line_end: value.1 }
             })
             .collect();
-        Fields { raw: head.to_vec(), spans }
+        let connection = parsed.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
+        Fields { raw: head.to_vec(), spans, connection }
+    }
+
+    /// Whether a field is named `Connection`.
+    pub fn has_connection(&self) -> bool {
+        self.connection
+    }
+
+    /// The head's length in bytes, start line and line endings included.
+    pub fn byte_len(&self) -> usize {
+        self.raw.len()
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = Header<'_>> + Clone + '_ {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use bcs_shared::secret::Secret;
 
 use crate::error::ProxyError;
-use crate::http1::head::{tokens, Fields, Framing, Header, RequestHead, ResponseHead};
+use crate::http1::head::{Fields, Framing, Header, RequestHead, ResponseHead};
 use crate::http1::write::{content_length, decimal, field, header};
 
 /// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
@@ -65,17 +65,34 @@ fn is_removed(h: &Header, named_in_connection: &[&str], extra: &[&str]) -> bool 
         || named_in_connection.iter().any(|n| h.raw_name().eq_ignore_ascii_case(n.as_bytes()))
 }
 
-/// The header names a message's `Connection` lists, less those removed anyway: the usual
-/// `keep-alive` costs no allocation and no comparison per header.
+/// The header names a message's `Connection` lists, less those removed anyway: a head with
+/// no `Connection`, or with the usual `keep-alive`, costs no allocation and no comparison per
+/// header.
 fn named_in_connection(fields: &Fields) -> Vec<&str> {
-    tokens(fields, "connection").filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))).collect()
+    let mut named = Vec::new();
+    if !fields.has_connection() {
+        return named;
+    }
+    for h in fields.iter().filter(|h| h.is("connection")) {
+        for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() || HOP_BY_HOP.iter().any(|n| token.eq_ignore_ascii_case(n.as_bytes())) {
+                continue;
+            }
+            // A name is a token (ASCII); anything else names no field.
+            if let Ok(token) = std::str::from_utf8(token) {
+                named.push(token);
+            }
+        }
+    }
+    named
 }
 
-fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
+/// The request line, in a buffer with room for `rest` bytes of headers after it.
+fn start(method: &str, target: &str, rest: usize) -> Result<Vec<u8>, ProxyError> {
     if !target.bytes().all(|b| b.is_ascii_graphic()) || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(ProxyError::Internal("refusing to write a request line with control characters".into()));
     }
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(method.len() + target.len() + 16 + rest);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -83,9 +100,11 @@ fn start(method: &str, target: &str) -> Result<Vec<u8>, ProxyError> {
     Ok(out)
 }
 
-/// The client's `X-Forwarded-For` entries, then its address.
-fn forwarded_for(head: &RequestHead, client: IpAddr) -> Vec<u8> {
-    let mut value = Vec::with_capacity(48);
+/// `X-Forwarded-For`: the client's entries, then its address. Written straight into the head,
+/// not through [`header`]: the entries are parsed fields' values, trimmed (see
+/// [`crate::http1::write::field`]), the address digits, dots and colons.
+fn forwarded_for(value: &mut Vec<u8>, head: &RequestHead, client: IpAddr) {
+    value.extend_from_slice(b"X-Forwarded-For: ");
     for prior in head.headers_named("x-forwarded-for").map(|h| h.value_str().trim()).filter(|v| !v.is_empty()) {
         value.extend_from_slice(prior.as_bytes());
         value.extend_from_slice(b", ");
@@ -96,12 +115,12 @@ fn forwarded_for(head: &RequestHead, client: IpAddr) -> Vec<u8> {
                 if i > 0 {
                     value.push(b'.');
                 }
-                decimal(&mut value, octet.into());
+                decimal(value, octet.into());
             }
         }
         IpAddr::V6(v6) => value.extend_from_slice(v6.to_string().as_bytes()),
     }
-    value
+    value.extend_from_slice(b"\r\n");
 }
 
 fn framing(out: &mut Vec<u8>, body: BodyFraming) -> Result<(), ProxyError> {
@@ -125,15 +144,18 @@ fn upgrade_headers(out: &mut Vec<u8>, protocol: Option<&str>) -> Result<(), Prox
 
 /// The start line, `Host`, then every client header that is not removed (hop-by-hop, named in
 /// `Connection`, or listed in `removed`), each written by `forward` (which may rewrite or drop it).
+/// `ours`: the length of what the caller adds before [`finish`].
 fn begin(
     head: &RequestHead,
     target: &str,
     host: &str,
     removed: &[&str],
+    ours: usize,
     forward: impl Fn(&mut Vec<u8>, &Header) -> Result<(), ProxyError>,
 ) -> Result<Vec<u8>, ProxyError> {
     let named = named_in_connection(&head.headers);
-    let mut out = start(&head.method, target)?;
+    // The client's fields, Host, ours, and what `finish` adds (X-Forwarded-For, framing).
+    let mut out = start(&head.method, target, head.headers.byte_len() + host.len() + ours + 160)?;
     header(&mut out, "Host", host.as_bytes())?;
     for h in head.headers.iter().filter(|h| !is_removed(h, &named, removed)) {
         forward(&mut out, &h)?;
@@ -150,7 +172,7 @@ fn finish(
     body: BodyFraming,
     upgrade: bool,
 ) -> Result<Vec<u8>, ProxyError> {
-    header(&mut out, "X-Forwarded-For", &forwarded_for(head, client))?;
+    forwarded_for(&mut out, head, client);
     framing(&mut out, body)?;
     if upgrade {
         upgrade_headers(&mut out, head.upgrade.as_deref())?;
@@ -168,7 +190,8 @@ pub fn to_cluster(
     client: IpAddr,
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
-    let mut out = begin(head, target, host, NOT_TO_CLUSTERS, |out, h| {
+    let ours = identity.token.expose().len() + identity.impersonate.map_or(0, |u| u.len() + 20) + 24;
+    let mut out = begin(head, target, host, NOT_TO_CLUSTERS, ours, |out, h| {
         if !h.is("sec-websocket-protocol") {
             field(out, h);
             return Ok(());
@@ -201,7 +224,7 @@ pub fn to_driver(
     client: IpAddr,
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
-    let out = begin(head, target, host, NOT_TO_DRIVERS, |out, h| {
+    let out = begin(head, target, host, NOT_TO_DRIVERS, 0, |out, h| {
         if !h.is_impersonation() {
             field(out, h);
         }
@@ -212,7 +235,7 @@ pub fn to_driver(
 
 /// The request to admin's REST API: the caller's `Authorization` stays (admin authenticates).
 pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFraming) -> Result<Vec<u8>, ProxyError> {
-    let out = begin(head, &head.target, host, NOT_TO_ADMIN, |out, h| {
+    let out = begin(head, &head.target, host, NOT_TO_ADMIN, 0, |out, h| {
         field(out, h);
         Ok(())
     })?;
@@ -220,14 +243,16 @@ pub fn to_admin(head: &RequestHead, host: &str, client: IpAddr, body: BodyFramin
 }
 
 /// The response head to the client. `upgrade`: the 101 of an upgrade the client asked for.
+/// `room`: body bytes the caller will append (reserved now, so they need no second allocation).
 pub fn to_client(
     response: &ResponseHead,
     body: BodyFraming,
     close: bool,
     upgrade: Option<&str>,
+    room: usize,
 ) -> Result<Vec<u8>, ProxyError> {
     let named = named_in_connection(&response.headers);
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(response.headers.byte_len() + 128 + room);
     out.extend_from_slice(b"HTTP/1.1 ");
     decimal(&mut out, response.status.into());
     out.push(b' ');

@@ -115,9 +115,9 @@ fn responses_lose_hop_by_hop_and_cookies() {
     )
     .unwrap()
     .unwrap();
-    let out = String::from_utf8(to_client(&r, BodyFraming::Chunked, false, None).unwrap()).unwrap();
+    let out = String::from_utf8(to_client(&r, BodyFraming::Chunked, false, None, 0).unwrap()).unwrap();
     assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-    let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), true, None).unwrap()).unwrap();
+    let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), true, None, 0).unwrap()).unwrap();
     assert!(out.contains("Content-Length: 3\r\nConnection: close\r\n"), "{out}");
 }
 
@@ -141,7 +141,7 @@ fn fields_pass_on_as_received_empty_values_and_spacing_included() {
     )
     .unwrap()
     .unwrap();
-    let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), false, None).unwrap()).unwrap();
+    let out = String::from_utf8(to_client(&r, BodyFraming::Length(3), false, None, 0).unwrap()).unwrap();
     assert_eq!(out, "HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\t v\r\nX-Last:v\r\nContent-Length: 3\r\n\r\n");
     let h = head("GET /x HTTP/1.1\r\nHost: gw\r\nAccept:  */*\r\nX-None:\r\n\r\n");
     let out = cluster("GET /x HTTP/1.1\r\nHost: gw\r\nAccept:  */*\r\nX-None:\r\n\r\n", None);
