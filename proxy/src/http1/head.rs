@@ -26,7 +26,7 @@ pub struct Fields {
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
-    /// Where the field's line ends (its value's end; for an empty value, the colon's).
+    /// Where the field's line ends: its value's end (for an empty value, just after the colon).
     line_end: u32,
 }
 
@@ -42,7 +42,10 @@ impl Fields {
             .iter()
             .map(|h| {
                 let name = span(h.name.as_bytes());
-                // httparse ends a name at its colon; an empty value's slice may lie anywhere.
+                // httparse ends a name at its colon (its default configuration, which the tests
+                // pin: no space before the colon, no obs-fold); an empty value's slice may lie
+                // anywhere.
+                debug_assert_eq!(head.get(name.1 as usize), Some(&b':'));
                 let value = if h.value.is_empty() { (name.1 + 1, name.1 + 1) } else { span(h.value) };
                 Span { name, value, line_end: value.1 }
             })
@@ -243,8 +246,10 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
     let status = response
         .parse(&buf[..head_len])
         .map_err(|e| ProxyError::BadUpstream(format!("malformed response head: {e}")))?;
-    if status.is_partial() {
-        return Err(ProxyError::BadUpstream("malformed response head".into()));
+    // httparse also ends a response head at a bare LF LF: it must end where CRLF CRLF did, or
+    // the bytes between would be neither head nor body.
+    if status != httparse::Status::Complete(head_len) {
+        return Err(ProxyError::BadUpstream("malformed response head (a line not ended by CRLF)".into()));
     }
     let code = response.code.unwrap_or(0);
     let reason = response.reason.unwrap_or("").to_owned();

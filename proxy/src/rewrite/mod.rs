@@ -268,7 +268,10 @@ pub fn to_client(
     match (body, response.framing) {
         // A HEAD answer or a 304 tells the length of a body it does not carry.
         (BodyFraming::None, Framing::None) => {
-            if let Some(cl) = response.header("content-length").filter(|h| h.value.iter().all(u8::is_ascii_digit)) {
+            if let Some(cl) = response
+                .header("content-length")
+                .filter(|h| !h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit))
+            {
                 field(&mut out, &cl);
             }
         }

@@ -148,3 +148,14 @@ fn fields_pass_on_as_received_empty_values_and_spacing_included() {
     assert!(out.contains("\r\nAccept:  */*\r\nX-None:\r\n"), "{out}");
     assert_eq!(h.headers.iter().map(|f| f.line().len()).collect::<Vec<_>>(), [8, 12, 7]);
 }
+
+#[test]
+fn a_bodiless_answer_keeps_its_length_only_when_it_is_a_number() {
+    for (length, kept) in [("Content-Length: 42\r\n", true), ("Content-Length:\r\n", false)] {
+        let text = format!("HTTP/1.1 200 OK\r\n{length}\r\n");
+        let (r, _) = crate::http1::head::parse_response(text.as_bytes(), "HEAD").unwrap().unwrap();
+        let out = String::from_utf8(to_client(&r, BodyFraming::None, false, None, 0).unwrap()).unwrap();
+        assert_eq!(out.contains(length), kept, "{out}");
+        assert_eq!(out.to_ascii_lowercase().matches("content-length").count(), usize::from(kept), "{out}");
+    }
+}

@@ -119,6 +119,28 @@ fn responses() {
     assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "GET").is_err());
 }
 
+/// What `write::field` relies on when it passes a field on as received (httparse's default
+/// configuration and version): every accepted field is `name:` SP/HTAB value on one line.
+#[test]
+fn fields_are_one_line_each_or_the_head_is_refused() {
+    let bad: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nX : v\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",
+        // A head that ends at a bare LF LF before its CRLF CRLF: the bytes between would be lost.
+        b"HTTP/1.1 200 OK\nX: a\n\nY: b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+    ];
+    for head in bad {
+        assert!(parse_response(head, "GET").is_err(), "{:?}", String::from_utf8_lossy(head));
+    }
+    assert_eq!(status_of("GET / HTTP/1.1\r\nHost: x\r\nX : v\r\n\r\n"), 400);
+    assert_eq!(status_of("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"), 400);
+    let (r, _) = parse_response(b"HTTP/1.1 204 No Content\r\nX:\r\nY: \t\r\nZ:\tz \r\n\r\n", "GET").unwrap().unwrap();
+    let lines: Vec<&[u8]> = r.headers.iter().map(|h| h.line()).collect();
+    assert_eq!(lines, [&b"X:"[..], b"Y:", b"Z:\tz"]);
+}
+
 /// Envoy's property: corrupting any one byte of a header name or value into NUL, CR or LF
 /// gives a protocol error, never a different valid request.
 #[test]
