@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use bcs_shared::secret::Secret;
 
 use crate::error::ProxyError;
-use crate::http1::head::{Fields, Framing, Header, RequestHead, ResponseHead};
+use crate::http1::head::{tokens, Fields, Framing, Header, RequestHead, ResponseHead};
 use crate::http1::write::{content_length, decimal, field, header};
 
 /// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
@@ -69,22 +69,11 @@ fn is_removed(h: &Header, named_in_connection: &[&str], extra: &[&str]) -> bool 
 /// no `Connection`, or with the usual `keep-alive`, costs no allocation and no comparison per
 /// header.
 fn named_in_connection(fields: &Fields) -> Vec<&str> {
-    let mut named = Vec::new();
     if !fields.has_connection() {
-        return named;
+        return Vec::new();
     }
-    for h in fields.iter().filter(|h| h.is("connection")) {
-        for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.is_empty() || HOP_BY_HOP.iter().any(|n| token.eq_ignore_ascii_case(n.as_bytes())) {
-                continue;
-            }
-            // A name is a token (ASCII); anything else names no field.
-            if let Ok(token) = std::str::from_utf8(token) {
-                named.push(token);
-            }
-        }
-    }
-    named
+    // Read as text, as `parse_request` reads `Connection` (http1::head::tokens).
+    tokens(fields, "connection").filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))).collect()
 }
 
 /// The request line, in a buffer with room for `rest` bytes of headers after it.

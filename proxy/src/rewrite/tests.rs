@@ -159,3 +159,16 @@ fn a_bodiless_answer_keeps_its_length_only_when_it_is_a_number() {
         assert_eq!(out.to_ascii_lowercase().matches("content-length").count(), usize::from(kept), "{out}");
     }
 }
+
+#[test]
+fn connection_names_fields_as_the_head_parser_reads_it() {
+    // Tokens are text, trimmed as parse_request trims them; a value that is not UTF-8 names none.
+    let out =
+        cluster("GET /x HTTP/1.1\r\nHost: gw\r\nConnection: X-A\u{a0}, keep-alive\r\nX-A: 1\r\nX-B: 2\r\n\r\n", None);
+    assert!(!out.contains("X-A: 1") && out.contains("X-B: 2\r\n"), "{out}");
+    let raw = b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: X-A, \xff\r\nX-A: 1\r\n\r\n";
+    let h = parse_request(raw).unwrap().unwrap().0;
+    let identity = ClusterIdentity { token: &Secret::new("t"), impersonate: None };
+    let out = to_cluster(&h, "/x", "10.0.0.1:6443", &identity, ip(), h.framing.into()).unwrap();
+    assert!(out.windows(8).any(|w| w == b"X-A: 1\r\n"), "{}", String::from_utf8_lossy(&out));
+}
