@@ -136,8 +136,9 @@ def measure(bench):
                 r["invalid"] = invalid(bench, r)
                 if r["noise_cpu"] <= a.noise_limit * r["duration_s"]:
                     bench.last_clean = time.monotonic()  # the next run's quiet second, as in the wrk matrix
-                if r["invalid"] != "disturbed" or attempt == a.tries:
+                if r["invalid"] != "disturbed" or attempt == a.tries or not bench.patient():
                     break
+                bench.spend_patience(a.latency_secs + WARMUP_SECS)
                 b.log(f"    disturbed: {r['noise_cpu']:.2f} CPU-s outside the benchmark ({r['noise_who']}); again")
             runs[config].append(r)
             b.log(f"latency round {rnd} {config:<16} {req_rate:,} req/s offered, {r['achieved_rps']:,.0f} done  "
