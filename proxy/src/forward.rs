@@ -37,6 +37,12 @@ pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 const GATHER: usize = 48 * 1024;
 const FULL_READ: usize = 8 * 1024;
 
+/// A flowing Content-Length body whose rest fits in this, with what is held, is read whole (its
+/// read buffer sized for it) and written to the client at once: a 64 KiB list in one write
+/// after two reads, where parts of at most [`GATHER`] took three writes and five reads, each
+/// write a wake-up of the client.
+const WHOLE: usize = 80 * 1024;
+
 /// A Content-Length body larger than this is bulk: it is read into buffers of this size and
 /// written to the client in parts of up to [`BULK_GATHER`] (nginx-proxy's `proxy_buffers 8 64k`
 /// make about 128 KiB writes): fewer, larger system calls on both legs, and fewer wake-ups of
@@ -456,7 +462,8 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     };
     let mut data = Vec::new();
     let mut clean = false;
-    let mut last_read = 0usize;
+    // The head's read counts as the last: a full one says the body is flowing.
+    let mut last_read = buf.len() + head_len;
     let mut wake = 1usize;
     loop {
         // Turn what arrived into what the client gets.
@@ -507,7 +514,11 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         // A Content-Length body still arriving in full reads is gathered into fewer, larger
         // writes (at most GATHER bytes held); streams (chunked, until close) are written as
         // they arrive, so a watch event is never held back.
-        let gather = !finished && out.len() < gather_limit && last_read >= FULL_READ;
+        let whole = !bulk && matches!(response.framing, Framing::Length(_)) && out.len() + left as usize <= WHOLE;
+        let gather = !finished && last_read >= FULL_READ && (out.len() < gather_limit || whole);
+        if gather && whole && buf.capacity() - buf.len() < left as usize {
+            buf.reserve(left as usize);
+        }
         if bulk && !finished {
             let want = low_water::for_body(left, conn.held());
             if want != wake {

@@ -452,14 +452,53 @@ async fn a_client_that_leaves_mid_body_closes_the_upstream_connection_when_the_r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_of_every_size_class_arrive_byte_for_byte_on_one_connection() {
-    // Sizes around the relay's thresholds (forward.rs): under the head read, around GATHER,
-    // past BULK, and a large one with an odd tail; then a small one, which the pooled connection
-    // must read at once after a bulk body's low-water mark (low_water.rs).
-    const SIZES: [usize; 7] = [1024, 16 * 1024 + 3, 60 * 1024, 100 * 1024, 300 * 1024, 5 * 1024 * 1024 + 7, 1024];
+    // Sizes around the relay's thresholds (forward.rs): under the head read, around GATHER and
+    // WHOLE, past BULK, and a large one with an odd tail; then a small one, which the pooled
+    // connection must read at once after a bulk body's low-water mark (low_water.rs).
+    const SIZES: [usize; 9] =
+        [1024, 16 * 1024 + 3, 60 * 1024, 80 * 1024, 80 * 1024 + 1, 100 * 1024, 300 * 1024, 5 * 1024 * 1024 + 7, 1024];
     let s = setup(Arc::new(|request| Reply::Bytes(sized_reply(request.request_line())))).await;
     let mut stream = s.proxy.connect().await;
     get_sized_bodies(&mut stream, &SIZES).await;
     assert_eq!(s.upstream.connections(), 1, "every exchange ended cleanly, so one pooled connection served them all");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_body_that_trickles_is_not_held_back_for_its_rest() {
+    // 64 KiB announced, the head and 100 bytes sent, the rest 1.5 s later. The relay gathers a
+    // small body whole only while it flows (forward.rs: WHOLE), so the head and the first bytes
+    // reach the client before the rest is sent, and then the rest.
+    const LEN: usize = 64 * 1024;
+    let s = setup(Arc::new(|_| {
+        let body = patterned(LEN);
+        let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+        first.extend_from_slice(&body[..100]);
+        Reply::Paused(first, vec![(Duration::from_millis(1500), body[100..].to_vec())])
+    }))
+    .await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    let early = Instant::now() + Duration::from_millis(1000);
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout_at(early.into(), stream.read(&mut buf))
+            .await
+            .expect("the head came before the rest of the body was sent")
+            .unwrap();
+        assert!(n > 0, "the connection ended early");
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200 "));
+    let head_len = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.len() < head_len + LEN {
+        let n =
+            tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await.expect("the rest in time").unwrap();
+        assert!(n > 0, "ended at {} of {LEN} body bytes", received.len() - head_len);
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received[head_len..] == patterned(LEN), "the body differs from what the upstream sent");
 }
 
 #[tokio::test(flavor = "multi_thread")]
