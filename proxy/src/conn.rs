@@ -148,7 +148,10 @@ where
         }
         Err(Failed { mut client, error, in_sync }) => {
             let close = !in_sync || error.closes_connection() || head.close || head.upgrade.is_some();
-            let (written, _) = write_all(&mut client, respond::error(&error, shape, close)).await;
+            let written = match error {
+                ProxyError::ClientGone => Err(()),
+                _ => write_all(&mut client, respond::error(&error, shape, close)).await.0.map_err(|_| ()),
+            };
             let took = started.elapsed();
             log_request(&head.method, path, &user, &cluster, error.status(), took, Some(&error));
             crate::metrics::request_done(kind, &head.method, error.status(), took.as_secs_f64());

@@ -33,6 +33,9 @@ pub enum ProxyError {
     UpstreamRedirect,
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
+    /// Logged as nginx logs it (499); nothing is written, the client has gone.
+    #[error("the client closed the connection before the upstream answered")]
+    ClientGone,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,6 +55,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamConnect(_) | ProxyError::BadUpstream(_) | ProxyError::UpstreamRedirect => 502,
             ProxyError::UpstreamTimeout => 504,
+            ProxyError::ClientGone => 499,
             ProxyError::Internal(_) => 500,
         }
     }
@@ -66,6 +70,7 @@ impl ProxyError {
                 | ProxyError::HeaderTimeout
                 | ProxyError::Overloaded
                 | ProxyError::Internal(_)
+                | ProxyError::ClientGone
         )
     }
 }

@@ -32,6 +32,10 @@ use crate::upstream::{self, PoolKey};
 /// How long an upstream may take to start answering.
 pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long an upstream may take to start answering before its client is watched for hanging
+/// up (most answers come sooner, and watching costs an operation).
+const CLIENT_QUIET: Duration = Duration::from_secs(1);
+
 /// How much of a Content-Length body may be held to make one larger write, and the read size
 /// that counts as "more is flowing" (a TLS record is 16 KiB; a read of half that or more).
 const GATHER: usize = 48 * 1024;
@@ -237,7 +241,7 @@ where
 
 /// Connects (pooled, or new with failover across addresses), writes the request and reads
 /// the response head. Errors carry whether the client is still in sync.
-async fn send<C: AsyncReadRent>(
+async fn send<C: AsyncReadRent + Readable>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
@@ -289,7 +293,7 @@ async fn send<C: AsyncReadRent>(
                     return Err((ProxyError::UpstreamConnect(e), in_sync));
                 }
             }
-            match read_response_head(&mut conn, &head.method).await {
+            match read_response_head(&mut conn, &head.method, client).await {
                 Ok((response, buf, head_len)) => return Ok(Sent { conn, key, response, buf, head_len }),
                 Err((e, nothing_received)) if nothing_received && reused && retryable && !retried => {
                     tracing::debug!(error = %e, "stale pooled connection; retrying on a fresh one");
@@ -379,9 +383,16 @@ async fn send_upstream(conn: &mut Conn, out: Vec<u8>) -> Result<Vec<u8>, BodyErr
 
 /// Reads until a whole response head (skipping 100 Continue and other 1xx but 101).
 /// Errors say whether no byte at all was received.
-async fn read_response_head(
+///
+/// After [`CLIENT_QUIET`] the client is watched too. One that hangs up (or resets, or sends
+/// close_notify) ends the wait with [`ProxyError::ClientGone`], and the upstream connection is
+/// closed: an apiserver then cancels the request, as it does when nginx closes its connection
+/// on a client's abort. One that sends bytes instead (a pipelined request, an upgrade's early
+/// data) is not watched further; its bytes stay where the next read finds them.
+async fn read_response_head<C: Readable>(
     conn: &mut Conn,
     method: &str,
+    client: &mut C,
 ) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
     // Room for the head and a small body; a large body grows it on its first read.
     let mut buf = Vec::with_capacity(HEAD_READ);
@@ -408,7 +419,23 @@ async fn read_response_head(
             }
         }
     };
-    match crate::io::timeout(RESPONSE_HEAD_TIMEOUT, work).await {
+    let mut work = std::pin::pin!(work);
+    if let Ok(result) = crate::io::timeout(CLIENT_QUIET, &mut work).await {
+        return result;
+    }
+    let watched = async {
+        monoio::select! {
+            result = &mut work => result,
+            ready = client.readable() => {
+                if ready.is_err() || client.ended() {
+                    tracing::debug!("the client left while the upstream had not answered; closing that connection");
+                    return Err((ProxyError::ClientGone, false));
+                }
+                (&mut work).await
+            }
+        }
+    };
+    match crate::io::timeout(RESPONSE_HEAD_TIMEOUT - CLIENT_QUIET, watched).await {
         Ok(result) => result,
         Err(_) => Err((ProxyError::UpstreamTimeout, false)),
     }

@@ -74,11 +74,19 @@ impl AsyncWriteRent for Conn {
 #[allow(async_fn_in_trait)]
 pub trait Readable {
     async fn readable(&mut self) -> io::Result<()>;
+
+    /// Once `readable` has returned: true when what came is the peer's end (EOF, close_notify,
+    /// a reset, a failed session) and no bytes a reader could take.
+    fn ended(&mut self) -> bool;
 }
 
 impl Readable for TcpStream {
     async fn readable(&mut self) -> io::Result<()> {
         TcpStream::readable(self, false).await
+    }
+
+    fn ended(&mut self) -> bool {
+        peek(self) == Peek::End
     }
 }
 
@@ -89,6 +97,10 @@ where
 {
     async fn readable(&mut self) -> io::Result<()> {
         TlsStream::readable(self).await
+    }
+
+    fn ended(&mut self) -> bool {
+        TlsStream::ended(self)
     }
 }
 
@@ -170,10 +182,30 @@ const TLS_HELD_MAX: usize = 128 * 1024;
 /// True while the socket holds nothing to read and no error: a peek that never waits, takes
 /// no bytes and holds no buffer.
 fn quiet(socket: &impl AsRawFd) -> bool {
+    peek(socket) == Peek::Nothing
+}
+
+/// What a socket holds now, without taking it.
+#[derive(PartialEq)]
+enum Peek {
+    Nothing,
+    Bytes,
+    /// The peer's FIN, or an error (a reset).
+    End,
+}
+
+fn peek(socket: &impl AsRawFd) -> Peek {
     let mut byte = 0u8;
     // SAFETY: recv writes at most 1 byte into `byte`.
     let n = unsafe { libc::recv(socket.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    match n {
+        0 => Peek::End,
+        1.. => Peek::Bytes,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peek::Nothing,
+            _ => Peek::End,
+        },
+    }
 }
 
 impl Readable for Conn {
@@ -181,6 +213,13 @@ impl Readable for Conn {
         match self {
             Conn::Plain(s) => TcpStream::readable(s, false).await,
             Conn::Tls(s) => s.readable().await,
+        }
+    }
+
+    fn ended(&mut self) -> bool {
+        match self {
+            Conn::Plain(s) => Readable::ended(s),
+            Conn::Tls(s) => s.ended(),
         }
     }
 }

@@ -272,6 +272,18 @@ where
         }
     }
 
+    /// Once [`readable`](Self::readable) has returned: true when it was for the peer's end
+    /// (close_notify, the socket's end, a failed session), with no plaintext to read.
+    pub fn ended(&mut self) -> bool {
+        if self.pos < self.pending.len() {
+            return false;
+        }
+        match self.session.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() == 0,
+            Err(_) => true,
+        }
+    }
+
     /// True while nothing has come in that a reader has not taken: no ciphertext read and
     /// waiting, no plaintext, no close_notify. (A pooled connection between exchanges; the
     /// socket itself is peeked by `io::quiet`.)

@@ -1,0 +1,171 @@
+//! A client that hangs up while the upstream has not answered yet, on the plain and the TLS
+//! port: the proxy closes the upstream connection (an apiserver then cancels the request), and
+//! a client that sends more instead (a pipelined request) is still answered, in order.
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bcs_testkit::apiserver::CertPair;
+use common::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How long the upstream thinks before it answers: longer than forward.rs' CLIENT_QUIET (1 s),
+/// after which the proxy watches the client, with room for the client to act in between.
+const THINKING: Duration = Duration::from_millis(3500);
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _admin: FakeAdmin,
+    upstream: RawUpstream,
+    proxy: Proxy,
+    ca_pem: String,
+}
+
+/// The proxy with a TLS listener (a certificate from a fresh CA) in front of `script`.
+async fn setup(script: Script) -> Setup {
+    let certs = CertPair::generate_for("proxy-ca", &["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.pem"), &certs.cert_pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), &certs.key_pem).unwrap();
+    let upstream = RawUpstream::start(script).await;
+    let cert_config = "  server_cert_file: ./server.pem\n  server_key_file: ./server.key\n".to_owned();
+    let mut proxy =
+        Proxy::spawn(dir.path(), &ProxyOptions { cores: 1, cert_config: Some(cert_config), ..ProxyOptions::default() });
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    Setup { _dir: dir, _admin: admin, upstream, proxy, ca_pem: certs.ca_pem }
+}
+
+/// A client connection to the plain port, or a TLS one to the TLS port.
+async fn client(s: &Setup, tls: bool) -> Box<dyn Io> {
+    if !tls {
+        return Box::new(s.proxy.connect().await);
+    }
+    let roots = bcs_shared::tls::roots_from_pem(s.ca_pem.as_bytes()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(bcs_shared::tls::http1_client(roots));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.tls_port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    Box::new(connector.connect(name, tcp).await.expect("TLS to the proxy"))
+}
+
+/// Waits (up to 5 s) until the upstream has received `n` requests.
+async fn requests_reaching(s: &Setup, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.upstream.requests().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.upstream.requests().len(), n, "the requests reached the upstream");
+}
+
+/// One response with a Content-Length body, from `held` (bytes already read) and the stream.
+async fn read_one(stream: &mut Box<dyn Io>, held: &mut Vec<u8>) -> (u16, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(end) = held.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&held[..end]).into_owned();
+            let status = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+                .map(|(_, v)| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if held.len() >= end + 4 + length {
+                let body = held[end + 4..end + 4 + length].to_vec();
+                held.drain(..end + 4 + length);
+                return (status, body);
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("a response in time").unwrap();
+        assert!(n > 0, "the connection ended before a whole response: {:?}", String::from_utf8_lossy(held));
+        held.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn hanging_up_closes_the_upstream_connection(tls: bool) {
+    // The upstream answers after THINKING, and counts the proxy closing the connection before
+    // that (Reply::Stream notices a read of 0 while it waits).
+    let s = setup(Arc::new(|_| Reply::Stream(Vec::new(), vec![(THINKING, sized_reply("size=1024"))]))).await;
+    let mut stream = client(&s, tls).await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    requests_reaching(&s, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // FIN on plain; close_notify and then FIN on TLS.
+    stream.shutdown().await.unwrap();
+    let left = Instant::now();
+    while s.upstream.streams_closed.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && left.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = left.elapsed();
+    assert_eq!(
+        s.upstream.streams_closed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the proxy closed the upstream connection of a request whose client had gone"
+    );
+    assert!(took < Duration::from_millis(2500), "closed {took:?} after the client left, before the answer came");
+    // Nothing is written to a client that has gone: its connection just ends.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.expect("the end");
+    assert!(rest.is_empty(), "the client got {:?}", String::from_utf8_lossy(&rest));
+    drop(end);
+    // Counted as nginx counts a client's abort (the metrics are gathered every second).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut metrics = s.proxy.metrics().await;
+    while !metrics.contains("code=\"499\"") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        metrics = s.proxy.metrics().await;
+    }
+    assert!(metrics.contains("bcs_api_request_count_total{type=\"k8s\",method=\"GET\",code=\"499\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_before_the_answer_gets_its_upstream_connection_closed() {
+    hanging_up_closes_the_upstream_connection(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_client_that_hangs_up_before_the_answer_gets_its_upstream_connection_closed() {
+    hanging_up_closes_the_upstream_connection(true).await;
+}
+
+async fn sending_more_is_not_hanging_up(tls: bool) {
+    // `?slow` is answered after THINKING, anything else at once; one upstream connection.
+    let s = setup(Arc::new(|request| {
+        if request.request_line().contains("slow") {
+            Reply::Paused(Vec::new(), vec![(THINKING, sized_reply("size=1024"))])
+        } else {
+            Reply::Bytes(sized_reply("size=2048"))
+        }
+    }))
+    .await;
+    let mut stream = client(&s, tls).await;
+    stream.write_all(get("/api/v1/pods?slow", USER_TOKEN, "").as_bytes()).await.unwrap();
+    requests_reaching(&s, 1).await;
+    // Past CLIENT_QUIET, while the proxy watches this client: the next request, pipelined.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut held = Vec::new();
+    let (status, body) = read_one(&mut stream, &mut held).await;
+    assert_eq!((status, body.len()), (200, 1024), "the slow answer first");
+    assert!(body == patterned(1024));
+    let (status, body) = read_one(&mut stream, &mut held).await;
+    assert_eq!((status, body.len()), (200, 2048), "then the pipelined request's");
+    assert!(body == patterned(2048));
+    assert_eq!(s.upstream.connections(), 1, "one upstream connection, kept, served both");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_pipelined_while_the_upstream_thinks_is_answered_after_it() {
+    sending_more_is_not_hanging_up(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_pipelined_over_tls_while_the_upstream_thinks_is_answered_after_it() {
+    sending_more_is_not_hanging_up(true).await;
+}
