@@ -22,7 +22,7 @@ use crate::auth::Caller;
 use crate::error::ProxyError;
 use crate::http1::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::head::{parse_response, Framing, RequestHead, ResponseHead};
-use crate::io::{read_more, write_all, write_from, Conn, Readable, BUFFER};
+use crate::io::{read_more, write_all, write_from, Came, Conn, Readable, BUFFER};
 use crate::low_water;
 use crate::rewrite::{self, BodyFraming, ClusterIdentity};
 use crate::streams;
@@ -424,14 +424,17 @@ async fn read_response_head<C: Readable>(
         return result;
     }
     let watched = async {
-        monoio::select! {
-            result = &mut work => result,
-            ready = client.readable() => {
-                if ready.is_err() || client.ended() {
-                    tracing::debug!("the client left while the upstream had not answered; closing that connection");
-                    return Err((ProxyError::ClientGone, false));
-                }
-                (&mut work).await
+        loop {
+            monoio::select! {
+                result = &mut work => return result,
+                ready = client.readable() => match ready.map(|_| client.came()) {
+                    Ok(Came::Nothing) => continue,
+                    Ok(Came::Bytes) => return (&mut work).await,
+                    Ok(Came::End) | Err(_) => {
+                        tracing::debug!("the client left while the upstream had not answered; closing that connection");
+                        return Err((ProxyError::ClientGone, false));
+                    }
+                },
             }
         }
     };
@@ -489,8 +492,11 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     };
     let mut data = Vec::new();
     let mut clean = false;
-    // The head's read counts as the last: a full one says the body is flowing.
-    let mut last_read = buf.len() + head_len;
+    // For a body that can come whole, the head's read counts as the last: a full one says the
+    // body is flowing. Anything else writes its head and first part at once, as a stream must.
+    let whole_at_start =
+        !bulk && matches!(response.framing, Framing::Length(n) if out.len() as u64 + n <= WHOLE as u64);
+    let mut last_read = if whole_at_start { buf.len() + head_len } else { 0 };
     let mut wake = 1usize;
     loop {
         // Turn what arrived into what the client gets.

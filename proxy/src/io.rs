@@ -75,9 +75,17 @@ impl AsyncWriteRent for Conn {
 pub trait Readable {
     async fn readable(&mut self) -> io::Result<()>;
 
-    /// Once `readable` has returned: true when what came is the peer's end (EOF, close_notify,
-    /// a reset, a failed session) and no bytes a reader could take.
-    fn ended(&mut self) -> bool;
+    /// Once `readable` has returned: what came (nothing, after a spurious wake-up; bytes a reader
+    /// can take; or the peer's end: EOF, close_notify, a reset, a failed session).
+    fn came(&mut self) -> Came;
+}
+
+/// What a connection holds now, without taking it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Came {
+    Nothing,
+    Bytes,
+    End,
 }
 
 impl Readable for TcpStream {
@@ -85,8 +93,8 @@ impl Readable for TcpStream {
         TcpStream::readable(self, false).await
     }
 
-    fn ended(&mut self) -> bool {
-        peek(self) == Peek::End
+    fn came(&mut self) -> Came {
+        peek(self)
     }
 }
 
@@ -99,8 +107,8 @@ where
         TlsStream::readable(self).await
     }
 
-    fn ended(&mut self) -> bool {
-        TlsStream::ended(self)
+    fn came(&mut self) -> Came {
+        TlsStream::came(self)
     }
 }
 
@@ -182,29 +190,19 @@ const TLS_HELD_MAX: usize = 128 * 1024;
 /// True while the socket holds nothing to read and no error: a peek that never waits, takes
 /// no bytes and holds no buffer.
 fn quiet(socket: &impl AsRawFd) -> bool {
-    peek(socket) == Peek::Nothing
+    peek(socket) == Came::Nothing
 }
 
-/// What a socket holds now, without taking it.
-#[derive(PartialEq)]
-enum Peek {
-    Nothing,
-    Bytes,
-    /// The peer's FIN, or an error (a reset).
-    End,
-}
-
-fn peek(socket: &impl AsRawFd) -> Peek {
+/// What a socket holds now: the peer's FIN and any error (a reset) are its end.
+fn peek(socket: &impl AsRawFd) -> Came {
     let mut byte = 0u8;
     // SAFETY: recv writes at most 1 byte into `byte`.
     let n = unsafe { libc::recv(socket.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     match n {
-        0 => Peek::End,
-        1.. => Peek::Bytes,
-        _ => match io::Error::last_os_error().kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peek::Nothing,
-            _ => Peek::End,
-        },
+        0 => Came::End,
+        1.. => Came::Bytes,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Came::Nothing,
+        _ => Came::End,
     }
 }
 
@@ -216,10 +214,10 @@ impl Readable for Conn {
         }
     }
 
-    fn ended(&mut self) -> bool {
+    fn came(&mut self) -> Came {
         match self {
-            Conn::Plain(s) => Readable::ended(s),
-            Conn::Tls(s) => s.ended(),
+            Conn::Plain(s) => peek(s),
+            Conn::Tls(s) => s.came(),
         }
     }
 }

@@ -272,15 +272,18 @@ where
         }
     }
 
-    /// Once [`readable`](Self::readable) has returned: true when it was for the peer's end
-    /// (close_notify, the socket's end, a failed session), with no plaintext to read.
-    pub fn ended(&mut self) -> bool {
+    /// Once [`readable`](Self::readable) has returned: plaintext to read (or ciphertext still to
+    /// give rustls, which only waits while plaintext fills its buffer) is bytes; no plaintext is
+    /// the peer's end (close_notify, the socket's end, a failed session), since `readable`
+    /// returns for nothing else.
+    pub fn came(&mut self) -> crate::io::Came {
+        use crate::io::Came;
         if self.pos < self.pending.len() {
-            return false;
+            return Came::Bytes;
         }
         match self.session.process_new_packets() {
-            Ok(state) => state.plaintext_bytes_to_read() == 0,
-            Err(_) => true,
+            Ok(state) if state.plaintext_bytes_to_read() > 0 => Came::Bytes,
+            _ => Came::End,
         }
     }
 

@@ -169,3 +169,32 @@ async fn a_request_pipelined_while_the_upstream_thinks_is_answered_after_it() {
 async fn a_request_pipelined_over_tls_while_the_upstream_thinks_is_answered_after_it() {
     sending_more_is_not_hanging_up(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_a_tls_client_sends_before_a_slow_101_reach_the_tunnel_after_it() {
+    // The upstream reads for 2.5 s before its 101 (recording what arrives meanwhile), then
+    // echoes. The client's early bytes come 1.5 s in, while the proxy watches it: they are read
+    // into its TLS session, not taken for a hang-up, held until the 101, then sent through.
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+    let s = setup(Arc::new(move |_| Reply::SwitchAndEcho(switch.clone(), Duration::from_millis(2500)))).await;
+    let mut stream = client(&s, true).await;
+    let upgrade = get(
+        "/api/v1/namespaces/default/pods/p/exec?command=cat&stdin=true",
+        USER_TOKEN,
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+    );
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    requests_reaching(&s, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"EARLY-BYTES").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.ends_with(b"EARLY-BYTES") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("the 101 and the echo").unwrap();
+        assert!(n > 0, "ended early: {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 101 "), "{:?}", String::from_utf8_lossy(&seen));
+    assert_eq!(s.upstream.early.lock().unwrap().clone(), vec![Vec::<u8>::new()], "nothing before the 101");
+}

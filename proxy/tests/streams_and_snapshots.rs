@@ -465,22 +465,37 @@ async fn bodies_of_every_size_class_arrive_byte_for_byte_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_body_that_trickles_is_not_held_back_for_its_rest() {
-    // 64 KiB announced, the head and 100 bytes sent, the rest 1.5 s later. The relay gathers a
-    // small body whole only while it flows (forward.rs: WHOLE), so the head and the first bytes
-    // reach the client before the rest is sent, and then the rest.
-    const LEN: usize = 64 * 1024;
-    let s = setup(Arc::new(|_| {
-        let body = patterned(LEN);
-        let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
-        first.extend_from_slice(&body[..100]);
-        Reply::Paused(first, vec![(Duration::from_millis(1500), body[100..].to_vec())])
+    // 64 KiB announced, 512 bytes sent (the head and the body's first bytes), the rest 3 s
+    // later. The relay gathers a small body whole only while it flows (forward.rs: WHOLE), so
+    // the head and the first bytes reach the client before the rest is sent, and then the rest.
+    head_comes_before_the_rest(64 * 1024, 512).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_larger_body_s_head_is_not_held_back_when_its_first_part_is_large() {
+    // 200 KiB announced (more than forward.rs' WHOLE), 32 KiB sent (the head and the body's
+    // first part: exactly two of the proxy's 16 KiB reads, so both are full), the rest 3 s
+    // later. Only a body that can come whole is gathered from its head on, so this head and
+    // first part reach the client at once.
+    head_comes_before_the_rest(200 * 1024, 32 * 1024).await;
+}
+
+/// A `len`-byte Content-Length body: the upstream sends its first `first` bytes, head included,
+/// and the rest 3 s later. The client must have the head within 2 s, then the whole body.
+async fn head_comes_before_the_rest(len: usize, first: usize) {
+    let s = setup(Arc::new(move |_| {
+        let body = patterned(len);
+        let mut head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        let sent = first - head.len();
+        head.extend_from_slice(&body[..sent]);
+        Reply::Paused(head, vec![(Duration::from_millis(3000), body[sent..].to_vec())])
     }))
     .await;
     let mut stream = s.proxy.connect().await;
     stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
     let mut received = Vec::new();
     let mut buf = vec![0u8; 128 * 1024];
-    let early = Instant::now() + Duration::from_millis(1000);
+    let early = Instant::now() + Duration::from_millis(2000);
     while !received.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::time::timeout_at(early.into(), stream.read(&mut buf))
             .await
@@ -492,13 +507,13 @@ async fn a_small_body_that_trickles_is_not_held_back_for_its_rest() {
     assert!(received.starts_with(b"HTTP/1.1 200 "));
     let head_len = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while received.len() < head_len + LEN {
+    while received.len() < head_len + len {
         let n =
             tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await.expect("the rest in time").unwrap();
-        assert!(n > 0, "ended at {} of {LEN} body bytes", received.len() - head_len);
+        assert!(n > 0, "ended at {} of {len} body bytes", received.len() - head_len);
         received.extend_from_slice(&buf[..n]);
     }
-    assert!(received[head_len..] == patterned(LEN), "the body differs from what the upstream sent");
+    assert!(received[head_len..] == patterned(len), "the body differs from what the upstream sent");
 }
 
 #[tokio::test(flavor = "multi_thread")]
