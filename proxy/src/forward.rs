@@ -381,8 +381,7 @@ async fn send_upstream(conn: &mut Conn, out: Vec<u8>) -> Result<Vec<u8>, BodyErr
     Ok(out)
 }
 
-/// Reads until a whole response head (skipping 100 Continue and other 1xx but 101).
-/// Errors say whether no byte at all was received.
+/// Reads a whole response head, as [`receive_head`], within [`RESPONSE_HEAD_TIMEOUT`].
 ///
 /// After [`CLIENT_QUIET`] the client is watched too. One that hangs up (or resets, or sends
 /// close_notify) ends the wait with [`ProxyError::ClientGone`], and the upstream connection is
@@ -394,31 +393,7 @@ async fn read_response_head<C: Readable>(
     method: &str,
     client: &mut C,
 ) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
-    // Room for the head and a small body; a large body grows it on its first read.
-    let mut buf = Vec::with_capacity(HEAD_READ);
-    let mut received_any = false;
-    let work = async {
-        loop {
-            match parse_response(&buf, method) {
-                Ok(Some((response, used))) if (100..200).contains(&response.status) && response.status != 101 => {
-                    buf.drain(..used);
-                    continue;
-                }
-                Ok(Some((response, used))) => return Ok((response, std::mem::take(&mut buf), used)),
-                Ok(None) => {}
-                Err(e) => return Err((e, false)),
-            }
-            let (r, b) = read_more(conn, std::mem::take(&mut buf)).await;
-            buf = b;
-            match r {
-                Ok(0) => {
-                    return Err((ProxyError::BadUpstream("the upstream closed the connection".into()), !received_any))
-                }
-                Ok(_) => received_any = true,
-                Err(e) => return Err((ProxyError::BadUpstream(e.to_string()), !received_any)),
-            }
-        }
-    };
+    let work = receive_head(conn, method);
     let mut work = std::pin::pin!(work);
     if let Ok(result) = crate::io::timeout(CLIENT_QUIET, &mut work).await {
         return result;
@@ -438,9 +413,38 @@ async fn read_response_head<C: Readable>(
             }
         }
     };
-    match crate::io::timeout(RESPONSE_HEAD_TIMEOUT - CLIENT_QUIET, watched).await {
+    // Boxed: inline, this rarer wait (the client's readiness future among it) would enlarge the
+    // future of every exchange, which each request moves onto the heap whole.
+    match crate::io::timeout(RESPONSE_HEAD_TIMEOUT - CLIENT_QUIET, Box::pin(watched)).await {
         Ok(result) => result,
         Err(_) => Err((ProxyError::UpstreamTimeout, false)),
+    }
+}
+
+/// Reads until a whole response head (skipping 100 Continue and other 1xx but 101). Errors say
+/// whether no byte at all was received. Not generic over the client, unlike its caller: one
+/// copy of the request path's head parsing, which the compiler then inlines here.
+async fn receive_head(conn: &mut Conn, method: &str) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
+    // Room for the head and a small body; a large body grows it on its first read.
+    let mut buf = Vec::with_capacity(HEAD_READ);
+    let mut received_any = false;
+    loop {
+        match parse_response(&buf, method) {
+            Ok(Some((response, used))) if (100..200).contains(&response.status) && response.status != 101 => {
+                buf.drain(..used);
+                continue;
+            }
+            Ok(Some((response, used))) => return Ok((response, buf, used)),
+            Ok(None) => {}
+            Err(e) => return Err((e, false)),
+        }
+        let (r, b) = read_more(conn, std::mem::take(&mut buf)).await;
+        buf = b;
+        match r {
+            Ok(0) => return Err((ProxyError::BadUpstream("the upstream closed the connection".into()), !received_any)),
+            Ok(_) => received_any = true,
+            Err(e) => return Err((ProxyError::BadUpstream(e.to_string()), !received_any)),
+        }
     }
 }
 
