@@ -6,7 +6,6 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bcs_testkit::apiserver::CertPair;
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -27,17 +26,14 @@ struct Setup {
 
 /// The proxy with a TLS listener (a certificate from a fresh CA) in front of `script`.
 async fn setup(script: Script) -> Setup {
-    let certs = CertPair::generate_for("proxy-ca", &["127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.pem"), &certs.cert_pem).unwrap();
-    std::fs::write(dir.path().join("server.key"), &certs.key_pem).unwrap();
+    let (cert_config, ca_pem) = proxy_certificate(dir.path());
     let upstream = RawUpstream::start(script).await;
-    let cert_config = "  server_cert_file: ./server.pem\n  server_key_file: ./server.key\n".to_owned();
     let mut proxy =
         Proxy::spawn(dir.path(), &ProxyOptions { cores: 1, cert_config: Some(cert_config), ..ProxyOptions::default() });
     let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
     proxy.wait_ready().await;
-    Setup { _dir: dir, _admin: admin, upstream, proxy, ca_pem: certs.ca_pem }
+    Setup { _dir: dir, _admin: admin, upstream, proxy, ca_pem }
 }
 
 /// A client connection to the plain port, or a TLS one to the TLS port.
@@ -45,11 +41,7 @@ async fn client(s: &Setup, tls: bool) -> Box<dyn Io> {
     if !tls {
         return Box::new(s.proxy.connect().await);
     }
-    let roots = bcs_shared::tls::roots_from_pem(s.ca_pem.as_bytes()).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(bcs_shared::tls::http1_client(roots));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.tls_port)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    Box::new(connector.connect(name, tcp).await.expect("TLS to the proxy"))
+    Box::new(connect_tls(s.proxy.tls_port, &s.ca_pem).await)
 }
 
 /// Waits (up to 5 s) until the upstream has received `n` requests.

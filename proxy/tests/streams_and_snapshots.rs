@@ -156,27 +156,19 @@ async fn upgrade_bytes_are_held_until_the_101_then_flow_both_ways() {
 /// Opens an upgrade through the proxy's TLS port and returns what the client read after the 101
 /// and its data: Ok(0) is a clean end (close_notify), an error a cut.
 async fn tunnel_end_seen_by_a_tls_client(reset: bool) -> std::io::Result<usize> {
-    use bcs_testkit::apiserver::CertPair;
-    let certs = CertPair::generate_for("proxy-ca", &["127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.pem"), &certs.cert_pem).unwrap();
-    std::fs::write(dir.path().join("server.key"), &certs.key_pem).unwrap();
+    let (cert_config, ca_pem) = proxy_certificate(dir.path());
     let switch =
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nTUNNEL-DATA".to_vec();
     let upstream =
         RawUpstream::start(Arc::new(move |_| Reply::SwitchThenEnd(switch.clone(), Duration::from_millis(300), reset)))
             .await;
-    let cert_config = "  server_cert_file: ./server.pem\n  server_key_file: ./server.key\n".to_owned();
     let mut proxy =
         Proxy::spawn(dir.path(), &ProxyOptions { cert_config: Some(cert_config), ..ProxyOptions::default() });
     let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
     proxy.wait_ready().await;
 
-    let roots = bcs_shared::tls::roots_from_pem(certs.ca_pem.as_bytes()).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(bcs_shared::tls::http1_client(roots));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.tls_port)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("TLS to the proxy");
+    let mut tls = connect_tls(proxy.tls_port, &ca_pem).await;
     tls.write_all(upgrade_request("").as_bytes()).await.unwrap();
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 4096];

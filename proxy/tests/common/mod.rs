@@ -502,6 +502,24 @@ pub async fn get_sized_bodies(stream: &mut TcpStream, sizes: &[usize]) {
     }
 }
 
+/// A certificate for the proxy's TLS listener (127.0.0.1, from a fresh CA), written into `dir`:
+/// the `cert_config` section that names it, and the CA's PEM for clients.
+pub fn proxy_certificate(dir: &Path) -> (String, String) {
+    let certs = bcs_testkit::apiserver::CertPair::generate_for("proxy-ca", &["127.0.0.1"]);
+    std::fs::write(dir.join("server.pem"), &certs.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &certs.key_pem).unwrap();
+    ("  server_cert_file: ./server.pem\n  server_key_file: ./server.key\n".to_owned(), certs.ca_pem)
+}
+
+/// A TLS connection to the proxy's TLS listener on `port`, trusting only `ca_pem`.
+pub async fn connect_tls(port: u16, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let roots = bcs_shared::tls::roots_from_pem(ca_pem.as_bytes()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(bcs_shared::tls::http1_client(roots));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await.expect("TLS to the proxy")
+}
+
 /// The real proxy with its own config, data dir and ports.
 pub struct Proxy {
     pub process: Process,
