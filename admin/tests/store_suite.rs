@@ -408,6 +408,11 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     let kept_token = store.register_token(&kept.id).await.unwrap();
     let kept_credentials = store.credentials(&kept.id).await.unwrap();
     assert!(kept_token.is_some() && kept_credentials.is_some());
+    for (cluster_id, source) in
+        [(&doomed.id, grant_source::REST), (&kept.id, grant_source::REST), (&"*".to_owned(), grant_source::CONF)]
+    {
+        store.add_grant(grant("plain:alice", cluster_id, "", "cluster-readonly", source), 1_300).await.unwrap();
+    }
 
     assert!(store.delete_cluster(&doomed.id).await.unwrap());
 
@@ -416,10 +421,13 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     assert_eq!(store.bcs_cluster(None, "K8S-001").await.unwrap(), None);
     assert_eq!(store.register_token(&doomed.id).await.unwrap(), None);
     assert_eq!(store.credentials(&doomed.id).await.unwrap(), None);
-    for table in ["bcs_cluster_infos", "register_tokens", "cluster_credentials"] {
+    for table in ["bcs_cluster_infos", "register_tokens", "cluster_credentials", "rbac_grants"] {
         let sql = format!("SELECT COUNT(*) FROM {table} WHERE cluster_id = 'BCS-K8S-00001'");
         assert_eq!(engine.count(&sql).await, 0, "{table}");
     }
+    // A cluster created again under the id inherits no grant but those for every cluster.
+    let left: Vec<String> = store.grants().await.unwrap().into_iter().map(|g| g.cluster_id).collect();
+    assert_eq!(left, vec![kept.id.clone(), "*".to_owned()], "the other cluster's and every cluster's grants stay");
 
     // The other cluster keeps everything.
     assert_eq!(store.clusters().await.unwrap(), vec![kept.clone()]);

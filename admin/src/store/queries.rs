@@ -259,12 +259,15 @@ impl Store {
         .await
     }
 
-    /// Deletes a cluster with its mapping, register token and credentials; false if unknown.
+    /// Deletes a cluster with its mapping, register token, credentials and the RBAC grants that
+    /// name it (not those for every cluster, `*`); false if unknown. A cluster created again
+    /// under the same id starts without the old one's grants (the config file's come back when
+    /// it is next applied).
     pub async fn delete_cluster(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                for table in ["cluster_credentials", "register_tokens", "bcs_cluster_infos"] {
+                for table in ["cluster_credentials", "register_tokens", "bcs_cluster_infos", "rbac_grants"] {
                     let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
                     tx.exec(&sql, vec![id.clone().into()]).await?;
                 }
