@@ -496,11 +496,13 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     };
     let mut data = Vec::new();
     let mut clean = false;
+    // A Content-Length body whose rest, with the `held` bytes not yet written, fits in WHOLE.
+    let fits_whole = |held: usize, left: u64| {
+        !bulk && matches!(response.framing, Framing::Length(_)) && held as u64 + left <= WHOLE as u64
+    };
     // For a body that can come whole, the head's read counts as the last: a full one says the
     // body is flowing. Anything else writes its head and first part at once, as a stream must.
-    let whole_at_start =
-        !bulk && matches!(response.framing, Framing::Length(n) if out.len() as u64 + n <= WHOLE as u64);
-    let mut last_read = if whole_at_start { buf.len() + head_len } else { 0 };
+    let mut last_read = if fits_whole(out.len(), left) { buf.len() + head_len } else { 0 };
     let mut wake = 1usize;
     loop {
         // Turn what arrived into what the client gets.
@@ -551,7 +553,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         // A Content-Length body still arriving in full reads is gathered into fewer, larger
         // writes (at most GATHER bytes held); streams (chunked, until close) are written as
         // they arrive, so a watch event is never held back.
-        let whole = !bulk && matches!(response.framing, Framing::Length(_)) && out.len() + left as usize <= WHOLE;
+        let whole = fits_whole(out.len(), left);
         let gather = !finished && last_read >= FULL_READ && (out.len() < gather_limit || whole);
         if gather && whole && buf.capacity() - buf.len() < left as usize {
             buf.reserve(left as usize);
