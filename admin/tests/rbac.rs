@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bcs_testkit::apiserver::kubectl::Kubectl;
 use bcs_testkit::apiserver::{FakeApiserver, FakeOptions, Fault, RbacKind};
 use bcs_testkit::permission_service::{Grant, PermissionService};
-use common::Admin;
+use common::{binding_for, owned_bindings, Admin};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -152,19 +152,6 @@ async fn create_configmap_is_forbidden(k: &Kubectl) {
         stderr.contains("forbidden") && stderr.contains("User \"plain.dev\" cannot create resource \"configmaps\""),
         "{stderr}"
     );
-}
-
-fn owned_bindings(fake: &FakeApiserver, kind: RbacKind) -> Vec<Value> {
-    fake.rbac_list(kind)
-        .into_iter()
-        .filter(|b| b["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "bcs-api")
-        .collect()
-}
-
-fn binding_for(fake: &FakeApiserver, kind: RbacKind, subject: &str, cluster_role: &str) -> Option<Value> {
-    owned_bindings(fake, kind)
-        .into_iter()
-        .find(|b| b["subjects"][0]["name"] == subject && b["roleRef"]["name"] == cluster_role)
 }
 
 const SIX_ROLES: [&str; 6] = [

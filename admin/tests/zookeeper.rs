@@ -3,7 +3,8 @@
 //! within their session timeout; a ZooKeeper outage keeps the last drivers and the REST API up,
 //! and recovery re-reads and re-watches; two instances on one MariaDB and one ZooKeeper see each
 //! other's writes within 1 s, and exactly one holds the leader lock, the other taking over when
-//! the holder is killed.
+//! the holder is killed; RBAC sync runs on the leader only, applies grants written through
+//! either instance, and moves with the lock.
 mod common;
 
 use std::path::Path;
@@ -11,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::wire::{encode, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use bcs_shared::snapshot::{Digest, MesosDriver, Snapshot};
+use bcs_testkit::apiserver::{FakeApiserver, FakeOptions, RbacKind};
 use bcs_testkit::mesos_driver::{FakeMesosDriver, Options as DriverOptions, DRIVERS};
 use bcs_testkit::mysql::MysqlDatabase;
 use bcs_testkit::zookeeper::ZooKeeper;
-use common::{Admin, Options};
+use common::{binding_for, Admin, Options};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -360,4 +362,120 @@ async fn two_instances_see_each_others_writes_within_a_second_and_one_leads() {
     println!("the other instance took the leader lock {took:?} after the leader was killed (session timeout {ADMIN_SESSION:?})");
     assert!(killed.elapsed() < ADMIN_SESSION + Duration::from_secs(5), "{:?}", killed.elapsed());
     leader.process.stop();
+}
+
+/// Which of two instances holds the leader lock once exactly one does: true for `a`.
+async fn the_leader_is_a(a: &Admin, b: &Admin) -> bool {
+    let started = Instant::now();
+    loop {
+        let (ha, hb) = (healthz(a).await, healthz(b).await);
+        if (ha["leader"] == true) != (hb["leader"] == true) {
+            return ha["leader"] == true;
+        }
+        assert!(started.elapsed() < PATIENCE, "not exactly one leader: {ha} {hb}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers a plain cluster through `admin` whose apiserver is `fake`, as its agent would;
+/// returns its bcs-api id.
+async fn register_fake(admin: &Admin, id: &str, fake: &FakeApiserver) -> String {
+    let created = admin.call(Method::POST, "/rest/clusters", admin.admin(), Some(json!({"id": id}))).await;
+    assert_eq!(created.0, 200, "{}", created.1);
+    let id = created.1["id"].as_str().unwrap();
+    let path = format!("/rest/clusters/{id}/register_tokens");
+    let rt = admin.call(Method::POST, &path, admin.admin(), None).await;
+    assert_eq!(rt.0, 200, "{}", rt.1);
+    let report = json!({"register_token": rt.1[0]["token"], "server_addresses": fake.url(),
+        "cacert_data": fake.ca_pem(), "user_token": fake.token()});
+    let put = admin.call(Method::PUT, &format!("/rest/clusters/{id}/credentials"), None, Some(report)).await;
+    assert_eq!(put.0, 200, "{}", put.1);
+    id.to_owned()
+}
+
+/// Grants `plain:dev` this role in `cluster` through `admin`; returns the grant's id.
+async fn grant(admin: &Admin, token: &str, cluster: &str, role: &str) -> i64 {
+    let body = json!({"user_name": "dev", "cluster_id": cluster, "role": role});
+    let (status, grant) = admin.call(Method::POST, "/rest/rbac/grants", Some(token), Some(body)).await;
+    assert_eq!(status, 200, "{grant}");
+    grant["id"].as_i64().unwrap()
+}
+
+/// Waits until bcs-api's binding of `role` to `plain.dev` exists (`wanted`) or is gone; returns
+/// how long that took. `admins` are the instances whose logs a failure shows.
+async fn until_binding(fake: &FakeApiserver, role: &str, wanted: bool, what: &str, admins: &[&Admin]) -> Duration {
+    let started = Instant::now();
+    while binding_for(fake, RbacKind::ClusterRoleBinding, "plain.dev", role).is_some() != wanted {
+        if started.elapsed() > PATIENCE {
+            let logs: Vec<String> = admins.iter().map(|a| a.process.stderr()).collect();
+            panic!(
+                "{what}: the binding to {role} still {} after {PATIENCE:?}; the instances' logs:\n{}",
+                if wanted { "missing" } else { "there" },
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rbac_sync_runs_on_the_leader_and_applies_grants_written_through_either_instance() {
+    let zk = ZooKeeper::start();
+    let db = MysqlDatabase::fresh("bcs_zk_rbac");
+    let token = "sharedBootstrapTokenForRbacAdmins012";
+    // The periodic reconcile is far away: a grant must reach the leader as a change notice.
+    let options = || Options {
+        dsn: db.go_dsn(),
+        admin_token: token.into(),
+        rbac_extra: "  turn_on_conf: true\n  sync_interval_seconds: 300\n".into(),
+        ..options(&zk)
+    };
+    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("haClusterToken")).await;
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Admin::start(one.path(), &options()).await;
+    // Instances on one MySQL share the key that seals the cluster credentials.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(two.path().join("data"))
+        .unwrap();
+    std::fs::copy(one.path().join("data/secret.key"), two.path().join("data/secret.key")).unwrap();
+    let b = Admin::start(two.path(), &options()).await;
+    let (leader, follower) = if the_leader_is_a(&a, &b).await { (a, b) } else { (b, a) };
+
+    let user = follower.call(Method::POST, "/rest/users/", Some(token), Some(json!({"user_name": "dev"}))).await;
+    assert_eq!(user.0, 200, "{}", user.1);
+    let cluster = register_fake(&follower, "k8s-ha", &fake).await;
+    // Written through the follower, applied by the leader.
+    let readonly = grant(&follower, token, &cluster, "cluster-readonly").await;
+    let took =
+        until_binding(&fake, "bke-cluster-readonly", true, "a grant through the follower", &[&leader, &follower]).await;
+    println!("a grant written through the follower was applied by the leader after {took:?}");
+    let status = follower.call(Method::GET, "/rest/rbac/status", Some(token), None).await.1;
+    assert_eq!(status["leader"], false, "{status}");
+    assert_eq!(status["clusters"], json!([]), "the follower reconciles nothing: {status}");
+    let status = leader.call(Method::GET, "/rest/rbac/status", Some(token), None).await.1;
+    assert_eq!(status["leader"], true, "{status}");
+    assert_eq!(status["clusters"][0]["cluster_id"], cluster, "{status}");
+    assert!(status["clusters"][0]["created"].as_u64().unwrap() >= 1, "{status}");
+
+    // The leader dies: the follower takes the lock and the sync with it.
+    let pid = leader.process.pid().unwrap();
+    std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+    let (_, took) = healthz_until(&follower, ADMIN_SESSION + PATIENCE, |h| h["leader"] == true).await;
+    println!("the follower led {took:?} after the leader was killed");
+    let removed = follower.call(Method::DELETE, &format!("/rest/rbac/grants/{readonly}"), Some(token), None).await;
+    assert_eq!(removed, (200, json!({})));
+    let took =
+        until_binding(&fake, "bke-cluster-readonly", false, "a removal through the new leader", &[&follower]).await;
+    println!("a removal through the new leader was applied after {took:?}");
+
+    // The old leader comes back as a follower; a grant through it reaches the new leader.
+    let old = leader.restart().await;
+    assert!(!the_leader_is_a(&old, &follower).await, "the new leader keeps the lock");
+    grant(&old, token, &cluster, "cluster-manage").await;
+    let took =
+        until_binding(&fake, "bke-cluster-manage", true, "a grant through the old leader", &[&old, &follower]).await;
+    println!("a grant written through the restarted instance was applied by the new leader after {took:?}");
+    let status = old.call(Method::GET, "/rest/rbac/status", Some(token), None).await.1;
+    assert_eq!(status["clusters"], json!([]), "the restarted follower reconciles nothing: {status}");
 }

@@ -38,7 +38,7 @@ pub async fn apply(app: &AppState) -> bool {
     match app.store.replace_grants(grant_source::CONF, wanted, crate::now()).await {
         Ok((added, removed)) => {
             tracing::info!(added, removed, "rbac.data applied to the grants");
-            app.rbac.changed();
+            super::grants_written(app).await;
             true
         }
         Err(e) => {

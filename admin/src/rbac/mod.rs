@@ -14,6 +14,13 @@
 //! doubling up to the interval). Workers are independent, so a cluster that is down or slow
 //! never delays another. Everything runs only while this instance is the leader
 //! ([`crate::rest::App::leader`]).
+//!
+//! Grants may be written through any instance. A writer calls [`grants_written`], which
+//! announces the write to the other instances (ZooKeeper's change notice, as for snapshot
+//! writes) and remembers what the grants looked like after it. The leader, on each notice from
+//! another instance, reads the grants again and reconciles only if they differ from what it
+//! last saw ([`Rbac::heard_of_writes`]): a token created elsewhere costs one read of the
+//! grants, not a reconcile of every cluster.
 pub mod conf;
 pub mod kube;
 pub mod reconcile;
@@ -33,6 +40,8 @@ use tokio::sync::watch;
 use crate::metrics::RbacMetrics;
 use crate::rest::AppState;
 use crate::shutdown::Shutdown;
+use crate::store::model::Grant;
+use crate::store::Store;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 /// One reconcile of one cluster may take this long at most.
@@ -107,6 +116,9 @@ pub struct Rbac {
     generation: watch::Sender<u64>,
     /// Bumped after every reconcile attempt, to wake [`Rbac::wait_applied`].
     progress: watch::Sender<u64>,
+    /// [`fingerprint`] of the grants as last read after a bump (None: unknown). Held across
+    /// the read and the bump, so the last read is always the one remembered.
+    grants_seen: tokio::sync::Mutex<Option<u64>>,
     clusters: Mutex<BTreeMap<String, ClusterStatus>>,
     pub(crate) subscription: Mutex<SubscriptionStatus>,
     pub(crate) metrics: RbacMetrics,
@@ -118,6 +130,7 @@ impl Rbac {
             settings,
             generation: watch::channel(0).0,
             progress: watch::channel(0).0,
+            grants_seen: tokio::sync::Mutex::new(None),
             clusters: Mutex::default(),
             subscription: Mutex::default(),
             metrics,
@@ -128,8 +141,33 @@ impl Rbac {
         self.settings.enabled
     }
 
-    /// Grants changed: every cluster reconciles soon. Returns the new generation.
-    pub fn changed(&self) -> u64 {
+    /// Grants changed here: every cluster reconciles soon. Returns the new generation. The
+    /// grants are read first, so that a notice of this same write from elsewhere reconciles
+    /// nothing more (a failed read only forgets what was seen: the next notice reconciles).
+    pub async fn written(&self, store: &Store) -> u64 {
+        let mut seen = self.grants_seen.lock().await;
+        *seen = store.grants().await.ok().map(|grants| fingerprint(&grants));
+        self.bump()
+    }
+
+    /// Another instance wrote to the store: every cluster reconciles soon if the grants differ
+    /// from what was last seen (or cannot be read, to be safe).
+    pub async fn heard_of_writes(&self, store: &Store) {
+        let mut seen = self.grants_seen.lock().await;
+        let now = store.grants().await.map(|grants| fingerprint(&grants));
+        if let Ok(now) = now {
+            if *seen == Some(now) {
+                return;
+            }
+        }
+        if let Err(e) = &now {
+            tracing::warn!(error = %e, "cannot read the RBAC grants after another instance's write; reconciling");
+        }
+        *seen = now.ok();
+        self.bump();
+    }
+
+    fn bump(&self) -> u64 {
         let mut now = 0;
         self.generation.send_modify(|g| {
             *g += 1;
@@ -276,6 +314,24 @@ impl Drop for Worker {
     }
 }
 
+/// Grants were written through this instance: reconcile (when leading) and tell the others.
+/// Returns the grant generation a reconcile must start from to include the write.
+pub async fn grants_written(app: &AppState) -> u64 {
+    app.snapshots.announce();
+    app.rbac.written(&app.store).await
+}
+
+/// Identifies a set of grants: equal sets (in id order) give equal values. A grant removed
+/// and added again has a new id and so differs, which costs only a reconcile.
+fn fingerprint(grants: &[Grant]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for g in grants {
+        (g.id, &g.user_name, &g.cluster_id, &g.namespace, &g.role, &g.source).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// The reconciler: runs until shutdown; idle unless enabled and leader.
 pub async fn run(app: AppState, mut shutdown: Shutdown) {
     let rbac = app.rbac.clone();
@@ -283,6 +339,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         return;
     }
     let mut snapshots = app.snapshots.subscribe();
+    let mut elsewhere = app.snapshots.elsewhere();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
     let mut leading = false;
@@ -315,6 +372,11 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = snapshots.changed() => {}
+            Ok(()) = elsewhere.changed() => {
+                if leading {
+                    rbac.heard_of_writes(&app.store).await;
+                }
+            }
             _ = tokio::time::sleep(LEADER_POLL) => {}
         }
     }
@@ -417,4 +479,45 @@ async fn attempt(app: &AppState, cluster_id: &str, target: &kube::Target) -> Att
         Err(e) => return (desired.len(), Err((reconcile::Counts::default(), e))),
     };
     (desired.len(), reconcile::run(&mut kube, &desired).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::{grant_source, NewGrant};
+
+    fn readonly(user: &str) -> NewGrant {
+        NewGrant {
+            user_name: user.into(),
+            cluster_id: "*".into(),
+            namespace: String::new(),
+            role: "cluster-readonly".into(),
+            source: grant_source::REST.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_elsewhere_reconciles_only_when_the_grants_differ_from_the_last_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let dsn = crate::store::Dsn::Sqlite(dir.path().join("grants.db"));
+        let store = crate::store::open(&dsn, dir.path()).await.unwrap();
+        let rbac = Rbac::new(Settings::disabled(), crate::metrics::Metrics::default().rbac.clone());
+        let generation = || *rbac.generation.borrow();
+
+        store.add_grant(readonly("plain:a"), 0).await.unwrap();
+        assert_eq!(rbac.written(&store).await, 1, "a write here always reconciles");
+        rbac.heard_of_writes(&store).await;
+        assert_eq!(generation(), 1, "the notice of the same write from elsewhere adds nothing");
+
+        let other = store.add_grant(readonly("plain:b"), 0).await.unwrap();
+        rbac.heard_of_writes(&store).await;
+        assert_eq!(generation(), 2, "a grant added elsewhere");
+        rbac.heard_of_writes(&store).await;
+        assert_eq!(generation(), 2, "a write elsewhere that is not a grant (a token, say)");
+
+        assert!(store.remove_grant(other.id).await.unwrap());
+        store.add_grant(readonly("plain:b"), 0).await.unwrap();
+        rbac.heard_of_writes(&store).await;
+        assert_eq!(generation(), 3, "removed and added again elsewhere");
+    }
 }

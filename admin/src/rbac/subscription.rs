@@ -278,7 +278,7 @@ async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
     } else {
         app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
     }
-    let generation = app.rbac.changed();
+    let generation = super::grants_written(app).await;
     let clusters = (cluster_id != "*").then(|| vec![cluster_id]);
     app.rbac.wait_applied(clusters, generation, APPLY_TIMEOUT).await?;
     Ok(description)

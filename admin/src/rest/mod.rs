@@ -49,7 +49,7 @@ pub struct App {
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     /// ZooKeeper's state for `/healthz`; None when `zk_config.bcs_zookeeper` is empty.
     pub zookeeper: Option<Arc<crate::zk::Status>>,
-    /// RBAC sync: grants changed (`rbac.changed()`), sync state per cluster.
+    /// RBAC sync: grants changed (`rbac::grants_written`), sync state per cluster.
     pub rbac: Arc<crate::rbac::Rbac>,
 }
 

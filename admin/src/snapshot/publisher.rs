@@ -21,7 +21,9 @@
 //!   so a ZooKeeper outage never empties them.
 //! - [`Publisher::changed_elsewhere`]: another admin instance announced a write through
 //!   ZooKeeper. [`Publisher::changed`] also counts local writes ([`Publisher::local_writes`])
-//!   so that they can be announced.
+//!   so that they can be announced; [`Publisher::announce`] counts a write the snapshot does
+//!   not hold (an RBAC grant) without a rebuild, and [`Publisher::elsewhere`] lets the RBAC
+//!   sync hear of the other instances' writes.
 //!
 //! Revisions are `max(now in ms, last + 1)` (and above any revision a proxy reported), so they
 //! keep increasing across admin restarts.
@@ -108,8 +110,11 @@ pub struct Publisher {
     failing: AtomicBool,
     /// The live mesos-driver sets last reported by ZooKeeper discovery.
     mesos: Mutex<Vec<MesosDrivers>>,
-    /// Counts [`Publisher::changed`] calls (local writes), for announcing them to other instances.
+    /// Counts [`Publisher::changed`] and [`Publisher::announce`] calls (local writes), for
+    /// announcing them to other instances.
     local_writes: watch::Sender<u64>,
+    /// Counts [`Publisher::changed_elsewhere`] calls (writes by other instances).
+    elsewhere: watch::Sender<u64>,
 }
 
 impl Publisher {
@@ -125,23 +130,35 @@ impl Publisher {
             failing: AtomicBool::new(false),
             mesos: Mutex::new(Vec::new()),
             local_writes: watch::channel(0).0,
+            elsewhere: watch::channel(0).0,
         }
     }
 
     /// Something a proxy must see was written: rebuild soon. Never waits.
     pub fn changed(&self) {
-        self.local_writes.send_modify(|n| *n = n.wrapping_add(1));
+        self.announce();
         self.wake.notify_one();
+    }
+
+    /// Something other instances must hear of, but no proxy, was written: announce it only.
+    pub fn announce(&self) {
+        self.local_writes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Another admin instance wrote to the shared store: rebuild soon (not announced again).
     pub fn changed_elsewhere(&self) {
+        self.elsewhere.send_modify(|n| *n = n.wrapping_add(1));
         self.wake.notify_one();
     }
 
-    /// Ticks on every [`Publisher::changed`].
+    /// Ticks on every [`Publisher::changed`] and [`Publisher::announce`].
     pub fn local_writes(&self) -> watch::Receiver<u64> {
         self.local_writes.subscribe()
+    }
+
+    /// Ticks on every [`Publisher::changed_elsewhere`].
+    pub fn elsewhere(&self) -> watch::Receiver<u64> {
+        self.elsewhere.subscribe()
     }
 
     /// The live mesos-drivers per cluster; rebuilds soon if they differ from the last sets.
@@ -178,7 +195,7 @@ impl Publisher {
             tracing::info!(revision, ours, "a proxy holds a newer revision than ours; republishing above it");
             self.floor.fetch_max(revision, Ordering::SeqCst);
             self.force.store(true, Ordering::SeqCst);
-            self.changed_elsewhere();
+            self.wake.notify_one();
         }
     }
 
@@ -351,10 +368,24 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(50), publisher.wake.notified()).await.is_err(),
             "the same sets again wake nothing"
         );
+        let elsewhere = publisher.elsewhere();
         publisher.changed_elsewhere();
         assert!(!local.has_changed().unwrap(), "a change elsewhere is not announced again");
+        assert!(elsewhere.has_changed().unwrap(), "a change elsewhere is heard");
         publisher.changed();
         assert!(local.has_changed().unwrap(), "a local write is announced");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), publisher.wake.notified()).await.is_ok(),
+            "a local write wakes the rebuild"
+        );
+        let mut local = publisher.local_writes();
+        publisher.announce();
+        assert!(local.has_changed().unwrap(), "a write only announced is announced");
+        local.borrow_and_update();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), publisher.wake.notified()).await.is_err(),
+            "a write only announced rebuilds nothing"
+        );
     }
 
     #[tokio::test]

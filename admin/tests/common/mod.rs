@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bcs_testkit::apiserver::{FakeApiserver, RbacKind};
 use bcs_testkit::process::Process;
 use reqwest::Method;
 use serde_json::Value;
@@ -22,6 +23,8 @@ pub struct Options {
     pub admin_token: String,
     /// `admin_config.spawn_proxy` (false except in the supervision tests).
     pub spawn_proxy: bool,
+    /// More of the `rbac` section (indented by two spaces), after `turn_on_rbac: true`.
+    pub rbac_extra: String,
 }
 
 impl Default for Options {
@@ -32,6 +35,7 @@ impl Default for Options {
             log_config: "  logtostderr: true\n  v: 0\n".into(),
             admin_token: String::new(),
             spawn_proxy: false,
+            rbac_extra: String::new(),
         }
     }
 }
@@ -59,13 +63,14 @@ pub fn write_config(dir: &Path, options: &Options) -> (u16, u16) {
          log_config:\n{log}\
          core_database:\n  dsn: {dsn:?}\n\
          bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [{token:?}]\n\
-         rbac:\n  turn_on_rbac: true\n\
+         rbac:\n  turn_on_rbac: true\n{rbac_extra}\
          admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  spawn_proxy: {spawn_proxy}\n\
          storage:\n  data_dir: ./data\n{extra}",
         log = options.log_config,
         dsn = options.dsn,
         token = options.admin_token,
         spawn_proxy = options.spawn_proxy,
+        rbac_extra = options.rbac_extra,
         extra = options.extra_yaml,
     );
     std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
@@ -258,4 +263,19 @@ pub async fn seed_flow(admin: &Admin, user_name: &str, cluster_token: &str) -> S
     assert_eq!(client.1["cacert_data"], CLUSTER_CA);
 
     Seeded { user_id, user_token, cluster_id, identifier, register_token, cluster_token: cluster_token.to_owned() }
+}
+
+/// The bindings of this kind in `fake` that bcs-api owns (its `managed-by` label).
+pub fn owned_bindings(fake: &FakeApiserver, kind: RbacKind) -> Vec<Value> {
+    fake.rbac_list(kind)
+        .into_iter()
+        .filter(|b| b["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "bcs-api")
+        .collect()
+}
+
+/// bcs-api's binding of `cluster_role` to `subject` in `fake`, if there is one.
+pub fn binding_for(fake: &FakeApiserver, kind: RbacKind, subject: &str, cluster_role: &str) -> Option<Value> {
+    owned_bindings(fake, kind)
+        .into_iter()
+        .find(|b| b["subjects"][0]["name"] == subject && b["roleRef"]["name"] == cluster_role)
 }
