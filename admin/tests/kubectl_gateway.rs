@@ -71,7 +71,7 @@ async fn gateway(options: FakeOptions) -> Gateway {
     std::fs::write(dir.path().join("gateway.key"), &certs.key_pem).unwrap();
     let ports: Vec<u16> = (0..4).map(|_| bcs_testkit::free_port()).collect();
     let (admin_port, insecure_port, tls_port, metric_port) = (ports[0], ports[1], ports[2], ports[3]);
-    common::write_gateway_config(dir.path(), [admin_port, insecure_port, tls_port, metric_port], "", "");
+    common::write_gateway_config(dir.path(), [admin_port, insecure_port, tls_port, metric_port], "", "", "");
     let admin = Admin::start_existing(dir.path(), admin_port, insecure_port, String::new()).await;
 
     let fake = FakeApiserver::start(options).await;

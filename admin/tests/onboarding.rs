@@ -165,7 +165,7 @@ async fn a_cluster_onboarded_with_the_rendered_manifest_is_reachable_and_follows
     std::fs::write(dir.path().join("gateway.crt"), format!("{}{}", certs.cert_pem, certs.ca_pem)).unwrap();
     std::fs::write(dir.path().join("gateway.key"), &certs.key_pem).unwrap();
     let ports = [0; 4].map(|_| bcs_testkit::free_port());
-    common::write_gateway_config(dir.path(), ports, "", "");
+    common::write_gateway_config(dir.path(), ports, "", "", "");
     let admin = Admin::start_existing(dir.path(), ports[0], ports[1], String::new()).await;
     let tls = Tls {
         base: url::Url::parse(&format!("https://127.0.0.1:{}/", ports[2])).unwrap(),

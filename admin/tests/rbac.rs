@@ -28,6 +28,11 @@ struct Gateway {
 /// Starts bcs-api (and its proxy) with this `rbac` section body and extra sections, and
 /// creates the normal user `dev` (`plain:dev`, `Impersonate-User: plain.dev`) with a token.
 async fn gateway(rbac: &str, extra: &str) -> Gateway {
+    gateway_trusting(rbac, extra, None).await
+}
+
+/// [`gateway`], with `cert_config.ca_file` holding `ca_pem` when given.
+async fn gateway_trusting(rbac: &str, extra: &str, ca_pem: Option<&str>) -> Gateway {
     let proxy = common::binary().with_file_name("bcs-api-proxy");
     assert!(proxy.exists(), "{} is missing: build it with `cargo build -p bcs-proxy`", proxy.display());
     let dir = tempfile::tempdir().unwrap();
@@ -35,7 +40,14 @@ async fn gateway(rbac: &str, extra: &str) -> Gateway {
     std::fs::write(dir.path().join("gateway.crt"), format!("{}{}", certs.cert_pem, certs.ca_pem)).unwrap();
     std::fs::write(dir.path().join("gateway.key"), &certs.key_pem).unwrap();
     let ports: Vec<u16> = (0..4).map(|_| bcs_testkit::free_port()).collect();
-    common::write_gateway_config(dir.path(), [ports[0], ports[1], ports[2], ports[3]], rbac, extra);
+    let cert_extra = match ca_pem {
+        Some(pem) => {
+            std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
+            "  ca_file: ./ca.pem\n"
+        }
+        None => "",
+    };
+    common::write_gateway_config(dir.path(), [ports[0], ports[1], ports[2], ports[3]], rbac, cert_extra, extra);
     let admin = Admin::start_existing(dir.path(), ports[0], ports[1], String::new()).await;
     let user = admin.call(Method::POST, "/rest/users/", admin.admin(), Some(json!({"user_name": "dev"}))).await;
     assert_eq!(user.0, 200, "{}", user.1);
@@ -434,6 +446,50 @@ async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_del
     assert_eq!(status["subscription"]["connected"], true, "{status}");
     assert!(status["subscription"]["acked"].as_u64().unwrap() >= 4, "{status}");
     assert!(status["subscription"]["rejected"].as_u64().unwrap() >= 2, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_over_wss_trusts_only_the_configured_ca() {
+    let svc = PermissionService::start(APP_CODE, APP_SECRET, true).await;
+    let other = PermissionService::start(APP_CODE, APP_SECRET, true).await;
+    let extra = format!(
+        "bkiam_auth:\n  bkiam_auth_app_code: {APP_CODE}\n  bkiam_auth_app_secret: {APP_SECRET}\n  bkiam_auth_sub_server: {}\n",
+        svc.url()
+    );
+    let rbac = "  turn_on_auth: true\n  sync_interval_seconds: 300\n";
+
+    // A CA that did not sign the service's certificate: no subscription, and the status says why.
+    let refused = gateway_trusting(rbac, &extra, other.ca_pem().as_deref()).await;
+    let started = Instant::now();
+    let error = loop {
+        let status = refused.rbac_status().await;
+        if let Some(error) = status["subscription"]["last_error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(started.elapsed() < ON_CHANGE, "no subscription error: {status}\n{}", refused.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("with another CA in cert_config.ca_file: {error}");
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(svc.subscribers(), 0, "subscribed through an untrusted certificate");
+    assert!(!svc.wait_subscribers(1, Duration::from_secs(2)).await, "subscribed through an untrusted certificate");
+    drop(refused);
+
+    // The service's own CA: subscribed over TLS, and a grant works end to end.
+    let gw = gateway_trusting(rbac, &extra, svc.ca_pem().as_deref()).await;
+    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("wssClusterToken")).await;
+    fake.add_pod("default", "web-0");
+    let cluster = gw.register_fake("K8S-WSS-001", Some("e2e"), &fake).await;
+    let k = gw.kubectl(&cluster);
+    wait_serving(&gw, &k).await;
+    assert!(svc.wait_subscribers(1, Duration::from_secs(15)).await, "subscribed over wss; {}", gw.stderr());
+    until_get_pods(&gw, &k, false, ON_CHANGE).await;
+    let data_id = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-WSS-001"));
+    assert!(svc.wait_ack(&data_id, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some());
+    assert!(k.ok(&["get", "pods"]).await.contains("web-0"));
+    let status = gw.rbac_status().await;
+    assert_eq!(status["subscription"]["connected"], true, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

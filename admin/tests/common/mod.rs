@@ -79,13 +79,14 @@ pub fn write_config(dir: &Path, options: &Options) -> (u16, u16) {
 
 /// Writes the config of a whole gateway into `dir/bcs-api.yaml`: TLS from `./gateway.crt` and
 /// `./gateway.key`, bcs-api spawning its proxy (one core), RBAC impersonation on. `ports` are
-/// admin, plain, TLS and metrics; `rbac_extra` goes into the `rbac` section, `extra` at the end.
-pub fn write_gateway_config(dir: &Path, ports: [u16; 4], rbac_extra: &str, extra: &str) {
+/// admin, plain, TLS and metrics; `rbac_extra` goes into the `rbac` section, `cert_extra` into
+/// `cert_config`, `extra` at the end.
+pub fn write_gateway_config(dir: &Path, ports: [u16; 4], rbac_extra: &str, cert_extra: &str, extra: &str) {
     let [admin_port, insecure_port, tls_port, metric_port] = ports;
     let yaml = format!(
         "service_config:\n  address: 127.0.0.1\n  port: {tls_port}\n  insecure_address: 127.0.0.1\n  insecure_port: {insecure_port}\n\
          metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n\
-         cert_config:\n  server_cert_file: ./gateway.crt\n  server_key_file: ./gateway.key\n\
+         cert_config:\n  server_cert_file: ./gateway.crt\n  server_key_file: ./gateway.key\n{cert_extra}\
          log_config:\n  logtostderr: true\n  v: 1\n\
          bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [\"\"]\n\
          rbac:\n  turn_on_rbac: true\n{rbac_extra}\
