@@ -358,6 +358,25 @@ async fn a_rest_grant_gives_access_on_change_and_its_removal_takes_it_away() {
     assert!(metrics.contains("bcs_api_rbac_objects_total"), "{metrics}");
 }
 
+/// A BCS cluster `id` in project `e2e` whose apiserver (enforcing RBAC, cluster token `token`)
+/// holds the pod `web-0`: registered in `gw` and served, `svc` has a subscriber, and `dev` may
+/// not list pods yet.
+async fn subscribed_cluster(
+    gw: &Gateway,
+    svc: &PermissionService,
+    id: &str,
+    token: &str,
+) -> (FakeApiserver, Registered, Kubectl) {
+    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac(token)).await;
+    fake.add_pod("default", "web-0");
+    let cluster = gw.register_fake(id, Some("e2e"), &fake).await;
+    let k = gw.kubectl(&cluster);
+    wait_serving(gw, &k).await;
+    assert!(svc.wait_subscribers(1, Duration::from_secs(15)).await, "no subscriber; {}", gw.stderr());
+    until_get_pods(gw, &k, false, ON_CHANGE).await;
+    (fake, cluster, k)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_delete_takes_it_away() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
@@ -366,14 +385,8 @@ async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_del
         svc.host_port()
     );
     let gw = gateway("  turn_on_auth: true\n  sync_interval_seconds: 300\n", &extra).await;
-    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("subClusterToken")).await;
-    fake.add_pod("default", "web-0");
-    let cluster = gw.register_fake("K8S-SUB-001", Some("e2e"), &fake).await;
-    let k = gw.kubectl(&cluster);
-    wait_serving(&gw, &k).await;
-    assert!(svc.wait_subscribers(1, Duration::from_secs(15)).await, "subscribed; {}", gw.stderr());
+    let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-001", "subClusterToken").await;
     assert_eq!(svc.refused(), 0, "the basic auth was right");
-    until_get_pods(&gw, &k, false, ON_CHANGE).await;
 
     // Slow binding writes: an ack sent before the binding exists would be seen.
     fake.set_fault_on(
@@ -477,13 +490,7 @@ async fn a_subscription_over_wss_trusts_only_the_configured_ca() {
 
     // The service's own CA: subscribed over TLS, and a grant works end to end.
     let gw = gateway_trusting(rbac, &extra, svc.ca_pem().as_deref()).await;
-    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("wssClusterToken")).await;
-    fake.add_pod("default", "web-0");
-    let cluster = gw.register_fake("K8S-WSS-001", Some("e2e"), &fake).await;
-    let k = gw.kubectl(&cluster);
-    wait_serving(&gw, &k).await;
-    assert!(svc.wait_subscribers(1, Duration::from_secs(15)).await, "subscribed over wss; {}", gw.stderr());
-    until_get_pods(&gw, &k, false, ON_CHANGE).await;
+    let (fake, _, k) = subscribed_cluster(&gw, &svc, "K8S-WSS-001", "wssClusterToken").await;
     let data_id = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-WSS-001"));
     assert!(svc.wait_ack(&data_id, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
     assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some());
