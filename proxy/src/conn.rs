@@ -24,6 +24,10 @@ pub struct Settings {
     pub admin: Address,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The longest a request body may go without a byte (408, then close).
+    pub body_timeout: Duration,
+    /// The longest data written to a client may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    pub send_timeout: Duration,
     /// TLS towards mesos-drivers and console proxies (`cert_config`); None: http only.
     pub internal_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// `consoleproxy_port` on the webconsole hosts.
@@ -38,6 +42,8 @@ impl Default for Settings {
             admin: bcs_shared::snapshot::parse_address("http://127.0.0.1:8090").expect("valid"),
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             internal_tls: None,
             console_port: 8083,
             console_allowed: Vec::new(),
@@ -134,7 +140,8 @@ where
             {
                 return Flow::Done;
             }
-            let outcome = forward::exchange(client, inbuf, head, &target, destination, client_ip).await;
+            let outcome =
+                forward::exchange(client, inbuf, head, &target, destination, client_ip, settings.body_timeout).await;
             (kind, user, cluster, outcome)
         }
     };

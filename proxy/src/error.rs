@@ -11,6 +11,8 @@ pub enum ProxyError {
     HeadersTooLarge,
     #[error("the request head did not arrive in time")]
     HeaderTimeout,
+    #[error("the request body stopped arriving (nothing for {0} s)")]
+    BodyTimeout(u64),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -46,7 +48,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => 400,
             ProxyError::UriTooLong => 414,
             ProxyError::HeadersTooLarge => 431,
-            ProxyError::HeaderTimeout => 408,
+            ProxyError::HeaderTimeout | ProxyError::BodyTimeout(_) => 408,
             ProxyError::NotFound(_) => 404,
             ProxyError::Unauthorized(_) => 401,
             ProxyError::Forbidden(_) => 403,
@@ -68,6 +70,7 @@ impl ProxyError {
                 | ProxyError::UriTooLong
                 | ProxyError::HeadersTooLarge
                 | ProxyError::HeaderTimeout
+                | ProxyError::BodyTimeout(_)
                 | ProxyError::Overloaded
                 | ProxyError::Internal(_)
                 | ProxyError::ClientGone

@@ -179,6 +179,7 @@ pub async fn exchange<C>(
     target: &str,
     destination: Destination,
     client_ip: IpAddr,
+    body_timeout: Duration,
 ) -> Result<(Flow<C>, u16), Failed<C>>
 where
     C: AsyncReadRent + AsyncWriteRent + Readable + Splitable,
@@ -190,13 +191,15 @@ where
         return Err(Failed { client, error, in_sync: false });
     }
     // Boxed: a stream's task keeps this future's largest state for hours, and sending is it.
-    let sent = match Box::pin(send(&mut client, inbuf, head, target, &destination, client_ip)).await {
+    let sent = match Box::pin(send(&mut client, inbuf, head, target, &destination, client_ip, body_timeout)).await {
         Ok(sent) => sent,
         Err((error, in_sync)) => return Err(Failed { client, error, in_sync }),
     };
     let Sent { conn, key, response, buf, head_len } = sent;
 
-    if (300..400).contains(&response.status) {
+    // A redirect is not relayed (its Location could send a client with the gateway's answer
+    // elsewhere); 304 Not Modified is an answer, not a redirect.
+    if (300..400).contains(&response.status) && response.status != 304 {
         tracing::warn!(status = response.status, "upstream answered with a redirect; answering 502");
         return Err(Failed { client, error: ProxyError::UpstreamRedirect, in_sync: true });
     }
@@ -248,6 +251,7 @@ async fn send<C: AsyncReadRent + Readable>(
     target: &str,
     destination: &Destination,
     client_ip: IpAddr,
+    body_timeout: Duration,
 ) -> Result<Sent, (ProxyError, bool)> {
     let retryable = head.framing == Framing::None && idempotent(&head.method);
     let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
@@ -277,7 +281,7 @@ async fn send<C: AsyncReadRent + Readable>(
             let (written, head_back) = conn.write_all(request_head).await;
             request_head = head_back;
             let body_result = match written {
-                Ok(_) => send_body(client, inbuf, head.framing, &mut conn).await,
+                Ok(_) => send_body(client, inbuf, head.framing, &mut conn, body_timeout).await,
                 Err(e) => Err(BodyError::Upstream(e.to_string())),
             };
             match body_result {
@@ -304,7 +308,9 @@ async fn send<C: AsyncReadRent + Readable>(
             }
         }
     }
-    Err((last_error, true))
+    // No address took the request: its body, if it has one, is still unread on the client's
+    // connection, and must never be read there as the next request.
+    Err((last_error, head.framing == Framing::None))
 }
 
 enum BodyError {
@@ -319,6 +325,7 @@ async fn send_body<C: AsyncReadRent>(
     inbuf: &mut Vec<u8>,
     framing: Framing,
     conn: &mut Conn,
+    timeout: Duration,
 ) -> Result<(), BodyError> {
     match framing {
         Framing::None | Framing::UntilClose => Ok(()),
@@ -334,7 +341,7 @@ async fn send_body<C: AsyncReadRent>(
                 if left == 0 {
                     return Ok(());
                 }
-                more_body(client, inbuf).await?;
+                more_body(client, inbuf, timeout).await?;
             }
         }
         Framing::Chunked => {
@@ -355,15 +362,18 @@ async fn send_body<C: AsyncReadRent>(
                 if decoder.is_done() {
                     return Ok(());
                 }
-                more_body(client, inbuf).await?;
+                more_body(client, inbuf, timeout).await?;
             }
         }
     }
 }
 
-/// Reads more of the request body from the client onto `inbuf`.
-async fn more_body<C: AsyncReadRent>(client: &mut C, inbuf: &mut Vec<u8>) -> Result<(), BodyError> {
-    let (r, b) = read_more(client, std::mem::take(inbuf)).await;
+/// Reads more of the request body from the client onto `inbuf`, waiting at most `timeout`.
+async fn more_body<C: AsyncReadRent>(client: &mut C, inbuf: &mut Vec<u8>, timeout: Duration) -> Result<(), BodyError> {
+    // On a timeout the read is dropped with `inbuf` in it; the connection closes anyway.
+    let Ok((r, b)) = crate::io::timeout(timeout, read_more(client, std::mem::take(inbuf))).await else {
+        return Err(BodyError::Client(ProxyError::BodyTimeout(timeout.as_secs())));
+    };
     *inbuf = b;
     match r {
         Ok(n) if n > 0 => Ok(()),
@@ -465,12 +475,11 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     close: bool,
     stream_digest: Option<[u8; 32]>,
 ) -> Result<bool, ()> {
-    // HTTP/1.0 clients cannot read chunked: they get the body until close.
-    let out_framing = match response.framing {
-        Framing::UntilClose if client_minor == 0 => BodyFraming::None,
-        f => BodyFraming::from(f),
-    };
-    let close = close || (response.framing == Framing::UntilClose && client_minor == 0);
+    // HTTP/1.0 clients cannot read chunked: they get the body until close, whether the
+    // upstream chunked it or ended it by closing.
+    let unframed = client_minor == 0 && matches!(response.framing, Framing::Chunked | Framing::UntilClose);
+    let out_framing = if unframed { BodyFraming::None } else { BodyFraming::from(response.framing) };
+    let close = close || unframed;
     // Room for the body bytes already read, which follow the head in one write (and a
     // chunk's framing).
     let room = (buf.len() - head_len).min(GATHER) + 16;
@@ -529,11 +538,15 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                     decoder.decode(&buf, &mut data).map_err(|e| tracing::warn!(error = e, "bad chunked response"))?;
                 clean = decoder.is_done() && used == buf.len();
                 buf.clear();
-                encode_chunk(&data, &mut out);
-                data.clear();
-                if decoder.is_done() {
-                    out.extend_from_slice(LAST_CHUNK);
+                if out_framing == BodyFraming::Chunked {
+                    encode_chunk(&data, &mut out);
+                    if decoder.is_done() {
+                        out.extend_from_slice(LAST_CHUNK);
+                    }
+                } else {
+                    out.extend_from_slice(&data);
                 }
+                data.clear();
             }
             Framing::UntilClose => {
                 if out_framing == BodyFraming::Chunked {

@@ -174,6 +174,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        set_send_timeout(&stream, settings.send_timeout);
         let settings = settings.clone();
         let tls = tls.clone();
         let over_limit = open.get() >= max_open;
@@ -201,6 +202,27 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Cuts the connection once data written to it has gone unacknowledged for `timeout`: a
+/// client that stopped reading (its window stays shut) or vanished. The kernel keeps the clock,
+/// so no write of the request path carries a timer; an idle connection is not affected.
+fn set_send_timeout(stream: &monoio::net::TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: a valid socket and a pointer to a c_uint of the size passed.
+    let done = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if done != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
     }
 }
 

@@ -183,8 +183,23 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let console_port = config.consoleproxy_port.unwrap_or(8083);
     let max_connections = config.proxy_config.max_connections.unwrap_or(20_000).max(1) as usize;
     let max_connections_per_core = max_connections.div_ceil(cores);
-    let settings =
-        bcs_proxy::conn::Settings { admin, internal_tls, console_port, console_allowed, ..Default::default() };
+    let seconds = |value: Option<u64>, what: &str| -> anyhow::Result<std::time::Duration> {
+        match value.unwrap_or(60) {
+            0 => anyhow::bail!("proxy_config.{what} must be at least 1"),
+            s => Ok(std::time::Duration::from_secs(s)),
+        }
+    };
+    let body_timeout = seconds(config.proxy_config.client_body_timeout_seconds, "client_body_timeout_seconds")?;
+    let send_timeout = seconds(config.proxy_config.send_timeout_seconds, "send_timeout_seconds")?;
+    let settings = bcs_proxy::conn::Settings {
+        admin,
+        internal_tls,
+        console_port,
+        console_allowed,
+        body_timeout,
+        send_timeout,
+        ..Default::default()
+    };
     bcs_proxy::listen::Plan {
         cores,
         tls,

@@ -436,3 +436,82 @@ async fn no_token_reaches_the_logs_and_metrics_count_requests() {
         assert!(!metrics.contains(secret), "a token reached the metrics");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_is_never_read_as_a_request_when_no_upstream_takes_it() {
+    // The cluster's only address refuses connections: the request's body is never sent, and
+    // the connection must close after the 502 rather than read that body as the next request.
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let dead = format!("http://127.0.0.1:{}", bcs_testkit::free_port());
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &dead, "")).await;
+    proxy.wait_ready().await;
+    let inner = format!(
+        "GET /tunnels/clusters/{IDENTIFIER}/api/smuggled HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n"
+    );
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let mut stream = proxy.connect().await;
+        let request = format!(
+            "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
+             Authorization: Bearer {USER_TOKEN}\r\n{expect}Content-Length: {}\r\n\r\n{inner}",
+            inner.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Everything the proxy writes, up to its close: one 502, nothing for the body.
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw))
+            .await
+            .unwrap_or_else(|_| panic!("{expect:?}: still open; got {}", String::from_utf8_lossy(&raw)))
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw).to_lowercase();
+        assert_eq!(text.matches("http/1.1 502").count(), 1, "{expect:?}: {text}");
+        assert_eq!(text.matches("http/1.1 ").count(), if expect.is_empty() { 1 } else { 2 }, "{expect:?}: {text}");
+        assert!(text.contains("connection: close"), "{expect:?}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_modified_is_relayed_and_the_connection_stays_usable() {
+    let s = setup(Arc::new(|_| Reply::Bytes(b"HTTP/1.1 304 Not Modified\r\nETag: \"v7\"\r\n\r\n".to_vec()))).await;
+    let mut stream = s.proxy.connect().await;
+    for _ in 0..2 {
+        let request = get("/openapi/v3", USER_TOKEN, "If-None-Match: \"v7\"\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let r = read_response(&mut stream).await;
+        assert_eq!(r.status, 304, "{}", r.text());
+        assert_eq!(r.header("etag").as_deref(), Some("\"v7\""));
+        assert!(r.body.is_empty());
+    }
+    assert_eq!(s.upstream.requests().len(), 2);
+    assert_eq!(s.upstream.requests()[1].headers("if-none-match"), vec!["\"v7\"".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_1_0_client_gets_a_chunked_answer_unframed_until_close() {
+    let s = setup(Arc::new(|_| {
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
+        )
+    }))
+    .await;
+    let mut stream = s.proxy.connect().await;
+    let request = format!(
+        "GET /tunnels/clusters/{IDENTIFIER}/api HTTP/1.0\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw))
+        .await
+        .expect("the connection closes after the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, "hello world");
+    // An HTTP/1.1 client still gets it chunked.
+    let r = s.proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(r.text(), "hello world");
+}

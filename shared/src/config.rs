@@ -224,6 +224,13 @@ pub struct ProxyConfig {
     /// New: `auto` (io_uring where the kernel allows it, else epoll) or `epoll`.
     pub io_driver: Option<String>,
     pub webconsole_allowed_hosts: Option<Vec<String>>,
+    /// New: seconds a request body may go without a byte before the client gets 408 and the
+    /// connection closes (nginx's `client_body_timeout`). Default 60.
+    pub client_body_timeout_seconds: Option<u64>,
+    /// New: seconds data written to a client may stay unacknowledged (a client that stopped
+    /// reading, or vanished) before its connection is cut (`TCP_USER_TIMEOUT`; nginx's
+    /// `send_timeout`). Default 60.
+    pub send_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

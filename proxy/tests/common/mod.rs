@@ -541,6 +541,8 @@ pub struct ProxyOptions {
     /// `log_config.access_log` and `proxy_config.io_driver`.
     pub access_log: bool,
     pub io_driver: &'static str,
+    /// More of the `proxy_config` section (indented by two spaces).
+    pub proxy_config_extra: String,
 }
 
 impl Default for ProxyOptions {
@@ -554,6 +556,7 @@ impl Default for ProxyOptions {
             console_allowed: vec![],
             access_log: true,
             io_driver: "auto",
+            proxy_config_extra: String::new(),
         }
     }
 }
@@ -574,13 +577,14 @@ impl Proxy {
              metric_config:\n  metric_port: {metric_port}\nlocal_config:\n  local_ip: 127.0.0.1\n{cert}\
              log_config:\n  logtostderr: true\n  v: 9\n  access_log: {}\n\
              admin_config:\n  address: 127.0.0.1\n  port: {}\n  snapshot_socket: ./run/bcs-api.sock\n\
-             proxy_config:\n  cores: {}\n  max_connections: {}\n  io_driver: {}\n  webconsole_allowed_hosts: {:?}\nconsoleproxy_port: {}\nstorage:\n  data_dir: ./data\n",
+             proxy_config:\n  cores: {}\n  max_connections: {}\n  io_driver: {}\n  webconsole_allowed_hosts: {:?}\n{}consoleproxy_port: {}\nstorage:\n  data_dir: ./data\n",
             options.access_log,
             options.admin_port,
             options.cores,
             options.max_connections,
             options.io_driver,
             options.console_allowed,
+            options.proxy_config_extra,
             options.console_port
         );
         std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();

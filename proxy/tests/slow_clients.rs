@@ -1,0 +1,98 @@
+//! Clients that stall, with `proxy_config.client_body_timeout_seconds` and
+//! `send_timeout_seconds` at 1 s: a request body that stops arriving gets 408 and the connection
+//! closes; a client that stops reading is cut once what was written to it has gone
+//! unacknowledged that long (the kernel's `TCP_USER_TIMEOUT`), which frees the upstream
+//! connection; an idle keep-alive client is affected by neither.
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _admin: FakeAdmin,
+    upstream: RawUpstream,
+    proxy: Proxy,
+}
+
+async fn setup(script: Script) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(script).await;
+    let options = ProxyOptions {
+        proxy_config_extra: "  client_body_timeout_seconds: 1\n  send_timeout_seconds: 1\n".into(),
+        ..ProxyOptions::default()
+    };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    Setup { _dir: dir, _admin: admin, upstream, proxy }
+}
+
+fn json_ok() -> Script {
+    Arc::new(|_| Reply::Bytes(ok_json(r#"{"kind":"PodList","items":[]}"#)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_that_stops_arriving_gets_408_and_the_connection_closes() {
+    let s = setup(json_ok()).await;
+    let mut stream = s.proxy.connect().await;
+    let sent = Instant::now();
+    let request = format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 100\r\n\r\n{{\"kind\":"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(r.text().contains("request body stopped arriving"), "{}", r.text());
+    assert!(sent.elapsed() >= Duration::from_millis(900), "answered before the timeout: {:?}", sent.elapsed());
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(closed(&mut stream, Duration::from_secs(5)).await);
+    assert!(s.upstream.requests().is_empty(), "no complete request reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_client_outlasts_both_timeouts() {
+    let s = setup(json_ok()).await;
+    let mut stream = s.proxy.connect().await;
+    for round in 0..2 {
+        stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut stream).await.status, 200, "round {round}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert_eq!(s.upstream.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_and_its_upstream_connection_freed() {
+    // An endless watch: 1 MiB chunks, far more than the sockets' buffers hold.
+    let mut piece = b"100000\r\n".to_vec();
+    piece.extend(patterned(1 << 20));
+    piece.extend_from_slice(b"\r\n");
+    let script: Script = Arc::new(move |_| {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        Reply::Stream(head, (0..48).map(|_| (Duration::from_millis(5), piece.clone())).collect())
+    });
+    let s = setup(script).await;
+    let mut stream = s.proxy.connect().await;
+    let request = get("/api/v1/pods?watch=true", USER_TOKEN, "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut first)).await.unwrap().unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+    // From here on the client reads nothing, and keeps its socket open.
+    let started = Instant::now();
+    while s.upstream.streams_closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the proxy still holds the stream of a client that stopped reading"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("the upstream stream was closed {:?} after the client stopped reading", started.elapsed());
+    drop(stream);
+}
