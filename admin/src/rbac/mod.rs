@@ -167,6 +167,12 @@ impl Rbac {
         self.bump();
     }
 
+    /// This instance just became the leader: what it saw of the grants before (notices from
+    /// the others were not followed meanwhile) is no guide, so the next notice reconciles.
+    pub async fn forget_seen_grants(&self) {
+        *self.grants_seen.lock().await = None;
+    }
+
     fn bump(&self) -> u64 {
         let mut now = 0;
         self.generation.send_modify(|g| {
@@ -349,6 +355,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
         if leader && !leading {
             leading = true;
             conf_applied = false;
+            rbac.forget_seen_grants().await;
             tracing::info!("this instance leads: RBAC sync starts");
             if let Some(settings) = &rbac.settings.subscription {
                 subscription = Some(tokio::spawn(subscription::run(app.clone(), settings.clone())));
@@ -519,5 +526,13 @@ mod tests {
         store.add_grant(readonly("plain:b"), 0).await.unwrap();
         rbac.heard_of_writes(&store).await;
         assert_eq!(generation(), 3, "removed and added again elsewhere");
+
+        // Leading again after a spell as a follower: the grants may have changed and changed
+        // back meanwhile, unseen, so the first notice reconciles whatever it reads.
+        rbac.forget_seen_grants().await;
+        rbac.heard_of_writes(&store).await;
+        assert_eq!(generation(), 4, "the first notice after becoming the leader");
+        rbac.heard_of_writes(&store).await;
+        assert_eq!(generation(), 4);
     }
 }

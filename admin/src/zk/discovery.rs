@@ -115,9 +115,11 @@ async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>)
     Ok((sets, watches))
 }
 
-/// The trailing 10-digit sequence number of a sequential node's name.
-fn sequence(name: &str) -> &str {
-    &name[name.len().saturating_sub(10)..]
+/// The trailing 10-digit sequence number of a sequential node's name, as bytes: a name is
+/// whatever another ZooKeeper client wrote, and its last 10 bytes need not start on a
+/// character boundary.
+fn sequence(name: &str) -> &[u8] {
+    &name.as_bytes()[name.len().saturating_sub(10)..]
 }
 
 #[cfg(test)]
@@ -127,5 +129,14 @@ mod tests {
         let mut names = vec!["_c_bb-10.0.0.20000000003", "_c_aa-10.0.0.10000000001", "_c_cc-10.0.0.30000000002"];
         names.sort_by(|a, b| super::sequence(a).cmp(super::sequence(b)));
         assert_eq!(names, vec!["_c_aa-10.0.0.10000000001", "_c_cc-10.0.0.30000000002", "_c_bb-10.0.0.20000000003"]);
+    }
+
+    #[test]
+    fn a_name_whose_last_ten_bytes_split_a_character_sorts_without_panicking() {
+        // 12 bytes: the last 10 start inside `é`.
+        let mut names = ["_c_bb-10.0.0.20000000003", "xé012345678", "_c_aa-10.0.0.10000000001"];
+        names.sort_by(|a, b| super::sequence(a).cmp(super::sequence(b)).then_with(|| a.cmp(b)));
+        assert_eq!(names.len(), 3);
+        assert_eq!(names[0], "_c_aa-10.0.0.10000000001");
     }
 }

@@ -182,6 +182,16 @@ impl Leadership {
     }
 }
 
+/// Clears the leader flag when dropped.
+struct NotLeadingOnExit(Arc<Leadership>);
+
+impl Drop for NotLeadingOnExit {
+    fn drop(&mut self) {
+        self.0.set_holding(false);
+        self.0.set_connected(false);
+    }
+}
+
 /// Keeps a session and runs every ZooKeeper task on it until shutdown.
 pub async fn run(
     settings: Settings,
@@ -190,6 +200,8 @@ pub async fn run(
     status: Arc<Status>,
     mut shutdown: Shutdown,
 ) {
+    // However this task ends, a panic in a ZooKeeper task included, this instance stops leading.
+    let _not_leading = NotLeadingOnExit(leadership.clone());
     let mut backoff = Duration::from_millis(200);
     // Our writes still to announce; marked so the first session announces the ones made before it.
     let mut local = publisher.local_writes();
@@ -291,5 +303,26 @@ where
                 tokio::time::sleep(RETRY).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_flag_falls_when_the_zookeeper_task_ends_however_it_ends() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let leadership = Arc::new(Leadership::new(flag.clone(), &prometheus::Registry::new()));
+        leadership.set_connected(true);
+        leadership.set_holding(true);
+        assert!(flag.load(Ordering::SeqCst));
+        let guard = NotLeadingOnExit(leadership.clone());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _guard = guard;
+            panic!("a ZooKeeper task panicked");
+        }));
+        assert!(unwound.is_err());
+        assert!(!flag.load(Ordering::SeqCst), "no longer the leader");
     }
 }
