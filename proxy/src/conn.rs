@@ -12,7 +12,7 @@ use crate::allow::Cidr;
 use crate::auth;
 use crate::error::ProxyError;
 use crate::forward::{self, Destination, Failed, Flow};
-use crate::http1::head::{parse_request, Framing, RequestHead};
+use crate::http1::head::{parse_request_after, Framing, RequestHead};
 use crate::io::{read_more, write_all, Readable};
 use crate::respond::{self, Shape};
 use crate::route::{self, Route};
@@ -89,13 +89,17 @@ async fn read_head<C: AsyncReadRent>(
     settings: &Settings,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let mut deadline: Option<Instant> = None;
+    // How much of `inbuf` is known to be an incomplete head: only what comes after is searched.
+    let mut checked = 0;
     loop {
         if !inbuf.is_empty() {
-            deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
-            if let Some((head, used)) = parse_request(inbuf)? {
+            if let Some((head, used)) = parse_request_after(inbuf, checked)? {
                 inbuf.drain(..used);
                 return Ok(Some(head));
             }
+            checked = inbuf.len();
+            // The head's time runs from its first bytes (a head that came whole reads no clock).
+            deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
         }
         let wait = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),

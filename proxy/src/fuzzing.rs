@@ -4,14 +4,17 @@
 
 use crate::error::ProxyError;
 use crate::http1::body::ChunkedDecoder;
-use crate::http1::head::{parse_request, parse_response, Framing, Header};
+use crate::http1::head::{parse_request, parse_request_after, parse_response, Framing, Header};
 use crate::http1::write;
 use crate::route::{route, Route};
 
 /// Request heads: never panics; an accepted head has sane framing and no control characters
-/// in any header value; a refusal is one of the statuses the gateway answers with.
+/// in any header value; a refusal is one of the statuses the gateway answers with; a head that
+/// arrives in pieces (as `conn::read_head` resumes it) gets the same answer as when whole.
 pub fn request_head(data: &[u8]) {
-    match parse_request(data) {
+    let whole = parse_request(data);
+    assert_eq!(outcome(&in_pieces(data)), outcome(&whole), "in pieces and whole differ");
+    match whole {
         Ok(Some((head, used))) => {
             assert!(used <= data.len());
             assert!(data[..used].ends_with(b"\r\n\r\n"));
@@ -32,6 +35,34 @@ pub fn request_head(data: &[u8]) {
         }
         Ok(None) => {}
         Err(e) => assert!(matches!(e.status(), 400 | 414 | 431), "unexpected status {}", e.status()),
+    }
+}
+
+type Parsed = Result<Option<(crate::http1::head::RequestHead, usize)>, ProxyError>;
+
+/// `data` parsed as it would be if it arrived in pieces: cut at points the data itself picks,
+/// each call resuming after the bytes the previous one found incomplete.
+fn in_pieces(data: &[u8]) -> Parsed {
+    let mut checked = 0;
+    let mut cut = 0;
+    let mut step = 1 + usize::from(data.first().copied().unwrap_or(0) % 7);
+    while cut < data.len() {
+        cut = (cut + step).min(data.len());
+        step = step * 3 % 101 + 1;
+        match parse_request_after(&data[..cut], checked) {
+            Ok(None) => checked = cut,
+            done => return done,
+        }
+    }
+    Ok(None)
+}
+
+/// What a parse answered, to compare: the status of a refusal, or the length of the head.
+fn outcome(parsed: &Parsed) -> Result<Option<usize>, u16> {
+    match parsed {
+        Ok(Some((_, used))) => Ok(Some(*used)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.status()),
     }
 }
 

@@ -167,15 +167,30 @@ impl ResponseHead {
 /// Parses a request head at the start of `buf`. `Ok(None)`: more bytes are needed.
 /// On success, also returns how many bytes the head took.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyError> {
+    parse_request_after(buf, 0)
+}
+
+/// [`parse_request`] for a head still arriving: the first `checked` bytes of `buf` are what an
+/// earlier call answered `Ok(None)` for, so they hold no head end and no bad line ending, and
+/// only what came after them is searched. A head that arrives a byte at a time then costs
+/// time in proportion to its length, not to its length squared.
+pub fn parse_request_after(buf: &[u8], checked: usize) -> Result<Option<(RequestHead, usize)>, ProxyError> {
     let line_end = CRLF.find(buf);
     match line_end {
         None if buf.len() > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
         Some(end) if end > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
         _ => {}
     }
-    let Some(head_len) = find_head_end(buf) else {
-        // Refuse a bare LF or CR as soon as it is seen, rather than wait for a CRLF CRLF.
-        check_line_endings(buf.strip_suffix(b"\r").unwrap_or(buf))?;
+    let checked = checked.min(buf.len());
+    // A head end may begin in the last 3 bytes already searched.
+    let from = checked.saturating_sub(3);
+    let Some(head_len) = HEAD_END.find(&buf[from..]).map(|p| from + p + 4) else {
+        // Refuse a bare LF or CR as soon as it is seen, rather than wait for a CRLF CRLF. The
+        // new bytes are checked, from the CR that ended the checked ones if one did (the LF
+        // that may follow it is then not bare).
+        let new = if checked > 0 && buf[checked - 1] == b'\r' { checked - 1 } else { checked };
+        let new = &buf[new..];
+        check_line_endings(new.strip_suffix(b"\r").unwrap_or(new))?;
         if buf.len() > MAX_HEAD {
             return Err(ProxyError::HeadersTooLarge);
         }
