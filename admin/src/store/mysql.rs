@@ -12,6 +12,11 @@ const ER_DUP_ENTRY: u16 = 1062;
 /// SQLite.
 const ER_ROW_IS_REFERENCED_2: u16 = 1451;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
+/// InnoDB chose this transaction as a deadlock's victim, or a lock wait ran out: the write did
+/// not happen and may be tried again (503, not 500). Two concurrent first credential reports,
+/// or rotations of a cluster without a register token, can meet this way (gap locks).
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 
 pub struct MysqlBackend {
     pool: Pool,
@@ -136,8 +141,28 @@ fn map_err(e: mysql_async::Error) -> StoreError {
         {
             StoreError::Conflict(s.message.clone())
         }
+        mysql_async::Error::Server(s) if matches!(s.code, ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT) => {
+            StoreError::Unavailable(format!("{} ({}): the write did not happen; try again", s.message, s.code))
+        }
         mysql_async::Error::Server(s) => StoreError::Internal(format!("{} ({})", s.message, s.code)),
         mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError { code, message: "m".into(), state: "40001".into() })
+    }
+
+    #[test]
+    fn a_deadlock_or_lock_timeout_may_be_retried_and_a_duplicate_is_a_conflict() {
+        assert!(matches!(map_err(server(ER_LOCK_DEADLOCK)), StoreError::Unavailable(_)));
+        assert!(matches!(map_err(server(ER_LOCK_WAIT_TIMEOUT)), StoreError::Unavailable(_)));
+        assert!(matches!(map_err(server(ER_DUP_ENTRY)), StoreError::Conflict(_)));
+        assert!(matches!(map_err(server(1064)), StoreError::Internal(_)));
     }
 }
