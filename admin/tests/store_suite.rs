@@ -173,6 +173,7 @@ async fn users_are_created_once_and_found_by_name_and_id(store: &Store, engine: 
     assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob.clone()));
     assert_eq!(store.user_by_name("carol").await.unwrap(), None);
     assert_eq!(store.user_by_name("Alice").await.unwrap(), None, "names are case-sensitive");
+    assert_eq!(store.user_by_name("alice ").await.unwrap(), None, "trailing spaces count (MySQL pads)");
     assert_eq!(store.user_by_id(bob.id + 1_000).await.unwrap(), None);
 
     // The same name again: refused, and nothing of it was written.
@@ -233,6 +234,10 @@ async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engin
     let first = cluster("BCS-K8S-00001", "ident-00001", creator.id, 1_000);
     assert_eq!(store.create_cluster(first.clone(), bcs("project-a", "K8S-001")).await.unwrap(), first);
     assert_eq!(store.cluster("BCS-K8S-00001").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.cluster("BCS-K8S-00001 ").await.unwrap(), None, "trailing spaces count (MySQL pads)");
+    assert_eq!(store.bcs_cluster(None, "K8S-001").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.bcs_cluster(None, "K8S-001 ").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001  ").await.unwrap(), None);
 
     // The same id: refused, the stored row unchanged, no second mapping.
     assert_conflict(

@@ -243,14 +243,17 @@ impl Store {
         let source = source_cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let mut sql = "SELECT cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ?".to_owned();
-                let mut params: Vec<Value> = vec![source.into()];
+                let mut sql = "SELECT cluster_id, source_cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ?"
+                    .to_owned();
+                let mut params: Vec<Value> = vec![source.clone().into()];
                 if let Some(project) = project_id {
                     sql.push_str(" AND source_project_id = ?");
                     params.push(project.into());
                 }
                 sql.push_str(" ORDER BY id");
-                let Some(cluster_id) = first(tx.query(&sql, params).await?, |r| r.text(0))? else {
+                let found = all(tx.query(&sql, params).await?, |r| Ok((r.text(0)?, r.text(1)?)))?;
+                // Exactly: MySQL's collation ignores trailing spaces in `=`.
+                let Some((cluster_id, _)) = found.into_iter().find(|(_, s)| *s == source) else {
                     return Ok(None);
                 };
                 find_cluster(tx, cluster_id).await
@@ -462,14 +465,23 @@ fn all<T>(rows: Vec<Row>, convert: impl Fn(&Row) -> Result<T, StoreError>) -> Re
 }
 
 /// `column` is a fixed column name chosen by this module, never input.
+/// A user by `id` or `name`. Names match exactly on both engines: MySQL's collation ignores
+/// trailing spaces in `=` (PAD SPACE), so `alice ` would find `alice` there and not on SQLite.
 async fn find_user(tx: &mut dyn Tx, column: &'static str, value: Value) -> Result<Option<User>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = ?");
-    first(tx.query(&sql, vec![value]).await?, user_from)
+    let exact = match &value {
+        Value::Text(name) => Some(name.clone()),
+        _ => None,
+    };
+    let user = first(tx.query(&sql, vec![value]).await?, user_from)?;
+    Ok(user.filter(|u| exact.as_ref().is_none_or(|name| u.name == *name)))
 }
 
+/// A cluster by id, matched exactly (as [`find_user`]'s names).
 async fn find_cluster(tx: &mut dyn Tx, id: String) -> Result<Option<Cluster>, StoreError> {
     let sql = format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = ?");
-    first(tx.query(&sql, vec![id.into()]).await?, cluster_from)
+    let cluster = first(tx.query(&sql, vec![id.clone().into()]).await?, cluster_from)?;
+    Ok(cluster.filter(|c| c.id == id))
 }
 
 async fn find_register_token(tx: &mut dyn Tx, cluster_id: String) -> Result<Option<RegisterToken>, StoreError> {
