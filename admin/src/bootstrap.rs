@@ -62,12 +62,21 @@ async fn ensure_token(store: &Store, user: &User, digest: String) -> anyhow::Res
         return Ok(());
     }
     let now = crate::now();
+    let digest_again = digest.clone();
     let new = NewUserToken {
         user_id: user.id,
         kind: token_type::SESSION,
         digest,
         expires_at: now + DEFAULT_TOKEN_LIFETIME_SECS,
     };
-    store.create_user_token(new, now).await?;
-    Ok(())
+    match store.create_user_token(new, now).await {
+        Ok(_) => Ok(()),
+        // Another instance stored the same configured token at the same moment.
+        Err(StoreError::Conflict(_))
+            if store.token_by_digest(&digest_again).await?.is_some_and(|(_, owner)| owner.id == user.id) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -2,6 +2,8 @@
 //! `schema_migrations`; a version already recorded is never applied again. Times are Unix
 //! seconds in both engines. Secrets are stored only as digests (`user_tokens.digest`) or sealed
 //! with the key file (`*_sealed` columns).
+use std::time::Duration;
+
 use super::backend::{Backend, Dialect, StoreError};
 
 struct Migration {
@@ -172,26 +174,61 @@ pub async fn apply(backend: &dyn Backend) -> Result<(), StoreError> {
     tx.commit().await?;
 
     for migration in MIGRATIONS {
-        let mut tx = backend.begin().await?;
-        let applied =
-            tx.query("SELECT version FROM schema_migrations WHERE version = ?", vec![migration.version.into()]).await?;
-        if !applied.is_empty() {
+        if is_applied(backend, migration.version).await? {
             continue;
         }
-        let statements = match backend.dialect() {
-            Dialect::Sqlite => migration.sqlite,
-            Dialect::Mysql => migration.mysql,
-        };
-        for statement in statements {
-            tx.exec(statement, vec![]).await?;
+        match run(backend, migration).await {
+            Ok(()) => tracing::info!(version = migration.version, "applied schema migration"),
+            Err(e) if backend.dialect() == Dialect::Sqlite => return Err(e),
+            Err(e) => {
+                // On MySQL each DDL statement commits by itself, so two instances starting on a
+                // fresh database at once both run the first migration, and the second fails on
+                // a table the first created. Wait for the other to record it.
+                let deadline = tokio::time::Instant::now() + ANOTHER_INSTANCE;
+                loop {
+                    if is_applied(backend, migration.version).await? {
+                        tracing::info!(version = migration.version, "schema migration applied by another instance");
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::Internal(format!(
+                            "schema migration {} failed ({e}) and no other instance applied it within \
+                             {ANOTHER_INSTANCE:?}; on MySQL a migration cut off midway leaves its first \
+                             statements applied: drop what it created, or record it in schema_migrations",
+                            migration.version
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
-        tx.exec(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-            vec![migration.version.into(), chrono::Utc::now().timestamp().into()],
-        )
-        .await?;
-        tx.commit().await?;
-        tracing::info!(version = migration.version, "applied schema migration");
     }
     Ok(())
+}
+
+/// How long an instance whose migration failed waits for another to have applied it.
+const ANOTHER_INSTANCE: Duration = Duration::from_secs(30);
+
+async fn is_applied(backend: &dyn Backend, version: i64) -> Result<bool, StoreError> {
+    let mut tx = backend.begin().await?;
+    let rows = tx.query("SELECT version FROM schema_migrations WHERE version = ?", vec![version.into()]).await?;
+    tx.commit().await?;
+    Ok(!rows.is_empty())
+}
+
+async fn run(backend: &dyn Backend, migration: &Migration) -> Result<(), StoreError> {
+    let mut tx = backend.begin().await?;
+    let statements = match backend.dialect() {
+        Dialect::Sqlite => migration.sqlite,
+        Dialect::Mysql => migration.mysql,
+    };
+    for statement in statements {
+        tx.exec(statement, vec![]).await?;
+    }
+    tx.exec(
+        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+        vec![migration.version.into(), chrono::Utc::now().timestamp().into()],
+    )
+    .await?;
+    tx.commit().await
 }
