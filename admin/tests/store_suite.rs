@@ -324,6 +324,13 @@ async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &En
     assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(rotated.clone()));
     assert_eq!(engine.count("SELECT COUNT(*) FROM register_tokens WHERE cluster_id = 'BCS-K8S-00001'").await, 1);
 
+    // A report checked against the old token records its digest only after the rotation: the
+    // new token's row is left for its own digest.
+    store.set_register_token_digest("BCS-K8S-00001", "sealed-1", &digest(1)).await.unwrap();
+    assert_eq!(store.register_token_owner(&digest(1)).await.unwrap(), None);
+    store.set_register_token_digest("BCS-K8S-00001", "sealed-2", &digest(2)).await.unwrap();
+    assert_eq!(store.register_token_owner(&digest(2)).await.unwrap().as_deref(), Some("BCS-K8S-00001"));
+
     // Rotating a cluster without a token creates its first; the other cluster is untouched.
     let first_of_second = store.rotate_register_token("BCS-K8S-00002", "sealed-3".into(), 1_400).await.unwrap();
     assert_eq!(

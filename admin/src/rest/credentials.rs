@@ -58,7 +58,7 @@ pub async fn put(
         return Err(ApiError::unauthorized(format_args!("the register token of cluster {} is not valid", cluster.id)));
     }
     // Tokens created before the digest column existed get theirs now (a no-op otherwise).
-    app.store.set_register_token_digest(&cluster.id, &expected.digest()).await?;
+    app.store.set_register_token_digest(&cluster.id, &stored.token_sealed, &expected.digest()).await?;
 
     let server_addresses = addresses.join(";");
     let fingerprint = digest_hex(&format!("{server_addresses}\n{ca}\n{}", cluster_token.expose()));

@@ -67,16 +67,16 @@ async fn issue(
             e => e.into(),
         })?
     };
-    record_digest(&app, &cluster.id, &value).await;
+    record_digest(&app, &token, &value).await;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, rotate, "issued a register token");
     Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))
 }
 
 /// Stores the new token's digest, by which a report presenting it for another cluster is told
 /// apart (403). On failure the token still works; its digest is recorded at its first report.
-async fn record_digest(app: &AppState, cluster_id: &str, value: &Secret) {
-    if let Err(e) = app.store.set_register_token_digest(cluster_id, &value.digest()).await {
-        tracing::warn!(cluster = %cluster_id, error = %e, "cannot record the register token's digest yet");
+async fn record_digest(app: &AppState, token: &RegisterToken, value: &Secret) {
+    if let Err(e) = app.store.set_register_token_digest(&token.cluster_id, &token.token_sealed, &value.digest()).await {
+        tracing::warn!(cluster = %token.cluster_id, error = %e, "cannot record the register token's digest yet");
     }
 }
 

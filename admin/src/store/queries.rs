@@ -325,14 +325,23 @@ impl Store {
     }
 
     /// Records the SHA-256 digest of a cluster's register token, if none is recorded (after
-    /// create and rotate, which insert a fresh row, and for tokens older than migration 3).
-    pub async fn set_register_token_digest(&self, cluster_id: &str, digest: &str) -> Result<(), StoreError> {
-        let (cluster_id, digest) = (cluster_id.to_owned(), digest.to_owned());
+    /// create and rotate, which insert a fresh row, and for tokens older than migration 3), and
+    /// only while the token is still the one sealed as `token_sealed`.
+    pub async fn set_register_token_digest(
+        &self,
+        cluster_id: &str,
+        token_sealed: &str,
+        digest: &str,
+    ) -> Result<(), StoreError> {
+        let (cluster_id, sealed, digest) = (cluster_id.to_owned(), token_sealed.to_owned(), digest.to_owned());
         self.transaction(move |tx| {
             Box::pin(async move {
+                // Only on the token it is the digest of: a rotation between the caller's read
+                // and this write leaves the new token's row for its own digest.
                 tx.exec(
-                    "UPDATE register_tokens SET token_digest = ? WHERE cluster_id = ? AND token_digest IS NULL",
-                    vec![digest.into(), cluster_id.into()],
+                    "UPDATE register_tokens SET token_digest = ? \
+                     WHERE cluster_id = ? AND token_sealed = ? AND token_digest IS NULL",
+                    vec![digest.into(), cluster_id.into(), sealed.into()],
                 )
                 .await
                 .map(|_| ())
