@@ -260,7 +260,10 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
     let other_rt = other_rt.1[0]["token"].as_str().unwrap().to_owned();
     let garbage_der = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
 
+    // Sixteen addresses with 4 200-character hosts: more than MySQL's TEXT column holds.
+    let long_hosts = vec![format!("https://{}.example:6443", "a".repeat(4_200)); 16].join(";");
     let cases = [
+        (report(rt, &long_hosts, ca, "new"), 400, "VALIDATION_ERROR", "longer than 300 characters"),
         (report(&other_rt, "https://10.0.0.1:6443", ca, "new"), 403, "FORBIDDEN", "belongs to another cluster"),
         (report(rt, "http://10.0.0.1:6443", ca, "new"), 400, "VALIDATION_ERROR", "not an https://host[:port] URL"),
         (report(rt, "https://10.0.0.1:6443;http://10.0.0.2:6443", ca, "new"), 400, "VALIDATION_ERROR", "https://"),

@@ -45,6 +45,11 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         return Err(ApiError::validation(FIELD, "lists more than 16 addresses"));
     }
     for address in &addresses {
+        // A host name has at most 253 characters (RFC 1035); with a scheme and a port, 300 is
+        // room enough, and 16 of them fit every store's column.
+        if address.len() > 300 {
+            return Err(ApiError::validation(FIELD, "has an address longer than 300 characters"));
+        }
         let url = url::Url::parse(address)
             .map_err(|e| ApiError::validation(FIELD, format_args!("has an invalid URL {address:?}: {e}")))?;
         if url.scheme() != "https" || url.host_str().is_none() {
