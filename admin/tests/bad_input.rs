@@ -100,6 +100,15 @@ async fn unknown_routes_methods_and_ids() {
         "CLUSTER_NOT_FOUND",
         "ghost",
     );
+    // What axum's extractors refuse (a segment that is not UTF-8 once decoded, a query key
+    // given twice) has the API's error body too.
+    assert_error(&admin.call(Method::GET, "/rest/clusters/%FF", a, None).await, 400, "BAD_REQUEST", "");
+    assert_error(
+        &admin.call(Method::GET, "/rest/clusters/nope/agent.yaml?image=a&image=b", a, None).await,
+        400,
+        "BAD_REQUEST",
+        "image",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -128,6 +128,23 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
+/// Gives axum's own refusals (a path segment or query string its extractors cannot decode,
+/// which they answer in plain text) the API's error body, keeping their status and message.
+pub async fn json_rejections(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !plain || !response.status().is_client_error() {
+        return response;
+    }
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_owned();
+    let code_name = if status == StatusCode::BAD_REQUEST { "BAD_REQUEST" } else { "INVALID_REQUEST" };
+    ApiError::new(status, code_name, errcode::BAD_REQUEST, message).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { code_name: self.code_name, message: &self.message };
