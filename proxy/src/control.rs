@@ -73,10 +73,18 @@ impl Control {
 
     /// Talks to admin forever: connect, hello, apply snapshots; reconnect with backoff.
     pub fn run(self) {
-        let mut backoff = Duration::from_millis(200);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+        let mut backoff = FIRST_BACKOFF;
         let mut warned = false;
         loop {
-            match self.session() {
+            let mut delivered = false;
+            let outcome = self.session(&mut delivered);
+            if delivered {
+                // A session that worked: the next outage is news again, and retried quickly.
+                backoff = FIRST_BACKOFF;
+                warned = false;
+            }
+            match outcome {
                 Ok(()) => tracing::info!("admin closed the snapshot connection"),
                 Err(e) if !warned => {
                     tracing::warn!(socket = %self.socket.display(), error = %format!("{e:#}"), "snapshot connection to admin failed; retrying");
@@ -89,7 +97,8 @@ impl Control {
         }
     }
 
-    fn session(&self) -> anyhow::Result<()> {
+    /// One connection to admin, until it ends; `delivered` is set once a snapshot came.
+    fn session(&self, delivered: &mut bool) -> anyhow::Result<()> {
         let mut stream =
             UnixStream::connect(&self.socket).with_context(|| format!("connect {}", self.socket.display()))?;
         let held = tables::current().map(|t| t.revision);
@@ -110,9 +119,12 @@ impl Control {
                     }
                     Message::Refused { reason } => bail!("admin refused the connection: {reason}"),
                     Message::Snapshot(snapshot) => {
-                        let revision = snapshot.revision;
                         self.apply(snapshot);
-                        stream.write_all(&encode(&Message::Ack { revision }))?;
+                        *delivered = true;
+                        // The revision in use: a refused snapshot is not reported as held.
+                        if let Some(revision) = tables::current().map(|t| t.revision) {
+                            stream.write_all(&encode(&Message::Ack { revision }))?;
+                        }
                     }
                     Message::Ack { .. } => {}
                 }
@@ -133,8 +145,20 @@ impl Control {
         }
         if let Some(current) = tables::current() {
             if snapshot.revision < current.revision {
-                tracing::warn!(revision = snapshot.revision, current = current.revision, "ignoring an older snapshot");
-                return;
+                if bcs_shared::snapshot::revision_trusted(current.revision) {
+                    tracing::warn!(
+                        revision = snapshot.revision,
+                        current = current.revision,
+                        "ignoring an older snapshot"
+                    );
+                    return;
+                }
+                tracing::warn!(
+                    revision = snapshot.revision,
+                    current = current.revision,
+                    "the snapshot in use is numbered more than a day ahead of this host's clock (a clock that was \
+                     wrong, or a copied file): taking admin's"
+                );
             }
         }
         tables::install(Tables::compile(&snapshot));

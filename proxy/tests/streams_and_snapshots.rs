@@ -608,3 +608,36 @@ async fn revoking_a_token_closes_its_exec_tunnel() {
     s.admin.as_ref().unwrap().publish(revoked);
     assert!(closed(&mut stream, Duration::from_secs(5)).await, "the revoked token's exec tunnel is closed within 5 s");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_numbered_a_day_ahead_of_the_clock_does_not_hold_back_newer_data() {
+    // A revision far ahead of the clock (admin's clock was wrong, or a file copied from another
+    // host) gives way to admin's next one; a slightly older one than a sane revision does not.
+    let upstream = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let far = now_ms + 48 * 3600 * 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(far, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    admin.wait_ack(far).await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+
+    // The next snapshot, numbered by a clock that is right again: alice's token is gone.
+    let mut without_alice = snapshot(now_ms, &upstream.url(), "");
+    without_alice.tokens.retain(|t| t.digest != bcs_shared::snapshot::Digest::of(USER_TOKEN));
+    admin.publish(without_alice);
+    admin.wait_ack(now_ms).await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 401, "the newer data is in use");
+    assert!(
+        proxy.process.wait_stderr(&["more than a day ahead"], Duration::from_secs(5)),
+        "{}",
+        proxy.process.stderr()
+    );
+
+    // An older revision than a sane one is still ignored, and not acknowledged as held.
+    admin.publish(snapshot(now_ms - 1, &upstream.url(), ""));
+    admin.wait_ack(now_ms).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 401, "the older snapshot was ignored");
+}

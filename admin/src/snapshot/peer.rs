@@ -80,8 +80,9 @@ async fn converse(
     let mut updates = publisher.subscribe();
     updates.mark_changed();
     // The first snapshot may be the one the proxy holds (the conversation always opens with
-    // one), never an older one; after that, only newer ones.
-    let mut at_least = held.unwrap_or(0);
+    // one), never an older one; after that, only newer ones. A revision held that is far ahead
+    // of the clock holds nothing back: the proxy takes ours over it (control.rs).
+    let mut at_least = held.filter(|&r| bcs_shared::snapshot::revision_trusted(r)).unwrap_or(0);
     let mut acked = None;
     loop {
         tokio::select! {

@@ -45,8 +45,6 @@ use crate::store::Store;
 pub const PERIOD: Duration = Duration::from_secs(5);
 /// How soon a rebuild is retried after the store failed to answer.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// A revision a proxy reports beyond now + this is not trusted to number our snapshots.
-const MAX_PEER_LEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// A published snapshot with its wire frame, encoded once for every proxy.
 pub struct Published {
@@ -186,7 +184,7 @@ impl Publisher {
     /// A proxy said it holds `revision`. If that is newer than ours, the next snapshot is
     /// numbered above it and published whatever its content.
     pub fn peer_holds(&self, revision: u64) {
-        if revision > now_ms().saturating_add(MAX_PEER_LEAD_MS) {
+        if !bcs_shared::snapshot::revision_trusted(revision) {
             tracing::warn!(revision, "a proxy holds a snapshot revision far in the future; not numbering after it");
             return;
         }

@@ -181,6 +181,20 @@ impl Snapshot {
     }
 }
 
+/// How far ahead of this host's clock a revision may be and still order snapshots. Revisions
+/// are milliseconds since the epoch (or one above the last), so one further ahead comes from a
+/// clock that was wrong, or a snapshot file copied from another host: neither side lets it
+/// hold back newer data (admin does not number after it, a proxy holding it takes admin's).
+pub const MAX_REVISION_LEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// Whether `revision` is at most [`MAX_REVISION_LEAD_MS`] ahead of this host's clock.
+pub fn revision_trusted(revision: u64) -> bool {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    revision <= now_ms.saturating_add(MAX_REVISION_LEAD_MS)
+}
+
 /// `ip:port`, with brackets for IPv6.
 pub fn join_ip_port(ip: &str, port: u16) -> String {
     if ip.contains(':') {
