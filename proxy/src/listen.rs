@@ -142,7 +142,7 @@ async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<(
         crate::metrics::set_pooled(crate::upstream::pooled_count());
         tick += 1;
         if tick.is_multiple_of(5) {
-            crate::upstream::probe_ejected().await;
+            crate::upstream::probe_ejected();
         }
     }
 }

@@ -174,18 +174,31 @@ pub fn candidates(addresses: &[Address]) -> Vec<&Address> {
     })
 }
 
-/// Active health check: tries a TCP connection to every ejected address and takes back the
-/// ones that answer, so a recovered apiserver gets traffic before its ejection runs out.
-pub async fn probe_ejected() {
-    let ejected: Vec<String> = EJECTED.with(|e| e.borrow().keys().cloned().collect());
+/// Active health check: tries a TCP connection to ejected addresses (at most
+/// [`PROBES_AT_ONCE`] per call, each in its own task, 2 s at most) and takes back the ones that
+/// answer, so a recovered apiserver gets traffic before its ejection runs out. Returns at once:
+/// the caller's housekeeping (closing revoked streams) never waits on a silent address.
+pub fn probe_ejected() {
+    let ejected: Vec<String> = EJECTED.with(|e| {
+        let mut e = e.borrow_mut();
+        let now = Instant::now();
+        e.retain(|_, until| *until > now);
+        e.keys().take(PROBES_AT_ONCE).cloned().collect()
+    });
     for authority in ejected {
-        let probe = monoio::time::timeout(Duration::from_secs(2), TcpStream::connect(authority.as_str())).await;
-        if matches!(probe, Ok(Ok(_))) {
-            EJECTED.with(|e| e.borrow_mut().remove(&authority));
-            tracing::info!(address = %authority, "upstream address answers again");
-        }
+        monoio::spawn(async move {
+            let probe = monoio::time::timeout(Duration::from_secs(2), TcpStream::connect(authority.as_str())).await;
+            if matches!(probe, Ok(Ok(_))) {
+                EJECTED.with(|e| e.borrow_mut().remove(&authority));
+                tracing::info!(address = %authority, "upstream address answers again");
+            }
+        });
     }
 }
+
+/// Ejected addresses probed per housekeeping round (every 5 s): a bound on the connections a
+/// round opens, whatever made many addresses fail (ejection itself lasts 10 s).
+const PROBES_AT_ONCE: usize = 32;
 
 pub fn eject(address: &Address) {
     EJECTED.with(|e| e.borrow_mut().insert(address.authority(), Instant::now() + EJECTION));

@@ -515,3 +515,32 @@ async fn an_http_1_0_client_gets_a_chunked_answer_unframed_until_close() {
     assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
     assert_eq!(r.text(), "hello world");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ejected_address_that_answers_again_is_taken_back_by_the_probe() {
+    // The cluster's first address is down at first: requests fail over to the second, and the
+    // first is ejected. Once it listens again, the proxy's probe (every 5 s) takes it back
+    // before its 10-s ejection runs out, and the first address takes the traffic again.
+    let second = RawUpstream::start(json_ok()).await;
+    let first_port = bcs_testkit::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let mut both = snapshot(1, &format!("http://127.0.0.1:{first_port}"), "");
+    both.clusters[0].credentials.as_mut().unwrap().addresses.push(second.url());
+    let _admin = FakeAdmin::start(&proxy.socket(), both).await;
+    proxy.wait_ready().await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    assert_eq!(second.requests().len(), 1, "failed over to the second address");
+
+    let first = RawUpstream::start_on(first_port, json_ok()).await;
+    let started = std::time::Instant::now();
+    while first.requests().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "the first address was not taken back before its ejection ran out"
+        );
+        assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("the first address took traffic again {:?} after it came back", started.elapsed());
+}

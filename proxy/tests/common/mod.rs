@@ -219,13 +219,22 @@ impl RawUpstream {
         Self::start_with(script, None).await
     }
 
+    /// As [`RawUpstream::start`], on this loopback port (an address that comes back).
+    pub async fn start_on(port: u16, script: Script) -> RawUpstream {
+        Self::start_at(script, None, port).await
+    }
+
     /// As [`RawUpstream::start`], speaking TLS with a certificate from a fresh CA (`ca_pem`).
     pub async fn start_tls(script: Script) -> RawUpstream {
         Self::start_with(script, Some(bcs_testkit::apiserver::CertPair::generate("upstream-ca"))).await
     }
 
     async fn start_with(script: Script, certs: Option<bcs_testkit::apiserver::CertPair>) -> RawUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(script, certs, 0).await
+    }
+
+    async fn start_at(script: Script, certs: Option<bcs_testkit::apiserver::CertPair>, port: u16) -> RawUpstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let address = listener.local_addr().unwrap();
         let acceptor = certs.as_ref().map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
         let records = Records {
