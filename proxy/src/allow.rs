@@ -34,6 +34,14 @@ impl Cidr {
     }
 }
 
+/// The address to reach if `ip` is in one of `allowed`: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) is its IPv4 address, judged by the IPv4 entries (on a dual-stack socket it
+/// reaches that IPv4 address, so an IPv6 entry such as `::/0` must not let it through).
+pub fn allowed(allowed: &[Cidr], ip: IpAddr) -> Option<IpAddr> {
+    let ip = ip.to_canonical();
+    allowed.iter().any(|c| c.contains(ip)).then_some(ip)
+}
+
 fn bits_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
     let (whole, rest) = ((prefix / 8) as usize, prefix % 8);
     if a[..whole] != b[..whole] {
@@ -45,6 +53,16 @@ fn bits_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_mapped_address_is_judged_as_the_ipv4_address_it_reaches() {
+        let any_v6 = [Cidr::parse("::/0").unwrap()];
+        assert_eq!(allowed(&any_v6, "::ffff:127.0.0.1".parse().unwrap()), None);
+        assert_eq!(allowed(&any_v6, "fd00::1".parse().unwrap()), Some("fd00::1".parse().unwrap()));
+        let ten = [Cidr::parse("10.1.0.0/16").unwrap()];
+        assert_eq!(allowed(&ten, "::ffff:10.1.2.3".parse().unwrap()), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(allowed(&ten, "::ffff:10.2.0.1".parse().unwrap()), None);
+    }
 
     #[test]
     fn cidrs_contain_what_they_should() {

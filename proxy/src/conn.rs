@@ -268,11 +268,11 @@ fn plan_with<'h>(
             let ip: std::net::IpAddr = host_ip
                 .parse()
                 .map_err(|_| fail(ProxyError::BadRequest(format!("host_ip {host_ip:?} is not an IP address"))))?;
-            if !settings.console_allowed.iter().any(|c| c.contains(ip)) {
+            let Some(ip) = crate::allow::allowed(&settings.console_allowed, ip) else {
                 return Err(fail(ProxyError::Forbidden(format!(
                     "host_ip {ip} is not in proxy_config.webconsole_allowed_hosts"
                 ))));
-            }
+            };
             let address = Address { tls: false, host: ip.to_string(), port: settings.console_port };
             Ok(Plan {
                 kind: "mesos_webconsole",

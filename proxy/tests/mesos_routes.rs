@@ -173,6 +173,22 @@ async fn console_connections_are_pooled() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_ipv6_allow_list_does_not_let_an_ipv4_mapped_address_through() {
+    let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let options = ProxyOptions {
+        console_port: console.address.port(),
+        console_allowed: vec!["::/0".into()],
+        ..ProxyOptions::default()
+    };
+    let s = setup(&[], options).await;
+    // `::ffff:127.0.0.1` reaches 127.0.0.1 on a dual-stack socket: it is judged as that.
+    let r = s.proxy.send(&console_get("?host_ip=::ffff:127.0.0.1", Some(USER_TOKEN))).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("127.0.0.1"), "{}", r.text());
+    assert_eq!(console.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_allowed_hosts_the_webconsole_is_refused() {
     let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
     let s = setup(&[], ProxyOptions { console_port: console.address.port(), ..ProxyOptions::default() }).await;
