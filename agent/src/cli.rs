@@ -97,8 +97,12 @@ impl Args {
         if !matches!(base.scheme(), "https" | "http") || base.host_str().is_none() {
             return Err(format!("--bke-address {:?} must be an http(s)://host[:port] URL", self.bke_address));
         }
-        if !base.username().is_empty() || base.password().is_some() || base.query().is_some() {
-            return Err("--bke-address must not carry credentials or a query".into());
+        if !base.username().is_empty()
+            || base.password().is_some()
+            || base.query().is_some()
+            || base.fragment().is_some()
+        {
+            return Err("--bke-address must not carry credentials, a query or a fragment".into());
         }
         let id = self.cluster_id.trim();
         if id.is_empty()
@@ -264,6 +268,12 @@ mod tests {
         assert!(bad_id.unwrap().settings(&e).is_err());
         let bad_url = Args::try_parse_from(["a", "--bke-address=ftp://gw", "--cluster-id=a", "--kubeconfig=/k"]);
         assert!(bad_url.unwrap().settings(&e).is_err());
+        for address in ["https://gw:8443/#x", "https://gw:8443/?a=1", "https://u:p@gw:8443"] {
+            let parsed =
+                Args::try_parse_from(["a", &format!("--bke-address={address}"), "--cluster-id=a", "--kubeconfig=/k"]);
+            let refused = parsed.unwrap().settings(&e).expect_err(address);
+            assert!(refused.contains("--bke-address"), "{refused}");
+        }
         let s =
             args(&["--kubeconfig=/k", "--insecureSkipVerify", "--external-proxy-addresses= https://a:1/ ;https://b:2"])
                 .settings(&e)

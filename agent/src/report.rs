@@ -146,9 +146,13 @@ impl Reporter {
             self.metrics.success(addresses.len());
             return Outcome::Accepted { addresses: addresses.len() };
         }
-        let (code_name, message) = error_body(&answer.body);
-        // bcs-api never echoes a token; redact anyway, in case something in between does.
-        let message = self.redact(&message, access);
+        // bcs-api never echoes a token; redact anyway, in case something in between does, and
+        // before anything is cut short (a token cut in two would not be found).
+        let body = redact(
+            &String::from_utf8_lossy(&answer.body),
+            &[self.settings.register_token.expose(), access.token.expose()],
+        );
+        let (code_name, message) = error_body(&body);
         if answer.status >= 500 {
             tracing::error!(status = answer.status, code_name = %code_name, message = %message, "bcs-api failed the report");
             self.metrics.failure(Failure::ServerError);
@@ -164,27 +168,27 @@ impl Reporter {
         self.metrics.failure(Failure::Rejected);
         Outcome::Refused
     }
+}
 
-    fn redact(&self, text: &str, access: &kube::Access) -> String {
-        let mut text = text.to_owned();
-        for secret in [self.settings.register_token.expose(), access.token.expose()] {
-            if !secret.is_empty() {
-                text = text.replace(secret, "***");
-            }
-        }
-        text
+/// `text` with every non-empty secret replaced by `***`.
+fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "***");
     }
+    text
 }
 
 /// `code_name` and `message` of bcs-api's error body (`{"code_name", "message"}`), or the first
-/// characters of anything else.
-fn error_body(body: &[u8]) -> (String, String) {
-    match serde_json::from_slice::<serde_json::Value>(body) {
+/// 256 characters of anything else; a message is logged up to 1 024 characters.
+fn error_body(body: &str) -> (String, String) {
+    let first = |text: &str, n: usize| text.chars().take(n).collect::<String>();
+    match serde_json::from_str::<serde_json::Value>(body) {
         Ok(v) => (
-            v["code_name"].as_str().unwrap_or_default().to_owned(),
-            v["message"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()),
+            first(v["code_name"].as_str().unwrap_or_default(), 64),
+            first(&v["message"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()), 1024),
         ),
-        Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned()),
+        Err(_) => (String::new(), first(body, 256)),
     }
 }
 
@@ -202,9 +206,20 @@ mod tests {
     #[test]
     fn error_bodies_give_code_and_message() {
         assert_eq!(
-            error_body(br#"{"code_name":"UNAUTHORIZED","message":"errcode: 1405059, bad"}"#),
+            error_body(r#"{"code_name":"UNAUTHORIZED","message":"errcode: 1405059, bad"}"#),
             ("UNAUTHORIZED".to_owned(), "errcode: 1405059, bad".to_owned())
         );
-        assert_eq!(error_body(b"<html>"), (String::new(), "<html>".to_owned()));
+        assert_eq!(error_body("<html>"), (String::new(), "<html>".to_owned()));
+    }
+
+    #[test]
+    fn a_token_across_the_cut_is_redacted_whole_before_the_body_is_shortened() {
+        let token = "sEcReTtOkEn0123456789";
+        let page = format!("<html>{}{token}</html>", "x".repeat(245));
+        let (_, message) = error_body(&redact(&page, &[token, ""]));
+        // Cut first, the page would keep the token's first 5 characters.
+        assert!(!message.contains("sEc"), "{message}");
+        assert_eq!(message.chars().count(), 256);
+        assert!(message.ends_with("x***</"), "{message}");
     }
 }
