@@ -462,6 +462,35 @@ async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_del
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_the_cluster_cannot_take_yet_holds_back_no_other() {
+    let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
+    let extra = format!(
+        "bkiam_auth:\n  bkiam_auth_app_code: {APP_CODE}\n  bkiam_auth_app_secret: {APP_SECRET}\n  bkiam_auth_sub_server: {}\n",
+        svc.host_port()
+    );
+    let gw = gateway("  turn_on_auth: true\n  sync_interval_seconds: 300\n", &extra).await;
+    let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-002", "ghostClusterToken").await;
+
+    // A namespace the cluster does not have (yet): its binding cannot be created, which is
+    // not a failure of the pass, so this and every later message is applied and acknowledged.
+    let ghost = Grant::namespace("add", "plain", "dev", "workloads-view", &cluster.id, "ghost");
+    let ghost_id = svc.send_data(&ghost);
+    assert!(svc.wait_ack(&ghost_id, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    let add = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-002"));
+    assert!(svc.wait_ack(&add, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(k.ok(&["get", "pods"]).await.contains("web-0"));
+    assert!(gw.stderr().contains("the namespace does not exist"), "{}", gw.stderr());
+    assert!(gw.cluster_status(&cluster.id).await["last_error"].is_null());
+
+    // Once the namespace exists, the next pass creates its binding.
+    fake.add_namespace("ghost");
+    let removed = svc.send_data(&Grant::cluster("delete", "plain", "dev", "cluster-readonly", "K8S-SUB-002"));
+    assert!(svc.wait_ack(&removed, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    let rb = binding_for(&fake, RbacKind::RoleBinding, "plain.dev", "bke-workloads-view").expect("its RoleBinding");
+    assert_eq!(rb["metadata"]["namespace"], "ghost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_over_wss_trusts_only_the_configured_ca() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, true).await;
     let other = PermissionService::start(APP_CODE, APP_SECRET, true).await;

@@ -47,6 +47,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 /// One reconcile of one cluster may take this long at most.
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long [`Rbac::wait_applied`] waits out failures: the worker's first two retries (1 s,
+/// then 2 s later) fit in it.
+const FAILURE_GRACE: Duration = Duration::from_secs(4);
 /// How often the leader flag is looked at.
 const LEADER_POLL: Duration = Duration::from_millis(500);
 
@@ -183,18 +186,22 @@ impl Rbac {
     }
 
     /// Waits (at most `timeout`) until every cluster of `clusters` (`None`: every cluster with
-    /// credentials now) has reconciled successfully from `generation` or later. The first
-    /// failure of one of them from that generation ends the wait with its error.
+    /// credentials now) has reconciled successfully from `generation` or later. A failure of
+    /// one of them from that generation ends the wait with its error once [`FAILURE_GRACE`]
+    /// has passed, in which the cluster's worker retries (a passing error is waited out).
     pub async fn wait_applied(
         &self,
         clusters: Option<Vec<String>>,
         generation: u64,
         timeout: Duration,
     ) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let grace_over = started + FAILURE_GRACE.min(timeout);
         let mut progress = self.progress.subscribe();
         loop {
             progress.borrow_and_update();
+            let in_grace = tokio::time::Instant::now() < grace_over;
             {
                 let statuses = self.clusters.lock().unwrap();
                 let wanted: Vec<String> = match &clusters {
@@ -209,7 +216,7 @@ impl Rbac {
                     if status.success_generation >= generation {
                         continue;
                     }
-                    if status.failure_generation >= generation {
+                    if status.failure_generation >= generation && !in_grace {
                         return Err(format!(
                             "cluster {id}: {}",
                             status.last_error.as_deref().unwrap_or("the reconcile failed")
@@ -221,7 +228,8 @@ impl Rbac {
                     return Ok(());
                 }
             }
-            if tokio::time::timeout_at(deadline, progress.changed()).await.is_err() {
+            let wake = if in_grace { grace_over } else { deadline };
+            if tokio::time::timeout_at(wake, progress.changed()).await.is_err() && !in_grace {
                 return Err(format!("not applied within {timeout:?}"));
             }
         }
@@ -501,6 +509,33 @@ mod tests {
             role: "cluster-readonly".into(),
             source: grant_source::REST.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_passing_failure_is_waited_out_and_a_lasting_one_ends_the_wait() {
+        let rbac = Rbac::new(Settings::disabled(), crate::metrics::Metrics::default().rbac.clone());
+        rbac.track("c");
+        let failed = Err((reconcile::Counts::default(), "apiserver said 500".to_owned()));
+        let generation = rbac.bump();
+        let waiting = {
+            let rbac = rbac.clone();
+            tokio::spawn(
+                async move { rbac.wait_applied(Some(vec!["c".into()]), generation, Duration::from_secs(20)).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rbac.record("c", generation, 1, &failed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a failure the worker retries does not end the wait at once");
+        rbac.record("c", generation, 1, &Ok(reconcile::Counts::default()));
+        assert_eq!(waiting.await.unwrap(), Ok(()), "the retry succeeded");
+
+        let generation = rbac.bump();
+        rbac.record("c", generation, 1, &failed);
+        let started = tokio::time::Instant::now();
+        let outcome = rbac.wait_applied(Some(vec!["c".into()]), generation, Duration::from_secs(20)).await;
+        assert!(outcome.unwrap_err().contains("apiserver said 500"));
+        assert!(started.elapsed() >= FAILURE_GRACE - Duration::from_millis(100), "{:?}", started.elapsed());
     }
 
     #[tokio::test]

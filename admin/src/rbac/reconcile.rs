@@ -92,19 +92,25 @@ pub async fn run(kube: &mut Kube, desired: &BTreeMap<(String, String), Value>) -
     }
     for ((namespace, name), want) in desired {
         let result = match owned.get(&(namespace.clone(), name.clone())) {
-            None => create(kube, namespace, want).await.map(|()| counts.created += 1),
+            None => create(kube, namespace, want).await.map(|made| counts.created += u64::from(made)),
             Some(have) if have["roleRef"] != want["roleRef"] => {
                 let replaced = async {
                     delete(kube, namespace, name).await?;
                     create(kube, namespace, want).await
                 };
-                replaced.await.map(|()| counts.updated += 1)
+                replaced.await.map(|made| counts.updated += u64::from(made))
             }
             Some(have) if drifted(have, want) => {
                 let mut update = want.clone();
                 update["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"].clone();
-                let (status, body) =
-                    kube.request("PUT", &item(namespace, name), Some(&update)).await.map_err(|e| (counts, e))?;
+                let (status, body) = match kube.request("PUT", &item(namespace, name), Some(&update)).await {
+                    Ok(answer) => answer,
+                    // This binding failed; the others are still tried.
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
                 if status == 200 {
                     counts.updated += 1;
                     tracing::info!(namespace, name, "updated a drifted binding");
@@ -136,14 +142,27 @@ fn drifted(have: &Value, want: &Value) -> bool {
     annotations.iter().any(|(k, v)| &have["metadata"]["annotations"][k] != v)
 }
 
-async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<(), String> {
+/// Creates a binding. Two refusals are not failures of the pass, so that one grant the cluster
+/// cannot take does not hold back every other (nor every acknowledgement of the permission
+/// subscription): a namespace that does not exist (404; a later pass creates the binding once it
+/// does), and a binding of that name that is not the gateway's (409: it is left alone).
+async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<bool, String> {
     let name = binding["metadata"]["name"].as_str().unwrap_or_default();
     let (status, body) = kube.request("POST", &collection(namespace), Some(binding)).await?;
-    if status == 201 || status == 200 {
-        tracing::info!(namespace, name, "created a binding");
-        Ok(())
-    } else {
-        Err(format!("creating {name}: {}", describe(status, &body)))
+    match status {
+        200 | 201 => {
+            tracing::info!(namespace, name, "created a binding");
+            Ok(true)
+        }
+        404 if !namespace.is_empty() => {
+            tracing::warn!(namespace, name, "the namespace does not exist; the binding is created once it does");
+            Ok(false)
+        }
+        409 => {
+            tracing::warn!(namespace, name, "a binding of this name exists and is not bcs-api's; left alone");
+            Ok(false)
+        }
+        _ => Err(format!("creating {name}: {}", describe(status, &body))),
     }
 }
 

@@ -18,7 +18,7 @@ use super::discovery::status;
 use super::FakeApiserver;
 
 pub const GROUP: &str = "rbac.authorization.k8s.io";
-const PREFIX: &str = "/apis/rbac.authorization.k8s.io/v1/";
+pub(crate) const PREFIX: &str = "/apis/rbac.authorization.k8s.io/v1/";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RbacKind {

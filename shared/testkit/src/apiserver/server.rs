@@ -273,6 +273,15 @@ fn route(ctx: &Ctx, path: &str) -> Response<Body> {
         "/healthz" | "/readyz" | "/livez" => return reply(200, "text/plain", body::full("ok")),
         _ => {}
     }
+    // As a real apiserver: a RoleBinding is created only in a namespace that exists.
+    if ctx.method == "POST" {
+        let prefix = format!("{}namespaces/", super::rbac::PREFIX);
+        if let Some(ns) = path.strip_prefix(prefix.as_str()).and_then(|rest| rest.split('/').next()) {
+            if state.store.lock().unwrap().get(Kind::Namespace, "", ns).is_none() {
+                return error(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+            }
+        }
+    }
     let rbac =
         super::rbac::serve(&mut state.rbac.lock().unwrap(), ctx.method, path, ctx.query.get("labelSelector"), ctx.body);
     if let Some((code, body)) = rbac {
