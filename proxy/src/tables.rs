@@ -42,7 +42,19 @@ pub struct Upstream {
     pub addresses: Vec<Address>,
     pub ca_pem: String,
     pub token: Secret,
+    /// The credentials' identity: their version together with the cluster's identifier. A
+    /// cluster deleted and registered again under its id starts again at version 1, but gets
+    /// a new identifier, so it shares no cached TLS configuration (its predecessor's CA) and no
+    /// pooled connection with the cluster it replaces.
     pub version: i64,
+}
+
+/// See [`Upstream::version`]. `DefaultHasher::new()` hashes alike on every core and install.
+fn credential_identity(version: i64, identifier: &str) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (version, identifier).hash(&mut hasher);
+    hasher.finish() as i64
 }
 
 #[derive(Debug)]
@@ -95,7 +107,7 @@ impl Tables {
                         addresses: cred.addresses.iter().filter_map(|a| parse_address(a)).collect(),
                         ca_pem: cred.ca_pem.clone(),
                         token: cred.token.clone(),
-                        version: cred.version,
+                        version: credential_identity(cred.version, &c.identifier),
                     })
                 });
                 let entry = ClusterEntry { id: c.id.clone(), identifier: c.identifier.clone(), upstream };

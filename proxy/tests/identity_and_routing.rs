@@ -544,3 +544,28 @@ async fn an_ejected_address_that_answers_again_is_taken_back_by_the_probe() {
     }
     println!("the first address took traffic again {:?} after it came back", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_registered_again_under_its_id_is_reached_with_its_own_ca() {
+    // Deleted and registered again: the same cluster id and credential version 1, but a new
+    // identifier, a new apiserver and a new CA. The old CA must not verify the new apiserver.
+    let old = RawUpstream::start_tls(json_ok()).await;
+    let new = RawUpstream::start_tls(json_ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &old.url(), &old.ca_pem)).await;
+    proxy.wait_ready().await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+
+    let again = "bcs-k8s-001-zyxwvuts-fedcba9876543210";
+    let mut replaced = snapshot(2, &new.url(), &new.ca_pem);
+    replaced.clusters[0].identifier = again.into();
+    admin.publish(replaced);
+    admin.wait_ack(2).await;
+    let request =
+        format!("GET /tunnels/clusters/{again}/api HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n");
+    let r = proxy.send(&request).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(new.requests().len(), 1);
+    assert_eq!(old.requests().len(), 1, "nothing more went to the old apiserver");
+}
