@@ -605,7 +605,18 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
             read
         } else {
             if !out.is_empty() && !gather {
-                let (r, o) = write_all(client, out).await;
+                let (r, o) = match revoked.as_mut() {
+                    None => write_all(client, out).await,
+                    // A stream's client may read slowly, or not at all, for long: its token's
+                    // revocation must not wait for the write.
+                    Some(revoked) => monoio::select! {
+                        written = write_all(client, out) => written,
+                        _ = &mut *revoked => {
+                            tracing::info!("token revoked or expired: closing its stream");
+                            return Err(());
+                        }
+                    },
+                };
                 out = o;
                 if r.is_err() {
                     // A body still coming was written above, while reading; here the response

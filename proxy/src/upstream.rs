@@ -113,8 +113,14 @@ fn take_from<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: &Po
     None
 }
 
-/// Returns a connection whose last exchange ended cleanly.
-pub fn put_pooled(key: PoolKey, conn: Conn) {
+/// Returns a connection whose last exchange ended cleanly. A TLS session still holding
+/// anything that came in after the answer (more data, close_notify) is not pooled: the next
+/// request would read it as its own answer.
+pub fn put_pooled(key: PoolKey, mut conn: Conn) {
+    if !conn.drained() {
+        tracing::debug!(owner = %key.owner, "the upstream sent more after its answer; not pooling the connection");
+        return;
+    }
     // The next read on it is a response head, which must wake at its first byte (low_water.rs).
     debug_assert_eq!(conn.wake_mark().ok(), Some(1), "a pooled connection keeps a receive low-water mark");
     fn put<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: PoolKey, conn: Conn) {
@@ -223,6 +229,38 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
     Ok(config)
 }
 
+/// TCP keepalive on an upstream connection: a peer that vanished without a FIN (a dead node, a
+/// partition) fails the connection within [`KEEPALIVE_IDLE`] + 6 × [`KEEPALIVE_INTERVAL`] of
+/// silence (2 minutes), so a watch or a body waiting on it ends instead of waiting for good.
+/// Set once per connection; nothing per request.
+fn keep_alive(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: a valid socket and a pointer to a c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    let seconds = |d: Duration| libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
+    let done = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, seconds(KEEPALIVE_IDLE))
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, seconds(KEEPALIVE_INTERVAL))
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
+    if done != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP keepalive on an upstream connection");
+    }
+}
+
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How to speak TLS to an `https://` upstream.
 #[derive(Clone, Copy)]
 pub enum Tls<'a> {
@@ -241,6 +279,7 @@ pub async fn connect(address: &Address, tls: Tls<'_>) -> Result<Conn, ProxyError
             .await
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        keep_alive(&tcp);
         if !address.tls {
             return Ok(Conn::Plain(tcp));
         }

@@ -569,3 +569,24 @@ async fn a_cluster_registered_again_under_its_id_is_reached_with_its_own_ca() {
     assert_eq!(new.requests().len(), 1);
     assert_eq!(old.requests().len(), 1, "nothing more went to the old apiserver");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_keep_a_keepalive_timer() {
+    // A peer that vanishes without a FIN is found by TCP keepalive: the proxy's pooled
+    // upstream connection, idle after its answer, has the kernel's keepalive timer running.
+    let s = setup(json_ok()).await;
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    let port = format!("{:04X}", s.upstream.address.port());
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // Fields: sl, local, remote, state, queues, timer (kind:expiry); the proxy's side is the
+    // socket whose remote port is the upstream's, established (01).
+    let timers: Vec<&str> = tcp
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[2].ends_with(&format!(":{port}")) && f[3] == "01")
+        .map(|f| f[5])
+        .collect();
+    assert!(!timers.is_empty(), "no connection to the upstream:\n{tcp}");
+    assert!(timers.iter().all(|t| t.starts_with("02:")), "timers {timers:?} (02 is keepalive)");
+}

@@ -121,6 +121,36 @@ async fn revoking_a_token_closes_its_watch_and_refuses_its_next_request() {
     read_until(&mut other, "pod-1", Duration::from_secs(5)).await.expect("the super user's watch works");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_token_closes_a_stream_whose_client_stopped_reading() {
+    // 1 MiB events, far more than the sockets hold: the proxy's write to the client blocks.
+    let mut piece = b"100000\r\n".to_vec();
+    piece.extend(patterned(1 << 20));
+    piece.extend_from_slice(b"\r\n");
+    let s = setup(Arc::new(move |_| {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        Reply::Stream(head, (0..48).map(|_| (Duration::from_millis(5), piece.clone())).collect())
+    }))
+    .await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut first)).await.unwrap().unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    // The client reads no more; once the buffers are full the revocation comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut revoked = snapshot(2, &s.upstream.url(), "");
+    revoked.tokens.retain(|t| t.user_id != 2);
+    let published = Instant::now();
+    s.admin.as_ref().unwrap().publish(revoked);
+    while s.upstream.streams_closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        // Well before the 60-s send timeout that would cut the client otherwise.
+        assert!(published.elapsed() < Duration::from_secs(10), "the revoked stream is still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("the stream of a client that stopped reading closed {:?} after the revocation", published.elapsed());
+}
+
 fn upgrade_request(extra: &str) -> String {
     get("/api/v1/namespaces/default/pods/p/exec?command=cat&stdin=true", USER_TOKEN, &format!("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n{extra}"))
 }
