@@ -46,6 +46,9 @@ pub struct TlsStream<C> {
     /// without capacity, whenever everything read has been taken.
     pending: Vec<u8>,
     pos: usize,
+    /// The last read returned because rustls had no more plaintext and no ciphertext was
+    /// pending: nothing is held, so [`TlsStream::drained`] need not ask rustls.
+    emptied: bool,
 }
 
 pub type ServerTls = TlsStream<ServerConnection>;
@@ -93,7 +96,7 @@ where
         let mut session = Box::new(session);
         // Whole writes are encrypted at once (see `write`): no cap on what rustls may queue.
         session.set_buffer_limit(None);
-        let mut stream = TlsStream { io, session, pending: Vec::new(), pos: 0 };
+        let mut stream = TlsStream { io, session, pending: Vec::new(), pos: 0, emptied: false };
         while stream.session.is_handshaking() {
             if stream.session.wants_write() {
                 stream.send_queued().await?;
@@ -217,6 +220,7 @@ where
         if dst.is_empty() {
             return Ok(0);
         }
+        self.emptied = false;
         let mut filled = 0;
         loop {
             match self.session.reader().read(&mut dst[filled..]) {
@@ -242,6 +246,8 @@ where
                 }
             }
             if filled > 0 {
+                // rustls said WouldBlock and nothing is pending: all that came is handed out.
+                self.emptied = true;
                 return Ok(filled);
             }
             // A session that failed earlier (rustls keeps the error) fails this read too,
@@ -259,6 +265,7 @@ where
     /// updates) are taken on the way and do not count. Err: the session failed (as the read
     /// would). Safe to drop at any point: it never holds bytes it has not handed to rustls.
     pub async fn readable(&mut self) -> io::Result<()> {
+        self.emptied = false;
         loop {
             self.take_cipher()?;
             let state = self.session.process_new_packets().map_err(tls_error)?;
@@ -291,6 +298,9 @@ where
     /// waiting, no plaintext, no close_notify. (A pooled connection between exchanges; the
     /// socket itself is peeked by `io::quiet`.)
     pub fn drained(&mut self) -> bool {
+        if self.emptied {
+            return true;
+        }
         if self.pos < self.pending.len() {
             return false;
         }
