@@ -238,6 +238,8 @@ async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engin
     assert_eq!(store.bcs_cluster(None, "K8S-001").await.unwrap(), Some(first.clone()));
     assert_eq!(store.bcs_cluster(None, "K8S-001 ").await.unwrap(), None);
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001  ").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(Some("project-a "), "K8S-001").await.unwrap(), None);
+    assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(first.clone()));
 
     // The same id: refused, the stored row unchanged, no second mapping.
     assert_conflict(

@@ -98,7 +98,7 @@ async fn read_head<C: AsyncReadRent>(
                 return Ok(Some(head));
             }
             checked = inbuf.len();
-            // The head's time runs from its first bytes (a head that came whole reads no clock).
+            // The head's time runs from its first bytes (a head that came whole sets no deadline).
             deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
         }
         let wait = match deadline {

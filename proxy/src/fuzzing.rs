@@ -13,7 +13,12 @@ use crate::route::{route, Route};
 /// arrives in pieces (as `conn::read_head` resumes it) gets the same answer as when whole.
 pub fn request_head(data: &[u8]) {
     let whole = parse_request(data);
-    assert_eq!(outcome(&in_pieces(data)), outcome(&whole), "in pieces and whole differ");
+    match (outcome(&in_pieces(data)), outcome(&whole)) {
+        // A refusal may come earlier in pieces (a bare LF in the first bytes, before the
+        // request line's 8 KiB are over), with another status: both refuse.
+        (Err(_), Err(_)) => {}
+        (pieces, whole) => assert_eq!(pieces, whole, "in pieces and whole differ"),
+    }
     match whole {
         Ok(Some((head, used))) => {
             assert!(used <= data.len());

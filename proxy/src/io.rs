@@ -113,10 +113,6 @@ where
 }
 
 impl Conn {
-    /// True while nothing has arrived on this idle connection: no data, no end, no error,
-    /// neither in the socket nor (TLS) already read into the session. A pooled connection
-    /// should receive nothing between exchanges, so anything else (the upstream's FIN, its
-    /// close_notify, a reset) means it must not be reused.
     /// Whether nothing that came in is held unread on this side: always on plain (reads go
     /// straight to the caller); on TLS, no ciphertext, plaintext or close_notify in the session
     /// (what a read that filled its buffer may leave there). No system call.
@@ -127,6 +123,10 @@ impl Conn {
         }
     }
 
+    /// True while nothing has arrived on this idle connection: no data, no end, no error,
+    /// neither in the socket nor (TLS) already read into the session. A pooled connection
+    /// should receive nothing between exchanges, so anything else (the upstream's FIN, its
+    /// close_notify, a reset) means it must not be reused.
     pub fn quiet(&mut self) -> bool {
         match self {
             Conn::Plain(s) => quiet(s),

@@ -148,6 +148,9 @@ impl Rbac {
     /// grants are read first, so that a notice of this same write from elsewhere reconciles
     /// nothing more (a failed read only forgets what was seen: the next notice reconciles).
     pub async fn written(&self, store: &Store) -> u64 {
+        if !self.enabled() {
+            return self.bump();
+        }
         let mut seen = self.grants_seen.lock().await;
         *seen = store.grants().await.ok().map(|grants| fingerprint(&grants));
         self.bump()
@@ -187,21 +190,22 @@ impl Rbac {
 
     /// Waits (at most `timeout`) until every cluster of `clusters` (`None`: every cluster with
     /// credentials now) has reconciled successfully from `generation` or later. A failure of
-    /// one of them from that generation ends the wait with its error once [`FAILURE_GRACE`]
-    /// has passed, in which the cluster's worker retries (a passing error is waited out).
+    /// one of them from that generation ends the wait with its error once it has lasted
+    /// [`FAILURE_GRACE`] since the wait first saw it, in which the cluster's worker retries
+    /// (a passing error is waited out).
     pub async fn wait_applied(
         &self,
         clusters: Option<Vec<String>>,
         generation: u64,
         timeout: Duration,
     ) -> Result<(), String> {
-        let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
-        let grace_over = started + FAILURE_GRACE.min(timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        // When a failure from this generation was first seen (none while every pass succeeds).
+        let mut failing_since: Option<tokio::time::Instant> = None;
         let mut progress = self.progress.subscribe();
         loop {
             progress.borrow_and_update();
-            let in_grace = tokio::time::Instant::now() < grace_over;
+            let now = tokio::time::Instant::now();
             {
                 let statuses = self.clusters.lock().unwrap();
                 let wanted: Vec<String> = match &clusters {
@@ -209,6 +213,7 @@ impl Rbac {
                     None => statuses.keys().cloned().collect(),
                 };
                 let mut pending = false;
+                let mut failing = None;
                 for id in &wanted {
                     let Some(status) = statuses.get(id) else {
                         return Err(format!("cluster {id} has no usable credentials (no agent report yet?)"));
@@ -216,20 +221,24 @@ impl Rbac {
                     if status.success_generation >= generation {
                         continue;
                     }
-                    if status.failure_generation >= generation && !in_grace {
-                        return Err(format!(
-                            "cluster {id}: {}",
-                            status.last_error.as_deref().unwrap_or("the reconcile failed")
-                        ));
+                    if status.failure_generation >= generation {
+                        failing.get_or_insert_with(|| {
+                            format!("cluster {id}: {}", status.last_error.as_deref().unwrap_or("the reconcile failed"))
+                        });
                     }
                     pending = true;
                 }
                 if !pending {
                     return Ok(());
                 }
+                match failing {
+                    Some(error) if now >= *failing_since.get_or_insert(now) + FAILURE_GRACE => return Err(error),
+                    Some(_) => {}
+                    None => failing_since = None,
+                }
             }
-            let wake = if in_grace { grace_over } else { deadline };
-            if tokio::time::timeout_at(wake, progress.changed()).await.is_err() && !in_grace {
+            let wake = failing_since.map_or(deadline, |since| (since + FAILURE_GRACE).min(deadline));
+            if tokio::time::timeout_at(wake, progress.changed()).await.is_err() && wake == deadline {
                 return Err(format!("not applied within {timeout:?}"));
             }
         }
@@ -318,7 +327,9 @@ impl Rbac {
 
 struct Worker {
     target: watch::Sender<Arc<kube::Target>>,
-    version: i64,
+    /// The credentials' version and the cluster's identifier: a cluster deleted and registered
+    /// again under its id starts at version 1 again, with a new identifier.
+    credentials: (i64, String),
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -420,16 +431,18 @@ fn refresh_workers(app: &AppState, workers: &mut HashMap<String, Worker>) {
             })
         };
         match workers.get_mut(&cluster.id) {
-            Some(worker) if worker.version == credentials.version => {}
+            Some(worker)
+                if worker.credentials.0 == credentials.version && worker.credentials.1 == cluster.identifier => {}
             Some(worker) => {
-                worker.version = credentials.version;
+                worker.credentials = (credentials.version, cluster.identifier.clone());
                 worker.target.send_replace(target());
             }
             None => {
                 app.rbac.track(&cluster.id);
                 let (sender, receiver) = watch::channel(target());
                 let task = tokio::spawn(work(app.clone(), cluster.id.clone(), receiver));
-                workers.insert(cluster.id.clone(), Worker { target: sender, version: credentials.version, task });
+                let credentials = (credentials.version, cluster.identifier.clone());
+                workers.insert(cluster.id.clone(), Worker { target: sender, credentials, task });
             }
         }
     }
@@ -543,7 +556,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dsn = crate::store::Dsn::Sqlite(dir.path().join("grants.db"));
         let store = crate::store::open(&dsn, dir.path()).await.unwrap();
-        let rbac = Rbac::new(Settings::disabled(), crate::metrics::Metrics::default().rbac.clone());
+        let settings = Settings { enabled: true, ..Settings::disabled() };
+        let rbac = Rbac::new(settings, crate::metrics::Metrics::default().rbac.clone());
         let generation = || *rbac.generation.borrow();
 
         store.add_grant(readonly("plain:a"), 0).await.unwrap();

@@ -243,17 +243,21 @@ impl Store {
         let source = source_cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let mut sql = "SELECT cluster_id, source_cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ?"
+                let mut sql = "SELECT cluster_id, source_cluster_id, source_project_id FROM bcs_cluster_infos \
+                               WHERE source_cluster_id = ?"
                     .to_owned();
                 let mut params: Vec<Value> = vec![source.clone().into()];
-                if let Some(project) = project_id {
+                if let Some(project) = &project_id {
                     sql.push_str(" AND source_project_id = ?");
-                    params.push(project.into());
+                    params.push(project.clone().into());
                 }
                 sql.push_str(" ORDER BY id");
-                let found = all(tx.query(&sql, params).await?, |r| Ok((r.text(0)?, r.text(1)?)))?;
+                let found = all(tx.query(&sql, params).await?, |r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))?;
                 // Exactly: MySQL's collation ignores trailing spaces in `=`.
-                let Some((cluster_id, _)) = found.into_iter().find(|(_, s)| *s == source) else {
+                let exact = |(_, s, p): &(String, String, String)| {
+                    *s == source && project_id.as_ref().is_none_or(|wanted| wanted == p)
+                };
+                let Some((cluster_id, _, _)) = found.into_iter().find(exact) else {
                     return Ok(None);
                 };
                 find_cluster(tx, cluster_id).await

@@ -175,7 +175,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ProxyEr
 /// only what came after them is searched. A head that arrives a byte at a time then costs
 /// time in proportion to its length, not to its length squared.
 pub fn parse_request_after(buf: &[u8], checked: usize) -> Result<Option<(RequestHead, usize)>, ProxyError> {
-    let line_end = CRLF.find(buf);
+    // The request line's end is looked for again each time, within its 8 KiB limit only.
+    let line_end = CRLF.find(&buf[..buf.len().min(MAX_REQUEST_LINE + 2)]);
     match line_end {
         None if buf.len() > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
         Some(end) if end > MAX_REQUEST_LINE => return Err(ProxyError::UriTooLong),
