@@ -358,6 +358,17 @@ async fn a_rest_grant_gives_access_on_change_and_its_removal_takes_it_away() {
     assert!(metrics.contains("bcs_api_rbac_objects_total"), "{metrics}");
 }
 
+/// The `rbac` section body of a gateway that takes grants from the permission subscription
+/// (its periodic reconcile far away: what happens, happens on change).
+const SUBSCRIBING: &str = "  turn_on_auth: true\n  sync_interval_seconds: 300\n";
+
+/// The `bkiam_auth` section for a permission service at `server` (`host:port` or a URL).
+fn subscription_config(server: &str) -> String {
+    format!(
+        "bkiam_auth:\n  bkiam_auth_app_code: {APP_CODE}\n  bkiam_auth_app_secret: {APP_SECRET}\n  bkiam_auth_sub_server: {server}\n"
+    )
+}
+
 /// A BCS cluster `id` in project `e2e` whose apiserver (enforcing RBAC, cluster token `token`)
 /// holds the pod `web-0`: registered in `gw` and served, `svc` has a subscriber, and `dev` may
 /// not list pods yet.
@@ -380,11 +391,7 @@ async fn subscribed_cluster(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_delete_takes_it_away() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
-    let extra = format!(
-        "bkiam_auth:\n  bkiam_auth_app_code: {APP_CODE}\n  bkiam_auth_app_secret: {APP_SECRET}\n  bkiam_auth_sub_server: {}\n",
-        svc.host_port()
-    );
-    let gw = gateway("  turn_on_auth: true\n  sync_interval_seconds: 300\n", &extra).await;
+    let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
     let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-001", "subClusterToken").await;
     assert_eq!(svc.refused(), 0, "the basic auth was right");
 
@@ -464,11 +471,7 @@ async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_del
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_the_cluster_cannot_take_yet_holds_back_no_other() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
-    let extra = format!(
-        "bkiam_auth:\n  bkiam_auth_app_code: {APP_CODE}\n  bkiam_auth_app_secret: {APP_SECRET}\n  bkiam_auth_sub_server: {}\n",
-        svc.host_port()
-    );
-    let gw = gateway("  turn_on_auth: true\n  sync_interval_seconds: 300\n", &extra).await;
+    let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
     let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-002", "ghostClusterToken").await;
 
     // A namespace the cluster does not have (yet): its binding cannot be created, which is
@@ -494,11 +497,8 @@ async fn a_grant_the_cluster_cannot_take_yet_holds_back_no_other() {
 async fn a_subscription_over_wss_trusts_only_the_configured_ca() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, true).await;
     let other = PermissionService::start(APP_CODE, APP_SECRET, true).await;
-    let extra = format!(
-        "bkiam_auth:\n  bkiam_auth_app_code: {APP_CODE}\n  bkiam_auth_app_secret: {APP_SECRET}\n  bkiam_auth_sub_server: {}\n",
-        svc.url()
-    );
-    let rbac = "  turn_on_auth: true\n  sync_interval_seconds: 300\n";
+    let extra = subscription_config(&svc.url());
+    let rbac = SUBSCRIBING;
 
     // A CA that did not sign the service's certificate: no subscription, and the status says why.
     let refused = gateway_trusting(rbac, &extra, other.ca_pem().as_deref()).await;

@@ -126,10 +126,15 @@ fn console_get(query: &str, token: Option<&str>) -> String {
 
 /// A console proxy answering 200 to everything, and a proxy that allows it (127.0.0.0/8).
 async fn console_setup() -> (RawUpstream, Setup) {
+    console_setup_allowing("127.0.0.0/8").await
+}
+
+/// A console proxy answering 200 to everything, and a proxy that allows `allowed`.
+async fn console_setup_allowing(allowed: &str) -> (RawUpstream, Setup) {
     let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{\"console\":true}")))).await;
     let options = ProxyOptions {
         console_port: console.address.port(),
-        console_allowed: vec!["127.0.0.0/8".into()],
+        console_allowed: vec![allowed.into()],
         ..ProxyOptions::default()
     };
     let s = setup(&[], options).await;
@@ -174,13 +179,7 @@ async fn console_connections_are_pooled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ipv6_allow_list_does_not_let_an_ipv4_mapped_address_through() {
-    let console = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
-    let options = ProxyOptions {
-        console_port: console.address.port(),
-        console_allowed: vec!["::/0".into()],
-        ..ProxyOptions::default()
-    };
-    let s = setup(&[], options).await;
+    let (console, s) = console_setup_allowing("::/0").await;
     // `::ffff:127.0.0.1` reaches 127.0.0.1 on a dual-stack socket: it is judged as that.
     let r = s.proxy.send(&console_get("?host_ip=::ffff:127.0.0.1", Some(USER_TOKEN))).await;
     assert_eq!(r.status, 403, "{}", r.text());
