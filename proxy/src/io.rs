@@ -162,22 +162,28 @@ impl Conn {
     /// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): the kernel wakes a waiting read
     /// only once this many bytes have arrived (or the peer ended, or the window is closing).
     pub fn wake_at(&self, bytes: usize) -> io::Result<()> {
-        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt reads one c_int from `value`.
-        let r = unsafe {
-            libc::setsockopt(
-                self.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&raw const value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        set_int_option(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+    }
+}
+
+/// `setsockopt` of one integer option (clamped to a C int): the socket settings of the proxy
+/// (low-water marks, keepalive, the send timeout) all take one.
+pub fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one c_int from `value`.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -210,19 +210,9 @@ async fn accept_loop(
 /// so no write of the request path carries a timer; an idle connection is not affected.
 fn set_send_timeout(stream: &monoio::net::TcpStream, timeout: Duration) {
     use std::os::fd::AsRawFd;
-    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
-    // SAFETY: a valid socket and a pointer to a c_uint of the size passed.
-    let done = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&ms as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if done != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
+    let ms = usize::try_from(timeout.as_millis()).unwrap_or(usize::MAX);
+    if let Err(e) = crate::io::set_int_option(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
 }
 

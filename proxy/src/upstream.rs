@@ -234,27 +234,17 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
 /// silence (2 minutes), so a watch or a body waiting on it ends instead of waiting for good.
 /// Set once per connection; nothing per request.
 fn keep_alive(tcp: &TcpStream) {
+    use crate::io::set_int_option;
     use std::os::fd::AsRawFd;
     let fd = tcp.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: a valid socket and a pointer to a c_int of the size passed.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    let seconds = |d: Duration| libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
-    let done = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, seconds(KEEPALIVE_IDLE))
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, seconds(KEEPALIVE_INTERVAL))
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
-    if done != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP keepalive on an upstream connection");
+    let done = set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE.as_secs() as usize))
+        .and_then(|()| {
+            set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL.as_secs() as usize)
+        })
+        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6));
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "cannot set TCP keepalive on an upstream connection");
     }
 }
 
