@@ -17,11 +17,12 @@ use crate::io::{read_more, write_all, Readable};
 use crate::respond::{self, Shape};
 use crate::route::{self, Route};
 use crate::tables::{self, Tables};
+use crate::upstream::Endpoint;
 
 /// Per-core settings of the request path.
 /// (What users may do comes from the snapshot; these are the fixed addresses and limits.)
 pub struct Settings {
-    pub admin: Address,
+    pub admin: Endpoint,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     /// The longest a request body may go without a byte (408, then close).
@@ -39,7 +40,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            admin: bcs_shared::snapshot::parse_address("http://127.0.0.1:8090").expect("valid"),
+            admin: bcs_shared::snapshot::parse_address("http://127.0.0.1:8090").expect("valid").into(),
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             body_timeout: Duration::from_secs(60),
@@ -133,11 +134,10 @@ where
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
     let path = &head.target[..memchr::memchr(b'?', head.target.as_bytes()).unwrap_or(head.target.len())];
-    let (kind, user, cluster, outcome) = match plan(head, settings, memo) {
-        Err((kind, error)) => {
-            (kind, String::new(), String::new(), Err(Failed { client, error, in_sync: head.framing == Framing::None }))
-        }
-        Ok(Plan { kind, user, cluster, target, destination }) => {
+    let plan = plan(head, settings, memo);
+    let (kind, destination, outcome) = match plan {
+        Err((kind, error)) => (kind, None, Err(Failed { client, error, in_sync: head.framing == Framing::None })),
+        Ok(Plan { kind, target, destination }) => {
             let mut client = client;
             if head.expect_continue
                 && write_all(&mut client, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await.0.is_err()
@@ -145,15 +145,18 @@ where
                 return Flow::Done;
             }
             let outcome =
-                forward::exchange(client, inbuf, head, &target, destination, client_ip, settings.body_timeout).await;
-            (kind, user, cluster, outcome)
+                forward::exchange(client, inbuf, head, &target, &destination, client_ip, settings.body_timeout).await;
+            (kind, Some(destination), outcome)
         }
     };
+    // Who and where, for the access log: borrowed from the destination (no copy per request).
+    let user = destination.as_ref().map_or("", Destination::user_name);
+    let cluster = destination.as_ref().map_or("", Destination::cluster_name);
     let shape = if kind == "k8s" { Shape::Kubernetes } else { Shape::Rest };
     match outcome {
         Ok((flow, status)) => {
             let took = started.elapsed();
-            log_request(&head.method, path, &user, &cluster, status, took, None);
+            log_request(&head.method, path, user, cluster, status, took, None);
             crate::metrics::request_done(kind, &head.method, status, took.as_secs_f64());
             flow
         }
@@ -164,7 +167,7 @@ where
                 _ => write_all(&mut client, respond::error(&error, shape, close)).await.0.map_err(|_| ()),
             };
             let took = started.elapsed();
-            log_request(&head.method, path, &user, &cluster, error.status(), took, Some(&error));
+            log_request(&head.method, path, user, cluster, error.status(), took, Some(&error));
             crate::metrics::request_done(kind, &head.method, error.status(), took.as_secs_f64());
             if close || written.is_err() {
                 Flow::Done
@@ -177,8 +180,6 @@ where
 
 struct Plan<'a> {
     kind: &'static str,
-    user: String,
-    cluster: String,
     /// The request target upstream: mostly a slice of the client's.
     target: Cow<'a, str>,
     destination: Destination,
@@ -203,8 +204,6 @@ fn plan_with<'h>(
     match route {
         Route::Rest => Ok(Plan {
             kind: "rest",
-            user: String::new(),
-            cluster: String::new(),
             target: Cow::Borrowed(&head.target),
             destination: Destination::Admin { address: settings.admin.clone() },
         }),
@@ -224,8 +223,6 @@ fn plan_with<'h>(
             tracing::debug!(user = %caller.user.name, cluster = %cluster.id, revision = tables.revision, impersonate = ?impersonate, "routed to a cluster");
             Ok(Plan {
                 kind: "k8s",
-                user: caller.user.name.clone(),
-                cluster: cluster.id.clone(),
                 target: upstream_target,
                 destination: Destination::Cluster { upstream, caller, impersonate },
             })
@@ -242,18 +239,17 @@ fn plan_with<'h>(
             let drivers =
                 tables.mesos_drivers(&cluster_id).ok_or_else(|| fail(ProxyError::NoDrivers(cluster_id.clone())))?;
             // A driver per request, at random (as the original), the others after it.
-            let mut addresses: Vec<Address> = drivers.as_ref().clone();
+            let mut addresses: Vec<Endpoint> = drivers.as_ref().clone();
             let first = random_index(addresses.len());
             addresses.rotate_left(first);
-            tracing::debug!(user = %caller.user.name, cluster = %cluster_id, first = %addresses[0].authority(), "routed to a mesos-driver");
+            tracing::debug!(user = %caller.user.name, cluster = %cluster_id, first = %addresses[0].authority, "routed to a mesos-driver");
             Ok(Plan {
                 kind: "mesos",
-                user: caller.user.name.clone(),
-                cluster: cluster_id.clone(),
                 target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
                     addresses,
                     owner: format!("mesos:{cluster_id}"),
+                    cluster: cluster_id,
                     tls: settings.internal_tls.clone(),
                     caller,
                 },
@@ -276,12 +272,11 @@ fn plan_with<'h>(
             let address = Address { tls: false, host: ip.to_string(), port: settings.console_port };
             Ok(Plan {
                 kind: "mesos_webconsole",
-                user: caller.user.name.clone(),
-                cluster: String::new(),
                 target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
-                    addresses: vec![address],
+                    addresses: vec![Endpoint::from(address)],
                     owner: crate::upstream::CONSOLE_OWNER.into(),
+                    cluster: String::new(),
                     tls: None,
                     caller,
                 },

@@ -15,7 +15,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bcs_shared::snapshot::Address;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use crate::auth::Caller;
@@ -27,7 +26,7 @@ use crate::low_water;
 use crate::rewrite::{self, BodyFraming, ClusterIdentity};
 use crate::streams;
 use crate::tables::Upstream;
-use crate::upstream::{self, PoolKey};
+use crate::upstream::{self, Candidates, Endpoint, PoolKey};
 
 /// How long an upstream may take to start answering.
 pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -76,12 +75,14 @@ pub enum Destination {
         impersonate: Option<String>,
     },
     Admin {
-        address: Address,
+        address: Endpoint,
     },
     /// A mesos-driver (`addresses`: the live drivers, in the order to try) or a console proxy.
     Internal {
-        addresses: Vec<Address>,
+        addresses: Vec<Endpoint>,
         owner: String,
+        /// The BCS cluster id (mesos), for the access log; empty for a console proxy.
+        cluster: String,
         tls: Option<Arc<rustls::ClientConfig>>,
         caller: Caller,
     },
@@ -103,9 +104,9 @@ pub struct Failed<C> {
     pub in_sync: bool,
 }
 
-struct Sent {
+struct Sent<'d> {
     conn: Conn,
-    key: PoolKey,
+    key: PoolKey<'d>,
     response: ResponseHead,
     /// The response bytes read so far; `head_len` of them are the head.
     buf: Vec<u8>,
@@ -117,22 +118,40 @@ fn idempotent(method: &str) -> bool {
 }
 
 impl Destination {
-    fn addresses(&self) -> Vec<&Address> {
+    fn addresses(&self) -> Candidates<'_> {
         match self {
             Destination::Cluster { upstream, .. } => upstream::candidates(&upstream.addresses),
-            Destination::Admin { address } => vec![address],
+            Destination::Admin { address } => Candidates::InOrder(std::slice::from_ref(address).iter()),
             Destination::Internal { addresses, .. } => upstream::candidates(addresses),
         }
     }
 
-    /// `authority`: the address's `host:port`.
-    fn pool_key(&self, authority: String) -> PoolKey {
+    /// The pool `endpoint`'s connections for this destination belong to.
+    fn pool_key<'a>(&'a self, endpoint: &'a Endpoint) -> PoolKey<'a> {
+        let authority = &endpoint.authority;
         match self {
             Destination::Cluster { upstream, .. } => {
-                PoolKey { authority, owner: upstream.cluster_id.clone(), version: upstream.version }
+                PoolKey { authority, owner: &upstream.cluster_id, version: upstream.version }
             }
-            Destination::Admin { .. } => PoolKey { authority, owner: "admin".into(), version: 0 },
-            Destination::Internal { owner, .. } => PoolKey { authority, owner: owner.clone(), version: 0 },
+            Destination::Admin { .. } => PoolKey { authority, owner: "admin", version: 0 },
+            Destination::Internal { owner, .. } => PoolKey { authority, owner, version: 0 },
+        }
+    }
+
+    /// The caller's user name, for the access log (empty on admin's routes).
+    pub fn user_name(&self) -> &str {
+        match self {
+            Destination::Cluster { caller, .. } | Destination::Internal { caller, .. } => &caller.user.name,
+            Destination::Admin { .. } => "",
+        }
+    }
+
+    /// The cluster's id, for the access log (empty on admin's routes and console proxies).
+    pub fn cluster_name(&self) -> &str {
+        match self {
+            Destination::Cluster { upstream, .. } => &upstream.cluster_id,
+            Destination::Internal { cluster, .. } => cluster,
+            Destination::Admin { .. } => "",
         }
     }
 
@@ -177,7 +196,7 @@ pub async fn exchange<C>(
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
     target: &str,
-    destination: Destination,
+    destination: &Destination,
     client_ip: IpAddr,
     body_timeout: Duration,
 ) -> Result<(Flow<C>, u16), Failed<C>>
@@ -191,7 +210,7 @@ where
         return Err(Failed { client, error, in_sync: false });
     }
     // Boxed: a stream's task keeps this future's largest state for hours, and sending is it.
-    let sent = match Box::pin(send(&mut client, inbuf, head, target, &destination, client_ip, body_timeout)).await {
+    let sent = match Box::pin(send(&mut client, inbuf, head, target, destination, client_ip, body_timeout)).await {
         Ok(sent) => sent,
         Err((error, in_sync)) => return Err(Failed { client, error, in_sync }),
     };
@@ -244,22 +263,22 @@ where
 
 /// Connects (pooled, or new with failover across addresses), writes the request and reads
 /// the response head. Errors carry whether the client is still in sync.
-async fn send<C: AsyncReadRent + Readable>(
+async fn send<'d, C: AsyncReadRent + Readable>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
     target: &str,
-    destination: &Destination,
+    destination: &'d Destination,
     client_ip: IpAddr,
     body_timeout: Duration,
-) -> Result<Sent, (ProxyError, bool)> {
+) -> Result<Sent<'d>, (ProxyError, bool)> {
     let retryable = head.framing == Framing::None && idempotent(&head.method);
     let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
     let mut retried = false;
-    for address in destination.addresses() {
-        let authority = address.authority();
-        let mut request_head = destination.head(head, target, &authority, client_ip).map_err(|e| (e, false))?;
-        let key = destination.pool_key(authority);
+    for endpoint in destination.addresses() {
+        let mut request_head =
+            destination.head(head, target, &endpoint.authority, client_ip).map_err(|e| (e, false))?;
+        let key = destination.pool_key(endpoint);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -267,17 +286,17 @@ async fn send<C: AsyncReadRent + Readable>(
                 Some(conn) if attempts == 1 => (conn, true),
                 // Boxed: a TLS handshake's future is large, and inline it would make every
                 // connection's task that large for its whole life (an idle watch's too).
-                _ => match Box::pin(upstream::connect(address, destination.tls())).await {
+                _ => match Box::pin(upstream::connect(endpoint, destination.tls())).await {
                     Ok(conn) => (conn, false),
                     Err(e) => {
-                        tracing::warn!(address = %address.authority(), error = %e, "upstream connect failed");
-                        upstream::eject(address);
+                        tracing::warn!(address = %endpoint.authority, error = %e, "upstream connect failed");
+                        upstream::eject(endpoint);
                         last_error = e;
                         break;
                     }
                 },
             };
-            tracing::debug!(address = %address.authority(), reused, attempt = attempts, "sending upstream");
+            tracing::debug!(address = %endpoint.authority, reused, attempt = attempts, "sending upstream");
             let (written, head_back) = conn.write_all(request_head).await;
             request_head = head_back;
             let body_result = match written {
@@ -467,7 +486,7 @@ async fn receive_head(conn: &mut Conn, method: &str) -> Result<(ResponseHead, Ve
 async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     client: &mut C,
     mut conn: Conn,
-    key: PoolKey,
+    key: PoolKey<'_>,
     response: &ResponseHead,
     mut buf: Vec<u8>,
     head_len: usize,
@@ -711,7 +730,7 @@ async fn write_while_reading<C: AsyncWriteRent>(
 /// Always `Err`: the client connection ends.
 async fn salvage(
     mut conn: Conn,
-    key: PoolKey,
+    key: PoolKey<'_>,
     response: &ResponseHead,
     left: u64,
     read: Option<Read>,

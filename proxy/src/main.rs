@@ -192,7 +192,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let body_timeout = seconds(config.proxy_config.client_body_timeout_seconds, "client_body_timeout_seconds")?;
     let send_timeout = seconds(config.proxy_config.send_timeout_seconds, "send_timeout_seconds")?;
     let settings = bcs_proxy::conn::Settings {
-        admin,
+        admin: admin.into(),
         internal_tls,
         console_port,
         console_allowed,

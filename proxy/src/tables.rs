@@ -9,7 +9,9 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use bcs_shared::identity::kubernetes_user_name;
 use bcs_shared::secret::Secret;
-use bcs_shared::snapshot::{parse_address, Address, DigestKeyed, Snapshot};
+use bcs_shared::snapshot::{parse_address, DigestKeyed, Snapshot};
+
+use crate::upstream::Endpoint;
 
 static TABLES: ArcSwapOption<Tables> = ArcSwapOption::const_empty();
 
@@ -39,7 +41,7 @@ pub struct ClusterEntry {
 #[derive(Debug)]
 pub struct Upstream {
     pub cluster_id: String,
-    pub addresses: Vec<Address>,
+    pub addresses: Vec<Endpoint>,
     pub ca_pem: String,
     pub token: Secret,
     /// The credentials' identity: their version together with the cluster's identifier. A
@@ -68,7 +70,7 @@ pub struct Tables {
     /// snapshot, not from clients.
     clusters: foldhash::HashMap<String, Arc<ClusterEntry>>,
     /// Live mesos-drivers by BCS cluster id.
-    mesos: foldhash::HashMap<String, Arc<Vec<Address>>>,
+    mesos: foldhash::HashMap<String, Arc<Vec<Endpoint>>>,
 }
 
 /// SHA-256 of a presented token: the lookup key.
@@ -104,7 +106,7 @@ impl Tables {
                 let upstream = c.credentials.as_ref().map(|cred| {
                     Arc::new(Upstream {
                         cluster_id: c.id.clone(),
-                        addresses: cred.addresses.iter().filter_map(|a| parse_address(a)).collect(),
+                        addresses: cred.addresses.iter().filter_map(|a| parse_address(a)).map(Endpoint::from).collect(),
                         ca_pem: cred.ca_pem.clone(),
                         token: cred.token.clone(),
                         version: credential_identity(cred.version, &c.identifier),
@@ -117,7 +119,10 @@ impl Tables {
         let mesos = snapshot
             .mesos
             .iter()
-            .map(|m| (m.cluster_id.clone(), Arc::new(m.drivers.iter().filter_map(|d| d.address()).collect())))
+            .map(|m| {
+                let drivers = m.drivers.iter().filter_map(|d| d.address()).map(Endpoint::from).collect();
+                (m.cluster_id.clone(), Arc::new(drivers))
+            })
             .collect();
         Tables {
             mesos,
@@ -144,7 +149,7 @@ impl Tables {
     }
 
     /// The live drivers of a Mesos cluster (None: unknown or none live).
-    pub fn mesos_drivers(&self, cluster_id: &str) -> Option<&Arc<Vec<Address>>> {
+    pub fn mesos_drivers(&self, cluster_id: &str) -> Option<&Arc<Vec<Endpoint>>> {
         self.mesos.get(cluster_id).filter(|d| !d.is_empty())
     }
 

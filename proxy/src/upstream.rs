@@ -28,13 +28,49 @@ const POOL_MAX_PER_KEY: usize = 64;
 /// How long a failed address is skipped.
 const EJECTION: Duration = Duration::from_secs(10);
 
-/// Which pool a connection belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
+/// An upstream address with its `host:port` written once, where the tables and the settings
+/// are made: a request's pool key and ejection check borrow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Address,
     pub authority: String,
+}
+
+impl From<Address> for Endpoint {
+    fn from(address: Address) -> Endpoint {
+        Endpoint { authority: address.authority(), address }
+    }
+}
+
+/// Which pool a connection belongs to, borrowed from the request's destination: a request
+/// makes no key of its own (a pool's first connection stores a [`StoredKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey<'a> {
+    pub authority: &'a str,
     /// Cluster id (or `admin`) and credential version: a new version never reuses old sockets.
-    pub owner: String,
+    pub owner: &'a str,
     pub version: i64,
+}
+
+/// A [`PoolKey`] as the pool keeps it. Both derive `Hash` over the same fields in the same
+/// order, and a `String` hashes as its `str`, so a borrowed key finds its stored one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StoredKey {
+    authority: String,
+    owner: String,
+    version: i64,
+}
+
+impl hashbrown::Equivalent<StoredKey> for PoolKey<'_> {
+    fn equivalent(&self, stored: &StoredKey) -> bool {
+        self.version == stored.version && self.owner == stored.owner && self.authority == stored.authority
+    }
+}
+
+impl PoolKey<'_> {
+    fn stored(&self) -> StoredKey {
+        StoredKey { authority: self.authority.to_owned(), owner: self.owner.to_owned(), version: self.version }
+    }
 }
 
 struct Idle {
@@ -50,10 +86,10 @@ pub const CONSOLE_OWNER: &str = "console";
 struct Pools {
     /// foldhash: clusters', admin's and mesos-drivers' addresses come from the snapshot and
     /// the configuration, not from clients, and every pooled request hashes its key twice.
-    ours: foldhash::HashMap<PoolKey, Vec<Idle>>,
+    ours: hashbrown::HashMap<StoredKey, Vec<Idle>>,
     /// SipHash (std's default): a webconsole request's address is the client's `host_ip`
     /// (within `webconsole_allowed_hosts`), so a client chooses these keys.
-    clients: HashMap<PoolKey, Vec<Idle>>,
+    clients: hashbrown::HashMap<StoredKey, Vec<Idle>, std::hash::RandomState>,
 }
 
 thread_local! {
@@ -69,17 +105,17 @@ thread_local! {
 
 /// An idle pooled connection for `key`, if a fresh one is there. Connections of the same owner
 /// with another credential version are closed on the way.
-pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
+pub fn take_pooled(key: &PoolKey<'_>) -> Option<Conn> {
     let changed = VERSIONS.with(|v| {
         let mut v = v.borrow_mut();
-        match v.get_mut(&key.owner) {
+        match v.get_mut(key.owner) {
             Some(version) if *version == key.version => false,
             Some(version) => {
                 *version = key.version;
                 true
             }
             None => {
-                v.insert(key.owner.clone(), key.version);
+                v.insert(key.owner.to_owned(), key.version);
                 false
             }
         }
@@ -94,7 +130,11 @@ pub fn take_pooled(key: &PoolKey) -> Option<Conn> {
     })
 }
 
-fn take_from<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: &PoolKey, changed: bool) -> Option<Conn> {
+fn take_from<S: BuildHasher>(
+    pool: &mut hashbrown::HashMap<StoredKey, Vec<Idle>, S>,
+    key: &PoolKey<'_>,
+    changed: bool,
+) -> Option<Conn> {
     if changed {
         pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
     }
@@ -116,17 +156,21 @@ fn take_from<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: &Po
 /// Returns a connection whose last exchange ended cleanly. A TLS session still holding
 /// anything that came in after the answer (more data, close_notify) is not pooled: the next
 /// request would read it as its own answer.
-pub fn put_pooled(key: PoolKey, mut conn: Conn) {
+pub fn put_pooled(key: PoolKey<'_>, mut conn: Conn) {
     if !conn.drained() {
         tracing::debug!(owner = %key.owner, "the upstream sent more after its answer; not pooling the connection");
         return;
     }
     // The next read on it is a response head, which must wake at its first byte (low_water.rs).
     debug_assert_eq!(conn.wake_mark().ok(), Some(1), "a pooled connection keeps a receive low-water mark");
-    fn put<S: BuildHasher>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>, key: PoolKey, conn: Conn) {
-        let idle = pool.entry(key).or_default();
-        if idle.len() < POOL_MAX_PER_KEY {
-            idle.push(Idle { conn, since: Instant::now() });
+    fn put<S: BuildHasher>(pool: &mut hashbrown::HashMap<StoredKey, Vec<Idle>, S>, key: PoolKey<'_>, conn: Conn) {
+        let idle = Idle { conn, since: Instant::now() };
+        match pool.get_mut(&key) {
+            Some(pooled) if pooled.len() < POOL_MAX_PER_KEY => pooled.push(idle),
+            Some(_) => {}
+            None => {
+                pool.insert(key.stored(), vec![idle]);
+            }
         }
     }
     POOL.with(|pool| {
@@ -142,7 +186,7 @@ pub fn put_pooled(key: PoolKey, mut conn: Conn) {
 /// Closes pooled connections idle for longer than [`POOL_IDLE`] (the housekeeping tick calls
 /// it every second, so the request path never scans the pool).
 pub fn expire_idle() {
-    fn expire<S>(pool: &mut HashMap<PoolKey, Vec<Idle>, S>) {
+    fn expire<S>(pool: &mut hashbrown::HashMap<StoredKey, Vec<Idle>, S>) {
         for idle in pool.values_mut() {
             idle.retain(|e| e.since.elapsed() < POOL_IDLE);
         }
@@ -165,19 +209,36 @@ pub fn pooled_count() -> usize {
 
 /// The addresses to try, healthy ones first, in the reported order (failover, as the
 /// original: the first healthy address takes the traffic, which keeps pools warm).
-pub fn candidates(addresses: &[Address]) -> Vec<&Address> {
+pub fn candidates(endpoints: &[Endpoint]) -> Candidates<'_> {
     EJECTED.with(|e| {
         let mut e = e.borrow_mut();
         if e.is_empty() {
-            // The usual case: no clock read, no address formatted.
-            return addresses.iter().collect();
+            // The usual case: no clock read, no list made.
+            return Candidates::InOrder(endpoints.iter());
         }
         let now = Instant::now();
         e.retain(|_, until| *until > now);
-        let (healthy, ejected): (Vec<&Address>, Vec<&Address>) =
-            addresses.iter().partition(|a| !e.contains_key(&a.authority()));
-        healthy.into_iter().chain(ejected).collect()
+        let (healthy, ejected): (Vec<&Endpoint>, Vec<&Endpoint>) =
+            endpoints.iter().partition(|a| !e.contains_key(&a.authority));
+        Candidates::Sorted(healthy.into_iter().chain(ejected).collect::<Vec<_>>().into_iter())
     })
+}
+
+/// The endpoints [`candidates`] gives, in the order to try them.
+pub enum Candidates<'a> {
+    InOrder(std::slice::Iter<'a, Endpoint>),
+    Sorted(std::vec::IntoIter<&'a Endpoint>),
+}
+
+impl<'a> Iterator for Candidates<'a> {
+    type Item = &'a Endpoint;
+
+    fn next(&mut self) -> Option<&'a Endpoint> {
+        match self {
+            Candidates::InOrder(endpoints) => endpoints.next(),
+            Candidates::Sorted(endpoints) => endpoints.next(),
+        }
+    }
 }
 
 /// Active health check: tries a TCP connection to ejected addresses (at most
@@ -206,8 +267,8 @@ pub fn probe_ejected() {
 /// round opens, whatever made many addresses fail (ejection itself lasts 10 s).
 const PROBES_AT_ONCE: usize = 32;
 
-pub fn eject(address: &Address) {
-    EJECTED.with(|e| e.borrow_mut().insert(address.authority(), Instant::now() + EJECTION));
+pub fn eject(endpoint: &Endpoint) {
+    EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), Instant::now() + EJECTION));
     crate::metrics::upstream_connect_error();
 }
 
@@ -261,9 +322,9 @@ pub enum Tls<'a> {
     Internal(Option<&'a Arc<rustls::ClientConfig>>),
 }
 
-/// A new connection to `address` (TLS when `https://`).
-pub async fn connect(address: &Address, tls: Tls<'_>) -> Result<Conn, ProxyError> {
-    let authority = address.authority();
+/// A new connection to `endpoint` (TLS when `https://`).
+pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyError> {
+    let (address, authority) = (&endpoint.address, &endpoint.authority);
     let work = async {
         let tcp = TcpStream::connect(authority.as_str())
             .await

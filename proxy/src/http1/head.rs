@@ -1,4 +1,5 @@
 //! Parsing request and response heads, with the limits and the framing rules.
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
@@ -33,11 +34,7 @@ struct Span {
 impl Fields {
     /// The fields httparse found in `head` (which it parsed), as spans of a copy of `head`.
     fn from_parsed(head: &[u8], parsed: &[httparse::Header<'_>]) -> Fields {
-        let base = head.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = (s.as_ptr() as usize).saturating_sub(base) as u32;
-            (start, start + s.len() as u32)
-        };
+        let span = |s: &[u8]| span_in(head, s);
         let spans = parsed
             .iter()
             .map(|h| {
@@ -126,7 +123,8 @@ pub enum Framing {
 
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    pub method: String,
+    /// A method of RFC 9110 is static text (no copy per request); an extension one is owned.
+    pub method: Cow<'static, str>,
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
@@ -152,13 +150,19 @@ impl RequestHead {
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     pub status: u16,
-    pub reason: String,
+    /// Where the reason phrase lies in the head's bytes (see [`ResponseHead::reason`]).
+    reason: (u32, u32),
     pub headers: Fields,
     pub framing: Framing,
     pub close: bool,
 }
 
 impl ResponseHead {
+    /// The reason phrase as it came (httparse allows obs-text in it).
+    pub fn reason(&self) -> &[u8] {
+        &self.headers.raw[self.reason.0 as usize..self.reason.1 as usize]
+    }
+
     pub fn header(&self, name: &str) -> Option<Header<'_>> {
         self.headers.iter().find(|h| h.is(name))
     }
@@ -210,7 +214,7 @@ pub fn parse_request_after(buf: &[u8], checked: usize) -> Result<Option<(Request
     if status.is_partial() {
         return Err(ProxyError::BadRequest("malformed request head".into()));
     }
-    let method = request.method.unwrap_or_default().to_owned();
+    let method = method_text(request.method.unwrap_or_default());
     let target = request.path.unwrap_or_default().to_owned();
     let minor_version = request.version.unwrap_or(1);
     let headers = Fields::from_parsed(&buf[..head_len], request.headers);
@@ -268,7 +272,10 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
         return Err(ProxyError::BadUpstream("malformed response head (a line not ended by CRLF)".into()));
     }
     let code = response.code.unwrap_or(0);
-    let reason = response.reason.unwrap_or("").to_owned();
+    let reason = match response.reason {
+        Some(reason) if !reason.is_empty() => span_in(&buf[..head_len], reason.as_bytes()),
+        _ => (0, 0),
+    };
     let headers = Fields::from_parsed(&buf[..head_len], response.headers);
     let bodiless = request_method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304;
     let framing = if bodiless {
@@ -289,6 +296,21 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
     let close =
         has_token(&headers, "connection", "close") || response.version == Some(0) || framing == Framing::UntilClose;
     Ok(Some((ResponseHead { status: code, reason, headers, framing, close }, head_len)))
+}
+
+/// The methods of RFC 9110 (and PATCH) as static text; any other is copied.
+fn method_text(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE"];
+    match KNOWN.iter().find(|known| **known == method) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
+/// Where `part` (a slice of `head`) lies in `head`.
+fn span_in(head: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = (part.as_ptr() as usize).saturating_sub(head.as_ptr() as usize).min(head.len());
+    (start as u32, (start + part.len()).min(head.len()) as u32)
 }
 
 /// Searchers built once: `memmem::find` builds one per call, which cost more than the search

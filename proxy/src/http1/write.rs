@@ -54,6 +54,19 @@ pub fn header(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) -> Result
     Ok(())
 }
 
+/// `Authorization: Bearer <token>`, the token checked as [`header`] checks a value (written in
+/// place: no `Bearer ` value put together first).
+pub fn bearer(out: &mut Vec<u8>, token: &[u8]) -> Result<(), ProxyError> {
+    if !value_ok(token) {
+        return Err(ProxyError::Internal("refusing to write a bearer token with control characters".into()));
+    }
+    out.reserve(token.len() + 24);
+    out.extend_from_slice(b"Authorization: Bearer ");
+    out.extend_from_slice(token);
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
 /// A field passed on unchanged: its line as received, in one copy. httparse refused every
 /// byte [`header`] would refuse (a name of `tchar`s; in the value, no control byte but tab),
 /// and a [`Header`] comes only from its parse; `fuzzing.rs` checks the two rules agree.
@@ -80,6 +93,10 @@ mod tests {
         let mut out = Vec::new();
         super::header(&mut out, "Impersonate-User", b"plain.alice").unwrap();
         assert_eq!(out, b"Impersonate-User: plain.alice\r\n");
+        let mut auth = Vec::new();
+        super::bearer(&mut auth, b"abc.def").unwrap();
+        assert_eq!(auth, b"Authorization: Bearer abc.def\r\n");
+        assert!(super::bearer(&mut Vec::new(), b"abc\r\nX-Evil: 1").is_err());
         for bad in [&b"a\r\nX-Evil: 1"[..], b"a\nb", b"a\0b", b"a\rb", b"\x7f"] {
             assert!(super::header(&mut Vec::new(), "X", bad).is_err());
         }

@@ -11,7 +11,7 @@ use bcs_shared::secret::Secret;
 
 use crate::error::ProxyError;
 use crate::http1::head::{tokens, Fields, Framing, Header, RequestHead, ResponseHead};
-use crate::http1::write::{content_length, decimal, field, header};
+use crate::http1::write::{bearer, content_length, decimal, field, header};
 
 /// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
 const HOP_BY_HOP: &[&str] = &[
@@ -192,9 +192,7 @@ pub fn to_cluster(
         }
         header(out, h.name(), kept.join(", ").as_bytes())
     })?;
-    let mut bearer = b"Bearer ".to_vec();
-    bearer.extend_from_slice(identity.token.expose().as_bytes());
-    header(&mut out, "Authorization", &bearer)?;
+    bearer(&mut out, identity.token.expose().as_bytes())?;
     if let Some(user) = identity.impersonate {
         header(&mut out, "Impersonate-User", user.as_bytes())?;
     }
@@ -245,7 +243,7 @@ pub fn to_client(
     out.extend_from_slice(b"HTTP/1.1 ");
     decimal(&mut out, response.status.into());
     out.push(b' ');
-    out.extend(response.reason.bytes().filter(|&b| b.is_ascii_graphic() || b == b' '));
+    out.extend(response.reason().iter().copied().filter(|&b| b.is_ascii_graphic() || b == b' '));
     out.extend_from_slice(b"\r\n");
     for h in response.headers.iter() {
         // Set-Cookie from one cluster would land on the gateway's origin, shared by all clusters.
