@@ -245,6 +245,10 @@ async fn a_grant_from_the_config_file_gives_read_access_and_leaves_foreign_bindi
     let view = granted.rbac_get(RbacKind::ClusterRole, "", "bke-workloads-view").unwrap();
     for rule in view["rules"].as_array().unwrap() {
         assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "no create on pods/exec for a view role");
+        // Not even get: before Kubernetes 1.35 that is a WebSocket exec.
+        for into_pods in ["pods/exec", "pods/attach", "pods/portforward", "pods/proxy"] {
+            assert!(!rule["resources"].as_array().unwrap().contains(&json!(into_pods)), "{into_pods} in {rule}");
+        }
     }
     assert!(
         granted.rbac_get(RbacKind::ClusterRoleBinding, "", "bcs-api-stale").is_none(),
@@ -356,6 +360,63 @@ async fn a_rest_grant_gives_access_on_change_and_its_removal_takes_it_away() {
         "{metrics}"
     );
     assert!(metrics.contains("bcs_api_rbac_objects_total"), "{metrics}");
+}
+
+/// A role that reads `*` gives no shell: kubectl 1.30+ execs over WebSocket (a GET), which an
+/// apiserver before 1.35 authorises as `get` on `pods/exec` (the fake does the same). The proxy
+/// asks the cluster for `create` first (a SubjectAccessReview), and refuses; a role that manages
+/// workloads still gets its shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_everything_opens_no_shell_and_managing_workloads_does() {
+    let gw = gateway("  turn_on_conf: true\n  sync_interval_seconds: 300\n", "").await;
+    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("execClusterToken")).await;
+    fake.add_pod("default", "web-0");
+    let cluster = gw.register_fake("k8s-exec", None, &fake).await;
+    let k = gw.kubectl(&cluster);
+    wait_serving(&gw, &k).await;
+    let a = &gw.admin;
+    let grant = |role: &'static str| {
+        let body = json!({"user_name": "dev", "cluster_id": cluster.id, "role": role});
+        async move { a.call(Method::POST, "/rest/rbac/grants", a.admin(), Some(body)).await }
+    };
+    let readonly = grant("cluster-readonly").await;
+    assert_eq!(readonly.0, 200, "{}", readonly.1);
+    until_get_pods(&gw, &k, true, ON_CHANGE).await;
+
+    let reviews_before = fake.requests_matching(bcs_testkit::apiserver::REVIEWS).len();
+    let out = k.run(&["exec", "web-0", "--", "echo", "hi"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a read-only user got a shell: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("cannot create") || stderr.contains("Forbidden"), "{stderr}");
+    let reviews = fake.requests_matching(bcs_testkit::apiserver::REVIEWS);
+    assert!(reviews.len() > reviews_before, "the gateway asked the cluster");
+    let asked: Value = serde_json::from_slice(&reviews.last().unwrap().body).unwrap();
+    assert_eq!(asked["spec"]["user"], "plain.dev");
+    assert_eq!(asked["spec"]["resourceAttributes"]["verb"], "create");
+    assert_eq!(asked["spec"]["resourceAttributes"]["subresource"], "exec");
+    // Nothing reached the pod over the WebSocket.
+    assert!(
+        !fake.requests().iter().any(|r| r.path.ends_with("/exec") && r.method == "GET"),
+        "the WebSocket exec went upstream"
+    );
+
+    let manage = grant("workloads-manage").await;
+    assert_eq!(manage.0, 200, "{}", manage.1);
+    let started = Instant::now();
+    loop {
+        let out = k.run(&["exec", "web-0", "--", "echo", "hi"]).await;
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+            break;
+        }
+        assert!(
+            started.elapsed() < ON_CHANGE,
+            "no shell with workloads-manage: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(fake.requests().iter().any(|r| r.path.ends_with("/exec") && r.method == "GET"), "over WebSocket");
 }
 
 /// The `rbac` section body of a gateway that takes grants from the permission subscription

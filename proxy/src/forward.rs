@@ -209,6 +209,15 @@ where
         let error = ProxyError::BadRequest("an upgrade request must not have a body".into());
         return Err(Failed { client, error, in_sync: false });
     }
+    if let Destination::Cluster { upstream, impersonate: Some(user), .. } = destination {
+        if let Some(review) = crate::guard::review(head, target) {
+            // Boxed: only these upgrades pay for the review's future.
+            if let Err(error) = Box::pin(crate::guard::ask(upstream, user, &review)).await {
+                tracing::info!(user = %user, error = %error, "an upgrade into a pod or node was not allowed");
+                return Err(Failed { client, error, in_sync: true });
+            }
+        }
+    }
     // Boxed: a stream's task keeps this future's largest state for hours, and sending is it.
     let sent = match Box::pin(send(&mut client, inbuf, head, target, destination, client_ip, body_timeout)).await {
         Ok(sent) => sent,
@@ -453,7 +462,10 @@ async fn read_response_head<C: Readable>(
 /// Reads until a whole response head (skipping 100 Continue and other 1xx but 101). Errors say
 /// whether no byte at all was received. Not generic over the client, unlike its caller: one
 /// copy of the request path's head parsing, which the compiler then inlines here.
-async fn receive_head(conn: &mut Conn, method: &str) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
+pub(crate) async fn receive_head(
+    conn: &mut Conn,
+    method: &str,
+) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
     // Room for the head and a small body; a large body grows it on its first read.
     let mut buf = Vec::with_capacity(HEAD_READ);
     let mut received_any = false;

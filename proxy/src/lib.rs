@@ -10,6 +10,7 @@
 //! | request and response heads, body framing | [`http1`] |
 //! | which route | [`route`], [`allow`] |
 //! | who is calling | [`auth`] over [`tables`] |
+//! | an upgrade into a pod or node: may the user create it? | [`guard`] |
 //! | what goes upstream, what comes back | [`rewrite`] |
 //! | connecting and pooling | [`upstream`], [`io`], [`tickets`] |
 //! | the exchange, streaming and upgrades | [`forward`], [`streams`] |
@@ -23,6 +24,7 @@ pub mod control;
 pub mod error;
 pub mod forward;
 pub mod fuzzing;
+pub mod guard;
 pub mod health;
 pub mod http1;
 pub mod io;

@@ -112,7 +112,7 @@ fn check_path(path: &str) -> Result<(), ProxyError> {
 
 /// Decodes percent-escapes once, refusing malformed ones. Borrowed when there is no escape
 /// (the usual segment), so routing a plain path allocates nothing.
-fn percent_decode_check(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProxyError> {
+pub(crate) fn percent_decode_check(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProxyError> {
     if memchr::memchr(b'%', bytes).is_none() {
         return Ok(Cow::Borrowed(bytes));
     }

@@ -1,8 +1,13 @@
 //! The six `bke-*` ClusterRoles (reference §6.2) in `rbac.authorization.k8s.io/v1`, and the
 //! shape of the bindings the gateway owns.
 //!
-//! A "view" role grants only get, list and watch, so never `create` on `pods/exec`,
-//! `pods/attach` or `pods/portforward` (which exec, attach and port-forward need).
+//! A "view" role grants only get, list and watch, and `workloads-view` names none of
+//! `pods/exec`, `pods/attach`, `pods/portforward` and `pods/proxy`: before Kubernetes 1.35 an
+//! apiserver authorised a WebSocket exec (a GET) as `get` on `pods/exec`, so `get` there was
+//! a shell in the pod (kubernetes/kubernetes#78741). `cluster-readonly` grants reading `*`, as
+//! the original's did, which includes those subresources and Secrets: the proxy asks the
+//! cluster for `create` before any upgrade to exec, attach, port-forward or a node's proxy
+//! (`bcs_proxy::guard`), and the README says what reading Secrets gives.
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -32,12 +37,10 @@ pub fn parse_role(text: &str) -> Option<&'static str> {
 
 /// The rules of a template; `None` for an unknown name.
 pub fn rules(role: &str) -> Option<Value> {
+    // A shell, a port and a pod's HTTP: what managing workloads adds to viewing them.
+    let into_pods = ["pods/attach", "pods/exec", "pods/portforward", "pods/proxy"];
     let workloads = [
         "pods",
-        "pods/attach",
-        "pods/exec",
-        "pods/portforward",
-        "pods/proxy",
         "replicationcontrollers",
         "replicationcontrollers/scale",
         "daemonsets",
@@ -75,6 +78,7 @@ pub fn rules(role: &str) -> Option<Value> {
         ]),
         "workloads-manage" => json!([
             {"apiGroups": ["*"], "resources": workloads, "verbs": ["*"]},
+            {"apiGroups": ["*"], "resources": into_pods, "verbs": ["*"]},
             {"apiGroups": ["*"], "resources": workloads_read_only, "verbs": READ},
         ]),
         _ => return None,

@@ -42,7 +42,7 @@ use tokio::task::AbortHandle;
 
 pub use certs::CertPair;
 pub use faults::{Fault, FaultRule};
-pub use rbac::RbacKind;
+pub use rbac::{RbacKind, REVIEWS};
 pub use record::{ConnectionRecord, RecordedRequest};
 pub use store::{Event, Kind};
 

@@ -8,8 +8,10 @@
 //! RoleBinding (in the request's namespace) naming it grants through the referenced
 //! ClusterRole's rules; discovery (`/api`, `/apis`, `/version`, `/openapi`, health) is open to
 //! every authenticated user, as `system:discovery` makes it on a real cluster.
-//! Exec, attach and port-forward are `create` on `pods/exec`, `pods/attach` and
-//! `pods/portforward`, whichever the transport.
+//! Exec, attach and port-forward are authorised by the request's method, as before Kubernetes
+//! 1.35: `create` over SPDY (a POST), but only `get` over WebSocket (a GET upgrade;
+//! kubernetes/kubernetes#78741, closed in 1.35 by also requiring `create`). The gateway must
+//! not rely on either (rewrite's upgrade check asks for `create` itself).
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
@@ -317,9 +319,7 @@ impl Attributes {
             [resource, tail @ ..] => (None, resource.to_string(), tail.first(), tail.get(1)),
             [] => unreachable!("rest is not empty"),
         };
-        let connect = matches!(subresource.map(|s| &**s), Some("exec" | "attach" | "portforward"));
         let verb = match (method, name.is_some()) {
-            _ if connect => "create",
             ("GET" | "HEAD", _) if watch => "watch",
             ("GET" | "HEAD", true) => "get",
             ("GET" | "HEAD", false) => "list",
@@ -526,6 +526,37 @@ pub(crate) fn check(
     Some(forbidden)
 }
 
+/// Where a SubjectAccessReview is created.
+pub const REVIEWS: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+
+/// A SubjectAccessReview (`authorization.k8s.io/v1`, resource attributes): whether `spec.user`,
+/// with `spec.groups`, may do what `spec.resourceAttributes` names, by the rules enforcement
+/// uses (`enforcing` false: everything is allowed, as every request is). Answers the review with
+/// its `status.allowed`, as an apiserver does (201).
+pub(crate) fn review(store: &RbacStore, body: &[u8], enforcing: bool) -> (u16, Value) {
+    let bad = |m: &str| (400, status(400, "BadRequest", m));
+    let Ok(mut review) = serde_json::from_slice::<Value>(body) else { return bad("the review is not JSON") };
+    let spec = &review["spec"];
+    let (Some(user), Some(asked)) = (spec["user"].as_str(), spec["resourceAttributes"].as_object()) else {
+        return bad("spec.user and spec.resourceAttributes are required");
+    };
+    let text = |field: &str| asked.get(field).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
+    let groups: Vec<String> =
+        spec["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect();
+    let attributes = Attributes {
+        verb: text("verb").unwrap_or_default(),
+        group: text("group").unwrap_or_default(),
+        resource: text("resource"),
+        subresource: text("subresource"),
+        namespace: text("namespace"),
+        name: text("name"),
+        path: String::new(),
+    };
+    let allowed = !enforcing || store.allows(user, &groups, &attributes);
+    review["status"] = json!({"allowed": allowed});
+    (201, review)
+}
+
 impl FakeApiserver {
     /// Stores an RBAC object as if created through the API; panics if it exists or is invalid.
     pub fn rbac_create(&self, kind: RbacKind, namespace: &str, object: Value) -> Value {
@@ -602,8 +633,11 @@ mod tests {
             (a.verb.as_str(), a.resource.as_deref(), a.namespace.as_deref()),
             ("list", Some("pods"), Some("default"))
         );
-        let a = Attributes::of("GET", "/api/v1/namespaces/default/pods/web-0/exec", false);
+        let a = Attributes::of("POST", "/api/v1/namespaces/default/pods/web-0/exec", false);
         assert_eq!((a.verb.as_str(), a.subresource.as_deref()), ("create", Some("exec")));
+        // A WebSocket exec is a GET, authorised as `get` before Kubernetes 1.35.
+        let a = Attributes::of("GET", "/api/v1/namespaces/default/pods/web-0/exec", false);
+        assert_eq!((a.verb.as_str(), a.subresource.as_deref()), ("get", Some("exec")));
         let a = Attributes::of("GET", "/api/v1/namespaces/default", false);
         assert_eq!(
             (a.resource.as_deref(), a.name.as_deref(), a.namespace),

@@ -282,6 +282,10 @@ fn route(ctx: &Ctx, path: &str) -> Response<Body> {
             }
         }
     }
+    if path == super::rbac::REVIEWS && ctx.method == "POST" {
+        let (code, answer) = super::rbac::review(&state.rbac.lock().unwrap(), ctx.body, state.options.enforce_rbac);
+        return json_reply(code, &answer);
+    }
     let rbac =
         super::rbac::serve(&mut state.rbac.lock().unwrap(), ctx.method, path, ctx.query.get("labelSelector"), ctx.body);
     if let Some((code, body)) = rbac {
