@@ -34,6 +34,35 @@ async fn flow_survives_restart(options: Options) {
         .call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", Some(&seeded.user_token), None)
         .await;
     assert_eq!(by_cluster.1["identifier"], seeded.identifier.as_str());
+    // Anyone may register a BCS cluster: the same BCS id under another project makes the
+    // project-less lookup a conflict (it never picks one), and each project finds its own.
+    let squat = admin
+        .call(
+            Method::POST,
+            "/rest/clusters/bcs",
+            Some(&seeded.user_token),
+            Some(json!({"id": "K8S-001", "project_id": "elsewhere"})),
+        )
+        .await;
+    assert_eq!(squat.0, 200, "{}", squat.1);
+    let ambiguous = admin
+        .call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", Some(&seeded.user_token), None)
+        .await;
+    common::assert_error(&ambiguous, 409, "CONFLICT", "more than one project (demo, elsewhere)");
+    assert_eq!(by_id.1["id"], seeded.cluster_id.as_str());
+    let theirs = admin
+        .call(
+            Method::GET,
+            "/rest/clusters/bcs/query_by_id/?project_id=elsewhere&cluster_id=K8S-001",
+            Some(&seeded.user_token),
+            None,
+        )
+        .await;
+    assert_eq!(theirs.1["id"], squat.1["id"]);
+    let removed = admin
+        .call(Method::DELETE, &format!("/rest/clusters/{}", squat.1["id"].as_str().unwrap()), admin.admin(), None)
+        .await;
+    assert_eq!(removed.0, 200, "{}", removed.1);
     let stored = admin
         .call(Method::GET, &format!("/rest/clusters/{}/credentials", seeded.cluster_id), admin.admin(), None)
         .await;

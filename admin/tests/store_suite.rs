@@ -258,6 +258,7 @@ async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engin
             .await,
     );
     assert_eq!(store.cluster("BCS-K8S-00002").await.unwrap(), None);
+
     assert_eq!(engine.count("SELECT COUNT(*) FROM clusters WHERE id = 'BCS-K8S-00002'").await, 0);
 
     // The same identifier under a new id: refused by the unique key, and its mapping is not
@@ -284,11 +285,9 @@ async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engin
 
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(first.clone()));
     assert_eq!(store.bcs_cluster(Some("project-b"), "K8S-001").await.unwrap(), Some(other_project.clone()));
-    assert_eq!(
-        store.bcs_cluster(None, "K8S-001").await.unwrap(),
-        Some(first.clone()),
-        "without a project, the oldest registration wins"
-    );
+    // Without a project, two registrations are a conflict, never the older one: anyone may
+    // register a BCS cluster, and the first to take an id would get the real one's grants.
+    assert_conflict(store.bcs_cluster(None, "K8S-001").await);
     assert_eq!(store.bcs_cluster(Some("project-c"), "K8S-001").await.unwrap(), None);
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-002").await.unwrap(), None);
     assert_eq!(store.bcs_cluster(None, "plain-00005").await.unwrap(), None);

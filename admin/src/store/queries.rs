@@ -233,7 +233,10 @@ impl Store {
         .await
     }
 
-    /// The cluster registered for a BCS cluster id, within one project or (oldest first) any.
+    /// The cluster registered for a BCS cluster id, within one project or in any. Any project:
+    /// a BCS cluster id registered in two projects is a conflict, not the older one (any user
+    /// may register a BCS cluster, so the first to take an id would otherwise receive what is
+    /// meant for the real one: the permission service's grants, `query_by_cluster_id`).
     pub async fn bcs_cluster(
         &self,
         project_id: Option<&str>,
@@ -257,7 +260,15 @@ impl Store {
                 let exact = |(_, s, p): &(String, String, String)| {
                     *s == source && project_id.as_ref().is_none_or(|wanted| wanted == p)
                 };
-                let Some((cluster_id, _, _)) = found.into_iter().find(exact) else {
+                let mut exact: Vec<(String, String, String)> = found.into_iter().filter(exact).collect();
+                if exact.len() > 1 {
+                    let projects: Vec<&str> = exact.iter().map(|(_, _, p)| p.as_str()).collect();
+                    return Err(StoreError::Conflict(format!(
+                        "the BCS cluster id {source} is registered in more than one project ({}): name the project",
+                        projects.join(", ")
+                    )));
+                }
+                let Some((cluster_id, _, _)) = exact.pop() else {
                     return Ok(None);
                 };
                 find_cluster(tx, cluster_id).await
