@@ -238,64 +238,40 @@ impl Readable for Conn {
     }
 }
 
+/// TCP keepalive: a peer that vanished without a FIN (a dead node, a partition, a laptop that
+/// slept, a NAT that forgot) fails the connection within [`KEEPALIVE_IDLE`] + 6 ×
+/// [`KEEPALIVE_INTERVAL`] of silence (2 minutes), so a watch, a body or an idle exec tunnel
+/// waiting on it ends instead of holding its sockets for good. Set once per connection, on
+/// both legs (`which` names the leg in the log); nothing per request.
+pub fn keep_alive(tcp: &TcpStream, which: &str) {
+    let fd = tcp.as_raw_fd();
+    let done = set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE.as_secs() as usize))
+        .and_then(|()| {
+            set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL.as_secs() as usize)
+        })
+        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6));
+    if let Err(e) = done {
+        tracing::debug!(error = %e, which, "cannot set TCP keepalive");
+    }
+}
+
+pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// monoio's `time::timeout` with its timer on the heap. monoio's `Sleep` is 640 bytes aligned to
 /// 128: inline, it pads every future that holds it and every future above that, up to the
-/// connection's task, which an idle watch keeps for hours. The boxed timers are kept for reuse
-/// on their core ([`Timer`]): a request sets two, and a fresh one cost two allocations (the box
-/// and nothing else, but at every use). Err: `limit` passed first.
+/// connection's task, which an idle watch keeps for hours. Err: `limit` passed first.
+///
+/// A timer is not kept for reuse: monoio's timer keeps the waker of the first task that polled
+/// it until it fires, so a timer reused by another task wakes the wrong one (tried; the metrics
+/// listener's idle connections then outlived their timeout).
 pub async fn timeout<F: std::future::Future>(limit: std::time::Duration, work: F) -> Result<F::Output, ()> {
-    let mut timer = Timer::set(limit);
+    let mut timer = Box::pin(monoio::time::sleep(limit));
     let mut work = std::pin::pin!(work);
     monoio::select! {
         out = &mut work => Ok(out),
-        _ = timer.sleep() => Err(()),
-    }
-}
-
-/// Boxed timers of this core not in use, each set far ahead so it wakes nobody meanwhile.
-/// Bounded: a burst of connections leaves at most this many behind.
-const SPARE_TIMERS: usize = 256;
-
-thread_local! {
-    static SPARE: std::cell::RefCell<Vec<std::pin::Pin<Box<monoio::time::Sleep>>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A boxed `Sleep` taken from this core's spares (or made) and given back when dropped.
-struct Timer(Option<std::pin::Pin<Box<monoio::time::Sleep>>>);
-
-impl Timer {
-    fn set(limit: std::time::Duration) -> Timer {
-        let deadline = monoio::time::Instant::now() + limit;
-        let spare = SPARE.with(|s| s.borrow_mut().pop());
-        Timer(Some(match spare {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(monoio::time::sleep_until(deadline)),
-        }))
-    }
-
-    fn sleep(&mut self) -> std::pin::Pin<&mut monoio::time::Sleep> {
-        self.0.as_mut().expect("a timer until dropped").as_mut()
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        let Some(mut sleep) = self.0.take() else { return };
-        // A later deadline only marks the entry (monoio moves it when its old slot comes due);
-        // a day ahead, it never fires while it waits here.
-        let far = sleep.deadline() + std::time::Duration::from_secs(86_400);
-        sleep.as_mut().reset(far);
-        // try_with: a thread that is ending drops its timers instead.
-        let _ = SPARE.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARE_TIMERS {
-                s.push(sleep);
-            }
-        });
+        _ = &mut timer => Err(()),
     }
 }
 
@@ -324,47 +300,4 @@ pub async fn write_from<S: AsyncWriteRent>(stream: &mut S, buf: Vec<u8>, from: u
     let end = buf.len();
     let (result, slice) = stream.write_all(buf.slice(from..end)).await;
     (result.map(|_| ()), slice.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    fn on_a_runtime(work: impl std::future::Future<Output = ()>) {
-        let mut runtime =
-            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime");
-        runtime.block_on(work);
-    }
-
-    /// A timer given back and taken again keeps no trace of its last deadline: a short one that
-    /// was never reached does not cut a later, longer wait, and a reused timer still fires.
-    #[test]
-    fn reused_timers_fire_at_their_new_deadline_only() {
-        on_a_runtime(async {
-            for _ in 0..3 {
-                assert_eq!(super::timeout(Duration::from_millis(5), async { 7 }).await, Ok(7));
-            }
-            assert_eq!(super::SPARE.with(|s| s.borrow().len()), 1, "one timer, reused");
-            // Past the 5 ms deadlines the spare was set to before: it must not fire then.
-            let slow = super::timeout(Duration::from_secs(5), async {
-                monoio::time::sleep(Duration::from_millis(50)).await;
-                "done"
-            });
-            assert_eq!(slow.await, Ok("done"));
-            let never = super::timeout(Duration::from_millis(20), std::future::pending::<()>());
-            let bounded = monoio::time::timeout(Duration::from_secs(10), never).await;
-            assert_eq!(bounded, Ok(Err(())), "a reused timer fires");
-            assert_eq!(super::SPARE.with(|s| s.borrow().len()), 1);
-        });
-    }
-
-    #[test]
-    fn spare_timers_are_bounded() {
-        on_a_runtime(async {
-            let held: Vec<_> =
-                (0..super::SPARE_TIMERS + 10).map(|_| super::Timer::set(Duration::from_secs(60))).collect();
-            drop(held);
-            assert_eq!(super::SPARE.with(|s| s.borrow().len()), super::SPARE_TIMERS);
-        });
-    }
 }

@@ -175,6 +175,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         set_send_timeout(&stream, settings.send_timeout);
+        crate::io::keep_alive(&stream, "client");
         let settings = settings.clone();
         let tls = tls.clone();
         let over_limit = open.get() >= max_open;

@@ -290,28 +290,6 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
     Ok(config)
 }
 
-/// TCP keepalive on an upstream connection: a peer that vanished without a FIN (a dead node, a
-/// partition) fails the connection within [`KEEPALIVE_IDLE`] + 6 × [`KEEPALIVE_INTERVAL`] of
-/// silence (2 minutes), so a watch or a body waiting on it ends instead of waiting for good.
-/// Set once per connection; nothing per request.
-fn keep_alive(tcp: &TcpStream) {
-    use crate::io::set_int_option;
-    use std::os::fd::AsRawFd;
-    let fd = tcp.as_raw_fd();
-    let done = set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
-        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE.as_secs() as usize))
-        .and_then(|()| {
-            set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL.as_secs() as usize)
-        })
-        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6));
-    if let Err(e) = done {
-        tracing::debug!(error = %e, "cannot set TCP keepalive on an upstream connection");
-    }
-}
-
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
 /// How to speak TLS to an `https://` upstream.
 #[derive(Clone, Copy)]
 pub enum Tls<'a> {
@@ -330,7 +308,7 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
             .await
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        keep_alive(&tcp);
+        crate::io::keep_alive(&tcp, "upstream");
         if !address.tls {
             return Ok(Conn::Plain(tcp));
         }

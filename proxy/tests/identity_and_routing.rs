@@ -570,23 +570,46 @@ async fn a_cluster_registered_again_under_its_id_is_reached_with_its_own_ca() {
     assert_eq!(old.requests().len(), 1, "nothing more went to the old apiserver");
 }
 
+/// The kernel timers (`kind:expiry` of /proc/net/tcp) of established loopback sockets whose
+/// local (`local`) or remote address has `port`.
+fn tcp_timers(port: u16, local: bool) -> Vec<String> {
+    let port = format!(":{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // Fields: sl, local, remote, state, queues, timer; established is 01.
+    tcp.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[if local { 1 } else { 2 }].ends_with(&port) && f[3] == "01")
+        .map(|f| f[5].to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_connections_keep_a_keepalive_timer() {
     // A peer that vanishes without a FIN is found by TCP keepalive: the proxy's pooled
     // upstream connection, idle after its answer, has the kernel's keepalive timer running.
     let s = setup(json_ok()).await;
     assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
-    let port = format!("{:04X}", s.upstream.address.port());
-    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    // Fields: sl, local, remote, state, queues, timer (kind:expiry); the proxy's side is the
-    // socket whose remote port is the upstream's, established (01).
-    let timers: Vec<&str> = tcp
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 5 && f[2].ends_with(&format!(":{port}")) && f[3] == "01")
-        .map(|f| f[5])
-        .collect();
-    assert!(!timers.is_empty(), "no connection to the upstream:\n{tcp}");
+    let timers = tcp_timers(s.upstream.address.port(), false);
+    assert!(!timers.is_empty(), "no connection to the upstream");
     assert!(timers.iter().all(|t| t.starts_with("02:")), "timers {timers:?} (02 is keepalive)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_connections_keep_a_keepalive_timer() {
+    // An idle exec tunnel or watch whose client vanished (a laptop asleep, a NAT that forgot)
+    // holds two sockets until something notices: keepalive does, on the client leg too.
+    let s = setup(json_ok()).await;
+    let idle = s.proxy.connect().await;
+    let mut timers = Vec::new();
+    for _ in 0..50 {
+        timers = tcp_timers(s.proxy.plain_port, true);
+        if !timers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!timers.is_empty(), "the proxy's side of the connection is not there");
+    assert!(timers.iter().all(|t| t.starts_with("02:")), "timers {timers:?} (02 is keepalive)");
+    drop(idle);
 }

@@ -96,3 +96,53 @@ async fn a_client_that_stops_reading_is_cut_and_its_upstream_connection_freed() 
     println!("the upstream stream was closed {:?} after the client stopped reading", started.elapsed());
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_port_holds_few_connections_and_none_for_long() {
+    // Unauthenticated and on every interface by default: idle connections there must not
+    // hold the process's descriptors. 64 at once; one more is closed at once; each has 10 s.
+    let s = setup(json_ok()).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.metric_port));
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut idle = connect().await.unwrap();
+        idle.write_all(b"GET /metr").await.unwrap();
+        held.push(idle);
+    }
+    let started = Instant::now();
+    let mut extra = connect().await.unwrap();
+    assert!(closed(&mut extra, Duration::from_secs(5)).await, "the 65th connection was kept");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The held ones end within their 10 s, and the port answers again.
+    for idle in &mut held {
+        assert!(closed(idle, Duration::from_secs(15)).await, "an idle metrics connection was kept");
+    }
+    println!("64 idle metrics connections closed {:?} after the first was opened", started.elapsed());
+    let mut probe = connect().await.unwrap();
+    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n").await.unwrap();
+    let r = read_response(&mut probe).await;
+    assert_eq!((r.status, r.text()), (200, "ok\n".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_fire_on_a_connection_that_follows_others() {
+    // Timers set by earlier connections' requests must not stand in for a later connection's
+    // (a timer kept for reuse by monoio wakes the task that first polled it: tried, and this
+    // body timeout then never fired).
+    let s = setup(json_ok()).await;
+    for _ in 0..3 {
+        let mut earlier = s.proxy.connect().await;
+        for _ in 0..3 {
+            earlier.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+            assert_eq!(read_response(&mut earlier).await.status, 200);
+        }
+    }
+    let mut stream = s.proxy.connect().await;
+    let request = format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Length: 100\r\n\r\n{{\"kind\":"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream)).await;
+    assert_eq!(r.expect("no answer within 10 s: the 1-s body timeout did not fire").status, 408);
+}
