@@ -118,10 +118,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
 
     let service = NormalizePathLayer::trim_trailing_slash().layer(router(app));
-    let served = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
-        .with_graceful_shutdown(shutdown.clone().wait_owned())
-        .await;
-    // The REST server also ends on an error: stop everything else then too.
+    crate::rest::listener::serve(listener, service, shutdown.clone()).await;
+    // Should the REST server end otherwise, stop everything else too.
     trigger.fire();
     if let Some(supervisor) = supervisor {
         let _ = supervisor.await;
@@ -132,7 +130,6 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let _ = zookeeper.await;
     }
     let _ = rebuilds.await;
-    served?;
     tracing::info!("admin stopped");
     Ok(())
 }

@@ -342,3 +342,59 @@ async fn store_down_is_503_and_nothing_is_half_written() {
     assert_eq!(admin.call(Method::POST, "/rest/users/", a, Some(json!({"user_name": "during"}))).await.0, 200);
     assert!(admin.process.wait_stderr(&["store unavailable"], Duration::from_secs(5)), "{}", admin.process.stderr());
 }
+
+/// Reads from `stream` until it closes (true) or `within` passes (false); returns what came.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (false, String::from_utf8_lossy(&got).into_owned()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_clients_of_the_rest_port_are_cut_and_never_hold_up_the_shutdown() {
+    // The admin port answers requests the proxy forwards without a token (`/rest/...`): a
+    // client that sends half a head, or trickles a body, must not hold a connection for good,
+    // nor keep the process from exiting on SIGTERM.
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut admin = Admin::start(dir.path(), &Options::default()).await;
+    let port = admin.base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let started = std::time::Instant::now();
+    let mut half_head = connect().await.unwrap();
+    half_head.write_all(b"GET /rest/users HTTP/1.1\r\nHost: a").await.unwrap();
+    let mut trickle = connect().await.unwrap();
+    trickle
+        .write_all(b"PUT /rest/clusters/x/credentials HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let (closed, answer) = until_closed(&mut trickle, Duration::from_secs(45)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("REQUEST_TIMEOUT") && answer.contains("did not arrive within 30 s"), "{answer}");
+    println!("the trickled body was answered 408 after {:?} (closed: {closed})", started.elapsed());
+    let (closed, answer) = until_closed(&mut half_head, Duration::from_secs(15)).await;
+    assert!(closed, "a half head held its connection past the head timeout: {answer:?}");
+    println!("the half head was cut after {:?}", started.elapsed());
+
+    // SIGTERM with a client holding half a head and one between requests: out within the
+    // drain time (10 s), not never.
+    let mut held = connect().await.unwrap();
+    held.write_all(b"GET /rest/use").await.unwrap();
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let stopping = std::time::Instant::now();
+    let pid = admin.process.pid().unwrap();
+    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let code = admin.process.wait_exit(Duration::from_secs(20));
+    println!("exited {code:?} {:?} after SIGTERM", stopping.elapsed());
+    assert_eq!(code, Some(0), "{}", admin.process.stderr());
+    drop((held, idle));
+}

@@ -84,6 +84,15 @@ impl ApiError {
         )
     }
 
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            errcode::BAD_REQUEST,
+            format_args!("the request body did not arrive within {} s", limit.as_secs()),
+        )
+    }
+
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", errcode::INTERNAL, message)
     }

@@ -15,9 +15,12 @@ use crate::store::model::{User, UserToken};
 
 /// Largest request body the REST API reads.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+/// How long a request body may take to arrive, whole (408 after): a client that trickles one
+/// must not hold a connection, and a task, for good.
+pub const BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A JSON request body. Non-JSON content types are 415, bodies over [`BODY_LIMIT`] 413,
-/// malformed JSON 400, a field of the wrong type 400 naming the field. An empty body is
+/// a body still arriving after [`BODY_TIME`] 408, malformed JSON 400, a field of the wrong type 400 naming the field. An empty body is
 /// `None`, so endpoints whose body is optional accept a bare POST.
 pub struct JsonBody<T>(pub Option<T>);
 
@@ -26,8 +29,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let content_type = req.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let bytes: Bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        let bytes: Bytes = tokio::time::timeout(BODY_TIME, axum::body::to_bytes(req.into_body(), BODY_LIMIT))
             .await
+            .map_err(|_| ApiError::request_timeout(BODY_TIME))?
             .map_err(|_| ApiError::payload_too_large(BODY_LIMIT))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));

@@ -12,6 +12,7 @@ pub mod clusters;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod onboarding;
 pub mod ops;
 pub mod rbac;
