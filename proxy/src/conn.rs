@@ -164,7 +164,13 @@ where
             let close = !in_sync || error.closes_connection() || head.close || head.upgrade.is_some();
             let written = match error {
                 ProxyError::ClientGone => Err(()),
-                _ => write_all(&mut client, respond::error(&error, shape, close)).await.0.map_err(|_| ()),
+                _ => {
+                    let mut answer = respond::error(&error, shape, close);
+                    if head.method == "HEAD" {
+                        answer = respond::head_only(answer);
+                    }
+                    write_all(&mut client, answer).await.0.map_err(|_| ())
+                }
             };
             let took = started.elapsed();
             log_request(&head.method, path, user, cluster, error.status(), took, Some(&error));

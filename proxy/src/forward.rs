@@ -838,14 +838,29 @@ async fn watched<F: std::future::Future, C: Readable>(
         // Boxed: see io::timeout.
         _ = Box::pin(monoio::time::sleep(STREAM_QUIET)) => {}
     }
+    loop {
+        monoio::select! {
+            out = &mut work => return Some(out),
+            _ = &mut *revoked => {
+                tracing::info!("token revoked or expired: closing its stream");
+                return None;
+            }
+            ready = client.readable() => match ready.map(|_| client.came()) {
+                Ok(Came::Nothing) => continue,
+                // A pipelined request: answered after this response, so the wait goes on
+                // without watching the client (its bytes stay for the next read).
+                Ok(Came::Bytes) => break,
+                Ok(Came::End) | Err(_) => {
+                    tracing::debug!("the client left its stream; closing it");
+                    return None;
+                }
+            },
+        }
+    }
     monoio::select! {
         out = &mut work => Some(out),
         _ = &mut *revoked => {
             tracing::info!("token revoked or expired: closing its stream");
-            None
-        }
-        _ = client.readable() => {
-            tracing::debug!("the client left its stream or sent bytes during it; closing it");
             None
         }
     }

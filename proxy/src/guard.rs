@@ -144,8 +144,6 @@ async fn ask_at(upstream: &Upstream, endpoint: &Endpoint, body: &[u8]) -> Result
     crate::http1::write::header(&mut request, "Content-Type", b"application/json")?;
     crate::http1::write::header(&mut request, "Accept", b"application/json")?;
     crate::http1::write::content_length(&mut request, body.len() as u64);
-    // The connection is not pooled again: one review per upgrade, and nothing to track.
-    crate::http1::write::header(&mut request, "Connection", b"close")?;
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(body);
     let work = async {
@@ -153,17 +151,23 @@ async fn ask_at(upstream: &Upstream, endpoint: &Endpoint, body: &[u8]) -> Result
         written.map_err(|e| ProxyError::UpstreamConnect(format!("{}: {e}", endpoint.authority)))?;
         answer(&mut conn).await
     };
-    match crate::io::timeout(ANSWER_TIME, work).await {
-        Ok(answer) => answer,
-        Err(()) => Err(ProxyError::UpstreamTimeout),
+    let (allowed, reusable) = match crate::io::timeout(ANSWER_TIME, work).await {
+        Ok(answer) => answer?,
+        Err(()) => return Err(ProxyError::UpstreamTimeout),
+    };
+    // Read whole and kept alive: the exec's own request takes it from the pool next.
+    if reusable {
+        upstream::put_pooled(key, conn);
     }
+    Ok(allowed)
 }
 
 /// How long a review may take.
 const ANSWER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reads the review's answer and says whether it allowed.
-async fn answer(conn: &mut Conn) -> Result<bool, ProxyError> {
+/// Reads the review's answer: whether it allowed, and whether the connection may be pooled
+/// (the answer was framed, read whole, and did not close).
+async fn answer(conn: &mut Conn) -> Result<(bool, bool), ProxyError> {
     let (response, mut buf, head_len) = crate::forward::receive_head(conn, "POST").await.map_err(|(e, _)| e)?;
     if response.status != 201 && response.status != 200 {
         tracing::warn!(status = response.status, "the cluster refused a SubjectAccessReview");
@@ -208,7 +212,12 @@ async fn answer(conn: &mut Conn) -> Result<bool, ProxyError> {
     };
     let review: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| ProxyError::BadUpstream(format!("a SubjectAccessReview answer is not JSON: {e}")))?;
-    Ok(review["status"]["allowed"] == serde_json::Value::Bool(true))
+    let whole = match response.framing {
+        Framing::Length(n) => buf.len() - head_len == n as usize,
+        Framing::Chunked => at == buf.len(),
+        _ => false,
+    };
+    Ok((review["status"]["allowed"] == serde_json::Value::Bool(true), whole && !response.close))
 }
 
 #[cfg(test)]

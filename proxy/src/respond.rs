@@ -78,6 +78,16 @@ pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
     response(status, "application/json", &body.to_string(), close, &extra)
 }
 
+/// The head of `answer` alone, for a HEAD request: its Content-Length stays (the length a GET
+/// would get, RFC 9110 §9.3.2), its body goes, so the client does not read it as the start of
+/// the next answer.
+pub fn head_only(mut answer: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = memchr::memmem::find(&answer, b"\r\n\r\n") {
+        answer.truncate(end + 4);
+    }
+    answer
+}
+
 /// A small complete response with a body.
 pub fn response(status: u16, content_type: &str, body: &str, close: bool, extra_headers: &str) -> Vec<u8> {
     let connection = if close { "Connection: close\r\n" } else { "" };
@@ -103,6 +113,15 @@ mod tests {
         assert_eq!(body["apiVersion"], "v1");
         assert_eq!(body["reason"], "Unauthorized");
         assert_eq!(body["code"], 401);
+    }
+
+    #[test]
+    fn a_head_request_gets_the_head_alone() {
+        let full = error(&ProxyError::NotFound("no route for /x".into()), Shape::Rest, false);
+        let head = String::from_utf8(head_only(full.clone())).unwrap();
+        assert!(head.ends_with("\r\n\r\n") && !head.contains("code_name"), "{head}");
+        let body_len = full.len() - head.len();
+        assert!(head.contains(&format!("Content-Length: {body_len}\r\n")), "{head}");
     }
 
     #[test]

@@ -54,6 +54,25 @@ async fn requests_reaching(s: &Setup, n: usize) {
 }
 
 /// One response with a Content-Length body, from `held` (bytes already read) and the stream.
+/// A whole chunked body at the start of `bytes` (no extensions, no trailers): the payload and
+/// the bytes it took; None while incomplete.
+fn dechunk(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let (mut body, mut at) = (Vec::new(), 0);
+    loop {
+        let line = bytes[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&bytes[at..at + line]).unwrap(), 16).unwrap();
+        at += line + 2;
+        if bytes.len() < at + size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&bytes[at..at + size]);
+        at += size + 2;
+        if size == 0 {
+            return Some((body, at));
+        }
+    }
+}
+
 async fn read_one(stream: &mut Box<dyn Io>, held: &mut Vec<u8>) -> (u16, Vec<u8>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut buf = vec![0u8; 16 * 1024];
@@ -66,7 +85,13 @@ async fn read_one(stream: &mut Box<dyn Io>, held: &mut Vec<u8>) -> (u16, Vec<u8>
                 .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
                 .map(|(_, v)| v.trim().parse().unwrap())
                 .unwrap_or(0);
-            if held.len() >= end + 4 + length {
+            let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+            if chunked {
+                if let Some((body, used)) = dechunk(&held[end + 4..]) {
+                    held.drain(..end + 4 + used);
+                    return (status, body);
+                }
+            } else if held.len() >= end + 4 + length {
                 let body = held[end + 4..end + 4 + length].to_vec();
                 held.drain(..end + 4 + length);
                 return (status, body);
@@ -160,6 +185,40 @@ async fn a_request_pipelined_while_the_upstream_thinks_is_answered_after_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_pipelined_over_tls_while_the_upstream_thinks_is_answered_after_it() {
     sending_more_is_not_hanging_up(true).await;
+}
+
+async fn a_quiet_chunked_answer_is_not_cut_by_a_pipelined_request(tls: bool) {
+    // A finite chunked answer (a large list, `logs` without `-f`) whose upstream pauses 2 s
+    // after its first chunk, while the client has already sent its next request: both are
+    // answered, in order (the client's bytes are not taken for a hang-up).
+    let s = setup(Arc::new(|request| {
+        if request.request_line().contains("quiet") {
+            let first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n".to_vec();
+            Reply::Paused(first, vec![(Duration::from_secs(2), b"4\r\nlast\r\n0\r\n\r\n".to_vec())])
+        } else {
+            Reply::Bytes(sized_reply("size=2048"))
+        }
+    }))
+    .await;
+    let mut stream = client(&s, tls).await;
+    stream.write_all(get("/api/v1/pods?quiet", USER_TOKEN, "").as_bytes()).await.unwrap();
+    requests_reaching(&s, 1).await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut held = Vec::new();
+    let (status, body) = read_one(&mut stream, &mut held).await;
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "firstlast".to_owned()));
+    let (status, body) = read_one(&mut stream, &mut held).await;
+    assert_eq!((status, body.len()), (200, 2048), "then the pipelined request's");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_chunked_answer_is_finished_before_a_pipelined_request() {
+    a_quiet_chunked_answer_is_not_cut_by_a_pipelined_request(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_chunked_answer_over_tls_is_finished_before_a_pipelined_request() {
+    a_quiet_chunked_answer_is_not_cut_by_a_pipelined_request(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -613,3 +613,23 @@ async fn client_connections_keep_a_keepalive_timer() {
     assert!(timers.iter().all(|t| t.starts_with("02:")), "timers {timers:?} (02 is keepalive)");
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_own_answer_to_head_has_no_body() {
+    // A body after a HEAD answer would be read as the start of the next answer (RFC 9110
+    // 9.3.2): pipelined HEAD then GET, the second answer must start right after the first head.
+    use tokio::io::AsyncReadExt;
+    let s = setup(json_ok()).await;
+    let mut stream = s.proxy.connect().await;
+    stream
+        .write_all(b"HEAD /nope HTTP/1.1\r\nHost: g\r\n\r\nGET /nope HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut all)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let (first, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 404 ") && first.contains("Content-Length: "), "{first}");
+    assert!(rest.starts_with("HTTP/1.1 404 "), "the HEAD answer carried a body: {rest:?}");
+    assert!(rest.contains("no route for /nope"), "{rest}");
+}

@@ -181,6 +181,10 @@ async fn upgrade_bytes_are_held_until_the_101_then_flow_both_ways() {
     let req = &s.upstream.requests()[0];
     assert_eq!(req.headers("impersonate-user"), vec!["plain.alice".to_owned()]);
     assert_eq!(req.headers("upgrade"), vec!["websocket".to_owned()]);
+    // A WebSocket exec of an impersonated user: the cluster was asked for `create` first, on
+    // the connection the exec then took from the pool.
+    assert_eq!(s.upstream.reviews.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(s.upstream.connections(), 1);
 }
 
 /// Opens an upgrade through the proxy's TLS port and returns what the client read after the 101

@@ -244,8 +244,9 @@ pub fn parse_request_after(buf: &[u8], checked: usize) -> Result<Option<(Request
     if upgrade.is_some() && minor_version == 0 {
         return Err(ProxyError::BadRequest("upgrades need HTTP/1.1".into()));
     }
-    let expect_continue =
-        headers.iter().any(|h| h.is("expect") && h.value_str().trim().eq_ignore_ascii_case("100-continue"));
+    // An HTTP/1.0 client must not get a 100 (RFC 9110 §15.2): its expectation is ignored.
+    let expect_continue = minor_version == 1
+        && headers.iter().any(|h| h.is("expect") && h.value_str().trim().eq_ignore_ascii_case("100-continue"));
     Ok(Some((
         RequestHead { method, target, minor_version, headers, framing, upgrade, close, expect_continue },
         head_len,
@@ -287,9 +288,7 @@ pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(Respon
                 parse_length(one.value_str())
                     .ok_or_else(|| ProxyError::BadUpstream("invalid Content-Length".into()))?,
             ),
-            (Count::One(one), Count::Zero) if one.value_str().trim().eq_ignore_ascii_case("chunked") => {
-                Framing::Chunked
-            }
+            (Count::One(one), Count::Zero) if is_chunked(one) => Framing::Chunked,
             _ => return Err(ProxyError::BadUpstream("ambiguous response framing".into())),
         }
     };
@@ -347,11 +346,15 @@ fn request_framing(headers: &Fields, minor_version: u8) -> Result<Framing, Proxy
         (Count::One(_), Count::Zero) if minor_version == 0 => {
             Err(ProxyError::BadRequest("Transfer-Encoding in HTTP/1.0".into()))
         }
-        (Count::One(one), Count::Zero) if one.value_str().trim().eq_ignore_ascii_case("chunked") => {
-            Ok(Framing::Chunked)
-        }
+        (Count::One(one), Count::Zero) if is_chunked(one) => Ok(Framing::Chunked),
         (Count::One(_), Count::Zero) => Err(ProxyError::BadRequest("unsupported Transfer-Encoding".into())),
     }
+}
+
+/// `Transfer-Encoding: chunked`, with only the spaces and tabs RFC 9110 allows around it (a
+/// Unicode space, say a no-break space, makes another coding: 400, as any other coding).
+fn is_chunked(field: Header<'_>) -> bool {
+    field.value_str().trim_matches([' ', '\t']).eq_ignore_ascii_case("chunked")
 }
 
 /// How many fields a head has of one name, keeping the only one (framing rules need no more).

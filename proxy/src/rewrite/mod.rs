@@ -253,7 +253,9 @@ pub fn to_client(
         field(&mut out, &h);
     }
     match (body, response.framing) {
-        // A HEAD answer or a 304 tells the length of a body it does not carry.
+        // A HEAD answer or a 304 tells the length of a body it does not carry; a 1xx or a 204
+        // must not carry one (RFC 9110 §8.6), so an upstream's is not passed on.
+        (BodyFraming::None, Framing::None) if response.status == 204 || response.status < 200 => {}
         (BodyFraming::None, Framing::None) => {
             if let Some(cl) = response
                 .header("content-length")

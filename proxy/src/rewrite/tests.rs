@@ -158,6 +158,13 @@ fn a_bodiless_answer_keeps_its_length_only_when_it_is_a_number() {
         assert_eq!(out.contains(length), kept, "{out}");
         assert_eq!(out.to_ascii_lowercase().matches("content-length").count(), usize::from(kept), "{out}");
     }
+    // A 304 keeps it; a 204 and a 101 never carry one (RFC 9110 8.6), whatever the upstream sent.
+    for (status, kept) in [("304 Not Modified", true), ("204 No Content", false), ("101 Switching Protocols", false)] {
+        let text = format!("HTTP/1.1 {status}\r\nContent-Length: 7\r\n\r\n");
+        let (r, _) = crate::http1::head::parse_response(text.as_bytes(), "GET").unwrap().unwrap();
+        let out = String::from_utf8(to_client(&r, BodyFraming::None, false, None, 0).unwrap()).unwrap();
+        assert_eq!(out.contains("Content-Length: 7"), kept, "{out}");
+    }
 }
 
 #[test]

@@ -46,9 +46,26 @@ fn framing_rules() {
         "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        // Unicode spaces are not the SP and HTAB RFC 9110 allows: another coding.
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \u{3000}chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\u{85}\r\n\r\n",
     ] {
         assert_eq!(status_of(bad), 400, "{bad:?}");
     }
+    let (h, _) = req("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \t chunked \r\n\r\n").unwrap().unwrap();
+    assert_eq!(h.framing, Framing::Chunked);
+    assert!(parse_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n".as_bytes(), "GET").is_err());
+}
+
+#[test]
+fn only_http_1_1_clients_are_sent_100_continue() {
+    let expect = |version: &str| {
+        let text = format!("POST / HTTP/1.{version}\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+        req(&text).unwrap().unwrap().0.expect_continue
+    };
+    assert!(expect("1"));
+    assert!(!expect("0"), "RFC 9110 15.2: no 1xx to an HTTP/1.0 client");
 }
 
 #[test]
