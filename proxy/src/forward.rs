@@ -181,10 +181,14 @@ impl Destination {
         }
     }
 
-    /// The caller whose token keeps a long-lived stream open (None: admin's own routes).
-    fn caller(&self) -> Option<&Caller> {
+    /// What keeps a long-lived stream open: the caller's token and, to a cluster, its
+    /// credentials as they are now (None: admin's own routes).
+    fn stream_owner(&self) -> Option<streams::Owner> {
         match self {
-            Destination::Cluster { caller, .. } | Destination::Internal { caller, .. } => Some(caller),
+            Destination::Cluster { caller, upstream, .. } => {
+                Some(streams::Owner { digest: caller.digest, cluster: Some(upstream.clone()) })
+            }
+            Destination::Internal { caller, .. } => Some(streams::Owner { digest: caller.digest, cluster: None }),
             Destination::Admin { .. } => None,
         }
     }
@@ -239,24 +243,24 @@ where
                 in_sync: true,
             });
         };
-        let Some(caller) = destination.caller().map(|c| c.digest) else {
+        let Some(owner) = destination.stream_owner() else {
             let error = ProxyError::BadUpstream("admin switched protocols".into());
             return Err(Failed { client, error, in_sync: true });
         };
         // Boxed, as the connect above: only an upgrade pays for the tunnel's future.
-        Box::pin(tunnel(client, inbuf, conn, &response, buf, head_len, protocol, caller)).await;
+        Box::pin(tunnel(client, inbuf, conn, &response, buf, head_len, protocol, owner)).await;
         return Ok((Flow::Done, 101));
     }
 
     // An upgrade the upstream refused: relay its answer, then close; never switch.
     let close = head.close || head.upgrade.is_some();
     let streaming = matches!(response.framing, Framing::Chunked | Framing::UntilClose);
-    let stream_digest = destination.caller().filter(|_| streaming).map(|c| c.digest);
-    if stream_digest.is_some() && inbuf.is_empty() {
+    let stream_owner = destination.stream_owner().filter(|_| streaming);
+    if stream_owner.is_some() && inbuf.is_empty() {
         // A stream may idle for an hour: it keeps no request buffer (the next request gets one).
         *inbuf = Vec::new();
     }
-    match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_digest)
+    match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_owner)
         .await
     {
         Ok(false) => Ok((Flow::Next(client), response.status)),
@@ -504,7 +508,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     head_len: usize,
     client_minor: u8,
     close: bool,
-    stream_digest: Option<[u8; 32]>,
+    stream_owner: Option<streams::Owner>,
 ) -> Result<bool, ()> {
     // HTTP/1.0 clients cannot read chunked: they get the body until close, whether the
     // upstream chunked it or ended it by closing.
@@ -516,9 +520,9 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     let room = (buf.len() - head_len).min(GATHER) + 16;
     let mut out = rewrite::to_client(response, out_framing, close, None, room).map_err(|_| ())?;
     buf.drain(..head_len);
-    let (_registration, mut revoked) = match stream_digest {
-        Some(digest) => {
-            let (r, v) = streams::register(digest);
+    let (_registration, mut revoked) = match stream_owner {
+        Some(owner) => {
+            let (r, v) = streams::register(owner);
             (Some(r), Some(v))
         }
         None => (None, None),
@@ -643,7 +647,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                     Some(revoked) => monoio::select! {
                         written = write_all(client, out) => written,
                         _ = &mut *revoked => {
-                            tracing::info!("token revoked or expired: closing its stream");
+                            tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
                             return Err(());
                         }
                     },
@@ -832,7 +836,7 @@ async fn watched<F: std::future::Future, C: Readable>(
     monoio::select! {
         out = &mut work => return Some(out),
         _ = &mut *revoked => {
-            tracing::info!("token revoked or expired: closing its stream");
+            tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
             return None;
         }
         // Boxed: see io::timeout.
@@ -842,7 +846,7 @@ async fn watched<F: std::future::Future, C: Readable>(
         monoio::select! {
             out = &mut work => return Some(out),
             _ = &mut *revoked => {
-                tracing::info!("token revoked or expired: closing its stream");
+                tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
                 return None;
             }
             ready = client.readable() => match ready.map(|_| client.came()) {
@@ -860,7 +864,7 @@ async fn watched<F: std::future::Future, C: Readable>(
     monoio::select! {
         out = &mut work => Some(out),
         _ = &mut *revoked => {
-            tracing::info!("token revoked or expired: closing its stream");
+            tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
             None
         }
     }
@@ -877,7 +881,7 @@ async fn tunnel<C>(
     buf: Vec<u8>,
     head_len: usize,
     protocol: &str,
-    digest: [u8; 32],
+    owner: streams::Owner,
 ) where
     C: AsyncReadRent + AsyncWriteRent + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
@@ -891,7 +895,7 @@ async fn tunnel<C>(
     if !inbuf.is_empty() && write_all(&mut conn, std::mem::take(inbuf)).await.0.is_err() {
         return;
     }
-    let (_registration, revoked) = streams::register(digest);
+    let (_registration, revoked) = streams::register(owner);
     let (client_read, client_write) = client.into_split();
     let (conn_read, conn_write) = conn.into_split();
     let mut up = std::pin::pin!(copy(client_read, conn_write));

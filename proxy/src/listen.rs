@@ -139,7 +139,9 @@ async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<(
         monoio::time::sleep(Duration::from_secs(1)).await;
         crate::streams::sweep();
         crate::upstream::expire_idle();
+        crate::upstream::forget_gone();
         crate::metrics::set_pooled(crate::upstream::pooled_count());
+        crate::metrics::set_tls_configs(crate::upstream::tls_config_count());
         tick += 1;
         if tick.is_multiple_of(5) {
             crate::upstream::probe_ejected();

@@ -30,6 +30,7 @@ struct Core {
     active_connections: i64,
     active_streams: i64,
     pooled: usize,
+    tls_configs: usize,
 }
 
 static CORES: OnceLock<Mutex<Vec<Arc<Mutex<Core>>>>> = OnceLock::new();
@@ -109,11 +110,16 @@ pub fn set_pooled(n: usize) {
     with_core(|c| c.pooled = n);
 }
 
+pub fn set_tls_configs(n: usize) {
+    with_core(|c| c.tls_configs = n);
+}
+
 /// Prometheus text format of every core's counters added up.
 pub fn render() -> String {
     let mut requests: BTreeMap<(&'static str, &'static str, u16), u64> = BTreeMap::new();
     let mut latency: BTreeMap<&'static str, ([u64; 16], f64, u64)> = BTreeMap::new();
     let (mut connect_errors, mut connections, mut streams, mut pooled) = (0u64, 0i64, 0i64, 0usize);
+    let mut tls_configs = 0usize;
     let mut handshakes = [0u64; 2];
     if let Some(cores) = CORES.get() {
         for core in cores.lock().unwrap().iter() {
@@ -135,6 +141,7 @@ pub fn render() -> String {
             connections += core.active_connections;
             streams += core.active_streams;
             pooled += core.pooled;
+            tls_configs += core.tls_configs;
         }
     }
     let mut out = String::new();
@@ -170,6 +177,12 @@ pub fn render() -> String {
         ("bcs_api_active_connections", "gauge", "Open client connections", connections as f64),
         ("bcs_api_active_streams", "gauge", "Open watch, log, exec and port-forward streams", streams as f64),
         ("bcs_api_upstream_pool_idle", "gauge", "Idle pooled upstream connections", pooled as f64),
+        (
+            "bcs_api_upstream_tls_configs",
+            "gauge",
+            "Clusters' TLS configurations (CA roots, session tickets) held, over all cores",
+            tls_configs as f64,
+        ),
         (
             "bcs_api_snapshot_revision",
             "gauge",

@@ -41,6 +41,8 @@ pub struct ClusterEntry {
 #[derive(Debug)]
 pub struct Upstream {
     pub cluster_id: String,
+    /// The cluster's identifier (the tunnel path's), by which the tables find it.
+    pub identifier: String,
     pub addresses: Vec<Endpoint>,
     pub ca_pem: String,
     pub token: Secret,
@@ -106,6 +108,7 @@ impl Tables {
                 let upstream = c.credentials.as_ref().map(|cred| {
                     Arc::new(Upstream {
                         cluster_id: c.id.clone(),
+                        identifier: c.identifier.clone(),
                         addresses: cred.addresses.iter().filter_map(|a| parse_address(a)).map(Endpoint::from).collect(),
                         ca_pem: cred.ca_pem.clone(),
                         token: cred.token.clone(),
@@ -151,6 +154,19 @@ impl Tables {
     /// The live drivers of a Mesos cluster (None: unknown or none live).
     pub fn mesos_drivers(&self, cluster_id: &str) -> Option<&Arc<Vec<Endpoint>>> {
         self.mesos.get(cluster_id).filter(|d| !d.is_empty())
+    }
+
+    /// Whether `upstream` is still how these tables reach its cluster: the cluster exists and
+    /// its credentials are the same (version and identifier).
+    pub fn serves(&self, upstream: &Upstream) -> bool {
+        self.cluster(&upstream.identifier)
+            .and_then(|c| c.upstream.as_ref())
+            .is_some_and(|now| now.version == upstream.version && now.cluster_id == upstream.cluster_id)
+    }
+
+    /// Every cluster's credentials.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.clusters.values().filter_map(|c| c.upstream.as_ref())
     }
 
     pub fn cluster_count(&self) -> usize {

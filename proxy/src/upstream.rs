@@ -99,6 +99,8 @@ thread_local! {
     /// and `console`, none a client's choice, and every pooled request looks its owner up.
     static VERSIONS: RefCell<foldhash::HashMap<String, i64>> = RefCell::new(foldhash::HashMap::default());
     static TLS_CONFIGS: RefCell<HashMap<(String, i64), Arc<rustls::ClientConfig>>> = RefCell::new(HashMap::new());
+    /// The snapshot revision [`forget_gone`] last looked at.
+    static SEEN_REVISION: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
     /// SipHash, as the pool: an unreachable `host_ip` is ejected here.
     static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
 }
@@ -197,6 +199,33 @@ pub fn expire_idle() {
         expire(&mut pool.ours);
         expire(&mut pool.clients);
     })
+}
+
+/// After a new snapshot: drops this core's TLS configurations (their CA roots and session
+/// tickets, which count against the process's ticket budget) and credential versions of the
+/// clusters the tables no longer have with those credentials. Without it, a deleted cluster's
+/// stayed for the life of the process. The housekeeping tick calls it every second; it works
+/// only when the revision changed.
+pub fn forget_gone() {
+    let Some(tables) = crate::tables::current() else { return };
+    if SEEN_REVISION.get() == Some(tables.revision) {
+        return;
+    }
+    SEEN_REVISION.set(Some(tables.revision));
+    let live: std::collections::HashSet<(&str, i64)> =
+        tables.upstreams().map(|u| (u.cluster_id.as_str(), u.version)).collect();
+    let ids: std::collections::HashSet<&str> = live.iter().map(|(id, _)| *id).collect();
+    TLS_CONFIGS.with(|c| c.borrow_mut().retain(|(id, version), _| live.contains(&(id.as_str(), *version))));
+    VERSIONS.with(|v| {
+        v.borrow_mut().retain(|owner, _| {
+            owner == "admin" || owner == CONSOLE_OWNER || owner.starts_with("mesos:") || ids.contains(owner.as_str())
+        })
+    });
+}
+
+/// Clusters' TLS configurations on this core, for the metrics.
+pub fn tls_config_count() -> usize {
+    TLS_CONFIGS.with(|c| c.borrow().len())
 }
 
 /// Idle connections on this core, for the metrics.

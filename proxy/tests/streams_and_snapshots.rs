@@ -121,6 +121,59 @@ async fn revoking_a_token_closes_its_watch_and_refuses_its_next_request() {
     read_until(&mut other, "pod-1", Duration::from_secs(5)).await.expect("the super user's watch works");
 }
 
+/// The proxy's metric `name` as a number, once it equals `want` (the gauges are gathered every
+/// second); panics after 5 s.
+async fn metric_reaching(proxy: &Proxy, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = proxy.metrics().await;
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(f64::NAN);
+        if value == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {value}, not {want}:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_credentials_or_deleting_the_cluster_close_its_streams_and_free_its_tls_state() {
+    // A watch keeps the connection it was opened on: with the cluster's token rotated (or the
+    // cluster deleted) it would go on with what the gateway no longer holds. Closed within a
+    // sweep; the TLS configuration (CA roots, session tickets) of a deleted cluster is freed.
+    let upstream = RawUpstream::start_tls(watch_script(Duration::from_secs(60))).await;
+    let s = setup_with(upstream, 1).await;
+    let admin = s.admin.as_ref().unwrap();
+    let open_watch = || async {
+        let mut stream = s.proxy.connect().await;
+        stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+        read_until(&mut stream, "pod-1", Duration::from_secs(5)).await.expect("watch open");
+        stream
+    };
+    let mut watch = open_watch().await;
+    metric_reaching(&s.proxy, "bcs_api_upstream_tls_configs", 1.0).await;
+    // Another snapshot with the same credentials leaves it open.
+    admin.publish(snapshot(2, &s.upstream.url(), &s.upstream.ca_pem));
+    admin.wait_ack(2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!closed(&mut watch, Duration::from_millis(100)).await, "closed without a change of credentials");
+
+    let mut rotated = snapshot(3, &s.upstream.url(), &s.upstream.ca_pem);
+    rotated.clusters[0].credentials.as_mut().unwrap().version = 2;
+    admin.publish(rotated);
+    assert!(closed(&mut watch, Duration::from_secs(5)).await, "a watch on rotated credentials is closed");
+
+    let mut watch = open_watch().await;
+    let mut deleted = snapshot(4, &s.upstream.url(), &s.upstream.ca_pem);
+    deleted.clusters.clear();
+    admin.publish(deleted);
+    assert!(closed(&mut watch, Duration::from_secs(5)).await, "a watch on a deleted cluster is closed");
+    metric_reaching(&s.proxy, "bcs_api_upstream_tls_configs", 0.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_a_token_closes_a_stream_whose_client_stopped_reading() {
     // 1 MiB events, far more than the sockets hold: the proxy's write to the client blocks.
