@@ -49,7 +49,15 @@ async fn flow_survives_restart(options: Options) {
         .call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", Some(&seeded.user_token), None)
         .await;
     common::assert_error(&ambiguous, 409, "CONFLICT", "more than one project (demo, elsewhere)");
-    assert_eq!(by_id.1["id"], seeded.cluster_id.as_str());
+    let ours = admin
+        .call(
+            Method::GET,
+            "/rest/clusters/bcs/query_by_id/?project_id=demo&cluster_id=K8S-001",
+            Some(&seeded.user_token),
+            None,
+        )
+        .await;
+    assert_eq!(ours.1["id"], seeded.cluster_id.as_str());
     let theirs = admin
         .call(
             Method::GET,

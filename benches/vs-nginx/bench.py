@@ -493,8 +493,8 @@ def fill(template, values):
 # its plain port: the same binaries with one setting changed, so design choices are compared in one run.
 VARIANTS = {
     "epoll": {"BCS_PROXY_DRIVER": "legacy"},
-    "nolog": {"BCS_LOG": "info,bcs_proxy::access=off"},
-    "epoll-nolog": {"BCS_PROXY_DRIVER": "legacy", "BCS_LOG": "info,bcs_proxy::access=off"},
+    "nolog": {"BCS_LOG": "info,rustls=error,bcs_proxy::access=off"},
+    "epoll-nolog": {"BCS_PROXY_DRIVER": "legacy", "BCS_LOG": "info,rustls=error,bcs_proxy::access=off"},
 }
 
 
@@ -1281,7 +1281,7 @@ def report(bench, env):
         f"- CPU pinning: {bench.pinning()}",
         f"- bcs-api-proxy: `proxy_config.cores: {a.cores}`, driver {bench.driver}, `log_config.v: 0` "
         + ("(access log on: one line per request to stderr, redirected to a file)" if a.access_log == "on"
-           else "(access log off through `BCS_LOG=info,bcs_proxy::access=off`)")
+           else "(access log off through `BCS_LOG=info,rustls=error,bcs_proxy::access=off`)")
         + f"; nginx-proxy: `worker_processes {a.nginx_workers}`; origin: nginx, 1 worker (perf.md §4 configuration)",
         *([f"- variants (extra gateways, same binaries, plain port): "
            + "; ".join(f"`bcs-proxy-{v}`: " + ", ".join(f"`{e}={val}`" for e, val in VARIANTS[v].items())

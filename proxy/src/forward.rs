@@ -804,9 +804,11 @@ async fn end_until_close<C: AsyncWriteRent>(client: &mut C, out_framing: BodyFra
 }
 
 /// The next read of a stream's upstream, while watching its token and, once the stream has been
-/// quiet for [`STREAM_QUIET`], its client: a client that hung up (or sent anything: no request
-/// may follow a stream's) ends the stream at once instead of at the next event, which on an idle
-/// watch may be an hour away. None: end the stream.
+/// quiet for [`STREAM_QUIET`], its client: a client that hung up ends the stream at once instead
+/// of at the next event, which on an idle watch may be an hour away. A client that sent bytes
+/// instead (a request pipelined behind a finite chunked answer) is not watched further during
+/// this read: its request waits its turn, and a hang-up after it is seen at the next write.
+/// None: end the stream.
 ///
 /// Unless more is flowing (`flowing`: the last read was a full one), it first waits for the
 /// upstream to be readable and only then takes a buffer, so an idle stream holds none; the

@@ -6,8 +6,8 @@
 //! only reads `*` opens a shell in every pod (kubernetes/kubernetes#78741; 1.35 also asks for
 //! `create`). The gateway asks the cluster itself, on the impersonated user's behalf, whether
 //! `create` is allowed (a SubjectAccessReview with the cluster's token), before such an upgrade
-//! goes upstream; on any cluster version, an impersonated user then needs what SPDY (a POST)
-//! always needed. A super user (not impersonated) is not asked about, and a POST is not: the
+//! (any method but POST) goes upstream; on any cluster version, an impersonated user then needs
+//! what SPDY (a POST) always needed. A super user (not impersonated) is not asked about, and a POST is not: the
 //! apiserver asks for `create` there itself.
 //!
 //! `review` is pure; `ask` is the one round trip, on a pooled connection when there is one.
@@ -31,11 +31,13 @@ pub struct Review {
     pub name: String,
 }
 
-/// The review a request needs, if any: a GET upgrade to a pod's exec, attach or port-forward,
-/// or through a node's proxy. `target` is the upstream target (route.rs checked its path:
+/// The review a request needs, if any: an upgrade to a pod's exec, attach or port-forward, or
+/// through a node's proxy, unless it is a POST (SPDY; the apiserver asks for `create` itself).
+/// A GET is what WebSocket sends; any other method (a HEAD, say) is reviewed too, since an
+/// apiserver would authorise it as a read as well. `target` is the upstream target (route.rs checked its path:
 /// no dot segment, no encoded slash, well-formed escapes).
 pub fn review(head: &RequestHead, target: &str) -> Option<Review> {
-    if head.upgrade.is_none() || head.method != "GET" {
+    if head.upgrade.is_none() || head.method == "POST" {
         return None;
     }
     let path = &target[..memchr::memchr(b'?', target.as_bytes()).unwrap_or(target.len())];
@@ -128,13 +130,24 @@ pub async fn ask(upstream: &Upstream, user: &str, review: &Review) -> Result<(),
     Err(last)
 }
 
-/// One review at one address: whether it allowed.
+/// One review at one address: whether it allowed. A pooled connection the apiserver closed
+/// meanwhile fails before any byte of an answer: the review is then asked again once on a new
+/// connection, as `forward::send` retries an idempotent request.
 async fn ask_at(upstream: &Upstream, endpoint: &Endpoint, body: &[u8]) -> Result<bool, ProxyError> {
     let key = PoolKey { authority: &endpoint.authority, owner: &upstream.cluster_id, version: upstream.version };
-    let mut conn = match upstream::take_pooled(&key) {
-        Some(conn) => conn,
-        None => Box::pin(upstream::connect(endpoint, upstream::Tls::Cluster(upstream))).await?,
-    };
+    let request = review_request(upstream, endpoint, body)?;
+    if let Some(conn) = upstream::take_pooled(&key) {
+        match ask_on(conn, key, request.clone()).await {
+            Err((e, true)) => tracing::debug!(error = %e, "stale pooled connection; asking on a fresh one"),
+            done => return done.map_err(|(e, _)| e),
+        }
+    }
+    let conn = Box::pin(upstream::connect(endpoint, upstream::Tls::Cluster(upstream))).await?;
+    ask_on(conn, key, request).await.map_err(|(e, _)| e)
+}
+
+/// The review's request: the cluster's token, no impersonation (the user is in the body).
+fn review_request(upstream: &Upstream, endpoint: &Endpoint, body: &[u8]) -> Result<Vec<u8>, ProxyError> {
     let mut request = Vec::with_capacity(body.len() + upstream.token.expose().len() + 256);
     request.extend_from_slice(b"POST ");
     request.extend_from_slice(PATH.as_bytes());
@@ -146,16 +159,22 @@ async fn ask_at(upstream: &Upstream, endpoint: &Endpoint, body: &[u8]) -> Result
     crate::http1::write::content_length(&mut request, body.len() as u64);
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(body);
+    Ok(request)
+}
+
+/// Sends the review on `conn` and reads the answer; the connection goes back to the pool when
+/// the answer was read whole and kept it alive. Errors say whether nothing at all came back.
+async fn ask_on(mut conn: Conn, key: PoolKey<'_>, request: Vec<u8>) -> Result<bool, (ProxyError, bool)> {
     let work = async {
         let (written, _) = monoio::io::AsyncWriteRentExt::write_all(&mut conn, request).await;
-        written.map_err(|e| ProxyError::UpstreamConnect(format!("{}: {e}", endpoint.authority)))?;
+        written.map_err(|e| (ProxyError::UpstreamConnect(format!("{}: {e}", key.authority)), true))?;
         answer(&mut conn).await
     };
     let (allowed, reusable) = match crate::io::timeout(ANSWER_TIME, work).await {
         Ok(answer) => answer?,
-        Err(()) => return Err(ProxyError::UpstreamTimeout),
+        Err(()) => return Err((ProxyError::UpstreamTimeout, false)),
     };
-    // Read whole and kept alive: the exec's own request takes it from the pool next.
+    // The exec's own request takes it from the pool next.
     if reusable {
         upstream::put_pooled(key, conn);
     }
@@ -167,8 +186,18 @@ const ANSWER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads the review's answer: whether it allowed, and whether the connection may be pooled
 /// (the answer was framed, read whole, and did not close).
-async fn answer(conn: &mut Conn) -> Result<(bool, bool), ProxyError> {
-    let (response, mut buf, head_len) = crate::forward::receive_head(conn, "POST").await.map_err(|(e, _)| e)?;
+async fn answer(conn: &mut Conn) -> Result<(bool, bool), (ProxyError, bool)> {
+    let (response, mut buf, head_len) = crate::forward::receive_head(conn, "POST").await?;
+    answer_body(conn, response, &mut buf, head_len).await.map_err(|e| (e, false))
+}
+
+/// The rest of [`answer`], once a head came.
+async fn answer_body(
+    conn: &mut Conn,
+    response: crate::http1::head::ResponseHead,
+    buf: &mut Vec<u8>,
+    head_len: usize,
+) -> Result<(bool, bool), ProxyError> {
     if response.status != 201 && response.status != 200 {
         tracing::warn!(status = response.status, "the cluster refused a SubjectAccessReview");
         return Err(ProxyError::BadUpstream(format!(
@@ -196,8 +225,8 @@ async fn answer(conn: &mut Conn) -> Result<(bool, bool), ProxyError> {
         if buf.len() > MAX_ANSWER {
             return Err(ProxyError::BadUpstream("a SubjectAccessReview answer too large".into()));
         }
-        let (r, b) = read_more(conn, buf).await;
-        buf = b;
+        let (r, b) = read_more(conn, std::mem::take(buf)).await;
+        *buf = b;
         match r {
             Ok(0) if response.framing == Framing::UntilClose => break,
             Ok(0) => return Err(ProxyError::BadUpstream("a SubjectAccessReview answer ended early".into())),
@@ -247,6 +276,8 @@ mod tests {
         assert_eq!(review(&get, "/api/v1/namespaces/default/pods/web-0/ex%65c/").unwrap().subresource, "exec");
         let node = review(&get, "/api/v1/nodes/n1/proxy/exec/default/web-0/c?command=sh").unwrap();
         assert_eq!((node.resource, node.subresource, node.namespace), ("nodes", "proxy", None));
+        // A HEAD upgrade through a node's proxy is authorised as a read too.
+        assert!(review(&head("HEAD", true), "/api/v1/nodes/n1/proxy/exec/default/web-0/c").is_some());
         // Not reviewed: a POST (SPDY; the apiserver asks for create), no upgrade, other paths.
         assert_eq!(review(&head("POST", true), "/api/v1/namespaces/default/pods/web-0/exec"), None);
         assert_eq!(review(&head("GET", false), "/api/v1/namespaces/default/pods/web-0/exec"), None);

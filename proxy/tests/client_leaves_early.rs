@@ -53,7 +53,6 @@ async fn requests_reaching(s: &Setup, n: usize) {
     assert_eq!(s.upstream.requests().len(), n, "the requests reached the upstream");
 }
 
-/// One response with a Content-Length body, from `held` (bytes already read) and the stream.
 /// A whole chunked body at the start of `bytes` (no extensions, no trailers): the payload and
 /// the bytes it took; None while incomplete.
 fn dechunk(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
@@ -73,6 +72,8 @@ fn dechunk(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// One response with a Content-Length or chunked body, from `held` (bytes already read) and the
+/// stream.
 async fn read_one(stream: &mut Box<dyn Io>, held: &mut Vec<u8>) -> (u16, Vec<u8>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut buf = vec![0u8; 16 * 1024];

@@ -15,9 +15,11 @@ use tracing_subscriber::EnvFilter;
 /// dropped rather than the data plane slowed.
 pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> anyhow::Result<Vec<WorkerGuard>> {
     let log = &config.log_config;
+    // rustls warns, per handshake, about what a client sent (an IP address as SNI, which wrk
+    // and some libraries send): a client could fill the log with it. Its errors still show.
     let filter = match log.v.unwrap_or(0) {
-        0 => "info",
-        1 | 2 => "info,bcs_admin=debug,bcs_proxy=debug,bcs_shared=debug",
+        0 => "info,rustls=error",
+        1 | 2 => "info,rustls=error,bcs_admin=debug,bcs_proxy=debug,bcs_shared=debug",
         _ => "debug,bcs_admin=trace,bcs_proxy=trace,bcs_shared=trace",
     };
     let filter =

@@ -20,9 +20,12 @@ use tokio::task::JoinSet;
 
 use crate::shutdown::Shutdown;
 
-/// How long a client has to send a whole request head (also how long a kept-alive connection
-/// may idle before its next one).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to send a whole request head, which is also how long a kept-alive
+/// connection may idle before its next one (hyper's timer runs from the end of the last
+/// answer). Longer than the proxy's pooled connections idle (`upstream::POOL_IDLE`, 30 s), so
+/// admin never closes one the proxy is about to reuse: a POST sent as the close comes would
+/// fail with nothing to retry it.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once; one more is closed as soon as it is accepted.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// How long requests in flight may take to finish after SIGTERM.
