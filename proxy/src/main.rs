@@ -123,7 +123,10 @@ fn internal_tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::Cli
                     .with_client_auth_cert(chain, key)
                     .context("cert_config: the client certificate and key do not match")?
             }
-            _ => builder.with_no_client_auth(),
+            (None, None) => builder.with_no_client_auth(),
+            // One without the other is a mistake, not a choice to present no certificate.
+            (Some(_), None) => anyhow::bail!("cert_config.client_cert_file is set but client_key_file is not"),
+            (None, Some(_)) => anyhow::bail!("cert_config.client_key_file is set but client_cert_file is not"),
         };
     config.resumption = bcs_proxy::tickets::resumption();
     Ok(Some(Arc::new(config)))

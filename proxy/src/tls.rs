@@ -14,7 +14,7 @@
 //! Reads and writes touch disjoint state across their awaits (the read side owns `pending`; the
 //! write side only a local buffer; rustls is used between awaits, never across one), which is
 //! what monoio's `Split` asks for: exec and port-forward tunnels read and write at once.
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -216,18 +216,22 @@ where
 
     /// Decrypted bytes into `dst`, reading the socket only when nothing is decrypted or
     /// pending. Ok(0): the peer ended the stream with close_notify.
-    async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
-        if dst.is_empty() {
+    async fn read_plain(&mut self, mut dst: Spare) -> io::Result<usize> {
+        if dst.len == 0 {
             return Ok(0);
         }
         self.emptied = false;
         let mut filled = 0;
         loop {
-            match self.session.reader().read(&mut dst[filled..]) {
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
+            let mut reader = self.session.reader();
+            match reader.fill_buf() {
+                // The end: close_notify came, and everything before it was handed out.
+                Ok([]) => return Ok(filled),
+                Ok(chunk) => {
+                    let n = dst.put(filled, chunk);
+                    reader.consume(n);
                     filled += n;
-                    if filled == dst.len() {
+                    if filled == dst.len {
                         return Ok(filled);
                     }
                     continue;
@@ -255,7 +259,7 @@ where
             self.session.process_new_packets().map_err(tls_error)?;
             // As much ciphertext as `dst` can take the plaintext of: an idle keep-alive connection
             // waits on a buffer the size of its request buffer, not on 64 KiB.
-            self.read_cipher(dst.len().min(CIPHER_READ) + CIPHER_SLACK).await?;
+            self.read_cipher(dst.len.min(CIPHER_READ) + CIPHER_SLACK).await?;
             self.take_cipher()?;
         }
     }
@@ -333,15 +337,34 @@ where
     }
 }
 
+/// Where a read's plaintext goes: a buffer's writable room, which may be uninitialised, so it
+/// is only ever written through its pointer, never seen as a `&mut [u8]` (a reference to
+/// uninitialised bytes is undefined behaviour even if only written).
+struct Spare {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Spare {
+    /// Copies as much of `bytes` as fits at offset `at`; returns how much.
+    fn put(&mut self, at: usize, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.len.saturating_sub(at));
+        // SAFETY: `ptr..ptr + len` is the room a monoio buffer gives for writing (`write_ptr`,
+        // `bytes_total`), held by the read that made this `Spare`; `at + n <= len`; `bytes` is
+        // rustls' own plaintext, another allocation.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), n) };
+        n
+    }
+}
+
 impl<C, D> AsyncReadRent for TlsStream<C>
 where
     C: DerefMut + Deref<Target = ConnectionCommon<D>>,
     D: SideData,
 {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        // SAFETY: the slice is the buffer's spare room, which `set_init` then marks as written
-        // up to what was filled.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        // The buffer's room from its write pointer: what `set_init` then marks as written.
+        let dst = Spare { ptr: buf.write_ptr(), len: buf.bytes_total() };
         let result = self.read_plain(dst).await;
         if let Ok(n) = result {
             unsafe { buf.set_init(n) };
@@ -353,7 +376,7 @@ where
         // Fills the first non-empty slice only, as a single read may.
         let iovecs = unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
         let Some(first) = iovecs.iter().find(|v| v.iov_len > 0) else { return (Ok(0), buf) };
-        let dst = unsafe { std::slice::from_raw_parts_mut(first.iov_base as *mut u8, first.iov_len) };
+        let dst = Spare { ptr: first.iov_base as *mut u8, len: first.iov_len };
         let result = self.read_plain(dst).await;
         if let Ok(n) = result {
             unsafe { buf.set_init(n) };

@@ -284,3 +284,22 @@ async fn https_drivers_get_the_client_certificate_and_are_verified_against_ca_fi
     let r = proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some("BCS-MESOS-IMPOSTOR"), "")).await;
     assert_eq!(r.status, 502, "a driver whose certificate ca_file does not vouch for is refused: {}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_without_its_key_stops_the_start_naming_both() {
+    // Half a client identity for mesos-drivers is a mistake: the proxy used to present no
+    // certificate at all, silently. Now it does not start, and says which half is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = bcs_testkit::apiserver::CertPair::generate_for("internal-ca", &["127.0.0.1"]);
+    std::fs::write(dir.path().join("ca.pem"), &certs.ca_pem).unwrap();
+    std::fs::write(dir.path().join("client.pem"), &certs.cert_pem).unwrap();
+    let options = ProxyOptions {
+        cert_config: Some("  ca_file: ./ca.pem\n  client_cert_file: ./client.pem\n".into()),
+        ..ProxyOptions::default()
+    };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let code = proxy.process.wait_exit(std::time::Duration::from_secs(20));
+    assert_ne!(code, Some(0));
+    let stderr = proxy.process.stderr();
+    assert!(stderr.contains("client_cert_file is set but client_key_file is not"), "{stderr}");
+}
