@@ -20,7 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use crate::auth::Caller;
 use crate::error::ProxyError;
 use crate::http1::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
-use crate::http1::head::{parse_response, Framing, RequestHead, ResponseHead};
+use crate::http1::head::{has_head_end_after, parse_response, Framing, RequestHead, ResponseHead};
 use crate::io::{read_more, write_all, write_from, Came, Conn, Readable, BUFFER};
 use crate::low_water;
 use crate::rewrite::{self, BodyFraming, ClusterIdentity};
@@ -55,6 +55,18 @@ const BULK_GATHER: usize = 192 * 1024;
 
 /// The first read of a response: its head and, often, all of a small body.
 const HEAD_READ: usize = 16 * 1024;
+
+/// Interim (1xx) answers skipped before an answer; more is an upstream that never answers
+/// (a 100 Continue, a 103 Early Hints or two are what a real one sends).
+const MAX_INTERIM: usize = 16;
+
+/// A head still incomplete: an error once it is larger than a head may be.
+fn too_large(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, ProxyError> {
+    if buf.len() > crate::http1::head::MAX_HEAD {
+        return Err(ProxyError::BadUpstream("response head too large".into()));
+    }
+    Ok(None)
+}
 
 /// How long a stream's upstream stays silent before its client is watched for hanging up.
 const STREAM_QUIET: Duration = Duration::from_secs(1);
@@ -473,14 +485,26 @@ pub(crate) async fn receive_head(
     // Room for the head and a small body; a large body grows it on its first read.
     let mut buf = Vec::with_capacity(HEAD_READ);
     let mut received_any = false;
+    // How much of `buf` is known to hold no head end (a head trickling in is searched only
+    // where new bytes came), and how many interim (1xx) heads came before this answer.
+    let (mut checked, mut interim) = (0, 0);
     loop {
-        match parse_response(&buf, method) {
+        let parsed = if has_head_end_after(&buf, checked) { parse_response(&buf, method) } else { too_large(&buf) };
+        match parsed {
             Ok(Some((response, used))) if (100..200).contains(&response.status) && response.status != 101 => {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err((
+                        ProxyError::BadUpstream(format!("more than {MAX_INTERIM} interim (1xx) answers")),
+                        false,
+                    ));
+                }
                 buf.drain(..used);
+                checked = 0;
                 continue;
             }
             Ok(Some((response, used))) => return Ok((response, buf, used)),
-            Ok(None) => {}
+            Ok(None) => checked = buf.len(),
             Err(e) => return Err((e, false)),
         }
         let (r, b) = read_more(conn, std::mem::take(&mut buf)).await;

@@ -167,7 +167,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
     };
 
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("storage.data_dir {}", data_dir.display()))?;
+    // 0700, as admin makes it: a proxy started first must not leave it open to other users.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&data_dir)
+        .with_context(|| format!("storage.data_dir {}", data_dir.display()))?;
     let sealer = bcs_shared::sealer::Sealer::load_or_create(&config.secret_key_file())?;
     let socket = PathBuf::from(non_empty(&config.admin_config.snapshot_socket).unwrap_or(defaults::SNAPSHOT_SOCKET));
     let control = bcs_proxy::control::Control { socket, data_dir, sealer };

@@ -633,3 +633,26 @@ async fn the_gateways_own_answer_to_head_has_no_body() {
     assert!(rest.starts_with("HTTP/1.1 404 "), "the HEAD answer carried a body: {rest:?}");
     assert!(rest.contains("no route for /nope"), "{rest}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_only_sends_interim_answers_gets_502_at_once() {
+    // A registered cluster's apiserver may be anyone's server: one that sends 1xx after 1xx
+    // must not hold the request until the 120-s answer timeout. A few are skipped, as a real
+    // apiserver's 100 Continue is; past 16, 502.
+    let s = setup(Arc::new(|request: &RecordedRequest| {
+        if request.request_line().contains("few") {
+            let mut bytes = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n".to_vec();
+            bytes.extend_from_slice(&ok_json(r#"{"kind":"PodList","items":[]}"#));
+            Reply::Bytes(bytes)
+        } else {
+            Reply::Stream(b"HTTP/1.1 100 Continue\r\n\r\n".repeat(40), vec![(Duration::from_secs(60), Vec::new())])
+        }
+    }))
+    .await;
+    assert_eq!(s.proxy.send(&get("/api/v1/pods?few", USER_TOKEN, "")).await.status, 200);
+    let started = std::time::Instant::now();
+    let r = s.proxy.send(&get("/api/v1/pods?many", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("interim"), "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}

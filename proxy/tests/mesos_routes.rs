@@ -303,3 +303,21 @@ async fn a_client_certificate_without_its_key_stops_the_start_naming_both() {
     let stderr = proxy.process.stderr();
     assert!(stderr.contains("client_cert_file is set but client_key_file is not"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_started_first_makes_its_data_directory_private() {
+    // The proxy may start before admin (its own unit, or a restart): the data directory it
+    // creates holds the persisted snapshot and, later, admin's store, so 0700 as admin makes it.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let data = dir.path().join("data");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !data.exists() {
+        assert!(std::time::Instant::now() < deadline, "no data directory: {}", proxy.process.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "data directory mode {mode:o}");
+    proxy.process.stop();
+}

@@ -321,6 +321,14 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     HEAD_END.find(buf).map(|p| p + 4)
 }
 
+/// Whether a head's end (CRLF CRLF) lies in `buf`, searching only from `checked`, what an
+/// earlier search found none in (less the 3 bytes an end may begin in): a head that arrives a
+/// byte at a time then costs time in proportion to its length, not to its length squared.
+pub fn has_head_end_after(buf: &[u8], checked: usize) -> bool {
+    let from = checked.min(buf.len()).saturating_sub(3);
+    HEAD_END.find(&buf[from..]).is_some()
+}
+
 /// Every line of a head ends in CRLF: a bare LF or CR is a smuggling vector (RFC 9112 §2.2).
 fn check_line_endings(head: &[u8]) -> Result<(), ProxyError> {
     let bare = |i: usize| match head[i] {
