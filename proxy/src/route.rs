@@ -73,17 +73,34 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
         return Ok(Route::Mesos { upstream_target: with_query(format!("/mesosdriver/v4/{rest}")) });
     }
     if let Some(rest) = path.strip_prefix(WEBCONSOLE_PREFIX) {
-        let host_ip = query.and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("host_ip="))
-                .map(|v| String::from_utf8_lossy(&percent_decode_check(v.as_bytes()).unwrap_or_default()).into_owned())
-        });
+        let host_ip = match query {
+            Some(q) => host_ip(q)?,
+            None => None,
+        };
         return Ok(Route::Webconsole {
             host_ip,
             upstream_target: with_query(format!("/bcsapi/v1/consoleproxy/{rest}")),
         });
     }
     Err(ProxyError::NotFound(format!("no route for {path}")))
+}
+
+/// The query's `host_ip`, read as the console proxy (Go's `url.ParseQuery`) reads it: each
+/// key decoded, so `host%5Fip=` is `host_ip=` too. More than one is refused: the gateway would
+/// check one address against the allow-list and the console proxy might act on another.
+fn host_ip(query: &str) -> Result<Option<String>, ProxyError> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if *percent_decode_check(key.as_bytes())? != *b"host_ip" {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ProxyError::BadRequest("more than one host_ip in the query".into()));
+        }
+        found = Some(String::from_utf8_lossy(&percent_decode_check(value.as_bytes())?).into_owned());
+    }
+    Ok(found)
 }
 
 fn check_path(path: &str) -> Result<(), ProxyError> {
@@ -183,6 +200,16 @@ mod tests {
             route("/bcsapi/v1/webconsole/ws").unwrap(),
             Route::Webconsole { host_ip: None, upstream_target: "/bcsapi/v1/consoleproxy/ws".into() }
         );
+        // Keys read as Go reads them: an escaped key is the same key, and two are refused.
+        for two in ["host%5Fip=10.0.0.9&host_ip=10.0.0.5", "host_ip=10.0.0.5&host_ip=10.0.0.9", "host_%69p=1&host_ip=2"]
+        {
+            let target = format!("/bcsapi/v1/webconsole/ws?{two}");
+            assert_eq!(route(&target).unwrap_err().status(), 400, "{two}");
+        }
+        match route("/bcsapi/v1/webconsole/ws?host%5Fip=10.0.0.7&x=1").unwrap() {
+            Route::Webconsole { host_ip, .. } => assert_eq!(host_ip.as_deref(), Some("10.0.0.7")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Without any message for this long the connection is taken as dead and reopened.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an acknowledgement may take to be written.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `data` message may wait for its clusters to reconcile before it is left
 /// unacknowledged.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -196,7 +198,12 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                     Ok(what) => {
                         let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
                         let ack = json!({"app_code": settings.app_code, "type": "ack", "worker_id": worker, "data_id": data_id});
-                        sink.send(Message::text(ack.to_string())).await.map_err(|e| format!("send ack: {e}"))?;
+                        // Bounded: a service that stops reading must not hold the subscription
+                        // (the reconnect that follows sends the next messages again).
+                        tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(ack.to_string())))
+                            .await
+                            .map_err(|_| format!("send ack: not sent within {SEND_TIMEOUT:?}"))?
+                            .map_err(|e| format!("send ack: {e}"))?;
                         app.rbac.subscription.lock().unwrap().acked += 1;
                         app.rbac.metrics.messages.with_label_values(&["acked"]).inc();
                         tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
