@@ -240,6 +240,34 @@ async fn upgrade_bytes_are_held_until_the_101_then_flow_both_ways() {
     assert_eq!(s.upstream.connections(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upgrade_review_is_asked_again_when_its_pooled_connection_went_stale() {
+    // The apiserver closes an idle connection 100 ms after its answer; the review before the
+    // exec takes it from the pool (idle under a second: not peeked), finds it closed before
+    // any answer, and asks again on a fresh connection, as a body-less GET would be retried.
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+    let s = setup_on(
+        Arc::new(move |request: &RecordedRequest| {
+            if request.request_line().contains("/exec") {
+                Reply::SwitchAndEcho(switch.clone(), Duration::ZERO)
+            } else {
+                Reply::BytesThenIdleClose(ok_json("{}"), Duration::from_millis(100))
+            }
+        }),
+        1,
+    )
+    .await;
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut stream, "{}", Duration::from_secs(5)).await.expect("the first answer");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(upgrade_request("").as_bytes()).await.unwrap();
+    let seen = read_until(&mut stream, "\r\n\r\n", Duration::from_secs(5)).await.expect("an answer to the exec");
+    assert!(seen.starts_with("HTTP/1.1 101 "), "{seen}");
+    assert_eq!(s.upstream.reviews.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(s.upstream.connections(), 2, "the stale one, then one for the review and the exec");
+}
+
 /// Opens an upgrade through the proxy's TLS port and returns what the client read after the 101
 /// and its data: Ok(0) is a clean end (close_notify), an error a cut.
 async fn tunnel_end_seen_by_a_tls_client(reset: bool) -> std::io::Result<usize> {
