@@ -360,6 +360,20 @@ async fn a_rest_grant_gives_access_on_change_and_its_removal_takes_it_away() {
         "{metrics}"
     );
     assert!(metrics.contains("bcs_api_rbac_objects_total"), "{metrics}");
+
+    // Deleting the cluster takes its series away (clusters come and go; each left five).
+    let deleted = a.call(Method::DELETE, &format!("/rest/clusters/{}", cluster.id), a.admin(), None).await;
+    assert_eq!(deleted.0, 200, "{}", deleted.1);
+    let named = format!("cluster=\"{}\"", cluster.id);
+    let started = Instant::now();
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", a.base)).await.unwrap().text().await.unwrap();
+        if !metrics.lines().any(|l| l.starts_with("bcs_api_rbac") && l.contains(&named)) {
+            break;
+        }
+        assert!(started.elapsed() < ON_CHANGE, "the deleted cluster's RBAC series stay:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A role that reads `*` gives no shell: kubectl 1.30+ execs over WebSocket (a GET), which an

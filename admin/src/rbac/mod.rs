@@ -315,7 +315,15 @@ impl Rbac {
 
     fn forget(&self, cluster_id: &str) {
         self.clusters.lock().unwrap().remove(cluster_id);
-        let _ = self.metrics.last_success.remove_label_values(&[cluster_id]);
+        // A deleted cluster's series go with it: clusters come and go, and each left five.
+        let m = &self.metrics;
+        let _ = m.last_success.remove_label_values(&[cluster_id]);
+        for result in ["ok", "error"] {
+            let _ = m.reconciles.remove_label_values(&[cluster_id, result]);
+        }
+        for action in ["created", "updated", "deleted"] {
+            let _ = m.objects.remove_label_values(&[cluster_id, action]);
+        }
         self.progress.send_modify(|p| *p += 1);
     }
 
