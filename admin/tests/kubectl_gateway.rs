@@ -4,7 +4,6 @@
 //! `https://127.0.0.1:<tls port>/tunnels/clusters/<identifier>`.
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use bcs_testkit::apiserver::kubectl::Kubectl;
@@ -317,16 +316,23 @@ async fn the_proxy_serves_when_admin_dies_and_restarts_from_its_persisted_snapsh
 
     // Restart the proxy alone while admin is still down: it serves from its persisted snapshot.
     std::process::Command::new("kill").args(["-TERM", &proxy.to_string()]).status().unwrap();
+    // Gone (or a zombie nobody has reaped yet): the new proxy must not share its ports
+    // (SO_REUSEPORT) with the old one, which would answer for it.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{proxy}/status"))
+            .map_or(true, |status| status.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+    };
     for _ in 0..100 {
-        if !Path::new(&format!("/proc/{proxy}")).exists() {
+        if gone() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(gone(), "the old proxy is still running 5 s after SIGTERM");
     let mut alone = Process::spawn(&proxy_binary(), &["--config=bcs-api.yaml"], gw.dir.path(), "proxy-alone");
     alone.wait_ready(&format!("http://127.0.0.1:{}/readyz", gw.metric_port), T).await;
     assert!(k.ok(&["get", "pods"]).await.contains("web-0"), "restarted without admin, from the persisted snapshot");
-    assert!(alone.wait_stderr(&["persisted snapshot"], Duration::from_secs(5)), "{}", alone.stderr());
+    assert!(alone.wait_stderr(&["serving the persisted snapshot"], Duration::from_secs(5)), "{}", alone.stderr());
     let _ = gw.tls_port;
 }
 

@@ -480,8 +480,11 @@ async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_del
     let data_id = svc.send_data(&add);
     let mut acked_at = None;
     while sent.elapsed() < Duration::from_secs(30) {
-        let exists = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some();
+        // The ack first, then the binding: an ack seen means the binding must be there already
+        // (read the other way round, a binding made between the two reads looked like a fault).
         if svc.acked(&data_id) {
+            let exists =
+                binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some();
             assert!(exists, "acknowledged before the binding existed");
             acked_at = Some(sent.elapsed());
             break;

@@ -106,6 +106,10 @@ async fn revoking_a_token_closes_its_watch_and_refuses_its_next_request() {
     let mut stream = s.proxy.connect().await;
     stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
     read_until(&mut stream, "pod-1", Duration::from_secs(5)).await.expect("watch open");
+    // The super user's watch, open through the revocation of another token: untouched.
+    let mut other = s.proxy.connect().await;
+    other.write_all(get("/api/v1/pods?watch=1", SUPER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut other, "pod-1", Duration::from_secs(5)).await.expect("the super user's watch works");
 
     let mut revoked = snapshot(2, &s.upstream.url(), "");
     revoked.tokens.retain(|t| t.user_id != 2);
@@ -115,10 +119,8 @@ async fn revoking_a_token_closes_its_watch_and_refuses_its_next_request() {
     println!("watch closed {:?} after the revocation was published", published.elapsed());
     let r = s.proxy.send(&get("/api", USER_TOKEN, "")).await;
     assert_eq!(r.status, 401);
-    // The super user's streams are untouched.
-    let mut other = s.proxy.connect().await;
-    other.write_all(get("/api/v1/pods?watch=1", SUPER_TOKEN, "").as_bytes()).await.unwrap();
-    read_until(&mut other, "pod-1", Duration::from_secs(5)).await.expect("the super user's watch works");
+    // More than a sweep later, the super user's watch is still open.
+    assert!(!closed(&mut other, Duration::from_millis(1500)).await, "the super user's watch was closed too");
 }
 
 /// The proxy's metric `name` as a number, once it equals `want` (the gauges are gathered every
@@ -268,6 +270,36 @@ async fn the_upgrade_review_is_asked_again_when_its_pooled_connection_went_stale
     assert_eq!(s.upstream.connections(), 2, "the stale one, then one for the review and the exec");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upgrade_review_lets_through_only_an_explicit_allowance() {
+    // Only `status.allowed: true` in a 2xx answer lets an impersonated WebSocket exec go
+    // upstream: a refusal is 403, an answer the gateway cannot read or was refused is 502.
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+    let s = setup(Arc::new(move |_| Reply::SwitchAndEcho(switch.clone(), Duration::ZERO))).await;
+    for (answer, status) in [
+        (review_reply(201, r#"{"status":{"allowed":false,"reason":"no"}}"#), 403),
+        (review_reply(201, r#"{"status":{}}"#), 403),
+        (review_reply(201, r#"{"status":{"allowed":"true"}}"#), 403),
+        (review_reply(201, "not json"), 502),
+        (review_reply(403, r#"{"kind":"Status","status":{"allowed":true}}"#), 502),
+    ] {
+        *s.upstream.review_answer.lock().unwrap() = answer.clone();
+        let mut stream = s.proxy.connect().await;
+        stream.write_all(upgrade_request("").as_bytes()).await.unwrap();
+        let r = read_response(&mut stream).await;
+        assert_eq!(r.status, status, "{}: {}", String::from_utf8_lossy(&answer), r.text());
+    }
+    assert!(s.upstream.requests().is_empty(), "an exec went upstream");
+    assert_eq!(s.upstream.reviews.load(std::sync::atomic::Ordering::SeqCst), 5);
+    // A super user is not impersonated, so not reviewed: the apiserver decides.
+    let mut stream = s.proxy.connect().await;
+    let superuser = upgrade_request("").replace(USER_TOKEN, SUPER_TOKEN);
+    stream.write_all(superuser.as_bytes()).await.unwrap();
+    let seen = read_until(&mut stream, "\r\n\r\n", Duration::from_secs(5)).await.expect("an answer");
+    assert!(seen.starts_with("HTTP/1.1 101 "), "{seen}");
+    assert_eq!(s.upstream.reviews.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
 /// Opens an upgrade through the proxy's TLS port and returns what the client read after the 101
 /// and its data: Ok(0) is a clean end (close_notify), an error a cut.
 async fn tunnel_end_seen_by_a_tls_client(reset: bool) -> std::io::Result<usize> {
@@ -337,6 +369,11 @@ async fn h2c_and_unknown_upgrades_are_refused() {
         ))
         .await;
     assert_eq!(r.status, 400);
+    // An allow-list, not a deny-list: any protocol but websocket and SPDY/3.1 is refused.
+    for protocol in ["TLS/1.2", "websocket2", "SPDY/3"] {
+        let extra = format!("Connection: Upgrade\r\nUpgrade: {protocol}\r\n");
+        assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, &extra)).await.status, 400, "{protocol}");
+    }
     assert_eq!(s.upstream.connections(), 0);
 }
 
@@ -356,7 +393,7 @@ async fn admin_down_the_proxy_keeps_serving_and_restarts_from_its_persisted_snap
         "restarted without admin: serving the persisted snapshot"
     );
     assert!(
-        s.proxy.process.wait_stderr(&["persisted snapshot"], Duration::from_secs(5)),
+        s.proxy.process.wait_stderr(&["serving the persisted snapshot"], Duration::from_secs(5)),
         "{}",
         s.proxy.process.stderr()
     );

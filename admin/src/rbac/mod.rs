@@ -532,7 +532,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: the waits below are virtual time, not the wall clock.
+    #[tokio::test(start_paused = true)]
     async fn a_passing_failure_is_waited_out_and_a_lasting_one_ends_the_wait() {
         let rbac = Rbac::new(Settings::disabled(), crate::metrics::Metrics::default().rbac.clone());
         rbac.track("c");

@@ -211,8 +211,10 @@ pub struct RawUpstream {
     pub early: Arc<Mutex<Vec<Vec<u8>>>>,
     /// How many `Reply::Stream` connections the proxy closed while they were streaming.
     pub streams_closed: Arc<std::sync::atomic::AtomicUsize>,
-    /// How many SubjectAccessReviews it answered (allowed; not among `requests`).
+    /// How many SubjectAccessReviews it answered (not among `requests`).
     pub reviews: Arc<std::sync::atomic::AtomicUsize>,
+    /// What it answers a SubjectAccessReview with (default: 201, allowed).
+    pub review_answer: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -246,6 +248,10 @@ impl RawUpstream {
             early: Arc::default(),
             streams_closed: Arc::default(),
             reviews: Arc::default(),
+            review_answer: Arc::new(Mutex::new(review_reply(
+                201,
+                r#"{"kind":"SubjectAccessReview","status":{"allowed":true}}"#,
+            ))),
         };
         let shared = records.clone();
         let task = tokio::spawn(async move {
@@ -270,9 +276,9 @@ impl RawUpstream {
                 });
             }
         });
-        let Records { requests, raw, early, streams_closed, reviews, .. } = records;
+        let Records { requests, raw, early, streams_closed, reviews, review_answer, .. } = records;
         let ca_pem = certs.map(|c| c.ca_pem).unwrap_or_default();
-        RawUpstream { address, ca_pem, requests, raw, early, streams_closed, reviews, task }
+        RawUpstream { address, ca_pem, requests, raw, early, streams_closed, reviews, review_answer, task }
     }
 
     pub fn url(&self) -> String {
@@ -299,6 +305,12 @@ impl Drop for RawUpstream {
     }
 }
 
+/// A SubjectAccessReview's answer: `status` with a JSON `body`.
+pub fn review_reply(status: u16, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
 /// What a [`RawUpstream`]'s connections share: its script and its records.
 #[derive(Clone)]
 struct Records {
@@ -308,6 +320,7 @@ struct Records {
     early: Arc<Mutex<Vec<Vec<u8>>>>,
     streams_closed: Arc<std::sync::atomic::AtomicUsize>,
     reviews: Arc<std::sync::atomic::AtomicUsize>,
+    review_answer: Arc<Mutex<Vec<u8>>>,
 }
 
 /// A connection a [`RawUpstream`] serves: plain TCP, or TLS over it.
@@ -334,7 +347,7 @@ async fn send<S: Transport>(stream: &mut S, bytes: &[u8]) -> bool {
 }
 
 async fn serve_upstream<S: Transport>(mut stream: S, records: Records, index: usize) {
-    let Records { script, requests, raw, early, streams_closed, reviews } = records;
+    let Records { script, requests, raw, early, streams_closed, reviews, review_answer } = records;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
     let mut idle_close: Option<Duration> = None;
@@ -378,16 +391,12 @@ async fn serve_upstream<S: Transport>(mut stream: S, records: Records, index: us
         let body_len = if chunked { buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap() + 5 } else { length };
         request.body = buf.drain(..body_len).collect();
         if request.request_line().starts_with("POST /apis/authorization.k8s.io/v1/subjectaccessreviews ") {
-            // As the apiserver it stands for, when it lets every user do everything: the
-            // proxy's review before an impersonated WebSocket exec is allowed, counted apart
-            // from the requests; the connection goes on.
+            // As the apiserver it stands for, when it lets every user do everything (unless a
+            // test set another answer): the proxy's review before an impersonated WebSocket
+            // exec is allowed, counted apart from the requests; the connection goes on.
             reviews.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let allowed = br#"{"kind":"SubjectAccessReview","status":{"allowed":true}}"#;
-            let head = format!(
-                "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                allowed.len()
-            );
-            if !send(&mut stream, &[head.as_bytes(), allowed].concat()).await {
+            let answer = review_answer.lock().unwrap().clone();
+            if !send(&mut stream, &answer).await {
                 return;
             }
             continue;

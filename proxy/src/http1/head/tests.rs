@@ -46,6 +46,8 @@ fn framing_rules() {
         "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: TLS/1.2\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket2\r\n\r\n",
         // Unicode spaces are not the SP and HTAB RFC 9110 allows: another coding.
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \u{3000}chunked\r\n\r\n",
