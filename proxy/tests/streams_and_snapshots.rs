@@ -177,6 +177,24 @@ async fn new_credentials_or_deleting_the_cluster_close_its_streams_and_free_its_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_expires_closes_its_watch() {
+    // Expiry, not revocation: the snapshot still has the token, with a time now passed.
+    let upstream = RawUpstream::start(watch_script(Duration::from_secs(60))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let mut expiring = snapshot(1, &upstream.url(), "");
+    let in_two_seconds = expiring.generated_at + 2;
+    expiring.tokens.iter_mut().filter(|t| t.user_id == 2).for_each(|t| t.expires_at = in_two_seconds);
+    let _admin = FakeAdmin::start(&proxy.socket(), expiring).await;
+    proxy.wait_ready().await;
+    let mut stream = proxy.connect().await;
+    stream.write_all(get("/api/v1/pods?watch=1", USER_TOKEN, "").as_bytes()).await.unwrap();
+    read_until(&mut stream, "pod-1", Duration::from_secs(5)).await.expect("watch open");
+    assert!(closed(&mut stream, Duration::from_secs(6)).await, "the watch outlived its token");
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn revoking_a_token_closes_a_stream_whose_client_stopped_reading() {
     // 1 MiB events, far more than the sockets hold: the proxy's write to the client blocks.
     let mut piece = b"100000\r\n".to_vec();
