@@ -20,52 +20,24 @@ async fn flow_survives_restart(options: Options) {
     let seeded = seed_flow(&admin, "bryanhe", "cluster-sa-token-fixture-1").await;
 
     // Lookups of the seed's other endpoints.
-    let by_id = admin
-        .call(
-            Method::GET,
-            "/rest/clusters/bcs/query_by_id/?project_id=demo&cluster_id=K8S-001",
-            Some(&seeded.user_token),
-            None,
-        )
-        .await;
-    assert_eq!(by_id.0, 200, "{}", by_id.1);
-    assert_eq!(by_id.1["id"], seeded.cluster_id.as_str());
+    let found = by_id(&admin, "demo", &seeded.user_token).await;
+    assert_eq!(found.0, 200, "{}", found.1);
+    assert_eq!(found.1["id"], seeded.cluster_id.as_str());
     let by_cluster = admin
         .call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", Some(&seeded.user_token), None)
         .await;
     assert_eq!(by_cluster.1["identifier"], seeded.identifier.as_str());
     // Anyone may register a BCS cluster: the same BCS id under another project makes the
     // project-less lookup a conflict (it never picks one), and each project finds its own.
-    let squat = admin
-        .call(
-            Method::POST,
-            "/rest/clusters/bcs",
-            Some(&seeded.user_token),
-            Some(json!({"id": "K8S-001", "project_id": "elsewhere"})),
-        )
-        .await;
+    let squat = register_k8s_001(&admin, "elsewhere", &seeded.user_token).await;
     assert_eq!(squat.0, 200, "{}", squat.1);
     let ambiguous = admin
         .call(Method::GET, "/rest/clusters/bcs/query_by_cluster_id/?cluster_id=K8S-001", Some(&seeded.user_token), None)
         .await;
     common::assert_error(&ambiguous, 409, "CONFLICT", "more than one project (demo, elsewhere)");
-    let ours = admin
-        .call(
-            Method::GET,
-            "/rest/clusters/bcs/query_by_id/?project_id=demo&cluster_id=K8S-001",
-            Some(&seeded.user_token),
-            None,
-        )
-        .await;
+    let ours = by_id(&admin, "demo", &seeded.user_token).await;
     assert_eq!(ours.1["id"], seeded.cluster_id.as_str());
-    let theirs = admin
-        .call(
-            Method::GET,
-            "/rest/clusters/bcs/query_by_id/?project_id=elsewhere&cluster_id=K8S-001",
-            Some(&seeded.user_token),
-            None,
-        )
-        .await;
+    let theirs = by_id(&admin, "elsewhere", &seeded.user_token).await;
     assert_eq!(theirs.1["id"], squat.1["id"]);
     let removed = admin
         .call(Method::DELETE, &format!("/rest/clusters/{}", squat.1["id"].as_str().unwrap()), admin.admin(), None)
@@ -209,13 +181,19 @@ async fn register_token_rotation_and_cluster_deletion() {
         admin.call(Method::GET, &format!("/rest/clusters/{}", seeded.cluster_id), Some(&seeded.user_token), None).await;
     common::assert_error(&gone, 404, "CLUSTER_NOT_FOUND", &seeded.cluster_id);
     // The (project, cluster id) pair is free again.
-    let again = admin
-        .call(
-            Method::POST,
-            "/rest/clusters/bcs",
-            Some(&seeded.user_token),
-            Some(json!({"id": "K8S-001", "project_id": "demo"})),
-        )
-        .await;
+    let again = register_k8s_001(&admin, "demo", &seeded.user_token).await;
     assert_eq!(again.0, 200, "{}", again.1);
+}
+
+/// `query_by_id` for the BCS cluster id K8S-001 in `project`, as `token`.
+async fn by_id(admin: &Admin, project: &str, token: &str) -> (u16, serde_json::Value) {
+    let path = format!("/rest/clusters/bcs/query_by_id/?project_id={project}&cluster_id=K8S-001");
+    admin.call(Method::GET, &path, Some(token), None).await
+}
+
+/// Registers the BCS cluster id K8S-001 in `project`, as `token`.
+async fn register_k8s_001(admin: &Admin, project: &str, token: &str) -> (u16, serde_json::Value) {
+    admin
+        .call(Method::POST, "/rest/clusters/bcs", Some(token), Some(json!({"id": "K8S-001", "project_id": project})))
+        .await
 }
