@@ -20,7 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use crate::auth::Caller;
 use crate::error::ProxyError;
 use crate::http1::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
-use crate::http1::head::{has_head_end_after, parse_response, Framing, RequestHead, ResponseHead};
+use crate::http1::head::{parse_response_after, Framing, RequestHead, ResponseHead};
 use crate::io::{read_more, write_all, write_from, Came, Conn, Readable, BUFFER};
 use crate::low_water;
 use crate::rewrite::{self, BodyFraming, ClusterIdentity};
@@ -59,14 +59,6 @@ const HEAD_READ: usize = 16 * 1024;
 /// Interim (1xx) answers skipped before an answer; more is an upstream that never answers
 /// (a 100 Continue, a 103 Early Hints or two are what a real one sends).
 const MAX_INTERIM: usize = 16;
-
-/// A head still incomplete: an error once it is larger than a head may be.
-fn too_large(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, ProxyError> {
-    if buf.len() > crate::http1::head::MAX_HEAD {
-        return Err(ProxyError::BadUpstream("response head too large".into()));
-    }
-    Ok(None)
-}
 
 /// How long a stream's upstream stays silent before its client is watched for hanging up.
 const STREAM_QUIET: Duration = Duration::from_secs(1);
@@ -489,8 +481,7 @@ pub(crate) async fn receive_head(
     // where new bytes came), and how many interim (1xx) heads came before this answer.
     let (mut checked, mut interim) = (0, 0);
     loop {
-        let parsed = if has_head_end_after(&buf, checked) { parse_response(&buf, method) } else { too_large(&buf) };
-        match parsed {
+        match parse_response_after(&buf, checked, method) {
             Ok(Some((response, used))) if (100..200).contains(&response.status) && response.status != 101 => {
                 interim += 1;
                 if interim > MAX_INTERIM {
@@ -671,7 +662,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                     Some(revoked) => monoio::select! {
                         written = write_all(client, out) => written,
                         _ = &mut *revoked => {
-                            tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
+                            stream_revoked();
                             return Err(());
                         }
                     },
@@ -827,6 +818,11 @@ async fn end_until_close<C: AsyncWriteRent>(client: &mut C, out_framing: BodyFra
     Ok(close)
 }
 
+/// The sweep ([`streams`]) ended a stream: its token or its cluster's credentials are gone.
+fn stream_revoked() {
+    tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
+}
+
 /// The next read of a stream's upstream, while watching its token and, once the stream has been
 /// quiet for [`STREAM_QUIET`], its client: a client that hung up ends the stream at once instead
 /// of at the next event, which on an idle watch may be an hour away. A client that sent bytes
@@ -862,7 +858,7 @@ async fn watched<F: std::future::Future, C: Readable>(
     monoio::select! {
         out = &mut work => return Some(out),
         _ = &mut *revoked => {
-            tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
+            stream_revoked();
             return None;
         }
         // Boxed: see io::timeout.
@@ -872,7 +868,7 @@ async fn watched<F: std::future::Future, C: Readable>(
         monoio::select! {
             out = &mut work => return Some(out),
             _ = &mut *revoked => {
-                tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
+                stream_revoked();
                 return None;
             }
             ready = client.readable() => match ready.map(|_| client.came()) {
@@ -890,7 +886,7 @@ async fn watched<F: std::future::Future, C: Readable>(
     monoio::select! {
         out = &mut work => Some(out),
         _ = &mut *revoked => {
-            tracing::info!("token revoked or expired, or the cluster deleted or given new credentials: closing its stream");
+            stream_revoked();
             None
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::error::ProxyError;
 use crate::http1::body::ChunkedDecoder;
-use crate::http1::head::{parse_request, parse_request_after, parse_response, Framing, Header};
+use crate::http1::head::{parse_request, parse_request_after, parse_response, parse_response_after, Framing, Header};
 use crate::http1::write;
 use crate::route::{route, Route};
 
@@ -13,7 +13,7 @@ use crate::route::{route, Route};
 /// arrives in pieces (as `conn::read_head` resumes it) gets the same answer as when whole.
 pub fn request_head(data: &[u8]) {
     let whole = parse_request(data);
-    match (outcome(&in_pieces(data)), outcome(&whole)) {
+    match (outcome(&in_pieces(data, parse_request_after)), outcome(&whole)) {
         // A refusal may come earlier in pieces (a bare LF in the first bytes, before the
         // request line's 8 KiB are over), with another status: both refuse.
         (Err(_), Err(_)) => {}
@@ -43,18 +43,18 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
-type Parsed = Result<Option<(crate::http1::head::RequestHead, usize)>, ProxyError>;
+type Parsed<T> = Result<Option<(T, usize)>, ProxyError>;
 
 /// `data` parsed as it would be if it arrived in pieces: cut at points the data itself picks,
 /// each call resuming after the bytes the previous one found incomplete.
-fn in_pieces(data: &[u8]) -> Parsed {
+fn in_pieces<T>(data: &[u8], parse: impl Fn(&[u8], usize) -> Parsed<T>) -> Parsed<T> {
     let mut checked = 0;
     let mut cut = 0;
     let mut step = 1 + usize::from(data.first().copied().unwrap_or(0) % 7);
     while cut < data.len() {
         cut = (cut + step).min(data.len());
         step = step * 3 % 101 + 1;
-        match parse_request_after(&data[..cut], checked) {
+        match parse(&data[..cut], checked) {
             Ok(None) => checked = cut,
             done => return done,
         }
@@ -63,7 +63,7 @@ fn in_pieces(data: &[u8]) -> Parsed {
 }
 
 /// What a parse answered, to compare: the status of a refusal, or the length of the head.
-fn outcome(parsed: &Parsed) -> Result<Option<usize>, u16> {
+fn outcome<T>(parsed: &Parsed<T>) -> Result<Option<usize>, u16> {
     match parsed {
         Ok(Some((_, used))) => Ok(Some(*used)),
         Ok(None) => Ok(None),
@@ -84,10 +84,14 @@ fn passes_as_written(h: &Header) {
     assert!(between.iter().all(|&b| b == b' ' || b == b'\t'), "{line:?}");
 }
 
-/// Response heads from upstreams: never panics; a body-less status never gets a body framing.
+/// Response heads from upstreams: never panics; a body-less status never gets a body framing;
+/// a head that arrives in pieces (as `forward::receive_head` resumes it) gets the same answer.
 pub fn response_head(data: &[u8]) {
     for method in ["GET", "HEAD"] {
-        if let Ok(Some((head, used))) = parse_response(data, method) {
+        let whole = parse_response(data, method);
+        let pieces = in_pieces(data, |buf, checked| parse_response_after(buf, checked, method));
+        assert_eq!(outcome(&pieces), outcome(&whole), "in pieces and whole differ");
+        if let Ok(Some((head, used))) = whole {
             assert!(used <= data.len());
             head.headers.iter().for_each(|h| passes_as_written(&h));
             if method == "HEAD" || head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {

@@ -256,7 +256,21 @@ pub fn parse_request_after(buf: &[u8], checked: usize) -> Result<Option<(Request
 /// Parses an upstream response head. Ambiguous framing is an error (the caller answers 502 and
 /// drops the connection). `request_method` decides whether a body may follow.
 pub fn parse_response(buf: &[u8], request_method: &str) -> Result<Option<(ResponseHead, usize)>, ProxyError> {
-    let Some(head_len) = find_head_end(buf) else {
+    parse_response_after(buf, 0, request_method)
+}
+
+/// [`parse_response`] for a head still arriving: the first `checked` bytes of `buf` are what an
+/// earlier call answered `Ok(None)` for, so only what came after them is searched for the head's
+/// end (an upstream that trickles its head costs time in proportion to its length, not to its
+/// length squared).
+pub fn parse_response_after(
+    buf: &[u8],
+    checked: usize,
+    request_method: &str,
+) -> Result<Option<(ResponseHead, usize)>, ProxyError> {
+    // A head end may begin in the last 3 bytes already searched.
+    let from = checked.min(buf.len()).saturating_sub(3);
+    let Some(head_len) = HEAD_END.find(&buf[from..]).map(|p| from + p + 4) else {
         if buf.len() > MAX_HEAD {
             return Err(ProxyError::BadUpstream("response head too large".into()));
         }
@@ -316,18 +330,6 @@ fn span_in(head: &[u8], part: &[u8]) -> (u32, u32) {
 /// itself on a head of a few hundred bytes.
 static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n"));
 static HEAD_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    HEAD_END.find(buf).map(|p| p + 4)
-}
-
-/// Whether a head's end (CRLF CRLF) lies in `buf`, searching only from `checked`, what an
-/// earlier search found none in (less the 3 bytes an end may begin in): a head that arrives a
-/// byte at a time then costs time in proportion to its length, not to its length squared.
-pub fn has_head_end_after(buf: &[u8], checked: usize) -> bool {
-    let from = checked.min(buf.len()).saturating_sub(3);
-    HEAD_END.find(&buf[from..]).is_some()
-}
 
 /// Every line of a head ends in CRLF: a bare LF or CR is a smuggling vector (RFC 9112 §2.2).
 fn check_line_endings(head: &[u8]) -> Result<(), ProxyError> {
