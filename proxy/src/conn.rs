@@ -254,7 +254,7 @@ fn plan_with<'h>(
                 target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
                     addresses,
-                    owner: format!("mesos:{cluster_id}"),
+                    owner: format!("{}{cluster_id}", crate::upstream::MESOS_OWNER_PREFIX),
                     cluster: cluster_id,
                     tls: settings.internal_tls.clone(),
                     caller,

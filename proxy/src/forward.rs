@@ -137,7 +137,7 @@ impl Destination {
             Destination::Cluster { upstream, .. } => {
                 PoolKey { authority, owner: &upstream.cluster_id, version: upstream.version }
             }
-            Destination::Admin { .. } => PoolKey { authority, owner: "admin", version: 0 },
+            Destination::Admin { .. } => PoolKey { authority, owner: upstream::ADMIN_OWNER, version: 0 },
             Destination::Internal { owner, .. } => PoolKey { authority, owner, version: 0 },
         }
     }

@@ -80,6 +80,10 @@ struct Idle {
 
 /// The owner of console proxies' connections (`conn.rs`): their addresses are clients' choice.
 pub const CONSOLE_OWNER: &str = "console";
+/// The owner of connections to admin's REST API.
+pub const ADMIN_OWNER: &str = "admin";
+/// Mesos-drivers' connections are owned by `mesos:<BCS cluster id>`.
+pub const MESOS_OWNER_PREFIX: &str = "mesos:";
 
 /// Idle connections by key, in two maps for the two kinds of key (by [`CONSOLE_OWNER`]).
 #[derive(Default)]
@@ -218,7 +222,10 @@ pub fn forget_gone() {
     TLS_CONFIGS.with(|c| c.borrow_mut().retain(|(id, version), _| live.contains(&(id.as_str(), *version))));
     VERSIONS.with(|v| {
         v.borrow_mut().retain(|owner, _| {
-            owner == "admin" || owner == CONSOLE_OWNER || owner.starts_with("mesos:") || ids.contains(owner.as_str())
+            owner == ADMIN_OWNER
+                || owner == CONSOLE_OWNER
+                || owner.starts_with(MESOS_OWNER_PREFIX)
+                || ids.contains(owner.as_str())
         })
     });
 }
