@@ -31,11 +31,6 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|fired| *fired).await;
     }
-
-    /// [`Shutdown::wait`] that owns its receiver, for APIs that want a `'static` future.
-    pub async fn wait_owned(mut self) {
-        self.wait().await
-    }
 }
 
 /// Fires `trigger` on SIGINT or SIGTERM.

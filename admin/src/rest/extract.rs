@@ -19,9 +19,10 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 /// must not hold a connection, and a task, for good.
 pub const BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A JSON request body. Non-JSON content types are 415, bodies over [`BODY_LIMIT`] 413,
-/// a body still arriving after [`BODY_TIME`] 408, malformed JSON 400, a field of the wrong type 400 naming the field. An empty body is
-/// `None`, so endpoints whose body is optional accept a bare POST.
+/// A JSON request body. Non-JSON content types are 415, bodies over [`BODY_LIMIT`] 413, a body
+/// still arriving after [`BODY_TIME`] 408, malformed JSON 400, a field of the wrong type 400
+/// naming the field. An empty body is `None`, so endpoints whose body is optional accept a bare
+/// POST.
 pub struct JsonBody<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
