@@ -361,7 +361,7 @@ async fn a_rest_grant_gives_access_on_change_and_its_removal_takes_it_away() {
     );
     assert!(metrics.contains("bcs_api_rbac_objects_total"), "{metrics}");
 
-    // Deleting the cluster takes its series away (clusters come and go; each left five).
+    // Deleting the cluster takes its series away (clusters come and go; each left six).
     let deleted = a.call(Method::DELETE, &format!("/rest/clusters/{}", cluster.id), a.admin(), None).await;
     assert_eq!(deleted.0, 200, "{}", deleted.1);
     let named = format!("cluster=\"{}\"", cluster.id);

@@ -106,7 +106,16 @@ fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
 /// TLS towards mesos-drivers and console proxies: trusts `cert_config.ca_file`, presents the
 /// client certificate when one is configured. None when no CA file is set.
 fn internal_tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
-    let Some(ca_file) = non_empty(&config.cert_config.ca_file) else { return Ok(None) };
+    let Some(ca_file) = non_empty(&config.cert_config.ca_file) else {
+        let cert = &config.cert_config;
+        if non_empty(&cert.client_cert_file).is_some() || non_empty(&cert.client_key_file).is_some() {
+            tracing::warn!(
+                "cert_config: a client certificate is set without ca_file: https drivers and console proxies \
+                 are not reached, so it is not used"
+            );
+        }
+        return Ok(None);
+    };
     let pem = std::fs::read(ca_file).with_context(|| format!("cert_config.ca_file {ca_file}"))?;
     let roots =
         bcs_shared::tls::roots_from_pem(&pem).map_err(|e| anyhow::anyhow!("cert_config.ca_file {ca_file} {e}"))?;

@@ -89,6 +89,11 @@ pub fn route(target: &str) -> Result<Route<'_>, ProxyError> {
 /// key decoded, so `host%5Fip=` is `host_ip=` too. More than one is refused: the gateway would
 /// check one address against the allow-list and the console proxy might act on another.
 fn host_ip(query: &str) -> Result<Option<String>, ProxyError> {
+    // Go before 1.17 also split pairs at ';': `a=b;host_ip=X&host_ip=<allowed>` would read as
+    // two host_ip there and one here. Refused rather than guessed.
+    if memchr::memchr(b';', query.as_bytes()).is_some() {
+        return Err(ProxyError::BadRequest("a ';' in the webconsole query".into()));
+    }
     let mut found = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -201,8 +206,12 @@ mod tests {
             Route::Webconsole { host_ip: None, upstream_target: "/bcsapi/v1/consoleproxy/ws".into() }
         );
         // Keys read as Go reads them: an escaped key is the same key, and two are refused.
-        for two in ["host%5Fip=10.0.0.9&host_ip=10.0.0.5", "host_ip=10.0.0.5&host_ip=10.0.0.9", "host_%69p=1&host_ip=2"]
-        {
+        for two in [
+            "host%5Fip=10.0.0.9&host_ip=10.0.0.5",
+            "host_ip=10.0.0.5&host_ip=10.0.0.9",
+            "host_%69p=1&host_ip=2",
+            "a=b;host_ip=10.0.0.9&host_ip=10.0.0.5",
+        ] {
             let target = format!("/bcsapi/v1/webconsole/ws?{two}");
             assert_eq!(route(&target).unwrap_err().status(), 400, "{two}");
         }

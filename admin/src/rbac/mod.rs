@@ -315,7 +315,7 @@ impl Rbac {
 
     fn forget(&self, cluster_id: &str) {
         self.clusters.lock().unwrap().remove(cluster_id);
-        // A deleted cluster's series go with it: clusters come and go, and each left five.
+        // A deleted cluster's series go with it: clusters come and go, and each left six.
         let m = &self.metrics;
         let _ = m.last_success.remove_label_values(&[cluster_id]);
         for result in ["ok", "error"] {

@@ -276,6 +276,10 @@ pub fn parse_response_after(
         }
         return Ok(None);
     };
+    // A head end found in the read that went past the limit: still too large.
+    if head_len > MAX_HEAD {
+        return Err(ProxyError::BadUpstream("response head too large".into()));
+    }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
     let status = response

@@ -136,6 +136,9 @@ fn responses() {
     );
     assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "GET").is_err());
     assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "GET").is_err());
+    // A head whose end came in the read that went past the limit is still too large.
+    let big = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+    assert!(parse_response(big.as_bytes(), "GET").is_err());
 }
 
 /// What `write::field` relies on when it passes a field on as received (httparse's default
