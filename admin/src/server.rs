@@ -79,6 +79,10 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         zookeeper: zk_status,
         rbac,
     });
+    if zookeeper.is_some() {
+        // Until discovery's first read, snapshots leave the proxies' mesos-drivers as they are.
+        app.snapshots.await_discovery();
+    }
     let first_wait = app.snapshots.rebuild(&app.store, &app.sealer).await.next_wait();
 
     let address: SocketAddr = config.admin_address().parse().context("admin_config.address")?;

@@ -18,6 +18,7 @@ struct Gateway {
     _dir: tempfile::TempDir,
     admin: Admin,
     user_token: String,
+    metric_port: u16,
 }
 
 fn write_config(dir: &Path, zk: &str, dsn: &str, admin_token: &str, ports: (u16, u16, u16)) {
@@ -51,7 +52,7 @@ async fn gateway(zk: &ZooKeeper, dsn: &str, admin_token: &str) -> Gateway {
         .await;
     assert_eq!(user.0, 200, "{}", user.1);
     let token = admin.call(Method::POST, &format!("/rest/users/{}/tokens", user.1["ID"]), admin.admin(), None).await;
-    Gateway { _dir: dir, user_token: token.1["Value"].as_str().unwrap().to_owned(), admin }
+    Gateway { _dir: dir, user_token: token.1["Value"].as_str().unwrap().to_owned(), admin, metric_port: ports.2 }
 }
 
 impl Gateway {
@@ -67,6 +68,15 @@ impl Gateway {
         }
         let response = request.timeout(Duration::from_secs(10)).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The revision of the snapshot the proxy serves (its metrics port), 0 before it has one.
+    async fn proxy_revision(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metric_port);
+        let Ok(response) = reqwest::get(url).await else { return 0 };
+        let text = response.text().await.unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("bcs_api_snapshot_revision "));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()).map_or(0, |v| v as u64)
     }
 
     /// Waits until `n` calls in a row answer `status`.
@@ -87,7 +97,7 @@ async fn the_mesos_route_through_zookeeper_discovery() {
     let mut zk = ZooKeeper::start();
     let a = FakeMesosDriver::start(&zk.address(), CLUSTER).await;
     let mut b = FakeMesosDriver::start_with(&zk.address(), DriverOptions::new(CLUSTER)).await;
-    let gw = gateway(&zk, "", "mesosGatewayAdminToken0123456789").await;
+    let mut gw = gateway(&zk, "", "mesosGatewayAdminToken0123456789").await;
     gw.until_status(200, Duration::from_secs(20)).await;
 
     // Both live drivers get traffic; they see the cluster id and never the caller's token.
@@ -128,6 +138,26 @@ async fn the_mesos_route_through_zookeeper_discovery() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..5 {
         assert_eq!(gw.mesos("/apps", Some(&gw.user_token), Some(CLUSTER)).await.0, 200);
+    }
+
+    // bcs-api restarted while ZooKeeper is still down (its proxy with it): the new instance has
+    // no driver list, and its snapshots say so, so the proxy keeps the persisted drivers.
+    let before = gw.proxy_revision().await;
+    assert!(before > 0, "the proxy reports its snapshot revision");
+    gw.admin = gw.admin.restart().await;
+    let metrics = format!("http://127.0.0.1:{}/readyz", gw.metric_port);
+    gw.admin.process.wait_ready(&metrics, Duration::from_secs(30)).await;
+    let started = Instant::now();
+    while gw.proxy_revision().await <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the restarted bcs-api's snapshot never reached the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let (status, body) = gw.mesos("/apps", Some(&gw.user_token), Some(CLUSTER)).await;
+        assert_eq!(status, 200, "the drivers were lost with the restart: {body}");
     }
 }
 

@@ -5,7 +5,9 @@
 //! not be older than the one in use. Each applied snapshot is persisted (sealed with the key
 //! file, written to a temporary file, fsynced, renamed), so a proxy restarted while admin is
 //! down serves from the last good one. Admin being down never stops the proxy: it keeps its
-//! tables and reconnects with backoff.
+//! tables and reconnects with backoff. A snapshot whose mesos-driver sets admin does not know yet
+//! (`mesos_pending`: admin restarted and has not read ZooKeeper) keeps the sets in use.
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bcs_shared::sealer::Sealer;
 use bcs_shared::snapshot::wire::{encode, read_hint, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use bcs_shared::snapshot::Snapshot;
+use bcs_shared::snapshot::{MesosDrivers, Snapshot};
 
 use crate::tables::{self, Tables};
 
@@ -23,12 +25,18 @@ const PERSISTED: &str = "proxy-snapshot.sealed";
 const PURPOSE: &str = "proxy_snapshot";
 
 pub struct Control {
-    pub socket: PathBuf,
-    pub data_dir: PathBuf,
-    pub sealer: Sealer,
+    socket: PathBuf,
+    data_dir: PathBuf,
+    sealer: Sealer,
+    /// The mesos-driver sets of the snapshot in use, for one that comes without them.
+    mesos: RefCell<Vec<MesosDrivers>>,
 }
 
 impl Control {
+    pub fn new(socket: PathBuf, data_dir: PathBuf, sealer: Sealer) -> Control {
+        Control { socket, data_dir, sealer, mesos: RefCell::default() }
+    }
+
     /// Installs the persisted snapshot, if there is a good one.
     pub fn load_persisted(&self) {
         let path = self.data_dir.join(PERSISTED);
@@ -36,6 +44,7 @@ impl Control {
             Ok(Some(snapshot)) => {
                 tracing::info!(revision = snapshot.revision, path = %path.display(), "serving the persisted snapshot until admin answers");
                 tables::install(Tables::compile(&snapshot));
+                *self.mesos.borrow_mut() = snapshot.mesos;
             }
             Ok(None) => tracing::info!("no persisted snapshot: not ready until admin sends one"),
             Err(e) => {
@@ -138,7 +147,7 @@ impl Control {
         }
     }
 
-    fn apply(&self, snapshot: Snapshot) {
+    fn apply(&self, mut snapshot: Snapshot) {
         if let Err(e) = snapshot.validate() {
             tracing::error!(revision = snapshot.revision, error = %e, "refusing an invalid snapshot; keeping the last good one");
             return;
@@ -161,7 +170,14 @@ impl Control {
                 );
             }
         }
+        if snapshot.mesos_pending {
+            // Admin has not read ZooKeeper yet: the drivers in use stay, and are persisted with it.
+            snapshot.mesos = self.mesos.borrow().clone();
+            snapshot.mesos_pending = false;
+            tracing::info!(revision = snapshot.revision, "admin has not read ZooKeeper yet; keeping the mesos-drivers");
+        }
         tables::install(Tables::compile(&snapshot));
+        *self.mesos.borrow_mut() = snapshot.mesos.clone();
         tracing::info!(
             revision = snapshot.revision,
             clusters = snapshot.clusters.len(),

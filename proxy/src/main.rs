@@ -182,7 +182,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("storage.data_dir {}", data_dir.display()))?;
     let sealer = bcs_shared::sealer::Sealer::load_or_create(&config.secret_key_file())?;
     let socket = PathBuf::from(non_empty(&config.admin_config.snapshot_socket).unwrap_or(defaults::SNAPSHOT_SOCKET));
-    let control = bcs_proxy::control::Control { socket, data_dir, sealer };
+    let control = bcs_proxy::control::Control::new(socket, data_dir, sealer);
     control.load_persisted();
     std::thread::Builder::new().name("bcs-proxy-control".into()).spawn(move || control.run())?;
 

@@ -119,6 +119,35 @@ async fn a_dead_driver_is_skipped_and_an_emptied_set_is_503() {
     assert_eq!(s.proxy.send(&mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "")).await.status, 503);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn drivers_not_yet_known_to_admin_keep_those_in_use_through_a_restart() {
+    let driver = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let mut s = setup(&[&driver], ProxyOptions::default()).await;
+    let get = mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "");
+    assert_eq!(s.proxy.send(&get).await.status, 200);
+
+    // Admin restarted and has not read ZooKeeper: no sets, and it says so.
+    let mut pending = snapshot(2, "http://127.0.0.1:1", "");
+    pending.mesos_pending = true;
+    s.admin.publish(pending.clone());
+    s.admin.wait_ack(2).await;
+    assert_eq!(s.proxy.send(&get).await.status, 200, "the drivers in use stay");
+
+    // The proxy restarted too: the persisted snapshot carries them, and admin's still pending one keeps them.
+    s.proxy.respawn();
+    s.proxy.wait_ready().await;
+    pending.revision = 3;
+    s.admin.publish(pending);
+    s.admin.wait_ack(3).await;
+    assert_eq!(s.proxy.send(&get).await.status, 200, "the drivers survive the proxy's restart");
+    assert_eq!(driver.requests().len(), 3);
+
+    // Once admin has read ZooKeeper, its sets count, empty ones too.
+    s.admin.publish(snapshot(4, "http://127.0.0.1:1", ""));
+    s.admin.wait_ack(4).await;
+    assert_eq!(s.proxy.send(&get).await.status, 503);
+}
+
 fn console_get(query: &str, token: Option<&str>) -> String {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     format!("GET /bcsapi/v1/webconsole/start_exec{query} HTTP/1.1\r\nHost: g\r\n{auth}\r\n")

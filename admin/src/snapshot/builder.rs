@@ -29,16 +29,17 @@ pub struct Built {
 }
 
 pub fn build(rows: SnapshotRows, sealer: &Sealer, stamp: Stamp) -> Result<Built, Invalid> {
-    build_with_mesos(rows, sealer, stamp, Vec::new())
+    build_with_mesos(rows, sealer, stamp, Some(Vec::new()))
 }
 
 /// [`build`] with the live mesos-driver sets from ZooKeeper (`crate::zk::discovery`); an
-/// unusable driver or cluster id is left out and reported like a bad row.
+/// unusable driver or cluster id is left out and reported like a bad row. None: discovery has
+/// not read ZooKeeper yet, and the snapshot says so (`mesos_pending`) rather than list none.
 pub fn build_with_mesos(
     rows: SnapshotRows,
     sealer: &Sealer,
     stamp: Stamp,
-    mesos: Vec<bcs_shared::snapshot::MesosDrivers>,
+    mesos: Option<Vec<bcs_shared::snapshot::MesosDrivers>>,
 ) -> Result<Built, Invalid> {
     let mut left_out = Vec::new();
     let users =
@@ -80,7 +81,8 @@ pub fn build_with_mesos(
         users,
         tokens,
         clusters,
-        mesos,
+        mesos_pending: mesos.is_none(),
+        mesos: mesos.unwrap_or_default(),
     };
     leave_out_invalid(&mut snapshot, &mut left_out)?;
     Ok(Built { snapshot, left_out })

@@ -106,8 +106,9 @@ pub struct Publisher {
     left_out: Mutex<Vec<String>>,
     /// Whether the last store read failed, so an outage is logged when it starts and ends.
     failing: AtomicBool,
-    /// The live mesos-driver sets last reported by ZooKeeper discovery.
-    mesos: Mutex<Vec<MesosDrivers>>,
+    /// The live mesos-driver sets last reported by ZooKeeper discovery; None until its first
+    /// read when discovery is on ([`Publisher::await_discovery`]).
+    mesos: Mutex<Option<Vec<MesosDrivers>>>,
     /// Counts [`Publisher::changed`] and [`Publisher::announce`] calls (local writes), for
     /// announcing them to other instances.
     local_writes: watch::Sender<u64>,
@@ -126,7 +127,7 @@ impl Publisher {
             metrics,
             left_out: Mutex::new(Vec::new()),
             failing: AtomicBool::new(false),
-            mesos: Mutex::new(Vec::new()),
+            mesos: Mutex::new(Some(Vec::new())),
             local_writes: watch::channel(0).0,
             elsewhere: watch::channel(0).0,
         }
@@ -159,12 +160,19 @@ impl Publisher {
         self.elsewhere.subscribe()
     }
 
+    /// ZooKeeper discovery is on: until its first read ([`Publisher::set_mesos`]) snapshots
+    /// say the driver sets are not known yet, so proxies keep theirs. Call before the first
+    /// build.
+    pub fn await_discovery(&self) {
+        *self.mesos.lock().expect("never poisoned: no panic while held") = None;
+    }
+
     /// The live mesos-drivers per cluster; rebuilds soon if they differ from the last sets.
     pub fn set_mesos(&self, mut sets: Vec<MesosDrivers>) {
         sets.sort_by(|a, b| a.cluster_id.cmp(&b.cluster_id));
         let mut mesos = self.mesos.lock().expect("never poisoned: no panic while held");
-        if *mesos != sets {
-            *mesos = sets;
+        if mesos.as_ref() != Some(&sets) {
+            *mesos = Some(sets);
             self.wake.notify_one();
         }
     }
@@ -258,6 +266,7 @@ impl Publisher {
         }
         let counts = (snapshot.users.len(), snapshot.tokens.len(), snapshot.clusters.len());
         let drivers: usize = snapshot.mesos.iter().map(|m| m.drivers.len()).sum();
+        let mesos_pending = snapshot.mesos_pending;
         self.sender.send_replace(Some(Arc::new(Published { snapshot, frame })));
         self.metrics.revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
         tracing::info!(
@@ -266,6 +275,7 @@ impl Publisher {
             tokens = counts.1,
             clusters = counts.2,
             mesos_drivers = drivers,
+            mesos_pending,
             "published a snapshot"
         );
         Outcome::Published(revision)
@@ -309,6 +319,7 @@ pub fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
         && a.tokens == b.tokens
         && a.clusters == b.clusters
         && a.mesos == b.mesos
+        && a.mesos_pending == b.mesos_pending
 }
 
 fn now_ms() -> u64 {
@@ -330,6 +341,7 @@ mod tests {
             tokens: vec![],
             clusters: vec![],
             mesos: vec![],
+            mesos_pending: false,
         }
     }
 

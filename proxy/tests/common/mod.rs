@@ -47,6 +47,7 @@ pub fn snapshot(revision: u64, upstream: &str, ca_pem: &str) -> Snapshot {
             }),
         }],
         mesos: vec![],
+        mesos_pending: false,
     }
 }
 

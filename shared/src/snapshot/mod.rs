@@ -28,6 +28,11 @@ pub struct Snapshot {
     /// Live mesos-drivers per BCS cluster id, from ZooKeeper (empty without ZooKeeper).
     #[serde(default)]
     pub mesos: Vec<MesosDrivers>,
+    /// Admin has not read ZooKeeper since it started (ZooKeeper down, or not answered yet):
+    /// `mesos` says nothing, and a proxy keeps the mesos-driver sets it holds. Without this an
+    /// admin restarted during a ZooKeeper outage would empty every proxy's drivers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesos_pending: bool,
 }
 
 /// The live mesos-drivers of one Mesos cluster (`/bcs/services/endpoints/mesosdriver/<id>/`).

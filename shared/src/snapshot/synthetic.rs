@@ -36,5 +36,6 @@ pub fn snapshot(clusters: usize, tokens: usize) -> Snapshot {
             })
             .collect(),
         mesos: vec![],
+        mesos_pending: false,
     }
 }

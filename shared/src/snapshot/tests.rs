@@ -39,6 +39,7 @@ fn golden() -> Snapshot {
             cluster_id: "BCS-MESOS-10001".into(),
             drivers: vec![MesosDriver { scheme: "https".into(), ip: "127.0.0.1".into(), port: 8080 }],
         }],
+        mesos_pending: false,
     }
 }
 
@@ -70,6 +71,21 @@ fn golden_frames_decode_and_encode_byte_for_byte() {
     assert_eq!(encode(&hello()), HELLO);
     assert_eq!(encode(&Message::Snapshot(golden())), SNAPSHOT);
     golden().validate().unwrap();
+}
+
+#[test]
+fn pending_mesos_drivers_travel_only_when_set() {
+    // A frame from before the field decodes as known sets (the golden frame has none); the
+    // flag is written only when set, so such frames stay byte for byte what they were.
+    let mut pending = golden();
+    pending.mesos.clear();
+    pending.mesos_pending = true;
+    let frame = encode(&Message::Snapshot(pending.clone()));
+    assert!(std::str::from_utf8(&frame[4..]).unwrap().contains("\"mesos_pending\":true"));
+    let mut decoder = Decoder::default();
+    decoder.push(&frame).unwrap();
+    assert_eq!(decoder.next_message().unwrap(), Some(Message::Snapshot(pending)));
+    assert!(!std::str::from_utf8(&SNAPSHOT[4..]).unwrap().contains("mesos_pending"));
 }
 
 #[test]
