@@ -103,6 +103,26 @@ async fn bad_mesos_requests_get_clear_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_token_in_the_websocket_subprotocol_never_reaches_a_driver() {
+    let driver = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let s = setup(&[&driver], ProxyOptions::default()).await;
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.c2VjcmV0LXRva2Vu, v4.channel.k8s.io\r\n";
+    let r = s.proxy.send(&mesos_get("/apps/exec", Some(USER_TOKEN), Some(MESOS), upgrade)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let requests = driver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].headers("sec-websocket-protocol"),
+        vec!["v4.channel.k8s.io".to_owned()],
+        "{}",
+        requests[0].head
+    );
+    assert!(!requests[0].head.contains("c2VjcmV0"), "{}", requests[0].head);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_dead_driver_is_skipped_and_an_emptied_set_is_503() {
     let live = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
     let dead = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;

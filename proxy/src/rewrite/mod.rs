@@ -180,18 +180,7 @@ pub fn to_cluster(
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
     let ours = identity.token.expose().len() + identity.impersonate.map_or(0, |u| u.len() + 20) + 24;
-    let mut out = begin(head, target, host, NOT_TO_CLUSTERS, ours, |out, h| {
-        if !h.is("sec-websocket-protocol") {
-            field(out, h);
-            return Ok(());
-        }
-        let kept: Vec<&str> =
-            h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
-        if kept.is_empty() {
-            return Ok(());
-        }
-        header(out, h.name(), kept.join(", ").as_bytes())
-    })?;
+    let mut out = begin(head, target, host, NOT_TO_CLUSTERS, ours, without_bearer_protocol)?;
     bearer(&mut out, identity.token.expose().as_bytes())?;
     if let Some(user) = identity.impersonate {
         header(&mut out, "Impersonate-User", user.as_bytes())?;
@@ -199,11 +188,27 @@ pub fn to_cluster(
     finish(out, head, client, body, true)
 }
 
+/// Writes `h`, but a `Sec-WebSocket-Protocol` without the bearer token Kubernetes clients may
+/// put there (gone whole when nothing else is left).
+fn without_bearer_protocol(out: &mut Vec<u8>, h: &Header) -> Result<(), ProxyError> {
+    if !h.is("sec-websocket-protocol") {
+        field(out, h);
+        return Ok(());
+    }
+    let kept: Vec<&str> =
+        h.value_str().split(',').map(str::trim).filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX)).collect();
+    if kept.is_empty() {
+        return Ok(());
+    }
+    header(out, h.name(), kept.join(", ").as_bytes())
+}
+
 /// Never forwarded to a mesos-driver or a console proxy: the caller's credentials, any
 /// impersonation (a driver has no use for it), and what the gateway regenerates.
 const NOT_TO_DRIVERS: &[&str] = &["authorization", "cookie", "host", "content-length", "expect", "x-forwarded-for"];
 
-/// The request to a mesos-driver or a console proxy at `host`. `BCS-ClusterID` passes.
+/// The request to a mesos-driver or a console proxy at `host`. `BCS-ClusterID` passes; a bearer
+/// token in `Sec-WebSocket-Protocol` does not, as towards clusters.
 pub fn to_driver(
     head: &RequestHead,
     target: &str,
@@ -212,10 +217,10 @@ pub fn to_driver(
     body: BodyFraming,
 ) -> Result<Vec<u8>, ProxyError> {
     let out = begin(head, target, host, NOT_TO_DRIVERS, 0, |out, h| {
-        if !h.is_impersonation() {
-            field(out, h);
+        if h.is_impersonation() {
+            return Ok(());
         }
-        Ok(())
+        without_bearer_protocol(out, h)
     })?;
     finish(out, head, client, body, true)
 }

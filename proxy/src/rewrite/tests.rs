@@ -134,6 +134,14 @@ fn drivers_get_no_credentials_and_no_impersonation_but_the_cluster_id() {
 }
 
 #[test]
+fn drivers_get_no_bearer_subprotocol_either() {
+    let h = head("GET /x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.c2VjcmV0, channel.k8s.io\r\n\r\n");
+    let out = String::from_utf8(to_driver(&h, "/x", "10.0.0.5:8090", ip(), h.framing.into()).unwrap()).unwrap();
+    assert!(out.contains("Sec-WebSocket-Protocol: channel.k8s.io\r\n"), "{out}");
+    assert!(!out.contains("c2VjcmV0"), "{out}");
+}
+
+#[test]
 fn fields_pass_on_as_received_empty_values_and_spacing_included() {
     let (r, _) = crate::http1::head::parse_response(
         b"HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\t v \r\nConnection: keep-alive\r\nX-Last:v\r\nContent-Length: 3\r\n\r\n",
