@@ -71,6 +71,26 @@ fn a_taken_admin_port_is_named() {
     assert!(stderr.contains(&format!("admin_config 127.0.0.1:{port}")), "{stderr}");
 }
 
+#[test]
+fn a_snapshot_socket_directory_others_may_write_stops_the_start() {
+    // Another user could put a socket of theirs at the path and hand the proxies its tables.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared-run");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let yaml = format!(
+        "admin_config:\n  port: {}\n  spawn_proxy: false\n  snapshot_socket: ./shared-run/bcs-api.sock\n",
+        bcs_testkit::free_port()
+    );
+    std::fs::write(dir.path().join("bcs-api.yaml"), yaml).unwrap();
+    let mut process = Process::spawn(&common::binary(), &["--config=bcs-api.yaml"], dir.path(), "bcs-api");
+    assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(1));
+    let stderr = process.stderr();
+    assert!(stderr.contains("admin_config.snapshot_socket") && stderr.contains("mode 777"), "{stderr}");
+    assert!(!shared.join("bcs-api.sock").exists(), "no socket was made there");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_starting_at_once_on_a_fresh_mysql_database_all_come_up() {
     // On MySQL each DDL statement commits by itself: both instances run the first migration,

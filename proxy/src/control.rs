@@ -9,6 +9,7 @@
 //! (`mesos_pending`: admin restarted and has not read ZooKeeper) keeps the sets in use.
 use std::cell::RefCell;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bcs_shared::sealer::Sealer;
-use bcs_shared::snapshot::wire::{encode, read_hint, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use bcs_shared::snapshot::wire::{encode, peer_trusted, read_hint, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use bcs_shared::snapshot::{MesosDrivers, Snapshot};
 
 use crate::tables::{self, Tables};
@@ -110,6 +111,13 @@ impl Control {
     fn session(&self, delivered: &mut bool) -> anyhow::Result<()> {
         let mut stream =
             UnixStream::connect(&self.socket).with_context(|| format!("connect {}", self.socket.display()))?;
+        let (peer, own) = (peer_uid(&stream).context("the snapshot socket's peer")?, own_uid());
+        if !peer_trusted(peer, own) {
+            bail!(
+                "{} is served by a process of uid {peer}, not of this user ({own}) or root: not taking snapshots from it",
+                self.socket.display()
+            );
+        }
         let held = tables::current().map(|t| t.revision);
         let hello = Message::Hello {
             major: PROTOCOL_MAJOR,
@@ -188,4 +196,29 @@ impl Control {
             tracing::warn!(error = %e, "cannot persist the snapshot");
         }
     }
+}
+
+/// The user of the process at the other end of `stream` (`SO_PEERCRED`: as it was at connect).
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `credentials`, a ucred of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(credentials.uid)
+}
+
+fn own_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

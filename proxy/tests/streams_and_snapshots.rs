@@ -1,6 +1,7 @@
 //! Streams (watch, upgrades, large bodies), revocation, and life without admin.
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -417,6 +418,64 @@ async fn admin_down_the_proxy_keeps_serving_and_restarts_from_its_persisted_snap
     );
     let persisted = std::fs::read(s.proxy.dir.join("data/proxy-snapshot.sealed")).unwrap();
     assert!(!String::from_utf8_lossy(&persisted).contains(CLUSTER_TOKEN), "the persisted snapshot is sealed");
+}
+
+/// Serves `frames` to whoever connects to a unix socket at `path`, as user `nobody`.
+const PLANTED_ADMIN: &str = "
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+frames = open(sys.argv[2], 'rb').read()
+held = []
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(frames)
+    held.append(c)
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_socket_of_another_user_is_never_trusted() {
+    use bcs_shared::snapshot::wire::{encode, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: running a process as another user needs root (CI runs as root)");
+        return;
+    }
+    // A directory another user can write: they put a socket there before admin (or while it
+    // is down), serving well-formed snapshots of their own.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let hello = Message::Hello { major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, peer: "planted".into(), revision: None };
+    let forged = [encode(&hello), encode(&Message::Snapshot(snapshot(1, "http://127.0.0.1:1", "")))].concat();
+    let frames = dir.path().join("frames");
+    std::fs::write(&frames, forged).unwrap();
+    std::fs::set_permissions(&frames, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = run.join("bcs-api.sock");
+    let args = ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", PLANTED_ADMIN];
+    let args: Vec<&str> = args.iter().copied().chain([socket.to_str().unwrap(), frames.to_str().unwrap()]).collect();
+    let mut planted = bcs_testkit::process::Process::spawn(Path::new("/usr/bin/setpriv"), &args, dir.path(), "planted");
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the planted socket never appeared: {}", planted.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    assert!(
+        proxy.process.wait_stderr(&["not of this user"], Duration::from_secs(10)),
+        "the proxy did not say why it refused the socket: {}",
+        proxy.process.stderr()
+    );
+    let ready = reqwest_like_get(&format!("http://127.0.0.1:{}/readyz", proxy.metric_port)).await.unwrap();
+    assert_eq!(ready.0, 503, "the proxy took tables from another user's socket");
+    proxy.process.stop();
+    planted.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

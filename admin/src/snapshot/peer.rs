@@ -27,7 +27,13 @@ pub const MAX_PEER_FRAME: usize = 64 * 1024;
 const MAX_NAME: usize = 128;
 
 pub async fn serve(stream: UnixStream, publisher: Arc<Publisher>, peers: Arc<Peers>) {
-    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+    let credentials = stream.peer_cred().ok();
+    let pid = credentials.and_then(|c| c.pid());
+    let uid = credentials.map(|c| c.uid());
+    if !uid.is_some_and(|uid| wire::peer_trusted(uid, super::server::own_uid())) {
+        tracing::warn!(pid, uid, "refusing a snapshot socket connection from another user");
+        return;
+    }
     if let Err(e) = converse(stream, pid, &publisher, &peers).await {
         tracing::warn!(pid, error = %format!("{e:#}"), "snapshot connection closed");
     }

@@ -39,15 +39,34 @@ impl SnapshotServer {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("admin_config.snapshot_socket: cannot create {}", dir.display()))?;
-        let dir_mode = std::fs::metadata(dir)?.permissions().mode();
+        let dir_meta = std::fs::metadata(dir)?;
+        let dir_mode = dir_meta.permissions().mode();
+        // Another user who may write there could put a socket of theirs in the path, which the
+        // proxies would connect to (they check the peer's user too, `wire::peer_trusted`).
+        if dir_mode & 0o022 != 0 || dir_meta.uid() != own_uid() {
+            bail!(
+                "admin_config.snapshot_socket: {} must be a directory of this user ({}) that group and others \
+                 cannot write (it is mode {:o}, owner {}); use one of mode 0700",
+                dir.display(),
+                own_uid(),
+                dir_mode & 0o777,
+                dir_meta.uid()
+            );
+        }
         if dir_mode & 0o077 != 0 {
             tracing::warn!(dir = %dir.display(), mode = format!("{:o}", dir_mode & 0o777),
                 "the snapshot socket's directory is open to group or others; chmod 700 it");
         }
         remove_stale(path)?;
-        let listener = std::os::unix::net::UnixListener::bind(path)
-            .with_context(|| format!("admin_config.snapshot_socket: cannot listen on {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        // Bound under another name, made 0600, then moved into place: never reachable with the
+        // umask's mode in between.
+        let unready = path.with_extension(format!("binding-{}", std::process::id()));
+        let _ = std::fs::remove_file(&unready);
+        let listener = std::os::unix::net::UnixListener::bind(&unready)
+            .with_context(|| format!("admin_config.snapshot_socket: cannot listen on {}", unready.display()))?;
+        std::fs::set_permissions(&unready, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&unready, path)
+            .with_context(|| format!("admin_config.snapshot_socket: cannot move the socket to {}", path.display()))?;
         let inode = std::fs::metadata(path)?.ino();
         listener.set_nonblocking(true)?;
         let listener = UnixListener::from_std(listener)?;
@@ -94,6 +113,12 @@ impl Drop for SnapshotServer {
             }
         }
     }
+}
+
+/// This process's effective user.
+pub fn own_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Removes a socket file nobody answers on; refuses to touch a live socket or another file.

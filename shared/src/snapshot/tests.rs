@@ -255,3 +255,12 @@ fn tokens_decode_in_any_valid_json_form_and_a_bad_one_is_named() {
     };
     assert!(why.contains("expected i64"), "{why}");
 }
+
+#[test]
+fn only_the_same_user_or_root_is_a_trusted_peer() {
+    use super::wire::peer_trusted;
+    assert!(peer_trusted(1000, 1000));
+    assert!(peer_trusted(0, 1000), "root");
+    assert!(!peer_trusted(65534, 1000));
+    assert!(!peer_trusted(1000, 0), "root trusts only root");
+}

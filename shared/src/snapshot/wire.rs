@@ -108,6 +108,13 @@ pub enum WireError {
 }
 
 /// One frame holding `message`.
+/// Whether a process of `peer_uid` may be the other end of the snapshot socket for one of
+/// `own_uid`: the same user (admin and its proxies run as one), or root. Another user's process
+/// must neither receive cluster credentials nor plant a socket that feeds a proxy forged tables.
+pub fn peer_trusted(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid || peer_uid == 0
+}
+
 pub fn encode(message: &Message) -> Vec<u8> {
     let payload = serde_json::to_vec(message).expect("messages always serialize");
     let mut frame = Vec::with_capacity(4 + payload.len());
