@@ -340,7 +340,22 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     retried = true;
                     continue;
                 }
-                Err((e, _)) => return Err((e, true)),
+                Err((e, nothing_received)) => {
+                    // An address that took a new connection and then closed it unanswered, or
+                    // never answered, is as broken as one that refuses connections: the next
+                    // requests try the others first, and this one, if it may be repeated and
+                    // nothing came back, goes to the next address.
+                    let unanswered = nothing_received && !reused;
+                    if unanswered || matches!(e, ProxyError::UpstreamTimeout) {
+                        tracing::warn!(address = %endpoint.authority, error = %e, "the upstream took the request and did not answer");
+                        upstream::eject_unanswered(endpoint);
+                    }
+                    if unanswered && retryable {
+                        last_error = e;
+                        break;
+                    }
+                    return Err((e, true));
+                }
             }
         }
     }

@@ -106,7 +106,7 @@ thread_local! {
     /// The snapshot revision [`forget_gone`] last looked at.
     static SEEN_REVISION: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
     /// SipHash, as the pool: an unreachable `host_ip` is ejected here.
-    static EJECTED: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
+    static EJECTED: RefCell<HashMap<String, Ejected>> = RefCell::new(HashMap::new());
 }
 
 /// An idle pooled connection for `key`, if a fresh one is there. Connections of the same owner
@@ -253,7 +253,7 @@ pub fn candidates(endpoints: &[Endpoint]) -> Candidates<'_> {
             return Candidates::InOrder(endpoints.iter());
         }
         let now = Instant::now();
-        e.retain(|_, until| *until > now);
+        e.retain(|_, ejected| ejected.until > now);
         let (healthy, ejected): (Vec<&Endpoint>, Vec<&Endpoint>) =
             endpoints.iter().partition(|a| !e.contains_key(&a.authority));
         Candidates::Sorted(healthy.into_iter().chain(ejected).collect::<Vec<_>>().into_iter())
@@ -285,8 +285,12 @@ pub fn probe_ejected() {
     let ejected: Vec<String> = EJECTED.with(|e| {
         let mut e = e.borrow_mut();
         let now = Instant::now();
-        e.retain(|_, until| *until > now);
-        e.keys().take(PROBES_AT_ONCE).cloned().collect()
+        e.retain(|_, ejected| ejected.until > now);
+        e.iter()
+            .filter(|(_, ejected)| ejected.probe)
+            .map(|(authority, _)| authority.clone())
+            .take(PROBES_AT_ONCE)
+            .collect()
     });
     for authority in ejected {
         monoio::spawn(async move {
@@ -303,9 +307,27 @@ pub fn probe_ejected() {
 /// round opens, whatever made many addresses fail (ejection itself lasts 10 s).
 const PROBES_AT_ONCE: usize = 32;
 
+/// An address set aside, until when, and whether a TCP connection proves it back (it refused
+/// connections) or not (it took a request and never answered: it accepts connections anyway).
+struct Ejected {
+    until: Instant,
+    probe: bool,
+}
+
+/// `endpoint` refused a connection: others first for [`EJECTION`], or until a probe connects.
 pub fn eject(endpoint: &Endpoint) {
-    EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), Instant::now() + EJECTION));
+    set_aside(endpoint, true);
     crate::metrics::upstream_connect_error();
+}
+
+/// `endpoint` took a request and closed or timed out unanswered: others first for [`EJECTION`].
+pub fn eject_unanswered(endpoint: &Endpoint) {
+    set_aside(endpoint, false);
+}
+
+fn set_aside(endpoint: &Endpoint, probe: bool) {
+    let until = Instant::now() + EJECTION;
+    EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), Ejected { until, probe }));
 }
 
 fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyError> {

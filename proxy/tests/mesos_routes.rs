@@ -103,6 +103,44 @@ async fn bad_mesos_requests_get_clear_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_driver_that_closes_unanswered_is_passed_over_and_set_aside() {
+    let live = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let mute = RawUpstream::start(Arc::new(|_| Reply::Close)).await;
+    let s = setup(&[&live, &mute], ProxyOptions::default()).await;
+    let get = mesos_get("/apps", Some(USER_TOKEN), Some(MESOS), "");
+    // Each request starts at a driver picked at random: until one starts at the mute driver.
+    for _ in 0..40 {
+        let r = s.proxy.send(&get).await;
+        assert_eq!(r.status, 200, "a GET the mute driver dropped goes to the live one: {}", r.text());
+        if !mute.requests().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(mute.requests().len(), 1);
+    // Set aside for 10 s, and not taken back by the probe that connects to ejected addresses
+    // every 5 s (it accepts connections; it does not answer).
+    for _ in 0..30 {
+        assert_eq!(s.proxy.send(&get).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(mute.requests().len(), 1, "the mute driver got requests again within its 10 s");
+
+    // A POST is never sent twice: the one that starts at the mute driver is answered 502.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let post = format!(
+        "POST /bcsapi/v4/scheduler/mesos/apps HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\
+         BCS-ClusterID: {MESOS}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let mut statuses = Vec::new();
+    while mute.requests().len() < 2 && statuses.len() < 40 {
+        statuses.push(s.proxy.send(&post).await.status);
+    }
+    assert_eq!(mute.requests().len(), 2, "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&502), "{statuses:?}");
+    assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 200), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_bearer_token_in_the_websocket_subprotocol_never_reaches_a_driver() {
     let driver = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
     let s = setup(&[&driver], ProxyOptions::default()).await;
