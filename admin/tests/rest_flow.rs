@@ -120,6 +120,40 @@ async fn a_configured_bootstrap_token_is_accepted_and_never_printed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_bootstrap_user_that_never_had_a_token_gets_one_at_start_and_a_revoked_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default();
+    let admin = Admin::start(dir.path(), &options).await;
+    let ops = admin.call(Method::POST, "/rest/users/", admin.admin(), Some(json!({"user_name": "ops"}))).await;
+    assert_eq!(ops.0, 200, "{}", ops.1);
+    let port: u16 = admin.base.rsplit(':').next().unwrap().parse().unwrap();
+    let (insecure, token) = (admin.insecure_port, admin.admin_token.clone());
+    drop(admin);
+    // `ops` becomes a bootstrap user whose token is generated: it has none yet, so it gets one.
+    let yaml = std::fs::read_to_string(dir.path().join("bcs-api.yaml")).unwrap();
+    let yaml = yaml.replace("bootstrap_users:\n", "bootstrap_users:\n  - name: plain:ops\n    tokens: [\"\"]\n");
+    std::fs::write(dir.path().join("bcs-api.yaml"), &yaml).unwrap();
+    let admin = Admin::start_existing(dir.path(), port, insecure, token.clone()).await;
+    let stdout = admin.process.stdout();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("bootstrap user plain:ops has the token"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let generated = line.split_whitespace().nth(7).unwrap().to_owned();
+    let own = admin.call(Method::GET, &format!("/rest/users/{}/tokens", ops.1["ID"]), Some(&generated), None).await;
+    assert_eq!(own.0, 200, "the printed token works: {}", own.1);
+    // Revoked: the next start does not bring a token back.
+    let tokens = admin.call(Method::GET, &format!("/rest/users/{}/tokens", ops.1["ID"]), admin.admin(), None).await;
+    let id = tokens.1[0]["ID"].as_i64().unwrap();
+    let revoked =
+        admin.call(Method::DELETE, &format!("/rest/users/{}/tokens/{id}", ops.1["ID"]), admin.admin(), None).await;
+    assert_eq!(revoked.0, 200, "{}", revoked.1);
+    drop(admin);
+    let admin = Admin::start_existing(dir.path(), port, insecure, token).await;
+    assert!(!admin.process.stdout().contains("plain:ops has the token"), "{}", admin.process.stdout());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_listed_without_values_and_revocation_is_immediate() {
     let dir = tempfile::tempdir().unwrap();
     let admin = Admin::start(dir.path(), &Options::default()).await;

@@ -106,6 +106,7 @@ store_suite! {
     cases: [
         users_are_created_once_and_found_by_name_and_id,
         user_tokens_are_found_listed_and_revoked,
+        a_user_and_its_first_tokens_are_stored_together_or_not_at_all,
         clusters_and_their_bcs_mapping_are_unique,
         register_tokens_are_created_once_and_rotated,
         credentials_versions_follow_the_fingerprint,
@@ -183,6 +184,18 @@ async fn users_are_created_once_and_found_by_name_and_id(store: &Store, engine: 
     assert_eq!(store.user_by_name("alice").await.unwrap(), Some(alice.clone()));
     assert_eq!(store.user_by_id(alice.id).await.unwrap(), Some(alice));
     assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob));
+}
+
+async fn a_user_and_its_first_tokens_are_stored_together_or_not_at_all(store: &Store, engine: &Engine) {
+    let token = |n| NewUserToken { user_id: 0, kind: token_type::SESSION, digest: digest(n), expires_at: 9_000 };
+    let alice = store.create_user_with_tokens("alice", true, vec![token(1), token(2)], 1_000).await.unwrap();
+    let digests: Vec<String> = store.user_tokens(alice.id).await.unwrap().into_iter().map(|t| t.digest).collect();
+    assert_eq!(digests, vec![digest(1), digest(2)]);
+    // The second token's digest is taken: neither bob nor his first token is stored.
+    assert_conflict(store.create_user_with_tokens("bob", false, vec![token(3), token(2)], 1_000).await);
+    assert_eq!(store.user_by_name("bob").await.unwrap(), None);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM user_tokens").await, 2);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM users").await, 1);
 }
 
 async fn user_tokens_are_found_listed_and_revoked(store: &Store, engine: &Engine) {

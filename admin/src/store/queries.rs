@@ -48,6 +48,18 @@ impl Store {
 
     /// Creates a user; `Conflict` if the name is taken.
     pub async fn create_user(&self, name: &str, is_super_user: bool, now: i64) -> Result<User, StoreError> {
+        self.create_user_with_tokens(name, is_super_user, Vec::new(), now).await
+    }
+
+    /// A new user and its first tokens (`user_id` is ignored: the new user's is used), all
+    /// stored or none: `Conflict` if the name or a digest is taken.
+    pub async fn create_user_with_tokens(
+        &self,
+        name: &str,
+        is_super_user: bool,
+        tokens: Vec<NewUserToken>,
+        now: i64,
+    ) -> Result<User, StoreError> {
         let name = name.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
@@ -60,7 +72,11 @@ impl Store {
                         vec![name.clone().into(), is_super_user.into(), now.into()],
                     )
                     .await?;
-                Ok(User { id: done.last_insert_id, name, is_super_user, created_at: now })
+                let user = User { id: done.last_insert_id, name, is_super_user, created_at: now };
+                for token in tokens {
+                    insert_user_token(tx, NewUserToken { user_id: user.id, ..token }, now).await?;
+                }
+                Ok(user)
             })
         })
         .await
@@ -79,33 +95,7 @@ impl Store {
 
     /// Stores a new token digest; `Conflict` if the digest is already stored.
     pub async fn create_user_token(&self, new: NewUserToken, now: i64) -> Result<UserToken, StoreError> {
-        self.transaction(move |tx| {
-            Box::pin(async move {
-                let done = tx
-                    .exec(
-                        "INSERT INTO user_tokens (user_id, type, digest, expires_at, revoked_at, created_at) \
-                         VALUES (?, ?, ?, ?, NULL, ?)",
-                        vec![
-                            new.user_id.into(),
-                            new.kind.into(),
-                            new.digest.clone().into(),
-                            new.expires_at.into(),
-                            now.into(),
-                        ],
-                    )
-                    .await?;
-                Ok(UserToken {
-                    id: done.last_insert_id,
-                    user_id: new.user_id,
-                    kind: new.kind,
-                    digest: new.digest,
-                    expires_at: new.expires_at,
-                    revoked_at: None,
-                    created_at: now,
-                })
-            })
-        })
-        .await
+        self.transaction(move |tx| Box::pin(insert_user_token(tx, new, now))).await
     }
 
     /// The token with this digest and its user, whatever its expiry or revocation.
@@ -506,6 +496,25 @@ async fn find_cluster(tx: &mut dyn Tx, id: String) -> Result<Option<Cluster>, St
     let sql = format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = ?");
     let cluster = first(tx.query(&sql, vec![id.clone().into()]).await?, cluster_from)?;
     Ok(cluster.filter(|c| c.id == id))
+}
+
+async fn insert_user_token(tx: &mut dyn Tx, new: NewUserToken, now: i64) -> Result<UserToken, StoreError> {
+    let done = tx
+        .exec(
+            "INSERT INTO user_tokens (user_id, type, digest, expires_at, revoked_at, created_at) \
+             VALUES (?, ?, ?, ?, NULL, ?)",
+            vec![new.user_id.into(), new.kind.into(), new.digest.clone().into(), new.expires_at.into(), now.into()],
+        )
+        .await?;
+    Ok(UserToken {
+        id: done.last_insert_id,
+        user_id: new.user_id,
+        kind: new.kind,
+        digest: new.digest,
+        expires_at: new.expires_at,
+        revoked_at: None,
+        created_at: now,
+    })
 }
 
 async fn find_register_token(tx: &mut dyn Tx, cluster_id: String) -> Result<Option<RegisterToken>, StoreError> {
