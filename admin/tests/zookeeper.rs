@@ -240,6 +240,31 @@ async fn drivers_appear_and_leave_within_the_session_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_node_bcs_api_may_not_read_is_left_out_and_the_others_still_follow() {
+    use zookeeper_client::{Acl, Acls, AuthId, CreateMode, Permission};
+    let zk = ZooKeeper::start();
+    let test = zk_client(&zk).await;
+    // Another client's cluster node whose access list allows anything but reading.
+    test.mkdir(DRIVERS, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await.unwrap();
+    let locked =
+        [Acl::new(Permission::WRITE | Permission::CREATE | Permission::DELETE | Permission::ADMIN, AuthId::anyone())];
+    let path = format!("{DRIVERS}/BCS-MESOS-LOCKED");
+    test.create(&path, b"", &CreateMode::Persistent.with_acls(Acls::new(&locked))).await.unwrap();
+    assert!(test.list_children(&path).await.is_err(), "the node cannot be read");
+
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Admin::start(dir.path(), &options(&zk)).await;
+    let mut proxy = SnapshotClient::connect(dir.path()).await;
+    let driver = FakeMesosDriver::start(&zk.address(), CLUSTER).await;
+    proxy.until(PATIENCE, "the readable cluster's driver", |s| drivers(s, CLUSTER) == of(&[&driver])).await;
+    assert!(
+        admin.process.wait_stderr(&["BCS-MESOS-LOCKED", "access list"], PATIENCE),
+        "the unreadable node is named: {}",
+        admin.process.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_zookeeper_outage_keeps_the_last_drivers_and_recovery_rewatches() {
     let mut zk = ZooKeeper::start();
     let dir = tempfile::tempdir().unwrap();

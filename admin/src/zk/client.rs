@@ -14,6 +14,9 @@ pub enum Error {
     /// ephemeral node of it is gone. Start a new session and read everything again.
     #[error("the ZooKeeper session ended: {0}")]
     Ended(String),
+    /// The node's access list does not let this session do it (another client's node).
+    #[error("not permitted by the node's access list")]
+    Denied,
     /// Anything else (connection loss included): retry on the same session.
     #[error("{0}")]
     Transient(String),
@@ -25,6 +28,7 @@ impl From<zk::Error> for Error {
     fn from(e: zk::Error) -> Self {
         match e {
             zk::Error::NoNode => Error::NoNode,
+            zk::Error::NoAuth => Error::Denied,
             zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => Error::Ended(e.to_string()),
             other => Error::Transient(other.to_string()),
         }

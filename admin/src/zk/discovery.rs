@@ -16,11 +16,18 @@ use crate::snapshot::Publisher;
 /// Lets a burst of changes (several drivers starting at once) settle into one read.
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// Why a node that may not be read is left out; and how often everything is read again while
+/// one is (no watch tells when its access list changes).
+const DENIED: &str = "its access list does not let bcs-api read it";
+const REREAD_DENIED: Duration = Duration::from_secs(30);
+
 /// Returns only when the session ended.
 pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
     let mut warned: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let Ok((sets, watches)) = retrying("reading the mesos-drivers", || read(session)).await else { return };
+        // A node this session may not read sets no watch: read everything again now and then.
+        let denied = sets.values().flatten().any(|(_, parsed)| parsed.as_ref().is_err_and(|why| why == DENIED));
         let mut now_warned = BTreeMap::new();
         let mut live = Vec::with_capacity(sets.len());
         let mut drivers = 0;
@@ -33,7 +40,7 @@ pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
                     Err(why) => {
                         let path = format!("{MESOS_DRIVERS}/{cluster_id}/{node}");
                         if warned.get(&path) != Some(&why) {
-                            tracing::warn!(node = %path, reason = %why, "ignoring a malformed mesos-driver node");
+                            tracing::warn!(node = %path, reason = %why, "leaving out a mesos-driver node");
                         }
                         now_warned.insert(path, why);
                     }
@@ -54,7 +61,10 @@ pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
             fired.spawn(watch.fired());
         }
         // Dropping the set drops the other watches (the client then forgets them).
-        let changed = fired.join_next().await.and_then(Result::ok).unwrap_or(false);
+        let changed = tokio::select! {
+            fired = fired.join_next() => fired.and_then(Result::ok).unwrap_or(false),
+            _ = tokio::time::sleep(REREAD_DENIED), if denied => true,
+        };
         drop(fired);
         if !changed {
             return;
@@ -94,6 +104,11 @@ async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>)
             }
             // Removed since the list: the root's watch reports it.
             Err(Error::NoNode) => continue,
+            // Another client's node: left out (and said so), the other clusters still read.
+            Err(Error::Denied) => {
+                sets.insert(cluster, vec![(String::new(), Err(DENIED.to_owned()))]);
+                continue;
+            }
             Err(e) => return Err(e),
         };
         children.retain(|c| c.len() > 10);
@@ -107,6 +122,7 @@ async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>)
                 }
                 // The driver left between the list and the read; the cluster's watch reports it.
                 Err(Error::NoNode) => continue,
+                Err(Error::Denied) => nodes.push((child, Err(DENIED.to_owned()))),
                 Err(e) => return Err(e),
             }
         }
