@@ -75,13 +75,15 @@ fn parse_go(dsn: &str) -> Result<MysqlDsn, String> {
     finish(user, password, host, port, database)
 }
 
+/// `mysql://[user[:password]@]host[:port]/dbname[?params]`. The credentials end at the last `@`,
+/// so a password with an unencoded `/` or `@` still never reaches an error message.
 fn parse_url(rest: &str) -> Result<MysqlDsn, String> {
-    let (authority, path) = rest.split_once('/').ok_or("mysql:// URL needs /<database>")?;
-    let database = path.split('?').next().unwrap_or_default();
-    let (credentials, address) = match authority.rfind('@') {
-        Some(at) => (&authority[..at], &authority[at + 1..]),
-        None => ("", authority),
+    let (credentials, located) = match rest.rfind('@') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => ("", rest),
     };
+    let (address, path) = located.split_once('/').ok_or("mysql:// URL needs /<database>")?;
+    let database = path.split('?').next().unwrap_or_default();
     let (user, password) = match credentials.split_once(':') {
         Some((u, p)) => (u, p),
         None => (credentials, ""),
@@ -182,6 +184,8 @@ mod tests {
 
     #[test]
     fn urls_and_sqlite() {
+        let m = mysql("mysql://root:top/sec@ret@db:3306/bke");
+        assert_eq!((m.password.expose(), m.host.as_str(), m.database.as_str()), ("top/sec@ret", "db", "bke"));
         let m = mysql("mysql://bcs:p%40ss@db.example:3310/bke_core?charset=utf8mb4");
         assert_eq!(m.password.expose(), "p@ss");
         assert_eq!((m.host.as_str(), m.port), ("db.example", 3310));
@@ -201,10 +205,12 @@ mod tests {
             "root:topsecret@tcp(h:3306)/bad-name",
             ":topsecret@tcp(h:3306)/db",
             "postgres://u:topsecret@h/db",
+            "mysql://root:top/secret@db:99999/bke",
+            "mysql://root:top@secret@db/bad-name",
             "sqlite://",
         ] {
             let e = Dsn::parse(bad).expect_err(bad);
-            assert!(!e.contains("topsecret"), "{bad}: {e}");
+            assert!(!e.contains("topsecret") && !e.contains("top") && !e.contains("secret"), "{bad}: {e}");
         }
         assert!(!format!("{:?}", mysql("u:topsecret@tcp(h:1)/d")).contains("topsecret"));
     }
