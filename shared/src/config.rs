@@ -324,6 +324,32 @@ pub mod defaults {
     pub const LOG_DIR: &str = "./logs";
 }
 
+/// A parse error without the text values it quotes (serde writes `string "<value>"` for a value
+/// of the wrong type): the value may be a token or a password put where a list was expected.
+fn without_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        // The value is written escaped (`{:?}`): it ends at the first quote not escaped.
+        let value = &rest[at + QUOTED.len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find(|&(_, c)| {
+            let closing = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closing
+        });
+        rest = match end {
+            Some((i, _)) => &value[i + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -339,7 +365,9 @@ impl Config {
             Ok(config) => config,
             // An empty file is an all-defaults configuration.
             Err(_) if text.trim().is_empty() => Config::default(),
-            Err(e) => return Err(ConfigError::Parse { path: path.to_owned(), message: e.to_string() }),
+            Err(e) => {
+                return Err(ConfigError::Parse { path: path.to_owned(), message: without_strings(&e.to_string()) })
+            }
         };
         config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
         Ok(config)

@@ -95,6 +95,19 @@ fn invalid_values_are_named() {
 }
 
 #[test]
+fn a_value_of_the_wrong_type_is_not_quoted_back() {
+    // A token written where a list belongs, once plain and once with quotes to escape.
+    for (text, secret) in [
+        ("bootstrap_users:\n  - name: ops\n    tokens: s3cr3t-token-value\n", "s3cr3t-token-value"),
+        ("bkiam_auth:\n  bkiam_auth_token_whitelist: \"tok\\\"en-xyz\"\n", "en-xyz"),
+    ] {
+        let e = error_of(text);
+        assert!(!e.contains(secret), "{e}");
+        assert!(e.contains("invalid type: a string, expected a sequence"), "{e}");
+    }
+}
+
+#[test]
 fn bootstrap_tokens_never_print() {
     let c = parse("bootstrap_users:\n  - name: ops\n    tokens: [\"s3cr3t-token-value\"]\n").unwrap();
     let shown = format!("{c:?}");
