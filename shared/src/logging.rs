@@ -15,16 +15,7 @@ use tracing_subscriber::EnvFilter;
 /// dropped rather than the data plane slowed.
 pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> anyhow::Result<Vec<WorkerGuard>> {
     let log = &config.log_config;
-    // rustls warns, per handshake, about what a client sent (an IP address as SNI, which wrk
-    // and some libraries send): a client could fill the log with it. Its errors still show.
-    let filter = match log.v.unwrap_or(0) {
-        0 => "info,rustls=error",
-        1 | 2 => "info,rustls=error,bcs_admin=debug,bcs_proxy=debug,bcs_shared=debug",
-        _ => "debug,bcs_admin=trace,bcs_proxy=trace,bcs_shared=trace",
-    };
-    let filter =
-        if log.access_log.unwrap_or(true) { filter.to_owned() } else { format!("{filter},bcs_proxy::access=off") };
-    let filter = EnvFilter::try_from_env("BCS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let filter = filter(config, std::env::var("BCS_LOG").ok().as_deref());
     let json = format_override.or(non_empty(&log.log_format)) == Some("json");
 
     let mut guards = Vec::new();
@@ -53,4 +44,59 @@ pub fn init(config: &Config, format_override: Option<&str>, file_name: &str) -> 
     };
     tracing_subscriber::registry().with(filter).with(layer).try_init()?;
     Ok(guards)
+}
+
+/// Libraries that log credentials at trace level, capped below it whatever `BCS_LOG` asks:
+/// tungstenite writes the whole handshake request, the permission subscription's
+/// `Authorization: Basic` (app code and secret) included.
+const NEVER_TRACED: &[&str] = &["tungstenite::handshake::client=debug"];
+
+/// What is logged: `log_config.v` (and `access_log`), or `BCS_LOG` when set and valid.
+fn filter(config: &Config, bcs_log: Option<&str>) -> EnvFilter {
+    let log = &config.log_config;
+    // rustls warns, per handshake, about what a client sent (an IP address as SNI, which wrk
+    // and some libraries send): a client could fill the log with it. Its errors still show.
+    let default = match log.v.unwrap_or(0) {
+        0 => "info,rustls=error",
+        1 | 2 => "info,rustls=error,bcs_admin=debug,bcs_proxy=debug,bcs_shared=debug",
+        _ => "debug,bcs_admin=trace,bcs_proxy=trace,bcs_shared=trace",
+    };
+    let default =
+        if log.access_log.unwrap_or(true) { default.to_owned() } else { format!("{default},bcs_proxy::access=off") };
+    let mut filter = bcs_log.and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new(default));
+    for directive in NEVER_TRACED {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
+    filter
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::prelude::*;
+
+    /// Keeps the target of every event that passes the filter.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Seen {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            self.0.lock().unwrap().push(event.metadata().target().to_owned());
+        }
+    }
+
+    #[test]
+    fn a_handshake_with_credentials_is_not_traced_even_when_trace_is_asked_for() {
+        let config = crate::config::Config::default();
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(super::filter(&config, Some("trace"))).with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "tungstenite::handshake::client", "Request: authorization: Basic c2VjcmV0");
+            tracing::debug!(target: "tungstenite::handshake::client", "handshake done");
+            tracing::trace!(target: "tungstenite::protocol", "frame");
+        });
+        assert_eq!(*seen.0.lock().unwrap(), vec!["tungstenite::handshake::client", "tungstenite::protocol"]);
+    }
 }
