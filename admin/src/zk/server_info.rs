@@ -39,8 +39,14 @@ impl ServerInfo {
         } else {
             (self.ip.as_str(), self.port)
         };
-        if ip.parse::<std::net::IpAddr>().is_err() {
+        let Ok(address) = ip.parse::<std::net::IpAddr>() else {
             return Err(format!("ip {ip:?} is not an IP address"));
+        };
+        // A driver that registered its bind address (0.0.0.0) would send the proxy to its own
+        // host; a multicast or broadcast address is no driver's.
+        let broadcast = matches!(address, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if address.is_unspecified() || address.is_multicast() || broadcast {
+            return Err(format!("ip {ip:?} is not an address a driver can be reached at"));
         }
         let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {port} is not 1-65535"))?;
         Ok(MesosDriver { scheme, ip: ip.to_owned(), port })
@@ -73,6 +79,10 @@ mod tests {
             br#"{"ip":"10.0.0.5","port":1,"scheme":"ftp"}"#,
             br#"{"ip":"10.0.0.5","port":1}"#,
             br#"{"ip":"10.0.0.5","port":"1","scheme":"http"}"#,
+            br#"{"ip":"0.0.0.0","port":8090,"scheme":"http"}"#,
+            br#"{"ip":"::","port":8090,"scheme":"http"}"#,
+            br#"{"ip":"10.0.0.5","port":8090,"scheme":"http","external_ip":"224.0.0.1","external_port":1}"#,
+            br#"{"ip":"255.255.255.255","port":8090,"scheme":"http"}"#,
         ] {
             assert!(parse_driver(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
