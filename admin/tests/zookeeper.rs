@@ -192,7 +192,8 @@ async fn drivers_appear_and_leave_within_the_session_timeout() {
         "ordered by sequence"
     );
     for node in [&bad.node, &hostname.node] {
-        let warned = admin.process.wait_stderr(&[node.as_str(), "malformed"], Duration::from_secs(5));
+        let warned =
+            admin.process.wait_stderr(&[node.as_str(), "leaving out a mesos-driver node"], Duration::from_secs(5));
         assert!(warned, "{node} warned about:\n{}", admin.process.stderr());
     }
     // The leader lock is taken by its own task, which a loaded machine may run after the

@@ -111,7 +111,7 @@ impl From<StoreError> for ApiError {
                     "the store is unavailable, try again later",
                 )
             }
-            StoreError::Internal(why) => {
+            StoreError::Internal(why) | StoreError::InSchema(why) => {
                 tracing::error!(error = %why, "store error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

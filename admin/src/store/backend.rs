@@ -10,6 +10,10 @@ pub enum StoreError {
     /// The database cannot be reached or did not answer in time.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A schema object (table, column, index) of that name is already there: on MySQL, a
+    /// migration's statement that a cut-off earlier run had applied.
+    #[error("already in the schema: {0}")]
+    InSchema(String),
     /// Anything else: a bug or a corrupt row.
     #[error("store error: {0}")]
     Internal(String),

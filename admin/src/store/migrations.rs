@@ -223,7 +223,15 @@ async fn run(backend: &dyn Backend, migration: &Migration) -> Result<(), StoreEr
         Dialect::Mysql => migration.mysql,
     };
     for statement in statements {
-        tx.exec(statement, vec![]).await?;
+        match tx.exec(statement, vec![]).await {
+            Ok(_) => {}
+            // MySQL commits each DDL statement by itself: a run cut off midway (a crash, a
+            // lost connection) left this one applied. What is there is what it makes.
+            Err(StoreError::InSchema(what)) => {
+                tracing::warn!(version = migration.version, %what, "a schema migration's statement was already applied; going on");
+            }
+            Err(e) => return Err(e),
+        }
     }
     tx.exec(
         "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",

@@ -8,6 +8,9 @@ use super::dsn::MysqlDsn;
 
 /// MySQL's "duplicate entry" error.
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_TABLE_EXISTS: u16 = 1050;
+const ER_DUP_FIELDNAME: u16 = 1060;
+const ER_DUP_KEYNAME: u16 = 1061;
 /// A row still referenced, or a reference to a missing row (foreign keys): a conflict, as on
 /// SQLite.
 const ER_ROW_IS_REFERENCED_2: u16 = 1451;
@@ -144,6 +147,9 @@ fn map_err(e: mysql_async::Error) -> StoreError {
         mysql_async::Error::Server(s) if matches!(s.code, ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT) => {
             StoreError::Unavailable(format!("{} ({}): the write did not happen; try again", s.message, s.code))
         }
+        mysql_async::Error::Server(s) if matches!(s.code, ER_TABLE_EXISTS | ER_DUP_FIELDNAME | ER_DUP_KEYNAME) => {
+            StoreError::InSchema(format!("{} ({})", s.message, s.code))
+        }
         mysql_async::Error::Server(s) => StoreError::Internal(format!("{} ({})", s.message, s.code)),
         mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Internal(e.to_string()),
@@ -163,6 +169,9 @@ mod tests {
         assert!(matches!(map_err(server(ER_LOCK_DEADLOCK)), StoreError::Unavailable(_)));
         assert!(matches!(map_err(server(ER_LOCK_WAIT_TIMEOUT)), StoreError::Unavailable(_)));
         assert!(matches!(map_err(server(ER_DUP_ENTRY)), StoreError::Conflict(_)));
+        for code in [ER_TABLE_EXISTS, ER_DUP_FIELDNAME, ER_DUP_KEYNAME] {
+            assert!(matches!(map_err(server(code)), StoreError::InSchema(_)), "{code}");
+        }
         assert!(matches!(map_err(server(1064)), StoreError::Internal(_)));
     }
 }
