@@ -343,14 +343,16 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                 Err((e, nothing_received)) => {
                     // An address that took a new connection and then closed it unanswered, or
                     // never answered, is as broken as one that refuses connections: the next
-                    // requests try the others first, and this one, if it may be repeated and
-                    // nothing came back, goes to the next address.
+                    // requests try the others first, and this one, if it only reads (a GET or
+                    // HEAD, not an upgrade: an exec may have started) and nothing came back,
+                    // goes to the next address.
                     let unanswered = nothing_received && !reused;
                     if unanswered || matches!(e, ProxyError::UpstreamTimeout) {
                         tracing::warn!(address = %endpoint.authority, error = %e, "the upstream took the request and did not answer");
                         upstream::eject_unanswered(endpoint);
                     }
-                    if unanswered && retryable {
+                    let only_reads = matches!(head.method.as_ref(), "GET" | "HEAD") && head.upgrade.is_none();
+                    if unanswered && retryable && only_reads {
                         last_error = e;
                         break;
                     }

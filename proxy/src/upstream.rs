@@ -296,8 +296,15 @@ pub fn probe_ejected() {
         monoio::spawn(async move {
             let probe = monoio::time::timeout(Duration::from_secs(2), TcpStream::connect(authority.as_str())).await;
             if matches!(probe, Ok(Ok(_))) {
-                EJECTED.with(|e| e.borrow_mut().remove(&authority));
-                tracing::info!(address = %authority, "upstream address answers again");
+                // Unless it was set aside meanwhile for not answering, which a connect does not disprove.
+                let taken_back = EJECTED.with(|e| {
+                    let mut e = e.borrow_mut();
+                    let probed = e.get(&authority).is_some_and(|ejected| ejected.probe);
+                    probed && e.remove(&authority).is_some()
+                });
+                if taken_back {
+                    tracing::info!(address = %authority, "upstream address answers again");
+                }
             }
         });
     }

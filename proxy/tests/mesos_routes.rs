@@ -125,15 +125,16 @@ async fn a_driver_that_closes_unanswered_is_passed_over_and_set_aside() {
     }
     assert_eq!(mute.requests().len(), 1, "the mute driver got requests again within its 10 s");
 
-    // A POST is never sent twice: the one that starts at the mute driver is answered 502.
+    // What changes something is never sent twice, a bodiless DELETE included: the one that
+    // starts at the mute driver is answered 502.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let post = format!(
-        "POST /bcsapi/v4/scheduler/mesos/apps HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\
-         BCS-ClusterID: {MESOS}\r\nContent-Length: 2\r\n\r\n{{}}"
+    let delete = format!(
+        "DELETE /bcsapi/v4/scheduler/mesos/apps/a HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\
+         BCS-ClusterID: {MESOS}\r\n\r\n"
     );
     let mut statuses = Vec::new();
     while mute.requests().len() < 2 && statuses.len() < 40 {
-        statuses.push(s.proxy.send(&post).await.status);
+        statuses.push(s.proxy.send(&delete).await.status);
     }
     assert_eq!(mute.requests().len(), 2, "{statuses:?}");
     assert_eq!(statuses.last(), Some(&502), "{statuses:?}");
