@@ -16,8 +16,11 @@ use crate::store::{Store, StoreError};
 pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn Write) -> anyhow::Result<()> {
     for entry in users {
         let wants_super = entry.is_super_user.unwrap_or(false);
-        let configured: Vec<&Secret> = entry.tokens.iter().flatten().filter(|t| !t.is_empty()).collect();
-        let to_generate = entry.tokens.len() - configured.len();
+        let mut configured: Vec<&Secret> = entry.tokens.iter().flatten().filter(|t| !t.is_empty()).collect();
+        let listed = configured.len();
+        let mut seen = std::collections::HashSet::new();
+        configured.retain(|t| seen.insert(t.expose()));
+        let to_generate = entry.tokens.len() - listed;
         let user = match store.user_by_name(&entry.name).await? {
             Some(user) => user,
             None => {
@@ -35,10 +38,12 @@ pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn 
                         print_generated(out, &user, &generated)?;
                         continue;
                     }
-                    // Another instance created it at the same moment.
-                    Err(StoreError::Conflict(_)) => {
-                        store.user_by_name(&entry.name).await?.context("bootstrap user vanished")?
-                    }
+                    // Another instance created it at the same moment (or stored one of these
+                    // tokens for someone else meanwhile: then it is not there, and we say so).
+                    Err(StoreError::Conflict(why)) => store
+                        .user_by_name(&entry.name)
+                        .await?
+                        .with_context(|| format!("bootstrap_users: cannot create {}: {why}", entry.name))?,
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -46,17 +51,19 @@ pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn 
         if user.is_super_user != wants_super {
             tracing::warn!(user = %user.name, "bootstrap user exists with another is_super_user; it is not changed");
         }
+        // A user that never had a token (made before its tokens were stored with it, or through
+        // REST) gets the generated ones; one whose tokens were all revoked does not.
+        let never_had = to_generate > 0 && store.user_tokens(user.id).await?.is_empty();
         for token in &configured {
             ensure_token(store, &user, token.digest()).await?;
         }
-        // A user that never had a token (made before its tokens were stored with it, or through
-        // REST) gets the generated ones; one whose tokens were all revoked does not.
-        if to_generate > 0 && store.user_tokens(user.id).await?.is_empty() {
-            let generated: Vec<Secret> = (0..to_generate).map(|_| random_token(USER_TOKEN_LEN)).collect();
-            for token in &generated {
+        if never_had {
+            for _ in 0..to_generate {
+                // Each shown as soon as it is stored: none is ever stored unseen.
+                let token = random_token(USER_TOKEN_LEN);
                 ensure_token(store, &user, token.digest()).await?;
+                print_generated(out, &user, std::slice::from_ref(&token))?;
             }
-            print_generated(out, &user, &generated)?;
         }
     }
     Ok(())
@@ -110,5 +117,54 @@ async fn ensure_token(store: &Store, user: &User, digest: String) -> anyhow::Res
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Dsn;
+
+    async fn store(dir: &std::path::Path) -> Store {
+        crate::store::open(&Dsn::parse("").unwrap(), dir).await.unwrap()
+    }
+
+    fn entry(name: &str, tokens: &[&str]) -> BootstrapUser {
+        BootstrapUser {
+            name: name.into(),
+            is_super_user: Some(true),
+            tokens: tokens.iter().map(|t| Some(Secret::new(*t))).collect(),
+        }
+    }
+
+    fn printed(out: &[u8]) -> usize {
+        String::from_utf8_lossy(out).matches("has the token").count()
+    }
+
+    #[tokio::test]
+    async fn a_token_listed_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let mut out = Vec::new();
+        let twice = entry("ops", &["the-same-token-twice-0123456789", "the-same-token-twice-0123456789"]);
+        ensure_users(&store, &[twice], &mut out).await.unwrap();
+        let user = store.user_by_name("ops").await.unwrap().unwrap();
+        assert_eq!(store.user_tokens(user.id).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_user_without_tokens_listed_with_a_configured_and_a_generated_one_gets_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let user = store.create_user("ops", true, crate::now()).await.unwrap();
+        let mut out = Vec::new();
+        ensure_users(&store, &[entry("ops", &["configured-token-0123456789abcdef", ""])], &mut out).await.unwrap();
+        assert_eq!(printed(&out), 1, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(store.user_tokens(user.id).await.unwrap().len(), 2);
+        // The next start: it has tokens now, nothing is generated again.
+        let mut again = Vec::new();
+        ensure_users(&store, &[entry("ops", &["configured-token-0123456789abcdef", ""])], &mut again).await.unwrap();
+        assert_eq!(printed(&again), 0);
+        assert_eq!(store.user_tokens(user.id).await.unwrap().len(), 2);
     }
 }

@@ -58,15 +58,17 @@ impl SnapshotServer {
                 "the snapshot socket's directory is open to group or others; chmod 700 it");
         }
         remove_stale(path)?;
-        // Bound under another name, made 0600, then moved into place: never reachable with the
-        // umask's mode in between.
+        // Bound under another name, made 0600, then linked into place: never reachable with the
+        // umask's mode in between. A link, unlike a rename, fails if another admin's socket got
+        // to the path first.
         let unready = path.with_extension(format!("binding-{}", std::process::id()));
         let _ = std::fs::remove_file(&unready);
         let listener = std::os::unix::net::UnixListener::bind(&unready)
             .with_context(|| format!("admin_config.snapshot_socket: cannot listen on {}", unready.display()))?;
-        std::fs::set_permissions(&unready, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&unready, path)
-            .with_context(|| format!("admin_config.snapshot_socket: cannot move the socket to {}", path.display()))?;
+        let linked = std::fs::set_permissions(&unready, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::hard_link(&unready, path));
+        let _ = std::fs::remove_file(&unready);
+        linked.with_context(|| format!("admin_config.snapshot_socket: cannot make the socket {}", path.display()))?;
         let inode = std::fs::metadata(path)?.ino();
         listener.set_nonblocking(true)?;
         let listener = UnixListener::from_std(listener)?;
