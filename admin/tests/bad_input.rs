@@ -271,7 +271,11 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
 
     // Sixteen addresses with 4 200-character hosts: more than MySQL's TEXT column holds.
     let long_hosts = vec![format!("https://{}.example:6443", "a".repeat(4_200)); 16].join(";");
+    // A bundle that would swell every snapshot: the same CA 600 times (a megabyte), or 17 times.
+    let (huge_ca, many_ca) = (ca.repeat(600), ca.repeat(17));
     let cases = [
+        (report(rt, "https://10.0.0.1:6443", &huge_ca, "new"), 400, "VALIDATION_ERROR", "at most 64 KiB"),
+        (report(rt, "https://10.0.0.1:6443", &many_ca, "new"), 400, "VALIDATION_ERROR", "at most 16 certificates"),
         (report(rt, &long_hosts, ca, "new"), 400, "VALIDATION_ERROR", "longer than 300 characters"),
         (report(&other_rt, "https://10.0.0.1:6443", ca, "new"), 403, "FORBIDDEN", "belongs to another cluster"),
         (report(rt, "http://10.0.0.1:6443", ca, "new"), 400, "VALIDATION_ERROR", "not an https://host[:port] URL"),

@@ -75,8 +75,27 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
 /// `cacert_data`: one or more PEM certificates, each one a parseable X.509 certificate that
 /// can serve as a trust anchor (as the proxy will use it).
 pub fn ca_certificates(value: &str) -> Result<(), ApiError> {
-    bcs_shared::tls::roots_from_pem(value.as_bytes()).map(|_| ()).map_err(|e| ApiError::validation("cacert_data", e))
+    // Each cluster's CA travels in every snapshot to every proxy core: without a bound, a few
+    // hundred clusters of megabyte bundles would push the snapshot past its frame limit, and
+    // proxies would stop hearing of anything, revocations included.
+    if value.len() > MAX_CA_BYTES {
+        return Err(ApiError::validation("cacert_data", format!("must be at most {} KiB of PEM", MAX_CA_BYTES / 1024)));
+    }
+    let roots =
+        bcs_shared::tls::roots_from_pem(value.as_bytes()).map_err(|e| ApiError::validation("cacert_data", e))?;
+    if roots.len() > MAX_CA_CERTIFICATES {
+        return Err(ApiError::validation(
+            "cacert_data",
+            format!("must hold at most {MAX_CA_CERTIFICATES} certificates"),
+        ));
+    }
+    Ok(())
 }
+
+/// A cluster's CA bundle: a Kubernetes CA is one certificate of one or two KiB; a bundle during
+/// a CA rotation a few.
+pub const MAX_CA_BYTES: usize = 64 * 1024;
+pub const MAX_CA_CERTIFICATES: usize = 16;
 
 /// A bearer token that will be sent in an HTTP header: visible ASCII, at most 16 KiB.
 pub fn bearer_token(field: &str, value: &str) -> Result<(), ApiError> {
