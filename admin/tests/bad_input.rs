@@ -170,6 +170,14 @@ async fn authentication_and_authorisation() {
         "super users",
     );
     assert_error(&admin.call(Method::GET, "/rest/users/1/tokens", user, None).await, 403, "FORBIDDEN", "itself");
+    // The same answer for an id that does not exist: which ids do is not told.
+    assert_error(&admin.call(Method::GET, "/rest/users/999999/tokens", user, None).await, 403, "FORBIDDEN", "itself");
+    assert_error(
+        &admin.call(Method::DELETE, "/rest/users/999999/tokens/1", user, None).await,
+        403,
+        "FORBIDDEN",
+        "itself",
+    );
 
     // Another normal user may not touch erin's cluster's register token or delete it.
     let frank = admin.call(Method::POST, "/rest/users/", admin.admin(), Some(json!({"user_name": "frank"}))).await.1

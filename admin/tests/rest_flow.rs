@@ -154,6 +154,30 @@ async fn a_bootstrap_user_that_never_had_a_token_gets_one_at_start_and_a_revoked
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rest_answers_are_never_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Admin::start(dir.path(), &Options::default()).await;
+    let seeded = seed_flow(&admin, "ivy", "sa-ivy").await;
+    let client = reqwest::Client::new();
+    // A new token's value, a register token, a cluster's token, and a refusal.
+    for (method, path) in [
+        (Method::POST, format!("/rest/users/{}/tokens", seeded.user_id)),
+        (Method::GET, format!("/rest/clusters/{}/register_tokens", seeded.cluster_id)),
+        (Method::GET, format!("/rest/clusters/{}/credentials", seeded.cluster_id)),
+        (Method::GET, "/rest/users/999999".to_owned()),
+    ] {
+        let response = client
+            .request(method, format!("{}{path}", admin.base))
+            .bearer_auth(&admin.admin_token)
+            .send()
+            .await
+            .unwrap();
+        let cache = response.headers().get("cache-control").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(cache.as_deref(), Some("no-store"), "{path}: {}", response.status());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_listed_without_values_and_revocation_is_immediate() {
     let dir = tempfile::tempdir().unwrap();
     let admin = Admin::start(dir.path(), &Options::default()).await;

@@ -76,7 +76,8 @@ pub fn router(app: AppState) -> Router {
         .route("/clusters/{cluster_id}/agent.yaml", get(onboarding::agent_yaml))
         .route("/rbac/grants", get(rbac::list).post(rbac::add))
         .route("/rbac/grants/{grant_id}", axum::routing::delete(rbac::remove))
-        .route("/rbac/status", get(rbac::status));
+        .route("/rbac/status", get(rbac::status))
+        .layer(axum::middleware::map_response(no_store));
     Router::new()
         .nest("/rest", rest)
         .route("/healthz", get(ops::healthz))
@@ -86,6 +87,13 @@ pub fn router(app: AppState) -> Router {
         .layer(axum::middleware::map_response(error::json_rejections))
         .layer(axum::middleware::from_fn_with_state(app.clone(), crate::metrics::track))
         .with_state(app)
+}
+
+/// REST answers carry tokens (new user tokens, register tokens, a cluster's token) and what
+/// only their caller may see: no cache keeps them.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

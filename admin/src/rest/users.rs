@@ -107,8 +107,7 @@ pub async fn list_tokens(
     caller: Caller,
     Path(user_id): Path<String>,
 ) -> Result<Json<Vec<UserTokenView>>, ApiError> {
-    let user = user_by_id(&app, &user_id).await?;
-    require_self_or_super(&caller, &user)?;
+    let user = self_or_super(&app, &caller, &user_id).await?;
     let tokens = app.store.user_tokens(user.id).await?;
     Ok(Json(tokens.into_iter().map(|t| UserTokenView::new(t, None)).collect()))
 }
@@ -120,8 +119,7 @@ pub async fn revoke_token(
     caller: Caller,
     Path((user_id, token_id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let user = user_by_id(&app, &user_id).await?;
-    require_self_or_super(&caller, &user)?;
+    let user = self_or_super(&app, &caller, &user_id).await?;
     let token_id: i64 = token_id.parse().map_err(|_| {
         ApiError::bad_request("TOKEN_ID_INVALID", format_args!("token id {token_id:?} is not an integer"))
     })?;
@@ -143,10 +141,12 @@ async fn user_by_id(app: &AppState, user_id: &str) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found("USER_NOT_FOUND", format_args!("user with id={id} not found")))
 }
 
-fn require_self_or_super(caller: &Caller, user: &User) -> Result<(), ApiError> {
-    if caller.is_super() || caller.user.id == user.id {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("only the user itself or a super user may do this"))
+/// The user `user_id` names, for the user itself or a super user; anyone else gets 403 before
+/// the lookup, whether the id exists or not (a 404 would tell which ids do).
+async fn self_or_super(app: &AppState, caller: &Caller, user_id: &str) -> Result<User, ApiError> {
+    let own = user_id.parse::<i64>().is_ok_and(|id| id == caller.user.id);
+    if !caller.is_super() && !own {
+        return Err(ApiError::forbidden("only the user itself or a super user may do this"));
     }
+    user_by_id(app, user_id).await
 }
