@@ -324,8 +324,26 @@ pub mod defaults {
     pub const LOG_DIR: &str = "./logs";
 }
 
-/// A parse error without the text values it quotes (serde writes `string "<value>"` for a value
-/// of the wrong type): the value may be a token or a password put where a list was expected.
+/// A parse error without the values it quotes (serde writes `string "<value>"`, and a number as
+/// ``integer `<value>` ``, for a value of the wrong type): the value may be a token or a
+/// password put where a list was expected.
+fn without_values(message: &str) -> String {
+    let message = without_strings(message);
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    loop {
+        let found =
+            ["integer `", "floating point `"].iter().filter_map(|kind| rest.find(kind).map(|at| (at, *kind))).min();
+        let Some((at, kind)) = found else { break };
+        out.push_str(&rest[..at]);
+        out.push_str(if kind.starts_with('i') { "an integer" } else { "a number" });
+        let value = &rest[at + kind.len()..];
+        rest = value.find('`').map_or("", |end| &value[end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
 fn without_strings(message: &str) -> String {
     const QUOTED: &str = "string \"";
     let mut out = String::with_capacity(message.len());
@@ -366,7 +384,7 @@ impl Config {
             // An empty file is an all-defaults configuration.
             Err(_) if text.trim().is_empty() => Config::default(),
             Err(e) => {
-                return Err(ConfigError::Parse { path: path.to_owned(), message: without_strings(&e.to_string()) })
+                return Err(ConfigError::Parse { path: path.to_owned(), message: without_values(&e.to_string()) })
             }
         };
         config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;

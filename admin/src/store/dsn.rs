@@ -75,10 +75,12 @@ fn parse_go(dsn: &str) -> Result<MysqlDsn, String> {
     finish(user, password, host, port, database)
 }
 
-/// `mysql://[user[:password]@]host[:port]/dbname[?params]`. The credentials end at the last `@`,
-/// so a password with an unencoded `/` or `@` still never reaches an error message.
+/// `mysql://[user[:password]@]host[:port]/dbname[?params]`. The credentials end at the last `@`
+/// that a `/` follows (one in the query does not count), so a password with an unencoded `/` or
+/// `@` still never reaches an error message.
 fn parse_url(rest: &str) -> Result<MysqlDsn, String> {
-    let (credentials, located) = match rest.rfind('@') {
+    let at = rest.rmatch_indices('@').map(|(at, _)| at).find(|&at| rest[at + 1..].contains('/'));
+    let (credentials, located) = match at {
         Some(at) => (&rest[..at], &rest[at + 1..]),
         None => ("", rest),
     };
@@ -184,6 +186,8 @@ mod tests {
 
     #[test]
     fn urls_and_sqlite() {
+        let m = mysql("mysql://u:p@db/bke?x=a@b");
+        assert_eq!((m.user.as_str(), m.password.expose(), m.host.as_str()), ("u", "p", "db"));
         let m = mysql("mysql://root:top/sec@ret@db:3306/bke");
         assert_eq!((m.password.expose(), m.host.as_str(), m.database.as_str()), ("top/sec@ret", "db", "bke"));
         let m = mysql("mysql://bcs:p%40ss@db.example:3310/bke_core?charset=utf8mb4");

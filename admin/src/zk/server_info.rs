@@ -44,6 +44,7 @@ impl ServerInfo {
         };
         // A driver that registered its bind address (0.0.0.0) would send the proxy to its own
         // host; a multicast or broadcast address is no driver's.
+        let address = address.to_canonical(); // ::ffff:0.0.0.0 is 0.0.0.0
         let broadcast = matches!(address, std::net::IpAddr::V4(v4) if v4.is_broadcast());
         if address.is_unspecified() || address.is_multicast() || broadcast {
             return Err(format!("ip {ip:?} is not an address a driver can be reached at"));
@@ -83,6 +84,7 @@ mod tests {
             br#"{"ip":"::","port":8090,"scheme":"http"}"#,
             br#"{"ip":"10.0.0.5","port":8090,"scheme":"http","external_ip":"224.0.0.1","external_port":1}"#,
             br#"{"ip":"255.255.255.255","port":8090,"scheme":"http"}"#,
+            br#"{"ip":"::ffff:0.0.0.0","port":8090,"scheme":"http"}"#,
         ] {
             assert!(parse_driver(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }

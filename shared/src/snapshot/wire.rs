@@ -22,7 +22,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::Snapshot;
 
 pub const PROTOCOL_MAJOR: u16 = 1;
-pub const PROTOCOL_MINOR: u16 = 0;
+/// 1: snapshots may carry `mesos_pending` (a proxy of minor 0 ignores it and empties its drivers).
+pub const PROTOCOL_MINOR: u16 = 1;
 /// Largest frame either side accepts: enough for thousands of clusters and a million tokens.
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -107,7 +108,6 @@ pub enum WireError {
     Malformed(String),
 }
 
-/// One frame holding `message`.
 /// Whether a process of `peer_uid` may be the other end of the snapshot socket for one of
 /// `own_uid`: the same user (admin and its proxies run as one), or root. Another user's process
 /// must neither receive cluster credentials nor plant a socket that feeds a proxy forged tables.
@@ -115,6 +115,7 @@ pub fn peer_trusted(peer_uid: u32, own_uid: u32) -> bool {
     peer_uid == own_uid || peer_uid == 0
 }
 
+/// One frame holding `message`.
 pub fn encode(message: &Message) -> Vec<u8> {
     let payload = serde_json::to_vec(message).expect("messages always serialize");
     let mut frame = Vec::with_capacity(4 + payload.len());
