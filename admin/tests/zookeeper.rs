@@ -256,13 +256,20 @@ async fn a_cluster_node_bcs_api_may_not_read_is_left_out_and_the_others_still_fo
     let dir = tempfile::tempdir().unwrap();
     let admin = Admin::start(dir.path(), &options(&zk)).await;
     let mut proxy = SnapshotClient::connect(dir.path()).await;
-    let driver = FakeMesosDriver::start(&zk.address(), CLUSTER).await;
-    proxy.until(PATIENCE, "the readable cluster's driver", |s| drivers(s, CLUSTER) == of(&[&driver])).await;
+    const KEPT: &str = "BCS-MESOS-KEPT";
+    let kept = FakeMesosDriver::start(&zk.address(), KEPT).await;
+    proxy.until(PATIENCE, "the readable cluster's driver", |s| drivers(s, KEPT) == of(&[&kept])).await;
     assert!(
         admin.process.wait_stderr(&["BCS-MESOS-LOCKED", "access list"], PATIENCE),
         "the unreadable node is named: {}",
         admin.process.stderr()
     );
+
+    // A cluster whose node stops being readable keeps its last known drivers through the next read.
+    test.set_acl(&format!("{DRIVERS}/{KEPT}"), &locked, None).await.unwrap();
+    let driver = FakeMesosDriver::start(&zk.address(), CLUSTER).await;
+    let (_, s) = proxy.until(PATIENCE, "a new cluster's driver", |s| drivers(s, CLUSTER) == of(&[&driver])).await;
+    assert_eq!(drivers(&s, KEPT), of(&[&kept]), "the unreadable cluster's drivers were dropped");
 }
 
 #[tokio::test(flavor = "multi_thread")]

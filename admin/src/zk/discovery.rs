@@ -24,13 +24,30 @@ const REREAD_DENIED: Duration = Duration::from_secs(30);
 /// Returns only when the session ended.
 pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
     let mut warned: BTreeMap<String, String> = BTreeMap::new();
+    // The sets last published, for a cluster whose node stops being readable.
+    let mut last: BTreeMap<String, Vec<MesosDriver>> = BTreeMap::new();
     loop {
-        let Ok((sets, watches)) = retrying("reading the mesos-drivers", || read(session)).await else { return };
+        let Ok(Read { sets, unreadable, watches }) = retrying("reading the mesos-drivers", || read(session)).await
+        else {
+            return;
+        };
         // A node this session may not read sets no watch: read everything again now and then.
-        let denied = sets.values().flatten().any(|(_, parsed)| parsed.as_ref().is_err_and(|why| why == DENIED));
+        let denied = !unreadable.is_empty()
+            || sets.values().flatten().any(|(_, parsed)| parsed.as_ref().is_err_and(|why| why == DENIED));
         let mut now_warned = BTreeMap::new();
-        let mut live = Vec::with_capacity(sets.len());
+        let mut live = Vec::with_capacity(sets.len() + unreadable.len());
         let mut drivers = 0;
+        for cluster_id in unreadable {
+            let path = format!("{MESOS_DRIVERS}/{cluster_id}");
+            if !warned.contains_key(&path) {
+                tracing::warn!(node = %path, reason = DENIED, "cannot read a mesos cluster's drivers; keeping the last known");
+            }
+            now_warned.insert(path, DENIED.to_owned());
+            if let Some(known) = last.remove(&cluster_id) {
+                drivers += known.len();
+                live.push(MesosDrivers { cluster_id, drivers: known });
+            }
+        }
         for (cluster_id, nodes) in sets {
             let mut set = MesosDrivers { cluster_id: cluster_id.clone(), drivers: Vec::new() };
             for (node, parsed) in nodes {
@@ -50,6 +67,8 @@ pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
             live.push(set);
         }
         warned = now_warned;
+        live.sort_by(|a, b| a.cluster_id.cmp(&b.cluster_id));
+        last = live.iter().map(|set| (set.cluster_id.clone(), set.drivers.clone())).collect();
         status.update(|s| {
             s.mesos_clusters = live.len();
             s.mesos_drivers = drivers;
@@ -75,10 +94,21 @@ pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
 
 type Nodes = Vec<(String, Result<MesosDriver, String>)>;
 
+/// What one full read found.
+struct Read {
+    /// Each cluster's driver nodes, parsed (or why not).
+    sets: BTreeMap<String, Nodes>,
+    /// Clusters whose node this session may not list.
+    unreadable: Vec<String>,
+    /// One on every path read.
+    watches: Vec<Watch>,
+}
+
 /// One full read, with a watch on every path read.
-async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>), Error> {
+async fn read(session: &Session) -> Result<Read, Error> {
     let mut watches = Vec::new();
     let mut sets = BTreeMap::new();
+    let mut unreadable = Vec::new();
     let clusters = match session.children(MESOS_DRIVERS).await {
         Ok((clusters, watch)) => {
             watches.push(watch);
@@ -91,7 +121,7 @@ async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>)
             if exists {
                 return Err(Error::Transient(format!("{MESOS_DRIVERS} appeared while being read")));
             }
-            return Ok((sets, watches));
+            return Ok(Read { sets, unreadable, watches });
         }
         Err(e) => return Err(e),
     };
@@ -104,9 +134,9 @@ async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>)
             }
             // Removed since the list: the root's watch reports it.
             Err(Error::NoNode) => continue,
-            // Another client's node: left out (and said so), the other clusters still read.
+            // Another client's node: its last known drivers stay, the other clusters are read.
             Err(Error::Denied) => {
-                sets.insert(cluster, vec![(String::new(), Err(DENIED.to_owned()))]);
+                unreadable.push(cluster);
                 continue;
             }
             Err(e) => return Err(e),
@@ -128,7 +158,7 @@ async fn read(session: &Session) -> Result<(BTreeMap<String, Nodes>, Vec<Watch>)
         }
         sets.insert(cluster, nodes);
     }
-    Ok((sets, watches))
+    Ok(Read { sets, unreadable, watches })
 }
 
 /// The trailing 10-digit sequence number of a sequential node's name, as bytes: a name is
