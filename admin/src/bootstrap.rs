@@ -5,7 +5,7 @@
 //! only place it ever appears; the logs only say that a token was generated.
 use std::io::Write;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bcs_shared::config::BootstrapUser;
 use bcs_shared::secret::{random_token, Secret, USER_TOKEN_LEN};
 
@@ -26,9 +26,6 @@ pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn 
             None => {
                 // The user and all its tokens in one transaction: a failed start leaves no user
                 // without the tokens it was configured with.
-                for token in &configured {
-                    refuse_if_taken(store, &entry.name, token.digest()).await?;
-                }
                 let generated: Vec<Secret> = (0..to_generate).map(|_| random_token(USER_TOKEN_LEN)).collect();
                 let digests = configured.iter().map(|t| t.digest()).chain(generated.iter().map(|t| t.digest()));
                 let tokens = digests.map(new_token).collect();
@@ -38,12 +35,17 @@ pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn 
                         print_generated(out, &user, &generated)?;
                         continue;
                     }
-                    // Another instance created it at the same moment (or stored one of these
-                    // tokens for someone else meanwhile: then it is not there, and we say so).
-                    Err(StoreError::Conflict(why)) => store
-                        .user_by_name(&entry.name)
-                        .await?
-                        .with_context(|| format!("bootstrap_users: cannot create {}: {why}", entry.name))?,
+                    // Another instance created it at the same moment (then it is there now), or
+                    // a configured token is another user's.
+                    Err(StoreError::Conflict(why)) => match store.user_by_name(&entry.name).await? {
+                        Some(user) => user,
+                        None => {
+                            for token in &configured {
+                                refuse_if_taken(store, &entry.name, token.digest()).await?;
+                            }
+                            bail!("bootstrap_users: cannot create {}: {why}", entry.name);
+                        }
+                    },
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -139,6 +141,19 @@ mod tests {
 
     fn printed(out: &[u8]) -> usize {
         String::from_utf8_lossy(out).matches("has the token").count()
+    }
+
+    #[tokio::test]
+    async fn another_users_token_stops_the_start_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let taken = Secret::new("somebody-elses-token-0123456789ab");
+        store.create_user_with_tokens("other", false, vec![new_token(taken.digest())], crate::now()).await.unwrap();
+        let mut out = Vec::new();
+        let e = ensure_users(&store, &[entry("ops", &[taken.expose(), ""])], &mut out).await.unwrap_err();
+        assert!(e.to_string().contains("already the token of another user"), "{e}");
+        assert_eq!(store.user_by_name("ops").await.unwrap(), None);
+        assert_eq!(printed(&out), 0);
     }
 
     #[tokio::test]
