@@ -264,7 +264,10 @@ where
         // A stream may idle for an hour: it keeps no request buffer (the next request gets one).
         *inbuf = Vec::new();
     }
-    match relay_response(&mut client, conn, key, &response, buf, head_len, head.minor_version, close, stream_owner)
+    // After a refused upgrade the upstream connection is not reused: a backend that had half
+    // switched would read the next caller's request (its credentials included) as tunnel data.
+    let pool = head.upgrade.is_none().then_some(key);
+    match relay_response(&mut client, conn, pool, &response, buf, head_len, head.minor_version, close, stream_owner)
         .await
     {
         Ok(false) => Ok((Flow::Next(client), response.status)),
@@ -534,7 +537,7 @@ pub(crate) async fn receive_head(
 async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     client: &mut C,
     mut conn: Conn,
-    key: PoolKey<'_>,
+    pool: Option<PoolKey<'_>>,
     response: &ResponseHead,
     mut buf: Vec<u8>,
     head_len: usize,
@@ -667,7 +670,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                 let deadline = deadline.unwrap_or_else(|| Instant::now() + DRAIN_TIME);
                 // Boxed, as the write above: inline, the drain's state made every idle watch's
                 // relay about 2 KiB larger (15.9 against 13.9 KiB of RSS per stream).
-                return Box::pin(salvage(conn, key, response, left, Some(read), wake, deadline)).await;
+                return Box::pin(salvage(conn, pool, response, left, Some(read), wake, deadline)).await;
             }
             read
         } else {
@@ -691,7 +694,7 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                     if !(finished && clean) {
                         return Err(());
                     }
-                    return Box::pin(salvage(conn, key, response, 0, None, wake, Instant::now() + DRAIN_TIME)).await;
+                    return Box::pin(salvage(conn, pool, response, 0, None, wake, Instant::now() + DRAIN_TIME)).await;
                 }
             }
             if finished {
@@ -731,8 +734,10 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         }
     }
     // A pooled connection reads response heads next: back to the default low-water mark.
-    if clean && !response.close && (wake == 1 || conn.wake_at(1).is_ok()) {
-        upstream::put_pooled(key, conn);
+    if let Some(key) = pool.filter(|_| clean && !response.close) {
+        if wake == 1 || conn.wake_at(1).is_ok() {
+            upstream::put_pooled(key, conn);
+        }
     }
     Ok(close)
 }
@@ -778,17 +783,17 @@ async fn write_while_reading<C: AsyncWriteRent>(
 /// Always `Err`: the client connection ends.
 async fn salvage(
     mut conn: Conn,
-    key: PoolKey<'_>,
+    pool: Option<PoolKey<'_>>,
     response: &ResponseHead,
     left: u64,
     read: Option<Read>,
     wake: usize,
     deadline: Instant,
 ) -> Result<bool, ()> {
-    if response.close || left > DRAIN_MAX {
+    let Some(key) = pool.filter(|_| !response.close && left <= DRAIN_MAX) else {
         tracing::debug!(left, "the client left mid-response; closing the upstream connection");
         return Err(());
-    }
+    };
     let budget = deadline.saturating_duration_since(Instant::now());
     let drained = matches!(crate::io::timeout(budget, drain(&mut conn, left, read, wake)).await, Ok(true));
     tracing::debug!(left, drained, "the client left mid-response; the rest of the body read and dropped");

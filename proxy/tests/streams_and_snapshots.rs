@@ -374,6 +374,9 @@ async fn a_refused_upgrade_is_relayed_and_the_connection_is_never_switched() {
         !String::from_utf8_lossy(&s.upstream.raw_bytes()).contains("/api/v1/secrets"),
         "the second request was never piped"
     );
+    // Nor is the upstream connection used again: the next caller's request goes on a new one.
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 403);
+    assert_eq!(s.upstream.connections(), 2, "the refused upgrade's upstream connection was pooled");
 }
 
 #[tokio::test(flavor = "multi_thread")]
