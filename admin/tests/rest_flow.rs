@@ -175,6 +175,11 @@ async fn rest_answers_are_never_cached() {
         let cache = response.headers().get("cache-control").map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(cache.as_deref(), Some("no-store"), "{path}: {}", response.status());
     }
+    // A 401 names the scheme to authenticate with (RFC 6750 §3).
+    let refused = client.get(format!("{}/rest/clusters", admin.base)).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let scheme = refused.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(scheme.as_deref(), Some("Bearer realm=\"bcs-api\""));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,7 +212,7 @@ async fn tokens_are_listed_without_values_and_revocation_is_immediate() {
         .await;
     assert_eq!(revoked, (200, json!({})));
     let denied = admin.call(Method::GET, "/rest/clusters", Some(&second_value), None).await;
-    common::assert_error(&denied, 401, "UNAUTHORIZED", "revoked");
+    common::assert_error(&denied, 401, "UNAUTHORIZED", "unknown, revoked or expired");
     let list = admin.call(Method::GET, "/rest/clusters", Some(&seeded.user_token), None).await;
     assert_eq!(list.0, 200);
     assert_eq!(list.1.as_array().unwrap().len(), 1);

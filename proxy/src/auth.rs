@@ -6,6 +6,9 @@ use crate::error::ProxyError;
 use crate::http1::head::RequestHead;
 use crate::tables::{digest, Tables, UserEntry};
 
+/// The answer to a bearer token that is not (or no longer) one.
+pub const NOT_VALID: &str = "the token is not valid: unknown, revoked or expired";
+
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: Arc<UserEntry>,
@@ -57,10 +60,9 @@ pub fn authenticate(head: &RequestHead, tables: &Tables, now: i64, memo: &mut To
         .filter(|t| !t.is_empty())
         .ok_or(ProxyError::Unauthorized("only Authorization: Bearer <token> is accepted"))?;
     let digest = memo.digest(token.as_bytes());
-    let entry = tables.token(&digest).ok_or(ProxyError::Unauthorized("the token is not valid"))?;
-    if entry.expires_at <= now {
-        return Err(ProxyError::Unauthorized("the token has expired"));
-    }
+    // One answer for a token that never was, was revoked or has expired: a caller holding an
+    // old leaked token learns nothing from it.
+    let entry = tables.token(&digest).filter(|e| e.expires_at > now).ok_or(ProxyError::Unauthorized(NOT_VALID))?;
     Ok(Caller { user: entry.user.clone(), digest })
 }
 

@@ -75,6 +75,10 @@ pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
     if matches!(err, ProxyError::Overloaded | ProxyError::NotReady | ProxyError::NoDrivers(_)) {
         extra.push_str("Retry-After: 1\r\n");
     }
+    if status == 401 {
+        // RFC 6750 §3: which scheme to authenticate with.
+        extra.push_str("WWW-Authenticate: Bearer realm=\"bcs-api\"\r\n");
+    }
     response(status, "application/json", &body.to_string(), close, &extra)
 }
 

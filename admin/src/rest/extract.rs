@@ -13,6 +13,9 @@ use super::error::ApiError;
 use super::AppState;
 use crate::store::model::{User, UserToken};
 
+/// The answer to a bearer token that is not (or no longer) one.
+const NOT_VALID: &str = "the token is not valid: unknown, revoked or expired";
+
 /// Largest request body the REST API reads.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 /// How long a request body may take to arrive, whole (408 after): a client that trickles one
@@ -124,17 +127,19 @@ where
         let app = AppState::from_ref(state);
         let presented = presented_token(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("anonymous requests is forbidden, please provide a valid token"))?;
+        // One answer for a token that never was, was revoked or has expired (the log tells
+        // which): a caller holding an old leaked token learns nothing from it.
         let Some((token, user)) = app.store.token_by_digest(&presented.digest()).await? else {
             tracing::debug!("rejected an unknown token");
-            return Err(ApiError::unauthorized("the token is not valid"));
+            return Err(ApiError::unauthorized(NOT_VALID));
         };
         if token.revoked_at.is_some() {
             tracing::debug!(user = %user.name, token_id = token.id, "rejected a revoked token");
-            return Err(ApiError::unauthorized("the token has been revoked"));
+            return Err(ApiError::unauthorized(NOT_VALID));
         }
         if token.expires_at <= crate::now() {
             tracing::debug!(user = %user.name, token_id = token.id, "rejected an expired token");
-            return Err(ApiError::unauthorized("the token has expired"));
+            return Err(ApiError::unauthorized(NOT_VALID));
         }
         tracing::debug!(user = %user.name, token_id = token.id, is_super_user = user.is_super_user, "authenticated");
         Ok(Caller { user, token, presented })
