@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::rest::{router, App};
 use crate::sealer::Sealer;
 use crate::snapshot::{Publisher, SnapshotServer};
-use crate::store::{self, Dsn};
+use crate::store::{self, Dsn, Store};
 
 /// Runs the admin until SIGINT or SIGTERM. `config_path` is the file `config` was read from;
 /// the supervised proxy is given the same path.
@@ -36,6 +36,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let dsn = Dsn::parse(dsn).map_err(|e| anyhow::anyhow!("core_database.dsn: {e}"))?;
     let store = store::open(&dsn, &data_dir).await.context("cannot open the store")?;
     tracing::info!(store = %store.describe(), "store ready");
+    key_opens_the_store(&store, &sealer, &config.secret_key_file()).await?;
 
     crate::bootstrap::ensure_users(&store, &config.bootstrap_users, &mut std::io::stdout()).await?;
 
@@ -141,4 +142,23 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 /// `admin_config.snapshot_socket`, default `./run/bcs-api.sock`.
 fn snapshot_socket(config: &Config) -> PathBuf {
     PathBuf::from(non_empty(&config.admin_config.snapshot_socket).unwrap_or(defaults::SNAPSHOT_SOCKET))
+}
+
+/// Refuses to start with a key file that opens none of the store's sealed cluster tokens (a new
+/// key file on a host that lost its own, another instance's key): every cluster would drop out of
+/// the snapshot, and each proxy would take that as its last good state.
+async fn key_opens_the_store(store: &Store, sealer: &Sealer, key_file: &Path) -> anyhow::Result<()> {
+    let sample = store.sealed_sample(16).await.context("cannot read the store")?;
+    let opens = |(cluster_id, sealed): &(String, String)| {
+        sealer.open(&crate::sealer::cluster_token_purpose(cluster_id), sealed).is_ok()
+    };
+    if !sample.is_empty() && !sample.iter().any(opens) {
+        anyhow::bail!(
+            "storage.secret_key_file {} opens none of the store's sealed cluster tokens ({} tried): it is not \
+             the key they were sealed with. Restore that key file (instances on one database share one)",
+            key_file.display(),
+            sample.len()
+        );
+    }
+    Ok(())
 }

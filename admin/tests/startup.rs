@@ -92,6 +92,21 @@ fn a_snapshot_socket_directory_others_may_write_stops_the_start() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_that_opens_none_of_the_stored_tokens_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::Admin::start(dir.path(), &common::Options::default()).await;
+    common::seed_flow(&admin, "kai", "sa-kai").await;
+    drop(admin);
+    // The host lost its key file: a start would make a new one and drop every cluster's token.
+    let key = dir.path().join("data/secret.key");
+    std::fs::remove_file(&key).unwrap();
+    let mut process = Process::spawn(&common::binary(), &["--config=bcs-api.yaml"], dir.path(), "bcs-api");
+    assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(1));
+    let stderr = process.stderr();
+    assert!(stderr.contains("storage.secret_key_file") && stderr.contains("opens none"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn instances_starting_at_once_on_a_fresh_mysql_database_all_come_up() {
     // On MySQL each DDL statement commits by itself: both instances run the first migration,
     // and the second's CREATE TABLE fails on the first's table; it must wait for the other

@@ -116,6 +116,18 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` clusters' sealed tokens (cluster id, sealed value): enough to tell at start
+    /// whether the key file is the one they were sealed with.
+    pub async fn sealed_sample(&self, limit: i64) -> Result<Vec<(String, String)>, StoreError> {
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let sql = "SELECT cluster_id, user_token_sealed FROM cluster_credentials ORDER BY cluster_id LIMIT ?";
+                all(tx.query(sql, vec![limit.into()]).await?, |r| Ok((r.text(0)?, r.text(1)?)))
+            })
+        })
+        .await
+    }
+
     pub async fn user_tokens(&self, user_id: i64) -> Result<Vec<UserToken>, StoreError> {
         self.transaction(move |tx| {
             Box::pin(async move {
