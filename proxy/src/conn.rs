@@ -207,14 +207,20 @@ fn plan_with<'h>(
     memo: &mut auth::TokenMemo,
 ) -> Result<Plan<'h>, (&'static str, ProxyError)> {
     let route = route::route(&head.target).map_err(|e| ("other", e))?;
+    let kind = route.kind();
+    if let Framing::Length(n) = head.framing {
+        if n > forward::MAX_BODY {
+            return Err((kind, ProxyError::BodyTooLarge(forward::MAX_BODY)));
+        }
+    }
     match route {
         Route::Rest => Ok(Plan {
-            kind: "rest",
+            kind,
             target: Cow::Borrowed(&head.target),
             destination: Destination::Admin { address: settings.admin.clone() },
         }),
         Route::Kubernetes { identifier, upstream_target } => {
-            let fail = |e| ("k8s", e);
+            let fail = |e| (kind, e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             auth::check_impersonation(head, &caller).map_err(fail)?;
@@ -228,13 +234,13 @@ fn plan_with<'h>(
                 (tables.turn_on_rbac && !caller.user.is_super_user).then(|| caller.user.kubernetes_name.clone());
             tracing::debug!(user = %caller.user.name, cluster = %cluster.id, revision = tables.revision, impersonate = ?impersonate, "routed to a cluster");
             Ok(Plan {
-                kind: "k8s",
+                kind,
                 target: upstream_target,
                 destination: Destination::Cluster { upstream, caller, impersonate },
             })
         }
         Route::Mesos { upstream_target } => {
-            let fail = |e| ("mesos", e);
+            let fail = |e| (kind, e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             let mut ids = head.headers_named("bcs-clusterid").map(|h| h.value_str().trim().to_owned());
@@ -250,7 +256,7 @@ fn plan_with<'h>(
             addresses.rotate_left(first);
             tracing::debug!(user = %caller.user.name, cluster = %cluster_id, first = %addresses[0].authority, "routed to a mesos-driver");
             Ok(Plan {
-                kind: "mesos",
+                kind,
                 target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
                     addresses,
@@ -262,7 +268,7 @@ fn plan_with<'h>(
             })
         }
         Route::Webconsole { host_ip, upstream_target } => {
-            let fail = |e| ("mesos_webconsole", e);
+            let fail = |e| (kind, e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             let host_ip = host_ip
@@ -277,7 +283,7 @@ fn plan_with<'h>(
             };
             let address = Address { tls: false, host: ip.to_string(), port: settings.console_port };
             Ok(Plan {
-                kind: "mesos_webconsole",
+                kind,
                 target: Cow::Owned(upstream_target),
                 destination: Destination::Internal {
                     addresses: vec![Endpoint::from(address)],

@@ -13,6 +13,8 @@ pub enum ProxyError {
     HeaderTimeout,
     #[error("the request body stopped arriving (nothing for {0} s)")]
     BodyTimeout(u64),
+    #[error("the request body is larger than {} MiB", .0 >> 20)]
+    BodyTooLarge(u64),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -49,6 +51,7 @@ impl ProxyError {
             ProxyError::UriTooLong => 414,
             ProxyError::HeadersTooLarge => 431,
             ProxyError::HeaderTimeout | ProxyError::BodyTimeout(_) => 408,
+            ProxyError::BodyTooLarge(_) => 413,
             ProxyError::NotFound(_) => 404,
             ProxyError::Unauthorized(_) => 401,
             ProxyError::Forbidden(_) => 403,
@@ -71,6 +74,7 @@ impl ProxyError {
                 | ProxyError::HeadersTooLarge
                 | ProxyError::HeaderTimeout
                 | ProxyError::BodyTimeout(_)
+                | ProxyError::BodyTooLarge(_)
                 | ProxyError::Overloaded
                 | ProxyError::Internal(_)
                 | ProxyError::ClientGone

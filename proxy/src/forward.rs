@@ -28,6 +28,11 @@ use crate::streams;
 use crate::tables::Upstream;
 use crate::upstream::{self, Candidates, Endpoint, PoolKey};
 
+/// The largest request body passed on (413 and close beyond it): kube-apiserver's own limit on
+/// a request body, and more than any console or mesos-driver call carries. Streams (exec,
+/// attach, port-forward) are upgrades, not bodies, and have none.
+pub const MAX_BODY: u64 = 3 << 20;
+
 /// How long an upstream may take to start answering.
 pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -404,11 +409,17 @@ async fn send_body<C: AsyncReadRent>(
             let mut decoder = ChunkedDecoder::default();
             let mut data = Vec::with_capacity(BUFFER);
             let mut out = Vec::with_capacity(BUFFER + 32);
+            let mut total = 0u64;
             loop {
                 let used = decoder
                     .decode(inbuf, &mut data)
                     .map_err(|e| BodyError::Client(ProxyError::BadRequest(format!("request body: {e}"))))?;
                 inbuf.drain(..used);
+                total += data.len() as u64;
+                if total > MAX_BODY {
+                    // The upstream has a part of it: that connection is dropped, never pooled.
+                    return Err(BodyError::Client(ProxyError::BodyTooLarge(MAX_BODY)));
+                }
                 encode_chunk(&data, &mut out);
                 data.clear();
                 if decoder.is_done() {

@@ -23,6 +23,18 @@ pub enum Route<'a> {
     Webconsole { host_ip: Option<String>, upstream_target: String },
 }
 
+impl Route<'_> {
+    /// The route's name in metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Kubernetes { .. } => "k8s",
+            Route::Rest => "rest",
+            Route::Mesos { .. } => "mesos",
+            Route::Webconsole { .. } => "mesos_webconsole",
+        }
+    }
+}
+
 const TUNNEL_PREFIX: &str = "/tunnels/clusters/";
 const MESOS_PREFIX: &str = "/bcsapi/v4/scheduler/mesos/";
 const WEBCONSOLE_PREFIX: &str = "/bcsapi/v1/webconsole/";

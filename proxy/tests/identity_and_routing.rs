@@ -661,3 +661,40 @@ async fn an_upstream_that_only_sends_interim_answers_gets_502_at_once() {
     assert!(r.text().contains("interim"), "{}", r.text());
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_3_mib_is_413_and_closes_the_connection() {
+    let s = setup(json_ok()).await;
+    let post = |framing: &str| {
+        format!(
+            "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: g\r\n\
+             Authorization: Bearer {USER_TOKEN}\r\nContent-Type: application/json\r\n{framing}\r\n"
+        )
+    };
+    // Announced: refused before a byte of it is read, and nothing reaches the upstream.
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(post("Content-Length: 4194304\r\n").as_bytes()).await.unwrap();
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("larger than 3 MiB"), "{}", r.text());
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(s.upstream.connections(), 0);
+
+    // Chunked: cut off once more than 3 MiB has come.
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(post("Transfer-Encoding: chunked\r\n").as_bytes()).await.unwrap();
+    let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+    for _ in 0..64 {
+        // The proxy may answer and close before the last chunks: later writes can fail.
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    // A body of exactly 3 MiB still passes.
+    let mut stream = s.proxy.connect().await;
+    stream.write_all(post("Content-Length: 3145728\r\n").as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; 3 << 20]).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+}
