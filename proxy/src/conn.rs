@@ -75,10 +75,14 @@ where
             }
         };
         let started = Instant::now();
+        let in_flight = crate::drain::InFlight::start(&head);
         match handle(client, &mut inbuf, &head, peer.ip(), &settings, &mut memo, started).await {
+            // Stopping: a kept-alive connection ends with the request it served.
+            Flow::Next(_) if crate::drain::draining() => return,
             Flow::Next(c) => client = c,
             Flow::Done => return,
         }
+        drop(in_flight);
     }
 }
 

@@ -69,6 +69,9 @@ async fn answer(mut stream: TcpStream) {
     let answer = match path {
         "/metrics" => respond::response(200, "text/plain; version=0.0.4", &crate::metrics::render(), true, ""),
         "/healthz" => respond::response(200, "text/plain", "ok\n", true, ""),
+        "/readyz" if crate::drain::draining() => {
+            respond::response(503, "text/plain", "not ready: stopping, draining the requests in flight\n", true, "")
+        }
         "/readyz" => match crate::tables::current() {
             Some(t) => {
                 respond::response(200, "text/plain", &format!("ready: snapshot revision {}\n", t.revision), true, "")

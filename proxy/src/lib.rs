@@ -21,6 +21,7 @@ pub mod allow;
 pub mod auth;
 pub mod conn;
 pub mod control;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod fuzzing;

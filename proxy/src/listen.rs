@@ -104,15 +104,22 @@ fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind_with_config(address, &opts).with_context(|| format!("cannot listen on {what} {address}"))
 }
 
+/// A client listener: [`bind`], and shut by the drain ([`crate::drain`]).
+fn bind_client(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let listener = bind(address, what)?;
+    crate::drain::add_listener(std::os::fd::AsRawFd::as_raw_fd(&listener));
+    Ok(listener)
+}
+
 async fn core_main(core: usize, plan: Plan, ready: mpsc::Sender<anyhow::Result<()>>) {
     let settings = plan.settings.clone();
     let mut listeners = Vec::new();
     let bound = (|| -> anyhow::Result<()> {
         if let Some((address, config)) = &plan.tls {
-            listeners.push((bind(*address, "service_config address:port")?, Some(config.clone())));
+            listeners.push((bind_client(*address, "service_config address:port")?, Some(config.clone())));
         }
         if let Some(address) = plan.plain {
-            listeners.push((bind(address, "service_config insecure_address:insecure_port")?, None));
+            listeners.push((bind_client(address, "service_config insecure_address:insecure_port")?, None));
         }
         Ok(())
     })();
@@ -168,6 +175,10 @@ async fn accept_loop(
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
+            Ok(_) | Err(_) if crate::drain::draining() => {
+                tracing::debug!("the listener is shut: accepting no more");
+                return;
+            }
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -44,6 +44,9 @@ fn block_termination_signals() -> libc::sigset_t {
     }
 }
 
+/// How long the requests in flight get at a stop: under bcs-api's 10 s before SIGKILL.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
 fn wait_for_termination() -> i32 {
     let set = block_termination_signals();
     let mut signal = 0;
@@ -226,6 +229,8 @@ fn run(config: &Config) -> anyhow::Result<()> {
     }
     .start()?;
     let signal = wait_for_termination();
-    tracing::info!(signal, "shutting down");
+    tracing::info!(signal, grace = ?DRAIN_GRACE, "stopping: accepting no more, draining the requests in flight");
+    let left = bcs_proxy::drain::drain(DRAIN_GRACE);
+    tracing::info!(signal, cut = left, "shutting down");
     Ok(())
 }

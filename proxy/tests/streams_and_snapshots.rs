@@ -803,6 +803,49 @@ async fn sigterm_stops_the_proxy_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_requests_in_flight_finish_and_accepts_no_more() {
+    // Each answer's head comes at once, its body 800 ms later.
+    let slow = |_: &RecordedRequest| {
+        Reply::Paused(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n".to_vec(),
+            vec![(Duration::from_millis(800), b"{}".to_vec())],
+        )
+    };
+    let mut s = setup(Arc::new(slow)).await;
+    let mut in_flight = Vec::new();
+    for _ in 0..10 {
+        let mut stream = s.proxy.connect().await;
+        stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+        in_flight.push(tokio::spawn(async move { read_response(&mut stream).await }));
+    }
+    // A watch, which is not waited for.
+    let mut watch = s.proxy.connect().await;
+    watch.write_all(get("/api/v1/pods?watch=true", USER_TOKEN, "").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.upstream.requests().len(), 11, "all in flight");
+
+    let pid = s.proxy.process.pid().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = match tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.plain_port)).await {
+        Err(_) => true,
+        Ok(mut late) => {
+            let _ = late.write_all(get("/api", USER_TOKEN, "").as_bytes()).await;
+            let mut byte = [0u8; 1];
+            matches!(tokio::time::timeout(Duration::from_secs(2), late.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+        }
+    };
+    assert!(refused, "a connection after SIGTERM is not served");
+    for request in in_flight {
+        let r = request.await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "{}"), "a request in flight finished whole");
+    }
+    assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(5)), Some(0));
+    let stderr = s.proxy.process.stderr();
+    assert!(stderr.contains("draining") && stderr.contains("cut=0"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn access_log_off_and_the_epoll_driver_are_settings() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;

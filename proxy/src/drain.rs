@@ -1,0 +1,111 @@
+//! The graceful stop. On SIGTERM (bcs-api stops or restarts its proxy so) the proxy stops
+//! accepting, answers `/readyz` 503, lets the requests in flight finish within a grace period,
+//! closes each kept-alive connection as its request ends, and exits. Requests that run until
+//! the client leaves (watches, `logs -f`, exec/attach/port-forward) are not waited for: they
+//! never end by themselves, and their clients reconnect.
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::http1::head::RequestHead;
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// The client listeners of every core, shut down to stop accepting.
+static LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// A client listener to shut when the drain starts.
+pub fn add_listener(fd: RawFd) {
+    LISTENERS.lock().expect("never poisoned").push(fd);
+}
+
+/// A request the drain waits for, until it is dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    /// None for a request that runs until its client leaves.
+    pub fn start(head: &RequestHead) -> Option<InFlight> {
+        if runs_until_the_client_leaves(head) {
+            return None;
+        }
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Some(InFlight(()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An upgrade, a Kubernetes watch (`watch=true` or `/watch/` in the path), or a followed log.
+pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
+    if head.upgrade.is_some() {
+        return true;
+    }
+    let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+    let asks = |name: &str| {
+        query.split('&').any(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            key == name && matches!(value, "true" | "1")
+        })
+    };
+    path.contains("/watch/") || asks("watch") || asks("follow")
+}
+
+/// Stops accepting and waits until no request is in flight, or `grace` has passed. Returns how
+/// many were still in flight.
+pub fn drain(grace: Duration) -> usize {
+    DRAINING.store(true, Ordering::SeqCst);
+    for &fd in LISTENERS.lock().expect("never poisoned").iter() {
+        // SAFETY: shutdown(2) on a listener's descriptor, which stays open (its accept loop ends
+        // on the error this causes and closes it). New connections are refused from here on.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = IN_FLIGHT.load(Ordering::SeqCst);
+        if left == 0 || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::head::parse_request;
+
+    fn head(request: &str) -> RequestHead {
+        parse_request(request.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn watches_follows_and_upgrades_are_not_waited_for() {
+        for long in [
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\n\r\n",
+            "GET /api/v1/pods?labelSelector=a&watch=1 HTTP/1.1\r\n\r\n",
+            "GET /api/v1/watch/pods HTTP/1.1\r\n\r\n",
+            "GET /api/v1/namespaces/d/pods/p/log?follow=true HTTP/1.1\r\n\r\n",
+            "GET /api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert!(runs_until_the_client_leaves(&head(long)), "{long}");
+        }
+        for short in [
+            "GET /api/v1/pods HTTP/1.1\r\n\r\n",
+            "GET /api/v1/pods?watch=false HTTP/1.1\r\n\r\n",
+            "GET /api/v1/pods?nowatch=true HTTP/1.1\r\n\r\n",
+            "GET /api/v1/namespaces/d/pods/p/log HTTP/1.1\r\n\r\n",
+            "POST /api/v1/namespaces/d/configmaps HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(!runs_until_the_client_leaves(&head(short)), "{short}");
+        }
+    }
+}
