@@ -84,6 +84,7 @@ mod tests {
     use crate::http1::head::parse_request;
 
     fn head(request: &str) -> RequestHead {
+        let request = request.replacen("\r\n", "\r\nHost: g\r\n", 1);
         parse_request(request.as_bytes()).unwrap().unwrap().0
     }
 
