@@ -65,6 +65,16 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told. A connect failure's detail (refused, timed out, which TLS
+    /// error) stays in the log: a caller who registers a cluster at an address of their choosing
+    /// must not learn from it which ports answer on the gateway's network.
+    pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            ProxyError::UpstreamConnect(_) => "cannot reach the upstream (the gateway's log says why)".into(),
+            other => other.to_string().into(),
+        }
+    }
+
     /// After these the client connection cannot be trusted to be in sync: answer and close.
     pub fn closes_connection(&self) -> bool {
         matches!(

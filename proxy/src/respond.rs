@@ -58,7 +58,7 @@ fn code_name(status: u16) -> &'static str {
 /// A whole error response. `close` adds `Connection: close`.
 pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
     let status = err.status();
-    let message = err.to_string();
+    let message = err.public_message();
     let body = match shape {
         Shape::Kubernetes => serde_json::json!({
             "kind": "Status",
@@ -106,6 +106,18 @@ pub fn response(status: u16, content_type: &str, body: &str, close: bool, extra_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_failure_does_not_say_how_it_failed() {
+        for detail in
+            ["127.0.0.1:3306: Connection refused (os error 111)", "10.0.0.1:6443: TLS: invalid peer certificate"]
+        {
+            let text = String::from_utf8(error(&ProxyError::UpstreamConnect(detail.into()), Shape::Kubernetes, false))
+                .unwrap();
+            assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+            assert!(!text.contains("refused") && !text.contains("TLS") && !text.contains(":3306"), "{text}");
+        }
+    }
 
     #[test]
     fn kubernetes_routes_get_a_status_object() {

@@ -61,6 +61,18 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(ApiError::validation(FIELD, "must not carry credentials in a URL"));
         }
+        if let Some(ip) = match url.host() {
+            Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
+            _ => None,
+        } {
+            if !reachable_apiserver_ip(ip) {
+                return Err(ApiError::validation(
+                    FIELD,
+                    format_args!("has {address:?}, whose IP is link-local, unspecified, multicast or broadcast"),
+                ));
+            }
+        }
         // What the proxy can dial (the snapshot refuses anything else): no path, no query.
         if bcs_shared::snapshot::parse_address(address).is_none() {
             return Err(ApiError::validation(
@@ -70,6 +82,21 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(addresses)
+}
+
+/// Whether an apiserver can be at `ip`. Link-local addresses hold cloud metadata services
+/// (169.254.169.254), which no user should point the gateway at; unspecified, multicast and
+/// broadcast addresses are nobody's. Loopback and private addresses are allowed: single-host
+/// set-ups and private networks are where apiservers live.
+fn reachable_apiserver_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = ip.to_canonical();
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(link_local || broadcast || ip.is_unspecified() || ip.is_multicast())
 }
 
 /// `cacert_data`: one or more PEM certificates, each one a parseable X.509 certificate that
