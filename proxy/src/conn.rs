@@ -179,7 +179,11 @@ where
             let took = started.elapsed();
             log_request(&head.method, path, user, cluster, error.status(), took, Some(&error));
             crate::metrics::request_done(kind, &head.method, error.status(), took.as_secs_f64());
-            if close || written.is_err() {
+            if !in_sync && written.is_ok() {
+                // What the client sends next is part of a request not read: let it drain.
+                crate::io::linger(&mut client).await;
+                Flow::Done
+            } else if close || written.is_err() {
                 Flow::Done
             } else {
                 Flow::Next(client)

@@ -33,6 +33,9 @@ use crate::upstream::{self, Candidates, Endpoint, PoolKey};
 /// attach, port-forward) are upgrades, not bodies, and have none.
 pub const MAX_BODY: u64 = 3 << 20;
 
+/// How long an answer is waited for from an upstream that stopped taking the request body.
+const EARLY_ANSWER: Duration = Duration::from_secs(1);
+
 /// How long an upstream may take to start answering.
 pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -120,6 +123,9 @@ struct Sent<'d> {
     /// The response bytes read so far; `head_len` of them are the head.
     buf: Vec<u8>,
     head_len: usize,
+    /// The upstream answered before it took the whole request body: what is left of the body
+    /// is unread on the client's connection, which must close after this answer.
+    body_cut: bool,
 }
 
 fn idempotent(method: &str) -> bool {
@@ -236,7 +242,7 @@ where
         Ok(sent) => sent,
         Err((error, in_sync)) => return Err(Failed { client, error, in_sync }),
     };
-    let Sent { conn, key, response, buf, head_len } = sent;
+    let Sent { conn, key, response, buf, head_len, body_cut } = sent;
 
     // A redirect is not relayed (its Location could send a client with the gateway's answer
     // elsewhere); 304 Not Modified is an answer, not a redirect.
@@ -261,8 +267,9 @@ where
         return Ok((Flow::Done, 101));
     }
 
-    // An upgrade the upstream refused: relay its answer, then close; never switch.
-    let close = head.close || head.upgrade.is_some();
+    // An upgrade the upstream refused: relay its answer, then close; never switch. Likewise an
+    // answer that came before the body was all sent: the rest is unread on the client's side.
+    let close = head.close || head.upgrade.is_some() || body_cut;
     let streaming = matches!(response.framing, Framing::Chunked | Framing::UntilClose);
     let stream_owner = destination.stream_owner().filter(|_| streaming);
     if stream_owner.is_some() && inbuf.is_empty() {
@@ -276,6 +283,11 @@ where
         .await
     {
         Ok(false) => Ok((Flow::Next(client), response.status)),
+        Ok(true) if body_cut => {
+            // The rest of the request body is still coming: let it drain before the close.
+            crate::io::linger(&mut client).await;
+            Ok((Flow::Done, response.status))
+        }
         Ok(true) => {
             // A complete response on a connection that closes: end it cleanly (a TLS client
             // gets close_notify, which tells a body read until close from a cut one).
@@ -337,12 +349,22 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     continue;
                 }
                 Err(BodyError::Upstream(e)) => {
+                    // An apiserver that refuses a request (403, 413) without reading its body
+                    // answers, then closes, and our write fails: its answer, if it came, is the
+                    // client's, not a 502.
+                    let early = crate::io::timeout(EARLY_ANSWER, receive_head(&mut conn, &head.method)).await;
+                    if let Ok(Ok((response, buf, head_len))) = early {
+                        tracing::debug!(status = response.status, error = %e, "the upstream answered before taking the whole body");
+                        return Ok(Sent { conn, key, response, buf, head_len, body_cut: true });
+                    }
                     let in_sync = head.framing == Framing::None;
                     return Err((ProxyError::UpstreamConnect(e), in_sync));
                 }
             }
             match read_response_head(&mut conn, &head.method, client).await {
-                Ok((response, buf, head_len)) => return Ok(Sent { conn, key, response, buf, head_len }),
+                Ok((response, buf, head_len)) => {
+                    return Ok(Sent { conn, key, response, buf, head_len, body_cut: false })
+                }
                 Err((e, nothing_received)) if nothing_received && reused && retryable && !retried => {
                     tracing::debug!(error = %e, "stale pooled connection; retrying on a fresh one");
                     retried = true;

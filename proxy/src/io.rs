@@ -275,6 +275,30 @@ pub async fn timeout<F: std::future::Future>(limit: std::time::Duration, work: F
     }
 }
 
+/// How long a connection closed with its request body unread keeps reading (and dropping) it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends a connection whose client may still be sending what the proxy will not read (a body
+/// after a 413, or after an upstream answered early): the write side is shut, then the rest is
+/// read and dropped until the client closes, for at most [`LINGER`]. Closed with unread bytes,
+/// the kernel would send a reset, which can destroy the answer before the client reads it
+/// (nginx's lingering close).
+pub async fn linger<S: AsyncReadRent + AsyncWriteRent>(stream: &mut S) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut scratch = Vec::with_capacity(BUFFER);
+        loop {
+            let (result, buf) = stream.read(scratch).await;
+            scratch = buf;
+            scratch.clear();
+            if !matches!(result, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
+}
+
 /// Reads more bytes onto the end of `buf`. Ok(0) is end of stream.
 pub async fn read_more<S: AsyncReadRent>(stream: &mut S, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < 4096 {

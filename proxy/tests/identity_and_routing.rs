@@ -698,3 +698,56 @@ async fn a_body_over_3_mib_is_413_and_closes_the_connection() {
     stream.write_all(&vec![b'x'; 3 << 20]).await.unwrap();
     assert_eq!(read_response(&mut stream).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_refuses_before_reading_the_body_is_heard_not_a_502() {
+    use tokio::io::AsyncReadExt;
+    // As kube-apiserver refuses a request it does not authorise: the answer, then a close with
+    // the body unread (a reset reaches the proxy mid-upload).
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = refusing.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = refusing.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let body = r#"{"kind":"Status","code":403,"reason":"Forbidden"}"#;
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+            drop(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &format!("http://127.0.0.1:{port}"), "")).await;
+    proxy.wait_ready().await;
+
+    let size = 2 << 20;
+    let mut stream = proxy.connect().await;
+    let head = format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The client goes on sending its body, as clients do, while the answer comes.
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..size / piece.len() {
+            if writer.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(answer.contains("Connection: close") && answer.contains("\"Forbidden\""), "{answer}");
+    sending.abort();
+}
