@@ -44,19 +44,32 @@ impl Drop for InFlight {
     }
 }
 
-/// An upgrade, a Kubernetes watch (`watch=true` or `/watch/` in the path), or a followed log.
+/// An upgrade, or a Kubernetes GET that streams: a watch (`watch` set to anything Kubernetes
+/// reads as true, or the old `/watch/` path after an API version) or a followed log.
 pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
     if head.upgrade.is_some() {
         return true;
     }
-    let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+    if head.method != "GET" {
+        return false;
+    }
+    let Some(tunnelled) = head.target.strip_prefix("/tunnels/clusters/") else { return false };
+    let (path, query) = tunnelled.split_once('?').unwrap_or((tunnelled, ""));
+    // `<identifier>/api/v1/...` or `<identifier>/apis/<group>/<version>/...`.
+    let segments: Vec<&str> = path.split('/').collect();
+    let resource_at = match segments.get(1) {
+        Some(&"api") => 3,
+        Some(&"apis") => 4,
+        _ => return false,
+    };
+    // Kubernetes reads a query flag as true unless it is "0" or "false" (any case).
     let asks = |name: &str| {
         query.split('&').any(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            key == name && matches!(value, "true" | "1")
+            key == name && value != "0" && !value.eq_ignore_ascii_case("false")
         })
     };
-    path.contains("/watch/") || asks("watch") || asks("follow")
+    segments.get(resource_at) == Some(&"watch") || asks("watch") || (path.ends_with("/log") && asks("follow"))
 }
 
 /// Stops accepting and waits until no request is in flight, or `grace` has passed. Returns how
@@ -64,17 +77,22 @@ pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
 pub fn drain(grace: Duration) -> usize {
     DRAINING.store(true, Ordering::SeqCst);
     for &fd in LISTENERS.lock().expect("never poisoned").iter() {
-        // SAFETY: shutdown(2) on a listener's descriptor, which stays open (its accept loop ends
-        // on the error this causes and closes it). New connections are refused from here on.
+        // SAFETY: shutdown(2) on a listener's descriptor, which stays open: its accept loop,
+        // woken by the error this causes, sees the drain and never closes it. New connections
+        // are refused from here on.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
     let deadline = Instant::now() + grace;
+    // Nothing in flight twice in a row, 50 ms apart: a request whose head was arriving on a
+    // kept-alive connection when the drain began is counted by then.
+    let mut quiet = 0;
     loop {
         let left = IN_FLIGHT.load(Ordering::SeqCst);
-        if left == 0 || Instant::now() >= deadline {
+        quiet = if left == 0 { quiet + 1 } else { 0 };
+        if quiet == 2 || Instant::now() >= deadline {
             return left;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(if left == 0 { 50 } else { 10 }));
     }
 }
 
@@ -91,20 +109,28 @@ mod tests {
     #[test]
     fn watches_follows_and_upgrades_are_not_waited_for() {
         for long in [
-            "GET /api/v1/pods?watch=true HTTP/1.1\r\n\r\n",
-            "GET /api/v1/pods?labelSelector=a&watch=1 HTTP/1.1\r\n\r\n",
-            "GET /api/v1/watch/pods HTTP/1.1\r\n\r\n",
-            "GET /api/v1/namespaces/d/pods/p/log?follow=true HTTP/1.1\r\n\r\n",
-            "GET /api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods?watch=true HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods?labelSelector=a&watch=1 HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods?watch HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/apis/apps/v1/deployments?watch=True HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/watch/pods HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/apis/apps/v1/watch/namespaces/d/deployments HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/namespaces/d/pods/p/log?follow=true HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         ] {
             assert!(runs_until_the_client_leaves(&head(long)), "{long}");
         }
         for short in [
-            "GET /api/v1/pods HTTP/1.1\r\n\r\n",
-            "GET /api/v1/pods?watch=false HTTP/1.1\r\n\r\n",
-            "GET /api/v1/pods?nowatch=true HTTP/1.1\r\n\r\n",
-            "GET /api/v1/namespaces/d/pods/p/log HTTP/1.1\r\n\r\n",
-            "POST /api/v1/namespaces/d/configmaps HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods?watch=false HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods?watch=0 HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/pods?nowatch=true HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/namespaces/watch/configmaps HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/namespaces/d/pods/p/log HTTP/1.1\r\n\r\n",
+            "GET /tunnels/clusters/c/api/v1/namespaces/d/pods?follow=true HTTP/1.1\r\n\r\n",
+            "POST /tunnels/clusters/c/api/v1/namespaces/d/configmaps?watch=true HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /rest/clusters?watch=true HTTP/1.1\r\n\r\n",
+            "GET /bcsapi/v4/scheduler/mesos/apps?follow=1 HTTP/1.1\r\n\r\n",
         ] {
             assert!(!runs_until_the_client_leaves(&head(short)), "{short}");
         }

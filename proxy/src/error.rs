@@ -31,6 +31,8 @@ pub enum ProxyError {
     NoDrivers(String),
     #[error("cannot reach the upstream: {0}")]
     UpstreamConnect(String),
+    #[error("cannot reach the upstream: {0}")]
+    ConnectTimeout(String),
     #[error("the upstream answered badly: {0}")]
     BadUpstream(String),
     #[error("the upstream answered with a redirect, which the gateway does not follow or relay")]
@@ -58,19 +60,26 @@ impl ProxyError {
             ProxyError::NotReady | ProxyError::NoCredentials(_) | ProxyError::Overloaded | ProxyError::NoDrivers(_) => {
                 503
             }
-            ProxyError::UpstreamConnect(_) | ProxyError::BadUpstream(_) | ProxyError::UpstreamRedirect => 502,
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::BadUpstream(_)
+            | ProxyError::UpstreamRedirect => 502,
             ProxyError::UpstreamTimeout => 504,
             ProxyError::ClientGone => 499,
             ProxyError::Internal(_) => 500,
         }
     }
 
-    /// What the client is told. A connect failure's detail (refused, timed out, which TLS
-    /// error) stays in the log: a caller who registers a cluster at an address of their choosing
-    /// must not learn from it which ports answer on the gateway's network.
+    /// What the client is told. A connect failure's or a bad answer's detail (refused, timed
+    /// out, which TLS error, what was malformed) stays in the log: a caller who registers a
+    /// cluster at an address of their choosing must not learn from it what answers on the
+    /// gateway's network.
     pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            ProxyError::UpstreamConnect(_) => "cannot reach the upstream (the gateway's log says why)".into(),
+            ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_) => {
+                "cannot reach the upstream (the gateway's log says why)".into()
+            }
+            ProxyError::BadUpstream(_) => "the upstream answered badly (the gateway's log says how)".into(),
             other => other.to_string().into(),
         }
     }

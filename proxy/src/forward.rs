@@ -248,19 +248,19 @@ where
     // elsewhere); 304 Not Modified is an answer, not a redirect.
     if (300..400).contains(&response.status) && response.status != 304 {
         tracing::warn!(status = response.status, "upstream answered with a redirect; answering 502");
-        return Err(Failed { client, error: ProxyError::UpstreamRedirect, in_sync: true });
+        return Err(Failed { client, error: ProxyError::UpstreamRedirect, in_sync: !body_cut });
     }
     if response.status == 101 {
         let Some(protocol) = head.upgrade.as_deref() else {
             return Err(Failed {
                 client,
                 error: ProxyError::BadUpstream("101 to a request that asked for no upgrade".into()),
-                in_sync: true,
+                in_sync: !body_cut,
             });
         };
         let Some(owner) = destination.stream_owner() else {
             let error = ProxyError::BadUpstream("admin switched protocols".into());
-            return Err(Failed { client, error, in_sync: true });
+            return Err(Failed { client, error, in_sync: !body_cut });
         };
         // Boxed, as the connect above: only an upgrade pays for the tunnel's future.
         Box::pin(tunnel(client, inbuf, conn, &response, buf, head_len, protocol, owner)).await;
@@ -269,7 +269,8 @@ where
 
     // An upgrade the upstream refused: relay its answer, then close; never switch. Likewise an
     // answer that came before the body was all sent: the rest is unread on the client's side.
-    let close = head.close || head.upgrade.is_some() || body_cut;
+    // And while the proxy stops (drain.rs), every connection ends with its answer.
+    let close = head.close || head.upgrade.is_some() || body_cut || crate::drain::draining();
     let streaming = matches!(response.framing, Framing::Chunked | Framing::UntilClose);
     let stream_owner = destination.stream_owner().filter(|_| streaming);
     if stream_owner.is_some() && inbuf.is_empty() {
@@ -278,7 +279,8 @@ where
     }
     // After a refused upgrade the upstream connection is not reused: a backend that had half
     // switched would read the next caller's request (its credentials included) as tunnel data.
-    let pool = head.upgrade.is_none().then_some(key);
+    // Nor after an early answer: the write to it failed.
+    let pool = (head.upgrade.is_none() && !body_cut).then_some(key);
     match relay_response(&mut client, conn, pool, &response, buf, head_len, head.minor_version, close, stream_owner)
         .await
     {
@@ -313,6 +315,11 @@ async fn send<'d, C: AsyncReadRent + Readable>(
     let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
     let mut retried = false;
     for endpoint in destination.addresses() {
+        if upstream::is_silent(endpoint) {
+            last_error =
+                ProxyError::UpstreamConnect(format!("{}: set aside after a connect timeout", endpoint.authority));
+            continue;
+        }
         let mut request_head =
             destination.head(head, target, &endpoint.authority, client_ip).map_err(|e| (e, false))?;
         let key = destination.pool_key(endpoint);
@@ -327,7 +334,10 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         tracing::warn!(address = %endpoint.authority, error = %e, "upstream connect failed");
-                        upstream::eject(endpoint);
+                        match e {
+                            ProxyError::ConnectTimeout(_) => upstream::eject_silent(endpoint),
+                            _ => upstream::eject(endpoint),
+                        }
                         last_error = e;
                         break;
                     }

@@ -284,8 +284,10 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// the kernel would send a reset, which can destroy the answer before the client reads it
 /// (nginx's lingering close).
 pub async fn linger<S: AsyncReadRent + AsyncWriteRent>(stream: &mut S) {
-    let _ = stream.shutdown().await;
+    // The shutdown within the time too: a TLS close_notify to a client that does not read
+    // could otherwise wait for the send timeout.
     let drain = async {
+        let _ = stream.shutdown().await;
         let mut scratch = Vec::with_capacity(BUFFER);
         loop {
             let (result, buf) = stream.read(scratch).await;

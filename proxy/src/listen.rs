@@ -177,6 +177,9 @@ async fn accept_loop(
         let (stream, peer) = match listener.accept().await {
             Ok(_) | Err(_) if crate::drain::draining() => {
                 tracing::debug!("the listener is shut: accepting no more");
+                // Not closed: the drain may still be shutting its descriptor, which must not
+                // be reused by another socket meanwhile. The process ends soon.
+                std::mem::forget(listener);
                 return;
             }
             Ok(accepted) => accepted,

@@ -314,27 +314,44 @@ pub fn probe_ejected() {
 /// round opens, whatever made many addresses fail (ejection itself lasts 10 s).
 const PROBES_AT_ONCE: usize = 32;
 
-/// An address set aside, until when, and whether a TCP connection proves it back (it refused
-/// connections) or not (it took a request and never answered: it accepts connections anyway).
+/// An address set aside, until when, whether a TCP connection proves it back (it refused
+/// connections) or not (it took a request and never answered: it accepts connections anyway),
+/// and whether it is not dialled at all meanwhile (a connection to it timed out).
 struct Ejected {
     until: Instant,
     probe: bool,
+    silent: bool,
 }
 
 /// `endpoint` refused a connection: others first for [`EJECTION`], or until a probe connects.
 pub fn eject(endpoint: &Endpoint) {
-    set_aside(endpoint, true);
+    set_aside(endpoint, Ejected { until: Instant::now() + EJECTION, probe: true, silent: false });
+    crate::metrics::upstream_connect_error();
+}
+
+/// No connection to `endpoint` within [`CONNECT_TIMEOUT`] (a host that is down, a firewall
+/// that drops): not dialled for [`EJECTION`] unless a probe connects, so that each request
+/// meanwhile fails at once instead of holding its client for the whole timeout.
+pub fn eject_silent(endpoint: &Endpoint) {
+    set_aside(endpoint, Ejected { until: Instant::now() + EJECTION, probe: true, silent: true });
     crate::metrics::upstream_connect_error();
 }
 
 /// `endpoint` took a request and closed or timed out unanswered: others first for [`EJECTION`].
 pub fn eject_unanswered(endpoint: &Endpoint) {
-    set_aside(endpoint, false);
+    set_aside(endpoint, Ejected { until: Instant::now() + EJECTION, probe: false, silent: false });
 }
 
-fn set_aside(endpoint: &Endpoint, probe: bool) {
-    let until = Instant::now() + EJECTION;
-    EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), Ejected { until, probe }));
+fn set_aside(endpoint: &Endpoint, ejected: Ejected) {
+    EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), ejected));
+}
+
+/// Whether `endpoint` is not to be dialled now ([`eject_silent`]).
+pub fn is_silent(endpoint: &Endpoint) -> bool {
+    EJECTED.with(|e| {
+        let e = e.borrow();
+        !e.is_empty() && e.get(&endpoint.authority).is_some_and(|x| x.silent && x.until > Instant::now())
+    })
 }
 
 fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
@@ -399,6 +416,6 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
     };
     match crate::io::timeout(CONNECT_TIMEOUT, work).await {
         Ok(result) => result,
-        Err(_) => Err(ProxyError::UpstreamConnect(format!("{authority}: no connection within {CONNECT_TIMEOUT:?}"))),
+        Err(_) => Err(ProxyError::ConnectTimeout(format!("{authority}: no connection within {CONNECT_TIMEOUT:?}"))),
     }
 }

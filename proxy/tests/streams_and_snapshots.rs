@@ -821,12 +821,20 @@ async fn sigterm_lets_the_requests_in_flight_finish_and_accepts_no_more() {
     // A watch, which is not waited for.
     let mut watch = s.proxy.connect().await;
     watch.write_all(get("/api/v1/pods?watch=true", USER_TOKEN, "").as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.upstream.requests().len(), 11, "all in flight");
+    let started = Instant::now();
+    while s.upstream.requests().len() < 11 {
+        assert!(started.elapsed() < Duration::from_secs(10), "not all in flight: {}", s.upstream.requests().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let pid = s.proxy.process.pid().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", s.proxy.metric_port);
+    let started = Instant::now();
+    while reqwest_like_get(&readyz).await.map(|r| r.0).unwrap_or(0) != 503 {
+        assert!(started.elapsed() < Duration::from_secs(5), "/readyz never said the proxy is stopping");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let refused = match tokio::net::TcpStream::connect(("127.0.0.1", s.proxy.plain_port)).await {
         Err(_) => true,
         Ok(mut late) => {
