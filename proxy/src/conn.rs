@@ -62,7 +62,7 @@ where
     let mut client = client;
     // Request heads are small; a body grows it (io::read_more). Small matters: a connection
     // holding an idle watch keeps it.
-    let mut inbuf: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let mut inbuf: Vec<u8> = Vec::with_capacity(IDLE_BUFFER);
     let mut memo = auth::TokenMemo::default();
     loop {
         let head = match read_head(&mut client, &mut inbuf, &settings).await {
@@ -83,8 +83,16 @@ where
             Flow::Done => return,
         }
         drop(in_flight);
+        if inbuf.is_empty() && inbuf.capacity() > IDLE_BUFFER {
+            // A large head or body grew it: an idle kept-alive connection goes back to a small
+            // one (a TLS read waiting on it holds ciphertext room of the same size).
+            inbuf = Vec::with_capacity(IDLE_BUFFER);
+        }
     }
 }
+
+/// The request buffer a connection waits for its next request with.
+const IDLE_BUFFER: usize = 4 * 1024;
 
 /// Reads one request head into `inbuf` and takes it off the front. Ok(None): the client went
 /// away, or stayed idle between requests past the idle timeout.
@@ -112,7 +120,7 @@ async fn read_head<C: AsyncReadRent>(
         };
         if inbuf.capacity() == 0 {
             // A stream gave its buffer up (forward.rs); a request head needs little.
-            inbuf.reserve_exact(4 * 1024);
+            inbuf.reserve_exact(IDLE_BUFFER);
         }
         match crate::io::timeout(wait, read_more(client, std::mem::take(inbuf))).await {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),

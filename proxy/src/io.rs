@@ -288,7 +288,8 @@ pub async fn linger<S: AsyncReadRent + AsyncWriteRent>(stream: &mut S) {
     // could otherwise wait for the send timeout.
     let drain = async {
         let _ = stream.shutdown().await;
-        let mut scratch = Vec::with_capacity(BUFFER);
+        // Small: many connections may linger at once, each for 5 s.
+        let mut scratch = Vec::with_capacity(4 * 1024);
         loop {
             let (result, buf) = stream.read(scratch).await;
             scratch = buf;

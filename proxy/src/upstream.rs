@@ -247,15 +247,16 @@ pub fn pooled_count() -> usize {
 /// original: the first healthy address takes the traffic, which keeps pools warm).
 pub fn candidates(endpoints: &[Endpoint]) -> Candidates<'_> {
     EJECTED.with(|e| {
-        let mut e = e.borrow_mut();
+        let e = e.borrow();
         if e.is_empty() {
             // The usual case: no clock read, no list made.
             return Candidates::InOrder(endpoints.iter());
         }
+        // Only this request's addresses are looked up: the map (pruned by the housekeeping
+        // tick, `probe_ejected`) may hold many others, webconsole hosts among them.
         let now = Instant::now();
-        e.retain(|_, ejected| ejected.until > now);
         let (healthy, ejected): (Vec<&Endpoint>, Vec<&Endpoint>) =
-            endpoints.iter().partition(|a| !e.contains_key(&a.authority));
+            endpoints.iter().partition(|a| !e.get(&a.authority).is_some_and(|x| x.until > now));
         Candidates::Sorted(healthy.into_iter().chain(ejected).collect::<Vec<_>>().into_iter())
     })
 }

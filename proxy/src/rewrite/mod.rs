@@ -68,13 +68,23 @@ fn is_removed(h: &Header, named_in_connection: &[&str], extra: &[&str]) -> bool 
 /// The header names a message's `Connection` lists, less those removed anyway: a head with
 /// no `Connection`, or with the usual `keep-alive`, costs no allocation and no comparison per
 /// header.
-fn named_in_connection(fields: &Fields) -> Vec<&str> {
+fn named_in_connection(fields: &Fields) -> Result<Vec<&str>, ProxyError> {
     if !fields.has_connection() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     // Read as text, as `parse_request` reads `Connection` (http1::head::tokens).
-    tokens(fields, "connection").filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))).collect()
+    let named: Vec<&str> =
+        tokens(fields, "connection").filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))).collect();
+    // Each field is compared with each name: thousands of names in a 64 KiB head would make
+    // every request cost milliseconds, unauthenticated ones on /rest included.
+    if named.len() > MAX_CONNECTION_NAMES {
+        return Err(ProxyError::BadRequest(format!("Connection names more than {MAX_CONNECTION_NAMES} fields")));
+    }
+    Ok(named)
 }
+
+/// Fields a `Connection` header may name (a real one names one or two).
+const MAX_CONNECTION_NAMES: usize = 16;
 
 /// The request line, in a buffer with room for `rest` bytes of headers after it.
 fn start(method: &str, target: &str, rest: usize) -> Result<Vec<u8>, ProxyError> {
@@ -142,7 +152,7 @@ fn begin(
     ours: usize,
     forward: impl Fn(&mut Vec<u8>, &Header) -> Result<(), ProxyError>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named = named_in_connection(&head.headers);
+    let named = named_in_connection(&head.headers)?;
     // The client's fields, Host, ours, and what `finish` adds (X-Forwarded-For, framing).
     let mut out = start(&head.method, target, head.headers.byte_len() + host.len() + ours + 160)?;
     header(&mut out, "Host", host.as_bytes())?;
@@ -243,7 +253,8 @@ pub fn to_client(
     upgrade: Option<&str>,
     room: usize,
 ) -> Result<Vec<u8>, ProxyError> {
-    let named = named_in_connection(&response.headers);
+    let named =
+        named_in_connection(&response.headers).map_err(|e| ProxyError::BadUpstream(format!("its answer's {e}")))?;
     let mut out = Vec::with_capacity(response.headers.byte_len() + 128 + room);
     out.extend_from_slice(b"HTTP/1.1 ");
     decimal(&mut out, response.status.into());

@@ -187,3 +187,13 @@ fn connection_names_fields_as_the_head_parser_reads_it() {
     let out = to_cluster(&h, "/x", "10.0.0.1:6443", &identity, ip(), h.framing.into()).unwrap();
     assert!(out.windows(8).any(|w| w == b"X-A: 1\r\n"), "{}", String::from_utf8_lossy(&out));
 }
+
+#[test]
+fn a_connection_header_naming_many_fields_is_refused() {
+    let names: Vec<String> = (0..17).map(|i| format!("x-{i}")).collect();
+    let h = head(&format!("GET /x HTTP/1.1\r\nHost: gw\r\nConnection: {}\r\n\r\n", names.join(", ")));
+    let error = to_driver(&h, "/x", "10.0.0.5:8090", ip(), h.framing.into()).unwrap_err();
+    assert!(matches!(&error, ProxyError::BadRequest(m) if m.contains("more than 16")), "{error:?}");
+    let h = head(&format!("GET /x HTTP/1.1\r\nHost: gw\r\nConnection: {}\r\n\r\n", names[..16].join(", ")));
+    assert!(to_driver(&h, "/x", "10.0.0.5:8090", ip(), h.framing.into()).is_ok());
+}
