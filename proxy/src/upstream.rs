@@ -256,7 +256,7 @@ pub fn candidates(endpoints: &[Endpoint]) -> Candidates<'_> {
         // tick, `probe_ejected`) may hold many others, webconsole hosts among them.
         let now = Instant::now();
         let (healthy, ejected): (Vec<&Endpoint>, Vec<&Endpoint>) =
-            endpoints.iter().partition(|a| !e.get(&a.authority).is_some_and(|x| x.until > now));
+            endpoints.iter().partition(|a| e.get(&a.authority).is_none_or(|x| x.until <= now));
         Candidates::Sorted(healthy.into_iter().chain(ejected).collect::<Vec<_>>().into_iter())
     })
 }
