@@ -55,11 +55,12 @@ pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
     }
     let Some(tunnelled) = head.target.strip_prefix("/tunnels/clusters/") else { return false };
     let (path, query) = tunnelled.split_once('?').unwrap_or((tunnelled, ""));
-    // `<identifier>/api/v1/...` or `<identifier>/apis/<group>/<version>/...`.
-    let segments: Vec<&str> = path.split('/').collect();
-    let resource_at = match segments.get(1) {
-        Some(&"api") => 3,
-        Some(&"apis") => 4,
+    // `<identifier>/api/v1/<resource>...` or `<identifier>/apis/<group>/<version>/<resource>...`
+    // (no list made: this runs for every request).
+    let mut segments = path.split('/').skip(1);
+    let resource = match segments.next() {
+        Some("api") => segments.nth(1),
+        Some("apis") => segments.nth(2),
         _ => return false,
     };
     // Kubernetes reads a query flag as true unless it is "0" or "false" (any case).
@@ -69,7 +70,7 @@ pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
             key == name && value != "0" && !value.eq_ignore_ascii_case("false")
         })
     };
-    segments.get(resource_at) == Some(&"watch") || asks("watch") || (path.ends_with("/log") && asks("follow"))
+    resource == Some("watch") || asks("watch") || (path.ends_with("/log") && asks("follow"))
 }
 
 /// Stops accepting and waits until no request is in flight, or `grace` has passed. Returns how
