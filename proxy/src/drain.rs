@@ -45,7 +45,8 @@ impl Drop for InFlight {
 }
 
 /// An upgrade, or a Kubernetes GET that streams: a watch (`watch` set to anything Kubernetes
-/// reads as true, or the old `/watch/` path after an API version) or a followed log.
+/// reads as true, or the old `/watch/` path after an API version) or a followed log. Runs for
+/// every request: memchr and prefixes, no list, no char-by-char search.
 pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
     if head.upgrade.is_some() {
         return true;
@@ -54,23 +55,36 @@ pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
         return false;
     }
     let Some(tunnelled) = head.target.strip_prefix("/tunnels/clusters/") else { return false };
-    let (path, query) = tunnelled.split_once('?').unwrap_or((tunnelled, ""));
-    // `<identifier>/api/v1/<resource>...` or `<identifier>/apis/<group>/<version>/<resource>...`
-    // (no list made: this runs for every request).
-    let mut segments = path.split('/').skip(1);
-    let resource = match segments.next() {
-        Some("api") => segments.nth(1),
-        Some("apis") => segments.nth(2),
-        _ => return false,
+    let end = memchr::memchr(b'?', tunnelled.as_bytes()).unwrap_or(tunnelled.len());
+    let (path, query) = (&tunnelled[..end], tunnelled.get(end + 1..).unwrap_or(""));
+    // `<identifier>/api/v1/<resource>...` or `<identifier>/apis/<group>/<version>/<resource>...`.
+    let Some(slash) = memchr::memchr(b'/', path.as_bytes()) else { return false };
+    let api = &path[slash + 1..];
+    let resource = if let Some(after) = api.strip_prefix("api/") {
+        segment(after, 1)
+    } else if let Some(after) = api.strip_prefix("apis/") {
+        segment(after, 2)
+    } else {
+        return false;
     };
     // Kubernetes reads a query flag as true unless it is "0" or "false" (any case).
     let asks = |name: &str| {
-        query.split('&').any(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            key == name && value != "0" && !value.eq_ignore_ascii_case("false")
-        })
+        !query.is_empty()
+            && query.split('&').any(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                key == name && value != "0" && !value.eq_ignore_ascii_case("false")
+            })
     };
     resource == Some("watch") || asks("watch") || (path.ends_with("/log") && asks("follow"))
+}
+
+/// The `n`th (from 0) `/`-separated segment of `path`.
+fn segment(path: &str, n: usize) -> Option<&str> {
+    let mut rest = path;
+    for _ in 0..n {
+        rest = &rest[memchr::memchr(b'/', rest.as_bytes())? + 1..];
+    }
+    Some(&rest[..memchr::memchr(b'/', rest.as_bytes()).unwrap_or(rest.len())])
 }
 
 /// Stops accepting and waits until no request is in flight, or `grace` has passed. Returns how
