@@ -41,7 +41,7 @@ pub async fn ensure_users(store: &Store, users: &[BootstrapUser], out: &mut dyn 
                         Some(user) => user,
                         None => {
                             for token in &configured {
-                                refuse_if_taken(store, &entry.name, token.digest()).await?;
+                                already_stored(store, &entry.name, None, &token.digest()).await?;
                             }
                             bail!("bootstrap_users: cannot create {}: {why}", entry.name);
                         }
@@ -95,18 +95,18 @@ fn print_generated(out: &mut dyn Write, user: &User, generated: &[Secret]) -> an
     Ok(())
 }
 
-async fn refuse_if_taken(store: &Store, name: &str, digest: String) -> anyhow::Result<()> {
-    if store.token_by_digest(&digest).await?.is_some() {
-        bail!("bootstrap_users: a token of {name} is already the token of another user");
+/// Whether the token of `digest` is stored already: Ok(true) for `user`'s own (None: a user not
+/// created yet, whose no token is), an error naming `name` for another user's.
+async fn already_stored(store: &Store, name: &str, user: Option<&User>, digest: &str) -> anyhow::Result<bool> {
+    match store.token_by_digest(digest).await? {
+        Some((_, owner)) if user.is_some_and(|u| u.id == owner.id) => Ok(true),
+        Some(_) => bail!("bootstrap_users: a token of {name} is already the token of another user"),
+        None => Ok(false),
     }
-    Ok(())
 }
 
 async fn ensure_token(store: &Store, user: &User, digest: String) -> anyhow::Result<()> {
-    if let Some((_, owner)) = store.token_by_digest(&digest).await? {
-        if owner.id != user.id {
-            bail!("bootstrap_users: a token of {} is already the token of another user", user.name);
-        }
+    if already_stored(store, &user.name, Some(user), &digest).await? {
         return Ok(());
     }
     let digest_again = digest.clone();

@@ -164,6 +164,7 @@ async fn rest_answers_are_never_cached() {
         (Method::POST, format!("/rest/users/{}/tokens", seeded.user_id)),
         (Method::GET, format!("/rest/clusters/{}/register_tokens", seeded.cluster_id)),
         (Method::GET, format!("/rest/clusters/{}/credentials", seeded.cluster_id)),
+        (Method::GET, format!("/rest/clusters/{}/agent.yaml", seeded.cluster_id)),
         (Method::GET, "/rest/users/999999".to_owned()),
     ] {
         let response = client

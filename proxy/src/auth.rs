@@ -6,8 +6,7 @@ use crate::error::ProxyError;
 use crate::http1::head::RequestHead;
 use crate::tables::{digest, Tables, UserEntry};
 
-/// The answer to a bearer token that is not (or no longer) one.
-pub const NOT_VALID: &str = "the token is not valid: unknown, revoked or expired";
+pub use bcs_shared::secret::TOKEN_NOT_VALID as NOT_VALID;
 
 #[derive(Debug, Clone)]
 pub struct Caller {

@@ -224,6 +224,7 @@ fn plan_with<'h>(
 ) -> Result<Plan<'h>, (&'static str, ProxyError)> {
     let route = route::route(&head.target).map_err(|e| ("other", e))?;
     let kind = route.kind();
+    let fail = |e| (kind, e);
     if let Framing::Length(n) = head.framing {
         if n > forward::MAX_BODY {
             return Err((kind, ProxyError::BodyTooLarge(forward::MAX_BODY)));
@@ -236,7 +237,6 @@ fn plan_with<'h>(
             destination: Destination::Admin { address: settings.admin.clone() },
         }),
         Route::Kubernetes { identifier, upstream_target } => {
-            let fail = |e| (kind, e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             auth::check_impersonation(head, &caller).map_err(fail)?;
@@ -256,7 +256,6 @@ fn plan_with<'h>(
             })
         }
         Route::Mesos { upstream_target } => {
-            let fail = |e| (kind, e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             let mut ids = head.headers_named("bcs-clusterid").map(|h| h.value_str().trim().to_owned());
@@ -284,7 +283,6 @@ fn plan_with<'h>(
             })
         }
         Route::Webconsole { host_ip, upstream_target } => {
-            let fail = |e| (kind, e);
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
             let host_ip = host_ip

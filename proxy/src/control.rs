@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bcs_shared::sealer::Sealer;
-use bcs_shared::snapshot::wire::{encode, peer_trusted, read_hint, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use bcs_shared::snapshot::wire::{
+    encode, own_uid, peer_trusted, read_hint, Decoder, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+};
 use bcs_shared::snapshot::{MesosDrivers, Snapshot};
 
 use crate::tables::{self, Tables};
@@ -216,9 +218,4 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(credentials.uid)
-}
-
-fn own_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }

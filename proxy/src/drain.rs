@@ -54,7 +54,7 @@ pub fn runs_until_the_client_leaves(head: &RequestHead) -> bool {
     if head.method != "GET" {
         return false;
     }
-    let Some(tunnelled) = head.target.strip_prefix("/tunnels/clusters/") else { return false };
+    let Some(tunnelled) = head.target.strip_prefix(crate::route::TUNNEL_PREFIX) else { return false };
     let end = memchr::memchr(b'?', tunnelled.as_bytes()).unwrap_or(tunnelled.len());
     let (path, query) = (&tunnelled[..end], tunnelled.get(end + 1..).unwrap_or(""));
     // `<identifier>/api/v1/<resource>...` or `<identifier>/apis/<group>/<version>/<resource>...`.

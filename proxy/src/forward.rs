@@ -334,10 +334,7 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         tracing::warn!(address = %endpoint.authority, error = %e, "upstream connect failed");
-                        match e {
-                            ProxyError::ConnectTimeout(_) => upstream::eject_silent(endpoint),
-                            _ => upstream::eject(endpoint),
-                        }
+                        upstream::eject(endpoint, &e);
                         last_error = e;
                         break;
                     }

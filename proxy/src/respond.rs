@@ -77,7 +77,9 @@ pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
     }
     if status == 401 {
         // RFC 6750 §3: which scheme to authenticate with.
-        extra.push_str("WWW-Authenticate: Bearer realm=\"bcs-api\"\r\n");
+        extra.push_str("WWW-Authenticate: ");
+        extra.push_str(bcs_shared::secret::BEARER_CHALLENGE);
+        extra.push_str("\r\n");
     }
     response(status, "application/json", &body.to_string(), close, &extra)
 }

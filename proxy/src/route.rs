@@ -35,7 +35,7 @@ impl Route<'_> {
     }
 }
 
-const TUNNEL_PREFIX: &str = "/tunnels/clusters/";
+pub const TUNNEL_PREFIX: &str = "/tunnels/clusters/";
 const MESOS_PREFIX: &str = "/bcsapi/v4/scheduler/mesos/";
 const WEBCONSOLE_PREFIX: &str = "/bcsapi/v1/webconsole/";
 

@@ -288,7 +288,7 @@ pub fn probe_ejected() {
         let now = Instant::now();
         e.retain(|_, ejected| ejected.until > now);
         e.iter()
-            .filter(|(_, ejected)| ejected.probe)
+            .filter(|(_, ejected)| ejected.why != Why::Unanswered)
             .map(|(authority, _)| authority.clone())
             .take(PROBES_AT_ONCE)
             .collect()
@@ -300,7 +300,7 @@ pub fn probe_ejected() {
                 // Unless it was set aside meanwhile for not answering, which a connect does not disprove.
                 let taken_back = EJECTED.with(|e| {
                     let mut e = e.borrow_mut();
-                    let probed = e.get(&authority).is_some_and(|ejected| ejected.probe);
+                    let probed = e.get(&authority).is_some_and(|ejected| ejected.why != Why::Unanswered);
                     probed && e.remove(&authority).is_some()
                 });
                 if taken_back {
@@ -315,43 +315,47 @@ pub fn probe_ejected() {
 /// round opens, whatever made many addresses fail (ejection itself lasts 10 s).
 const PROBES_AT_ONCE: usize = 32;
 
-/// An address set aside, until when, whether a TCP connection proves it back (it refused
-/// connections) or not (it took a request and never answered: it accepts connections anyway),
-/// and whether it is not dialled at all meanwhile (a connection to it timed out).
+/// Why an address was set aside ([`EJECTION`] long; others are tried first meanwhile).
+#[derive(Clone, Copy, PartialEq)]
+enum Why {
+    /// It refused a connection (or TLS failed): a probe that connects takes it back.
+    Refused,
+    /// No connection within [`CONNECT_TIMEOUT`] (a host that is down, a firewall that drops):
+    /// not dialled at all unless a probe connects, so that each request meanwhile fails at once
+    /// instead of holding its client for the whole timeout.
+    TimedOut,
+    /// It took a request and closed or timed out unanswered: it accepts connections, so a
+    /// probe proves nothing.
+    Unanswered,
+}
+
 struct Ejected {
     until: Instant,
-    probe: bool,
-    silent: bool,
+    why: Why,
 }
 
-/// `endpoint` refused a connection: others first for [`EJECTION`], or until a probe connects.
-pub fn eject(endpoint: &Endpoint) {
-    set_aside(endpoint, Ejected { until: Instant::now() + EJECTION, probe: true, silent: false });
+/// `endpoint` could not be connected to (`error`).
+pub fn eject(endpoint: &Endpoint, error: &ProxyError) {
+    let why = if matches!(error, ProxyError::ConnectTimeout(_)) { Why::TimedOut } else { Why::Refused };
+    set_aside(endpoint, why);
     crate::metrics::upstream_connect_error();
 }
 
-/// No connection to `endpoint` within [`CONNECT_TIMEOUT`] (a host that is down, a firewall
-/// that drops): not dialled for [`EJECTION`] unless a probe connects, so that each request
-/// meanwhile fails at once instead of holding its client for the whole timeout.
-pub fn eject_silent(endpoint: &Endpoint) {
-    set_aside(endpoint, Ejected { until: Instant::now() + EJECTION, probe: true, silent: true });
-    crate::metrics::upstream_connect_error();
-}
-
-/// `endpoint` took a request and closed or timed out unanswered: others first for [`EJECTION`].
+/// `endpoint` took a request and closed or timed out unanswered.
 pub fn eject_unanswered(endpoint: &Endpoint) {
-    set_aside(endpoint, Ejected { until: Instant::now() + EJECTION, probe: false, silent: false });
+    set_aside(endpoint, Why::Unanswered);
 }
 
-fn set_aside(endpoint: &Endpoint, ejected: Ejected) {
+fn set_aside(endpoint: &Endpoint, why: Why) {
+    let ejected = Ejected { until: Instant::now() + EJECTION, why };
     EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), ejected));
 }
 
-/// Whether `endpoint` is not to be dialled now ([`eject_silent`]).
+/// Whether `endpoint` is not to be dialled now (it timed out: [`Why::TimedOut`]).
 pub fn is_silent(endpoint: &Endpoint) -> bool {
     EJECTED.with(|e| {
         let e = e.borrow();
-        !e.is_empty() && e.get(&endpoint.authority).is_some_and(|x| x.silent && x.until > Instant::now())
+        !e.is_empty() && e.get(&endpoint.authority).is_some_and(|x| x.why == Why::TimedOut && x.until > Instant::now())
     })
 }
 

@@ -9,6 +9,13 @@ use rand::TryRngCore;
 use subtle::ConstantTimeEq;
 
 /// Length of a user token (the original used 32 alphanumerics).
+/// The answer to a bearer token that is not (or no longer) one, at admin and at the proxy: one
+/// text for unknown, revoked and expired, so an old leaked token is not confirmed as once valid.
+pub const TOKEN_NOT_VALID: &str = "the token is not valid: unknown, revoked or expired";
+
+/// The `WWW-Authenticate` value of a 401 (RFC 6750 §3).
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"bcs-api\"";
+
 pub const USER_TOKEN_LEN: usize = 32;
 /// Length of a register token (as the original).
 pub const REGISTER_TOKEN_LEN: usize = 128;

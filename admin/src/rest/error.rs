@@ -162,7 +162,7 @@ impl IntoResponse for ApiError {
             // RFC 6750 §3: which scheme to authenticate with.
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer realm=\"bcs-api\""),
+                axum::http::HeaderValue::from_static(bcs_shared::secret::BEARER_CHALLENGE),
             );
         }
         response

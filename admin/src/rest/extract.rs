@@ -13,8 +13,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::store::model::{User, UserToken};
 
-/// The answer to a bearer token that is not (or no longer) one.
-const NOT_VALID: &str = "the token is not valid: unknown, revoked or expired";
+use bcs_shared::secret::TOKEN_NOT_VALID as NOT_VALID;
 
 /// Largest request body the REST API reads.
 pub const BODY_LIMIT: usize = 1024 * 1024;

@@ -66,8 +66,8 @@ pub async fn agent_yaml(
         image,
     });
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "rendered the agent manifest");
-    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], manifest)
-        .into_response())
+    // No cache keeps it (its register token): every /rest answer says so (rest::no_store).
+    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], manifest).into_response())
 }
 
 pub struct Fill<'a> {

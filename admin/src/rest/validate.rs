@@ -90,13 +90,18 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
 /// set-ups and private networks are where apiservers live.
 fn reachable_apiserver_ip(ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
-    let ip = ip.to_canonical();
-    let link_local = match ip {
+    let link_local = match ip.to_canonical() {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     };
-    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    !(link_local || broadcast || ip.is_unspecified() || ip.is_multicast())
+    !link_local && !nobodys_ip(ip)
+}
+
+/// An unspecified (0.0.0.0, ::, ::ffff:0.0.0.0), multicast or broadcast address: no server's.
+pub fn nobodys_ip(ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    broadcast || ip.is_unspecified() || ip.is_multicast()
 }
 
 /// `cacert_data`: one or more PEM certificates, each one a parseable X.509 certificate that

@@ -30,7 +30,7 @@ pub async fn serve(stream: UnixStream, publisher: Arc<Publisher>, peers: Arc<Pee
     let credentials = stream.peer_cred().ok();
     let pid = credentials.and_then(|c| c.pid());
     let uid = credentials.map(|c| c.uid());
-    if !uid.is_some_and(|uid| wire::peer_trusted(uid, super::server::own_uid())) {
+    if !uid.is_some_and(|uid| wire::peer_trusted(uid, wire::own_uid())) {
         tracing::warn!(pid, uid, "refusing a snapshot socket connection from another user");
         return;
     }

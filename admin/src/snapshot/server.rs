@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bcs_shared::snapshot::wire;
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
@@ -43,12 +44,12 @@ impl SnapshotServer {
         let dir_mode = dir_meta.permissions().mode();
         // Another user who may write there could put a socket of theirs in the path, which the
         // proxies would connect to (they check the peer's user too, `wire::peer_trusted`).
-        if dir_mode & 0o022 != 0 || dir_meta.uid() != own_uid() {
+        if dir_mode & 0o022 != 0 || dir_meta.uid() != wire::own_uid() {
             bail!(
                 "admin_config.snapshot_socket: {} must be a directory of this user ({}) that group and others \
                  cannot write (it is mode {:o}, owner {}); use one of mode 0700",
                 dir.display(),
-                own_uid(),
+                wire::own_uid(),
                 dir_mode & 0o777,
                 dir_meta.uid()
             );
@@ -115,12 +116,6 @@ impl Drop for SnapshotServer {
             }
         }
     }
-}
-
-/// This process's effective user.
-pub fn own_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 /// Removes a socket file nobody answers on; refuses to touch a live socket or another file.

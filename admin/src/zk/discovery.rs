@@ -27,13 +27,11 @@ pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
     // The sets last published, for a cluster whose node stops being readable.
     let mut last: BTreeMap<String, Vec<MesosDriver>> = BTreeMap::new();
     loop {
-        let Ok(Read { sets, unreadable, watches }) = retrying("reading the mesos-drivers", || read(session)).await
+        let Ok(Read { sets, unreadable, denied, watches }) =
+            retrying("reading the mesos-drivers", || read(session)).await
         else {
             return;
         };
-        // A node this session may not read sets no watch: read everything again now and then.
-        let denied = !unreadable.is_empty()
-            || sets.values().flatten().any(|(_, parsed)| parsed.as_ref().is_err_and(|why| why == DENIED));
         let mut now_warned = BTreeMap::new();
         let mut live = Vec::with_capacity(sets.len() + unreadable.len());
         let mut drivers = 0;
@@ -100,6 +98,9 @@ struct Read {
     sets: BTreeMap<String, Nodes>,
     /// Clusters whose node this session may not list.
     unreadable: Vec<String>,
+    /// A node was not readable (a cluster's or a driver's): it sets no watch, so everything is
+    /// read again now and then.
+    denied: bool,
     /// One on every path read.
     watches: Vec<Watch>,
 }
@@ -109,6 +110,7 @@ async fn read(session: &Session) -> Result<Read, Error> {
     let mut watches = Vec::new();
     let mut sets = BTreeMap::new();
     let mut unreadable = Vec::new();
+    let mut denied = false;
     let clusters = match session.children(MESOS_DRIVERS).await {
         Ok((clusters, watch)) => {
             watches.push(watch);
@@ -121,7 +123,7 @@ async fn read(session: &Session) -> Result<Read, Error> {
             if exists {
                 return Err(Error::Transient(format!("{MESOS_DRIVERS} appeared while being read")));
             }
-            return Ok(Read { sets, unreadable, watches });
+            return Ok(Read { sets, unreadable, denied: false, watches });
         }
         Err(e) => return Err(e),
     };
@@ -152,13 +154,17 @@ async fn read(session: &Session) -> Result<Read, Error> {
                 }
                 // The driver left between the list and the read; the cluster's watch reports it.
                 Err(Error::NoNode) => continue,
-                Err(Error::Denied) => nodes.push((child, Err(DENIED.to_owned()))),
+                Err(Error::Denied) => {
+                    denied = true;
+                    nodes.push((child, Err(DENIED.to_owned())));
+                }
                 Err(e) => return Err(e),
             }
         }
         sets.insert(cluster, nodes);
     }
-    Ok(Read { sets, unreadable, watches })
+    denied |= !unreadable.is_empty();
+    Ok(Read { sets, unreadable, denied, watches })
 }
 
 /// The trailing 10-digit sequence number of a sequential node's name, as bytes: a name is

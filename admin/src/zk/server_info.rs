@@ -44,9 +44,7 @@ impl ServerInfo {
         };
         // A driver that registered its bind address (0.0.0.0) would send the proxy to its own
         // host; a multicast or broadcast address is no driver's.
-        let address = address.to_canonical(); // ::ffff:0.0.0.0 is 0.0.0.0
-        let broadcast = matches!(address, std::net::IpAddr::V4(v4) if v4.is_broadcast());
-        if address.is_unspecified() || address.is_multicast() || broadcast {
+        if crate::rest::validate::nobodys_ip(address) {
             return Err(format!("ip {ip:?} is not an address a driver can be reached at"));
         }
         let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {port} is not 1-65535"))?;
