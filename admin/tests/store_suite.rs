@@ -110,6 +110,7 @@ store_suite! {
         clusters_and_their_bcs_mapping_are_unique,
         register_tokens_are_created_once_and_rotated,
         credentials_versions_follow_the_fingerprint,
+        credentials_are_stored_only_under_the_register_token_they_were_checked_against,
         delete_cluster_removes_everything_of_the_cluster,
         data_survives_reopening_and_migrations_run_once,
         ping_and_describe,
@@ -360,11 +361,13 @@ async fn credentials_versions_follow_the_fingerprint(store: &Store, _engine: &En
     let creator = store.create_user("creator", false, 1_000).await.unwrap();
     store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);
+    store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_050).await.unwrap();
 
     let inserted = store
-        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), 1_100)
+        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), "rt-1", 1_100)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("stored");
     assert!(inserted.id > 0, "{inserted:?}");
     assert_eq!(
         (
@@ -382,9 +385,10 @@ async fn credentials_versions_follow_the_fingerprint(store: &Store, _engine: &En
 
     // The same fingerprint: same version, newer updated_at, created_at kept.
     let same = store
-        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), 1_200)
+        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), "rt-1", 1_200)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("stored");
     let expected_same = Credentials { updated_at: 1_200, ..inserted.clone() };
     assert_eq!(same, expected_same);
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(expected_same));
@@ -393,10 +397,12 @@ async fn credentials_versions_follow_the_fingerprint(store: &Store, _engine: &En
     let changed = store
         .upsert_credentials(
             credentials("BCS-K8S-00001", "https://10.0.0.1:6443;https://10.0.0.2:6443", "sealed-b", 2),
+            "rt-1",
             1_300,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("stored");
     let expected_changed = Credentials {
         id: inserted.id,
         cluster_id: "BCS-K8S-00001".into(),
@@ -413,12 +419,36 @@ async fn credentials_versions_follow_the_fingerprint(store: &Store, _engine: &En
 
     // Back to the first fingerprint is still a change.
     let back = store
-        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), 1_400)
+        .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), "rt-1", 1_400)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("stored");
     assert_eq!((back.version, back.created_at, back.updated_at), (3, 1_100, 1_400));
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(back));
     assert_eq!(store.credentials("BCS-K8S-00009").await.unwrap(), None);
+}
+
+async fn credentials_are_stored_only_under_the_register_token_they_were_checked_against(
+    store: &Store,
+    _engine: &Engine,
+) {
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
+    let report = |fingerprint| credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", fingerprint);
+
+    // No register token at all: nothing is written.
+    assert_eq!(store.upsert_credentials(report(1), "rt-1", 1_050).await.unwrap(), None);
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);
+
+    store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_100).await.unwrap();
+    let stored = store.upsert_credentials(report(1), "rt-1", 1_200).await.unwrap().expect("stored");
+
+    // A report checked against the token a rotation has since replaced changes nothing.
+    store.rotate_register_token("BCS-K8S-00001", "rt-2".into(), 1_300).await.unwrap();
+    assert_eq!(store.upsert_credentials(report(2), "rt-1", 1_400).await.unwrap(), None);
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(stored));
+    let under_new = store.upsert_credentials(report(2), "rt-2", 1_500).await.unwrap().expect("stored");
+    assert_eq!((under_new.version, under_new.fingerprint), (2, digest(2)));
 }
 
 async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine: &Engine) {
@@ -428,8 +458,12 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     store.create_cluster(doomed.clone(), bcs("project-a", "K8S-001")).await.unwrap();
     store.create_cluster(kept.clone(), bcs("project-a", "K8S-002")).await.unwrap();
     for id in [&doomed.id, &kept.id] {
-        store.create_register_token(id, format!("sealed-{id}"), 1_100).await.unwrap();
-        store.upsert_credentials(credentials(id, "https://10.0.0.1:6443", "sealed-sa", 1), 1_200).await.unwrap();
+        let register = format!("sealed-{id}");
+        store.create_register_token(id, register.clone(), 1_100).await.unwrap();
+        store
+            .upsert_credentials(credentials(id, "https://10.0.0.1:6443", "sealed-sa", 1), &register, 1_200)
+            .await
+            .unwrap();
     }
     let kept_token = store.register_token(&kept.id).await.unwrap();
     let kept_credentials = store.credentials(&kept.id).await.unwrap();
@@ -473,7 +507,8 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     let token = store.create_register_token(&again.id, "sealed-new".into(), 3_100).await.unwrap();
     assert_eq!(store.register_token(&again.id).await.unwrap(), Some(token));
     let fresh =
-        store.upsert_credentials(credentials(&again.id, "https://10.0.0.9:6443", "sealed-sa", 7), 3_200).await.unwrap();
+        store.upsert_credentials(credentials(&again.id, "https://10.0.0.9:6443", "sealed-sa", 7), "sealed-new", 3_200);
+    let fresh = fresh.await.unwrap().expect("stored");
     assert_eq!((fresh.version, fresh.created_at), (1, 3_200), "no old version carried over");
     assert_eq!(store.clusters().await.unwrap(), vec![kept, again]);
 }
@@ -492,7 +527,8 @@ async fn data_survives_reopening_and_migrations_run_once(store: &Store, engine: 
     store.create_cluster(first.clone(), bcs("project-a", "K8S-001")).await.unwrap();
     let register = store.create_register_token(&first.id, "sealed-1".into(), 1_100).await.unwrap();
     let creds =
-        store.upsert_credentials(credentials(&first.id, "https://10.0.0.1:6443", "sealed-sa", 1), 1_200).await.unwrap();
+        store.upsert_credentials(credentials(&first.id, "https://10.0.0.1:6443", "sealed-sa", 1), "sealed-1", 1_200);
+    let creds = creds.await.unwrap().expect("stored");
 
     // A second store on the same database (migrations again: a no-op) sees it all, and writes.
     let second = engine.open().await;
@@ -554,10 +590,15 @@ async fn snapshot_rows_hold_what_a_proxy_needs(store: &Store, _engine: &Engine) 
     let gone = cluster("BCS-C", "ident-c", bob.id, 1_600);
     for c in [&later, &earlier, &gone] {
         store.create_cluster(c.clone(), None).await.unwrap();
+        store.create_register_token(&c.id, format!("rt-{}", c.id), 2_000).await.unwrap();
     }
     let reported =
-        store.upsert_credentials(credentials("BCS-B", "https://10.0.0.1:6443", "sealed-b", 1), 2_100).await.unwrap();
-    store.upsert_credentials(credentials("BCS-C", "https://10.0.0.3:6443", "sealed-c", 3), 2_100).await.unwrap();
+        store.upsert_credentials(credentials("BCS-B", "https://10.0.0.1:6443", "sealed-b", 1), "rt-BCS-B", 2_100);
+    let reported = reported.await.unwrap().expect("stored");
+    store
+        .upsert_credentials(credentials("BCS-C", "https://10.0.0.3:6443", "sealed-c", 3), "rt-BCS-C", 2_100)
+        .await
+        .unwrap();
     assert!(store.delete_cluster("BCS-C").await.unwrap());
 
     let rows = store.snapshot_rows().await.unwrap();
@@ -661,4 +702,42 @@ async fn mysql_a_migration_cut_off_midway_is_finished_at_the_next_start() {
                  AND index_name = 'register_tokens_token_digest'";
     assert_eq!(engine.count(index).await, 1, "the migration's index was made");
     store.ping().await.unwrap();
+}
+
+/// A rotation in flight while a report checked against the old token is written (MySQL reads
+/// a snapshot unless the read locks): the write waits for the rotation and then stores nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_report_written_during_a_rotation_waits_for_it_and_stores_nothing() {
+    use mysql_async::prelude::Queryable;
+    let engine = Engine::mysql();
+    let Kind::Mysql(db) = &engine.kind else { unreachable!("a MySQL engine") };
+    let store = std::sync::Arc::new(engine.open().await);
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
+    store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_100).await.unwrap();
+
+    // The rotation's first half: the old token's row deleted, not yet committed.
+    let mut rotation = db.connect().await;
+    rotation.query_drop("BEGIN").await.unwrap();
+    rotation.query_drop("DELETE FROM register_tokens WHERE cluster_id = 'BCS-K8S-00001'").await.unwrap();
+
+    let writer = std::sync::Arc::clone(&store);
+    let write = tokio::spawn(async move {
+        writer
+            .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), "rt-1", 1_200)
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the write waits for the rotation's lock");
+
+    rotation
+        .query_drop(
+            "INSERT INTO register_tokens (cluster_id, token_sealed, created_at) VALUES ('BCS-K8S-00001', 'rt-2', 1300)",
+        )
+        .await
+        .unwrap();
+    rotation.query_drop("COMMIT").await.unwrap();
+    assert_eq!(write.await.unwrap().unwrap(), None, "checked against a token replaced meanwhile");
+    assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);
+    drop(rotation);
 }

@@ -55,7 +55,7 @@ pub async fn put(
             }
         }
         tracing::warn!(cluster = %cluster.id, "credentials report with a wrong register token");
-        return Err(ApiError::unauthorized(format_args!("the register token of cluster {} is not valid", cluster.id)));
+        return Err(register_token_not_valid(&cluster));
     }
     // Tokens created before the digest column existed get theirs now (a no-op otherwise).
     app.store.set_register_token_digest(&cluster.id, &stored.token_sealed, &expected.digest()).await?;
@@ -69,10 +69,18 @@ pub async fn put(
         user_token_sealed: app.sealer.seal(&cluster_token_purpose(&cluster.id), &cluster_token),
         fingerprint,
     };
-    let saved = app.store.upsert_credentials(new, crate::now()).await?;
+    let Some(saved) = app.store.upsert_credentials(new, &stored.token_sealed, crate::now()).await? else {
+        // Rotated or deleted since the check above: the token presented is no longer valid.
+        tracing::warn!(cluster = %cluster.id, "credentials report with a register token replaced while it was checked");
+        return Err(register_token_not_valid(&cluster));
+    };
     app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, version = saved.version, addresses = %saved.server_addresses, "stored cluster credentials");
     Ok(Json(serde_json::json!({})))
+}
+
+fn register_token_not_valid(cluster: &Cluster) -> ApiError {
+    ApiError::unauthorized(format_args!("the register token of cluster {} is not valid", cluster.id))
 }
 
 /// `GET` (super users only): the stored credentials, the cluster's token included.

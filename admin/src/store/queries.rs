@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use super::backend::{Backend, Row, StoreError, Tx, Value};
+use super::backend::{Backend, Dialect, Row, StoreError, Tx, Value};
 use super::model::*;
 use super::OPERATION_TIMEOUT;
 
@@ -384,10 +384,31 @@ impl Store {
     // Credentials.
 
     /// Inserts or updates a cluster's credentials; the version goes up when the fingerprint
-    /// changes.
-    pub async fn upsert_credentials(&self, new: NewCredentials, now: i64) -> Result<Credentials, StoreError> {
+    /// changes. Only while the cluster's register token is still the one sealed as
+    /// `register_token_sealed`, the token the report was checked against: `None` (nothing
+    /// written) when a rotation or a deletion came between the check and this write.
+    pub async fn upsert_credentials(
+        &self,
+        new: NewCredentials,
+        register_token_sealed: &str,
+        now: i64,
+    ) -> Result<Option<Credentials>, StoreError> {
+        let checked = register_token_sealed.to_owned();
+        // MySQL reads a snapshot unless told to lock: the row is locked until commit, so a
+        // rotation waits for this write or this write sees the rotation (SQLite's transactions
+        // are `BEGIN IMMEDIATE`, one at a time).
+        let lock = if self.backend.dialect() == Dialect::Mysql { " FOR UPDATE" } else { "" };
         self.transaction(move |tx| {
             Box::pin(async move {
+                let current = tx
+                    .query(
+                        &format!("SELECT token_sealed FROM register_tokens WHERE cluster_id = ?{lock}"),
+                        vec![new.cluster_id.clone().into()],
+                    )
+                    .await?;
+                if first(current, |r| r.text(0))?.as_deref() != Some(checked.as_str()) {
+                    return Ok(None);
+                }
                 // One statement decides the version, so concurrent reports cannot both read the
                 // old version (MySQL evaluates SET left to right: `version` must come first).
                 let updated = tx
@@ -426,6 +447,7 @@ impl Store {
                 }
                 find_credentials(tx, new.cluster_id)
                     .await?
+                    .map(Some)
                     .ok_or_else(|| StoreError::Internal("credentials vanished inside their transaction".into()))
             })
         })

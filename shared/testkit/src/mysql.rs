@@ -56,10 +56,15 @@ impl MysqlDatabase {
             .prefer_socket(false)
     }
 
+    /// A connection of its own to this database (to hold a transaction open beside the store).
+    pub async fn connect(&self) -> mysql_async::Conn {
+        let opts = self.opts().db_name(Some(self.name.clone()));
+        mysql_async::Conn::new(opts).await.expect("connect to MariaDB")
+    }
+
     /// Runs one query in this database and returns the first column of every row as text.
     pub async fn query_strings(&self, sql: &str) -> Vec<String> {
-        let opts = self.opts().db_name(Some(self.name.clone()));
-        let mut conn = mysql_async::Conn::new(opts).await.expect("connect to MariaDB");
+        let mut conn = self.connect().await;
         let rows: Vec<mysql_async::Row> = conn.query(sql).await.expect("query");
         let out = rows
             .into_iter()
