@@ -3,6 +3,7 @@
 //! one access-log line (method, path without query, user, cluster, status, time: no secret).
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::Address;
@@ -52,8 +53,9 @@ impl Default for Settings {
     }
 }
 
-/// Serves one client connection to its end.
-pub async fn serve<C>(client: C, peer: SocketAddr, settings: std::sync::Arc<Settings>)
+/// Serves one client connection to its end. `fd`: its socket's descriptor (the drain ends the
+/// connection through it while it waits for a request).
+pub async fn serve<C>(client: C, peer: SocketAddr, fd: RawFd, settings: std::sync::Arc<Settings>)
 where
     C: AsyncReadRent + AsyncWriteRent + Readable + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
@@ -65,7 +67,7 @@ where
     let mut inbuf: Vec<u8> = Vec::with_capacity(IDLE_BUFFER);
     let mut memo = auth::TokenMemo::default();
     loop {
-        let head = match read_head(&mut client, &mut inbuf, &settings).await {
+        let head = match read_head(&mut client, &mut inbuf, fd, &settings).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(error) => {
@@ -95,10 +97,11 @@ where
 const IDLE_BUFFER: usize = 4 * 1024;
 
 /// Reads one request head into `inbuf` and takes it off the front. Ok(None): the client went
-/// away, or stayed idle between requests past the idle timeout.
+/// away, stayed idle between requests past the idle timeout, or the proxy is stopping.
 async fn read_head<C: AsyncReadRent>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
+    fd: RawFd,
     settings: &Settings,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let mut deadline: Option<Instant> = None;
@@ -122,7 +125,17 @@ async fn read_head<C: AsyncReadRent>(
             // A stream gave its buffer up (forward.rs); a request head needs little.
             inbuf.reserve_exact(IDLE_BUFFER);
         }
-        match crate::io::timeout(wait, read_more(client, std::mem::take(inbuf))).await {
+        // Between requests (nothing of the next one here yet), the drain may end the wait.
+        let waiting = match deadline {
+            None => match crate::drain::Waiting::begin(fd) {
+                None => return Ok(None),
+                waiting => waiting,
+            },
+            Some(_) => None,
+        };
+        let read = crate::io::timeout(wait, read_more(client, std::mem::take(inbuf))).await;
+        drop(waiting);
+        match read {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
             Ok((Ok(_), b)) => *inbuf = b,
             Err(_) if deadline.is_some() => return Err(ProxyError::HeaderTimeout),

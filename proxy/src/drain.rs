@@ -1,11 +1,12 @@
 //! The graceful stop. On SIGTERM (bcs-api stops or restarts its proxy so) the proxy stops
-//! accepting, answers `/readyz` 503, lets the requests in flight finish within a grace period,
-//! closes each kept-alive connection as its request ends, and exits. Requests that run until
-//! the client leaves (watches, `logs -f`, exec/attach/port-forward) are not waited for: they
-//! never end by themselves, and their clients reconnect.
+//! accepting, answers `/readyz` 503, ends the connections waiting for a request, lets the
+//! requests in flight finish within a grace period, closes each kept-alive connection as its
+//! request ends, and exits. Requests that run until the client leaves (watches, `logs -f`,
+//! exec/attach/port-forward) are not waited for: they never end by themselves, and their
+//! clients reconnect.
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::http1::head::RequestHead;
@@ -42,6 +43,91 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A connection waiting for its next request, from the time it is between requests to the time
+/// its read returns. The drain shuts the read side of each one (`shutdown(SHUT_RD)`): its read
+/// ends, the connection closes, and its client sees the end before it sends another request on
+/// it, rather than a reset at exit. A request already in the socket is still read and answered
+/// (with `Connection: close`).
+pub struct Waiting(RawFd);
+
+impl Waiting {
+    /// None when the drain has begun: the connection should end now. (Entered first, checked
+    /// second: the drain sets the flag first and sweeps second, so one of the two sees the other.)
+    pub fn begin(fd: RawFd) -> Option<Waiting> {
+        WAITING.with(|w| w.lock().expect("never poisoned").insert(fd));
+        let waiting = Waiting(fd);
+        if draining() {
+            return None;
+        }
+        Some(waiting)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Removed before the connection can close the descriptor, so the drain never shuts a
+        // number reused by another socket.
+        let _ = WAITING.try_with(|w| w.lock().expect("never poisoned").remove(self.0));
+    }
+}
+
+thread_local! {
+    /// This core's waiting connections; locked by the drain's thread only once, at the stop.
+    static WAITING: Arc<Mutex<FdSet>> = new_core_set();
+}
+
+/// Every core's set of waiting connections.
+static CORES: Mutex<Vec<Arc<Mutex<FdSet>>>> = Mutex::new(Vec::new());
+
+fn new_core_set() -> Arc<Mutex<FdSet>> {
+    let set = Arc::new(Mutex::new(FdSet::default()));
+    CORES.lock().expect("never poisoned").push(set.clone());
+    set
+}
+
+/// Descriptors as bits: descriptors are small numbers, and a request sets and clears one bit.
+#[derive(Default)]
+struct FdSet(Vec<u64>);
+
+impl FdSet {
+    fn insert(&mut self, fd: RawFd) {
+        // A negative number is never a connection's descriptor.
+        let Ok(fd) = usize::try_from(fd) else { return };
+        if fd / 64 >= self.0.len() {
+            self.0.resize(fd / 64 + 1, 0);
+        }
+        self.0[fd / 64] |= 1 << (fd % 64);
+    }
+
+    fn remove(&mut self, fd: RawFd) {
+        let Ok(fd) = usize::try_from(fd) else { return };
+        if let Some(word) = self.0.get_mut(fd / 64) {
+            *word &= !(1 << (fd % 64));
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.0.iter().enumerate().flat_map(|(word, &bits)| {
+            (0..64).filter(move |bit| bits & (1u64 << bit) != 0).map(move |bit| (word * 64 + bit) as RawFd)
+        })
+    }
+}
+
+/// Shuts the read side of every waiting connection (see [`Waiting`]). Returns how many.
+fn end_waiting() -> usize {
+    let mut ended = 0;
+    for core in CORES.lock().expect("never poisoned").iter() {
+        let set = core.lock().expect("never poisoned");
+        for fd in set.iter() {
+            // SAFETY: shutdown(2) on a connection's descriptor that is open: a connection takes
+            // its descriptor out of the set (under this lock) before it can close it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            ended += 1;
+        }
+    }
+    ended
 }
 
 /// An upgrade, or a Kubernetes GET that streams: a watch (`watch` set to anything Kubernetes
@@ -97,6 +183,8 @@ pub fn drain(grace: Duration) -> usize {
         // are refused from here on.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
+    let ended = end_waiting();
+    tracing::debug!(connections = ended, "ended the connections waiting for a request");
     let deadline = Instant::now() + grace;
     // Nothing in flight twice in a row, 50 ms apart: a request whose head was arriving on a
     // kept-alive connection when the drain began is counted by then.
@@ -119,6 +207,20 @@ mod tests {
     fn head(request: &str) -> RequestHead {
         let request = request.replacen("\r\n", "\r\nHost: g\r\n", 1);
         parse_request(request.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn the_waiting_set_holds_each_descriptor_once_and_lets_it_go() {
+        let mut set = FdSet::default();
+        for fd in [0, 63, 64, 1000, 5, -1] {
+            set.insert(fd);
+        }
+        set.insert(64);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 5, 63, 64, 1000]);
+        for fd in [63, 1000, 7, 100_000, -1] {
+            set.remove(fd);
+        }
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 5, 64]);
     }
 
     #[test]

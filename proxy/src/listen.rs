@@ -189,6 +189,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let _ = stream.set_nodelay(true);
         set_send_timeout(&stream, settings.send_timeout);
         crate::io::keep_alive(&stream, "client");
@@ -209,10 +210,10 @@ async fn accept_loop(
                 return;
             }
             match tls {
-                None => Box::pin(conn::serve(stream, peer, settings)).await,
+                None => Box::pin(conn::serve(stream, peer, fd, settings)).await,
                 Some(config) => {
                     match Box::pin(crate::io::timeout(Duration::from_secs(10), tls::accept(stream, config))).await {
-                        Ok(Ok(stream)) => Box::pin(conn::serve(stream, peer, settings)).await,
+                        Ok(Ok(stream)) => Box::pin(conn::serve(stream, peer, fd, settings)).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

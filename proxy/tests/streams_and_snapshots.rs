@@ -802,16 +802,25 @@ async fn sigterm_stops_the_proxy_cleanly() {
     assert!(s.proxy.process.stderr().contains("shutting down"), "{}", s.proxy.process.stderr());
 }
 
+/// Each pod list's head comes at once, its body 1.5 s later; anything else at once.
+fn slow_pod_lists(r: &RecordedRequest) -> Reply {
+    if !r.head.lines().next().unwrap_or("").contains("pods") {
+        return Reply::Bytes(ok_json("{}"));
+    }
+    Reply::Paused(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n".to_vec(),
+        vec![(Duration::from_millis(1500), b"{}".to_vec())],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_the_requests_in_flight_finish_and_accepts_no_more() {
-    // Each answer's head comes at once, its body 800 ms later.
-    let slow = |_: &RecordedRequest| {
-        Reply::Paused(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n".to_vec(),
-            vec![(Duration::from_millis(800), b"{}".to_vec())],
-        )
-    };
-    let mut s = setup(Arc::new(slow)).await;
+    let mut s = setup(Arc::new(slow_pod_lists)).await;
+    // A kept-alive connection between requests, and one that has sent nothing yet.
+    let mut idle = s.proxy.connect().await;
+    idle.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut idle).await.status, 200);
+    let mut silent = s.proxy.connect().await;
     let mut in_flight = Vec::new();
     for _ in 0..10 {
         let mut stream = s.proxy.connect().await;
@@ -822,13 +831,18 @@ async fn sigterm_lets_the_requests_in_flight_finish_and_accepts_no_more() {
     let mut watch = s.proxy.connect().await;
     watch.write_all(get("/api/v1/pods?watch=true", USER_TOKEN, "").as_bytes()).await.unwrap();
     let started = Instant::now();
-    while s.upstream.requests().len() < 11 {
+    while s.upstream.requests().len() < 12 {
         assert!(started.elapsed() < Duration::from_secs(10), "not all in flight: {}", s.upstream.requests().len());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     let pid = s.proxy.process.pid().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    // The connections waiting for a request end at once, not when the proxy exits.
+    for waiting in [&mut idle, &mut silent] {
+        assert!(closed(waiting, Duration::from_secs(5)).await, "a connection waiting for a request is ended");
+    }
+    assert!(in_flight.iter().all(|r| !r.is_finished()), "ended while the requests in flight still ran");
     let readyz = format!("http://127.0.0.1:{}/readyz", s.proxy.metric_port);
     let started = Instant::now();
     while reqwest_like_get(&readyz).await.map(|r| r.0).unwrap_or(0) != 503 {
@@ -851,6 +865,40 @@ async fn sigterm_lets_the_requests_in_flight_finish_and_accepts_no_more() {
     assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(5)), Some(0));
     let stderr = s.proxy.process.stderr();
     assert!(stderr.contains("draining") && stderr.contains("cut=0"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_a_tls_connection_waiting_for_a_request_while_a_request_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_config, ca_pem) = proxy_certificate(dir.path());
+    let upstream = RawUpstream::start(Arc::new(slow_pod_lists)).await;
+    let mut proxy =
+        Proxy::spawn(dir.path(), &ProxyOptions { cert_config: Some(cert_config), ..ProxyOptions::default() });
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+
+    let mut idle = connect_tls(proxy.tls_port, &ca_pem).await;
+    idle.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.expect("an answer").unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let mut running = proxy.connect().await;
+    running.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let started = Instant::now();
+    while upstream.requests().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the slow request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let running = tokio::spawn(async move { read_response(&mut running).await });
+
+    let pid = proxy.process.pid().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.expect("the connection ends");
+    assert!(matches!(end, Ok(0) | Err(_)), "no more data, then the end: {end:?}");
+    assert!(!running.is_finished(), "ended while a request in flight still ran");
+    let r = running.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "{}"), "the request in flight finished whole");
+    assert_eq!(proxy.process.wait_exit(Duration::from_secs(5)), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
