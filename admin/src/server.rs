@@ -79,6 +79,10 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         leader,
         zookeeper: zk_status,
         rbac,
+        max_clusters_per_user: match config.admin_config.max_clusters_per_user.unwrap_or(1000) {
+            0 => None,
+            most => Some(most),
+        },
     });
     if zookeeper.is_some() {
         // Until discovery's first read, snapshots leave the proxies' mesos-drivers as they are.

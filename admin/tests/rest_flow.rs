@@ -249,6 +249,34 @@ async fn register_token_rotation_and_cluster_deletion() {
     assert_eq!(again.0, 200, "{}", again.1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_past_max_clusters_per_user_is_refused_and_a_super_user_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { admin_extra: "  max_clusters_per_user: 2\n".into(), ..Options::default() };
+    let admin = Admin::start(dir.path(), &options).await;
+    let seeded = seed_flow(&admin, "erin", "sa-token-erin").await; // erin's first cluster
+    let create = |id: &str| json!({"id": id});
+    let second = admin.call(Method::POST, "/rest/clusters/", Some(&seeded.user_token), Some(create("second"))).await;
+    assert_eq!(second.0, 200, "{}", second.1);
+    let third = admin.call(Method::POST, "/rest/clusters/", Some(&seeded.user_token), Some(create("third"))).await;
+    common::assert_error(&third, 403, "CLUSTER_QUOTA_EXCEEDED", "has created 2 clusters");
+    let bcs = register_k8s_001(&admin, "other-project", &seeded.user_token).await;
+    common::assert_error(&bcs, 403, "CLUSTER_QUOTA_EXCEEDED", "max_clusters_per_user");
+    let listed = admin.call(Method::GET, "/rest/clusters", Some(&seeded.user_token), None).await;
+    assert_eq!(listed.1.as_array().map(Vec::len), Some(2), "nothing stored for the refused ones: {}", listed.1);
+
+    // Super users have no limit.
+    for id in ["s1", "s2", "s3"] {
+        let created = admin.call(Method::POST, "/rest/clusters/", admin.admin(), Some(create(id))).await;
+        assert_eq!(created.0, 200, "{}", created.1);
+    }
+    // A deleted cluster frees its place.
+    let deleted = admin.call(Method::DELETE, "/rest/clusters/plain-second", Some(&seeded.user_token), None).await;
+    assert_eq!(deleted, (200, json!({})));
+    let again = admin.call(Method::POST, "/rest/clusters/", Some(&seeded.user_token), Some(create("third"))).await;
+    assert_eq!(again.0, 200, "{}", again.1);
+}
+
 /// `query_by_id` for the BCS cluster id K8S-001 in `project`, as `token`.
 async fn by_id(admin: &Admin, project: &str, token: &str) -> (u16, serde_json::Value) {
     let path = format!("/rest/clusters/bcs/query_by_id/?project_id={project}&cluster_id=K8S-001");

@@ -108,6 +108,7 @@ store_suite! {
         user_tokens_are_found_listed_and_revoked,
         a_user_and_its_first_tokens_are_stored_together_or_not_at_all,
         clusters_and_their_bcs_mapping_are_unique,
+        a_creator_past_its_cluster_limit_is_refused,
         register_tokens_are_created_once_and_rotated,
         credentials_versions_follow_the_fingerprint,
         credentials_are_stored_only_under_the_register_token_they_were_checked_against,
@@ -308,6 +309,43 @@ async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engin
 
     // Listed by creation time, then id.
     assert_eq!(store.clusters().await.unwrap(), vec![first, plain, other_project]);
+}
+
+async fn a_creator_past_its_cluster_limit_is_refused(store: &Store, engine: &Engine) {
+    let alice = store.create_user("alice", false, 1_000).await.unwrap();
+    let bob = store.create_user("bob", false, 1_000).await.unwrap();
+    for n in 1..=2 {
+        let c = cluster(&format!("BCS-A{n}"), &format!("ident-a{n}"), alice.id, 1_000 + n);
+        store.create_cluster_within(c, None, Some(2)).await.unwrap();
+    }
+    let third = cluster("BCS-A3", "ident-a3", alice.id, 1_003);
+    match store.create_cluster_within(third.clone(), bcs("project-a", "K8S-003"), Some(2)).await {
+        Err(StoreError::OverLimit(2)) => {}
+        other => panic!("expected OverLimit(2), got {other:?}"),
+    }
+    assert_eq!(engine.count("SELECT COUNT(*) FROM clusters").await, 2);
+    assert_eq!(engine.count("SELECT COUNT(*) FROM bcs_cluster_infos").await, 0, "no half-written cluster");
+    // Another creator counts its own; without a limit, or after a deletion, alice may create again.
+    store.create_cluster_within(cluster("BCS-B1", "ident-b1", bob.id, 1_004), None, Some(1)).await.unwrap();
+    store.create_cluster_within(third.clone(), None, None).await.unwrap();
+    assert!(store.delete_cluster("BCS-A1").await.unwrap());
+    assert!(store.delete_cluster("BCS-A2").await.unwrap());
+    store.create_cluster_within(cluster("BCS-A4", "ident-a4", alice.id, 1_005), None, Some(2)).await.unwrap();
+
+    // One user's creates at once are counted in turn: exactly up to the limit succeed.
+    let carol = store.create_user("carol", false, 2_000).await.unwrap();
+    let creates = (0..12).map(|n| {
+        store.create_cluster_within(
+            cluster(&format!("BCS-C{n}"), &format!("ident-c{n}"), carol.id, 2_000),
+            None,
+            Some(3),
+        )
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::OverLimit(_)))), "{results:?}");
+    assert_eq!(created, 3, "{results:?}");
+    assert_eq!(engine.count(&format!("SELECT COUNT(*) FROM clusters WHERE creator_id = {}", carol.id)).await, 3);
 }
 
 async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &Engine) {

@@ -213,6 +213,9 @@ pub struct AdminConfig {
     pub external_url: Option<String>,
     pub snapshot_socket: Option<String>,
     pub spawn_proxy: Option<bool>,
+    /// New: clusters one user other than a super user may create (default 1000; 0: no limit).
+    /// Each cluster's credentials travel in every proxy's snapshot.
+    pub max_clusters_per_user: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -31,7 +31,7 @@ pub async fn create_plain(
     let id = required_field("id", body.required()?.id)?;
     validate::id("id", &id, CLUSTER_ID_MAX)?;
     let cluster = new_cluster(format!("plain-{id}"), provider::PLAIN, cluster_type::K8S, &caller);
-    let cluster = app.store.create_cluster(cluster, None).await.map_err(already_exists)?;
+    let cluster = create(&app, &caller, cluster, None).await?;
     app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created cluster");
     Ok(Json(cluster.into()))
@@ -70,7 +70,7 @@ pub async fn create_bcs(
     let id = format!("bcs-{}-{}", source_id.to_lowercase(), random_alphanumeric(8));
     let cluster = new_cluster(id, provider::BCS, kind, &caller);
     let info = BcsClusterInfo { source_project_id: project_id, source_cluster_id: source_id };
-    let cluster = app.store.create_cluster(cluster, Some(info)).await.map_err(already_exists)?;
+    let cluster = create(&app, &caller, cluster, Some(info)).await?;
     app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created bcs cluster");
     Ok(Json(cluster.into()))
@@ -164,9 +164,25 @@ fn new_cluster(id: String, provider: i64, cluster_type: i64, caller: &Caller) ->
     }
 }
 
-fn already_exists(e: StoreError) -> ApiError {
-    match e {
+/// Stores a new cluster within the caller's limit (`admin_config.max_clusters_per_user`; super
+/// users have none).
+async fn create(
+    app: &AppState,
+    caller: &Caller,
+    cluster: Cluster,
+    bcs: Option<BcsClusterInfo>,
+) -> Result<Cluster, ApiError> {
+    let most = if caller.user.is_super_user { None } else { app.max_clusters_per_user };
+    app.store.create_cluster_within(cluster, bcs, most).await.map_err(|e| match e {
         StoreError::Conflict(what) => ApiError::conflict("CLUSTER_ALREADY_EXISTS", what),
+        StoreError::OverLimit(held) => ApiError::forbidden_as(
+            "CLUSTER_QUOTA_EXCEEDED",
+            format_args!(
+                "user {} has created {held} clusters, the most admin_config.max_clusters_per_user allows: \
+                 delete one or ask a super user",
+                caller.user.name
+            ),
+        ),
         e => e.into(),
-    }
+    })
 }

@@ -55,7 +55,11 @@ impl ApiError {
     }
 
     pub fn forbidden(message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", errcode::NO_AUTHORITY, message)
+        Self::forbidden_as("FORBIDDEN", message)
+    }
+
+    pub fn forbidden_as(code_name: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code_name, errcode::NO_AUTHORITY, message)
     }
 
     pub fn not_found(code_name: &'static str, message: impl std::fmt::Display) -> Self {
@@ -111,6 +115,7 @@ impl From<StoreError> for ApiError {
                     "the store is unavailable, try again later",
                 )
             }
+            StoreError::OverLimit(held) => ApiError::forbidden(format_args!("a limit is reached ({held} held)")),
             StoreError::Internal(why) | StoreError::InSchema(why) => {
                 tracing::error!(error = %why, "store error");
                 ApiError::new(

@@ -52,6 +52,8 @@ pub struct App {
     pub zookeeper: Option<Arc<crate::zk::Status>>,
     /// RBAC sync: grants changed (`rbac::grants_written`), sync state per cluster.
     pub rbac: Arc<crate::rbac::Rbac>,
+    /// `admin_config.max_clusters_per_user`; None: no limit.
+    pub max_clusters_per_user: Option<u64>,
 }
 
 pub type AppState = Arc<App>;

@@ -10,6 +10,9 @@ pub enum StoreError {
     /// The database cannot be reached or did not answer in time.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A limit on rows was reached: how many are held.
+    #[error("limit reached: {0} held")]
+    OverLimit(u64),
     /// A schema object (table, column, index) of that name is already there: on MySQL, a
     /// migration's statement that a cut-off earlier run had applied.
     #[error("already in the schema: {0}")]

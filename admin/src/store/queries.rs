@@ -44,6 +44,15 @@ impl Store {
         .await
     }
 
+    /// What a `SELECT` that must lock the rows it reads ends with: MySQL reads a snapshot
+    /// unless told to lock; SQLite's transactions are `BEGIN IMMEDIATE`, one at a time.
+    fn lock_clause(&self) -> &'static str {
+        match self.backend.dialect() {
+            Dialect::Mysql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
+    }
+
     // Users.
 
     /// Creates a user; `Conflict` if the name is taken.
@@ -168,8 +177,30 @@ impl Store {
     /// Creates a cluster, and for BCS clusters its (project, source id) mapping, in one
     /// transaction; `Conflict` if the id, identifier or mapping exists.
     pub async fn create_cluster(&self, cluster: Cluster, bcs: Option<BcsClusterInfo>) -> Result<Cluster, StoreError> {
+        self.create_cluster_within(cluster, bcs, None).await
+    }
+
+    /// As [`Store::create_cluster`]; with `most`, `OverLimit` when the creator already created
+    /// that many clusters. The count and the insert are one transaction, and on MySQL the
+    /// creator's row is locked first, so one user's concurrent creates are counted in turn.
+    pub async fn create_cluster_within(
+        &self,
+        cluster: Cluster,
+        bcs: Option<BcsClusterInfo>,
+        most: Option<u64>,
+    ) -> Result<Cluster, StoreError> {
+        let lock = self.lock_clause();
         self.transaction(move |tx| {
             Box::pin(async move {
+                if let Some(most) = most {
+                    let creator = vec![cluster.creator_id.into()];
+                    tx.query(&format!("SELECT id FROM users WHERE id = ?{lock}"), creator.clone()).await?;
+                    let rows = tx.query("SELECT COUNT(*) FROM clusters WHERE creator_id = ?", creator).await?;
+                    let held = u64::try_from(first(rows, |r| r.int(0))?.unwrap_or(0)).unwrap_or(0);
+                    if held >= most {
+                        return Err(StoreError::OverLimit(held));
+                    }
+                }
                 if find_cluster(tx, cluster.id.clone()).await?.is_some() {
                     return Err(StoreError::Conflict(format!("cluster {} already exists", cluster.id)));
                 }
@@ -394,10 +425,8 @@ impl Store {
         now: i64,
     ) -> Result<Option<Credentials>, StoreError> {
         let checked = register_token_sealed.to_owned();
-        // MySQL reads a snapshot unless told to lock: the row is locked until commit, so a
-        // rotation waits for this write or this write sees the rotation (SQLite's transactions
-        // are `BEGIN IMMEDIATE`, one at a time).
-        let lock = if self.backend.dialect() == Dialect::Mysql { " FOR UPDATE" } else { "" };
+        // Locked until commit: a rotation waits for this write, or this write sees the rotation.
+        let lock = self.lock_clause();
         self.transaction(move |tx| {
             Box::pin(async move {
                 let current = tx

@@ -25,6 +25,8 @@ pub struct Options {
     pub spawn_proxy: bool,
     /// More of the `rbac` section (indented by two spaces), after `turn_on_rbac: true`.
     pub rbac_extra: String,
+    /// More of the `admin_config` section (indented by two spaces).
+    pub admin_extra: String,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             admin_token: String::new(),
             spawn_proxy: false,
             rbac_extra: String::new(),
+            admin_extra: String::new(),
         }
     }
 }
@@ -64,13 +67,14 @@ pub fn write_config(dir: &Path, options: &Options) -> (u16, u16) {
          core_database:\n  dsn: {dsn:?}\n\
          bootstrap_users:\n  - name: admin\n    is_super_user: true\n    tokens: [{token:?}]\n\
          rbac:\n  turn_on_rbac: true\n{rbac_extra}\
-         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  spawn_proxy: {spawn_proxy}\n\
+         admin_config:\n  address: 127.0.0.1\n  port: {admin_port}\n  spawn_proxy: {spawn_proxy}\n{admin_extra}\
          storage:\n  data_dir: ./data\n{extra}",
         log = options.log_config,
         dsn = options.dsn,
         token = options.admin_token,
         spawn_proxy = options.spawn_proxy,
         rbac_extra = options.rbac_extra,
+        admin_extra = options.admin_extra,
         extra = options.extra_yaml,
     );
     std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
