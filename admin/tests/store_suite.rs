@@ -367,9 +367,9 @@ async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &En
     assert_conflict(store.create_register_token("BCS-K8S-00001", "sealed-x".into(), 1_200).await);
     assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(created.clone()));
 
-    // Rotation replaces it: a new row with the new sealed value.
+    // Rotation replaces it with the new sealed value.
     let rotated = store.rotate_register_token("BCS-K8S-00001", "sealed-2".into(), 1_300).await.unwrap();
-    assert_ne!(rotated.id, created.id);
+    assert_eq!(rotated.id, created.id, "replaced in its row");
     assert_eq!(
         (rotated.cluster_id.as_str(), rotated.token_sealed.as_str(), rotated.created_at),
         ("BCS-K8S-00001", "sealed-2", 1_300)
@@ -586,7 +586,7 @@ async fn data_survives_reopening_and_migrations_run_once(store: &Store, engine: 
     assert_eq!(third.user_tokens(alice.id).await.unwrap(), vec![revoked]);
     assert_eq!(third.clusters().await.unwrap(), vec![first.clone()]);
     assert_eq!(third.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(first.clone()));
-    assert_ne!(rotated.id, register.id);
+    assert_eq!(rotated.id, register.id, "rotated in its row");
     assert_eq!(third.register_token(&first.id).await.unwrap(), Some(rotated));
     assert_eq!(third.credentials(&first.id).await.unwrap(), Some(creds));
     drop(third);
@@ -754,10 +754,16 @@ async fn mysql_a_report_written_during_a_rotation_waits_for_it_and_stores_nothin
     store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
     store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_100).await.unwrap();
 
-    // The rotation's first half: the old token's row deleted, not yet committed.
+    // A rotation's write, not yet committed (what rotate_register_token runs).
     let mut rotation = db.connect().await;
     rotation.query_drop("BEGIN").await.unwrap();
-    rotation.query_drop("DELETE FROM register_tokens WHERE cluster_id = 'BCS-K8S-00001'").await.unwrap();
+    rotation
+        .query_drop(
+            "UPDATE register_tokens SET token_sealed = 'rt-2', token_digest = NULL, created_at = 1300 \
+             WHERE cluster_id = 'BCS-K8S-00001'",
+        )
+        .await
+        .unwrap();
 
     let writer = std::sync::Arc::clone(&store);
     let write = tokio::spawn(async move {
@@ -768,12 +774,6 @@ async fn mysql_a_report_written_during_a_rotation_waits_for_it_and_stores_nothin
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!write.is_finished(), "the write waits for the rotation's lock");
 
-    rotation
-        .query_drop(
-            "INSERT INTO register_tokens (cluster_id, token_sealed, created_at) VALUES ('BCS-K8S-00001', 'rt-2', 1300)",
-        )
-        .await
-        .unwrap();
     rotation.query_drop("COMMIT").await.unwrap();
     assert_eq!(write.await.unwrap().unwrap(), None, "checked against a token replaced meanwhile");
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);

@@ -16,8 +16,8 @@ const ER_DUP_KEYNAME: u16 = 1061;
 const ER_ROW_IS_REFERENCED_2: u16 = 1451;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 /// InnoDB chose this transaction as a deadlock's victim, or a lock wait ran out: the write did
-/// not happen and may be tried again (503, not 500). Two concurrent first credential reports,
-/// or rotations of a cluster without a register token, can meet this way (gap locks).
+/// not happen and may be tried again (503, not 500). Two concurrent rotations of a cluster
+/// without a register token can meet this way (gap locks).
 const ER_LOCK_DEADLOCK: u16 = 1213;
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 

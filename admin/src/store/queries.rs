@@ -318,7 +318,8 @@ impl Store {
         let id = id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                for table in ["cluster_credentials", "register_tokens", "bcs_cluster_infos", "rbac_grants"] {
+                // The register token first: a credentials report locks it before the credentials.
+                for table in ["register_tokens", "cluster_credentials", "bcs_cluster_infos", "rbac_grants"] {
                     let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
                     tx.exec(&sql, vec![id.clone().into()]).await?;
                 }
@@ -350,7 +351,9 @@ impl Store {
         .await
     }
 
-    /// Replaces a cluster's register token (or creates the first one).
+    /// Replaces a cluster's register token in its row (or creates the first one). In place,
+    /// not deleted and inserted again: an insert's duplicate-key check would queue behind a
+    /// credentials report waiting to lock the row, a deadlock on older MariaDB and MySQL.
     pub async fn rotate_register_token(
         &self,
         cluster_id: &str,
@@ -360,8 +363,20 @@ impl Store {
         let cluster_id = cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                tx.exec("DELETE FROM register_tokens WHERE cluster_id = ?", vec![cluster_id.clone().into()]).await?;
-                insert_register_token(tx, cluster_id, token_sealed, now).await
+                let updated = tx
+                    .exec(
+                        "UPDATE register_tokens SET token_sealed = ?, token_digest = NULL, created_at = ? \
+                         WHERE cluster_id = ?",
+                        vec![token_sealed.clone().into(), now.into(), cluster_id.clone().into()],
+                    )
+                    .await?;
+                // (MySQL counts changed rows only: a row found unchanged is not a missing one.)
+                if updated.affected == 0 && find_register_token(tx, cluster_id.clone()).await?.is_none() {
+                    return insert_register_token(tx, cluster_id, token_sealed, now).await;
+                }
+                find_register_token(tx, cluster_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Internal("register token vanished inside its transaction".into()))
             })
         })
         .await
@@ -373,7 +388,7 @@ impl Store {
     }
 
     /// Records the SHA-256 digest of a cluster's register token, if none is recorded (after
-    /// create and rotate, which insert a fresh row, and for tokens older than migration 3), and
+    /// create and rotate, which leave it empty, and for tokens older than migration 3), and
     /// only while the token is still the one sealed as `token_sealed`.
     pub async fn set_register_token_digest(
         &self,
@@ -458,7 +473,7 @@ impl Store {
                     )
                     .await?;
                 if updated.affected == 0 && find_credentials(tx, new.cluster_id.clone()).await?.is_none() {
-                    // A concurrent first report makes this INSERT a Conflict; the agent retries.
+                    // Reports of one cluster come here one at a time (the register token's lock).
                     tx.exec(
                         "INSERT INTO cluster_credentials (server_addresses, ca_cert_data, user_token_sealed, \
                          fingerprint, version, updated_at, cluster_id, created_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
