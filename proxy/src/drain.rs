@@ -46,23 +46,33 @@ impl Drop for InFlight {
 }
 
 /// A connection waiting for its next request, from the time it is between requests to the time
-/// its read returns. The drain shuts the read side of each one (`shutdown(SHUT_RD)`): its read
-/// ends, the connection closes, and its client sees the end before it sends another request on
-/// it, rather than a reset at exit. A request already in the socket is still read and answered
-/// (with `Connection: close`).
+/// its read returns. The drain shuts the read side of each one whose socket holds nothing
+/// (`shutdown(SHUT_RD)`): its read ends, the connection closes, and its client sees the end
+/// before it sends another request on it, rather than a reset at exit. One whose socket holds
+/// bytes is left to read them and answer (with `Connection: close`). (Not covered: a request
+/// whose first bytes were read just before the sweep and whose rest was still on its way.)
 pub struct Waiting(RawFd);
 
 impl Waiting {
-    /// None when the drain has begun: the connection should end now. (Entered first, checked
-    /// second: the drain sets the flag first and sweeps second, so one of the two sees the other.)
+    /// None when the drain has begun and nothing came: the connection should end now. (Entered
+    /// first, checked second: the drain sets the flag first and sweeps second, so one of the two
+    /// sees the other.)
     pub fn begin(fd: RawFd) -> Option<Waiting> {
         WAITING.with(|w| w.lock().expect("never poisoned").insert(fd));
         let waiting = Waiting(fd);
-        if draining() {
+        if draining() && !holds_bytes(fd) {
             return None;
         }
         Some(waiting)
     }
+}
+
+/// Whether bytes wait in the socket's receive queue (a peek, which takes none).
+fn holds_bytes(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) into one byte of our own, on a descriptor its caller holds open.
+    let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n > 0
 }
 
 impl Drop for Waiting {
@@ -115,14 +125,16 @@ impl FdSet {
     }
 }
 
-/// Shuts the read side of every waiting connection (see [`Waiting`]). Returns how many.
+/// Shuts the read side of every waiting connection with nothing in its socket (see
+/// [`Waiting`]). Returns how many.
 fn end_waiting() -> usize {
     let mut ended = 0;
     for core in CORES.lock().expect("never poisoned").iter() {
         let set = core.lock().expect("never poisoned");
-        for fd in set.iter() {
-            // SAFETY: shutdown(2) on a connection's descriptor that is open: a connection takes
-            // its descriptor out of the set (under this lock) before it can close it.
+        // The descriptors are open: a connection takes its descriptor out of the set (under
+        // this lock) before it can close it.
+        for fd in set.iter().filter(|&fd| !holds_bytes(fd)) {
+            // SAFETY: shutdown(2) on an open descriptor of a connection.
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
             ended += 1;
         }
