@@ -3,8 +3,9 @@
 //! `GET .../agent.yaml`, the real `bcs-kube-agent` run with the manifest's flags and secret and
 //! `--kubeconfig` pointing at the test kit's fake apiserver (which serves Endpoints
 //! `default/kubernetes` pointing at itself). Then: credentials stored within one period,
-//! kubectl through the gateway, a service-account token rotation picked up with no restart, and
-//! an agent with a wrong register token that keeps retrying and never logs it.
+//! kubectl through the gateway, a service-account token rotation and a register token rotation
+//! picked up with no restart, and an agent with a wrong register token that keeps retrying, is
+//! not ready, and never logs it.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ const T: Duration = Duration::from_secs(30);
 const PERIOD: Duration = Duration::from_secs(3);
 const FIRST_SA_TOKEN: &str = "saTokenBeforeRotation0001";
 const SECOND_SA_TOKEN: &str = "saTokenAfterRotation0002";
+const THIRD_SA_TOKEN: &str = "saTokenAfterRegisterRotation0003";
 
 fn sibling(name: &str) -> PathBuf {
     let path = common::binary().with_file_name(name);
@@ -79,8 +81,8 @@ fn parse_manifest(text: &str) -> Rendered {
         .map(|d| serde::Deserialize::deserialize(d).expect("the rendered manifest is YAML"))
         .collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["ServiceAccount", "ClusterRoleBinding", "Secret", "Deployment"]);
-    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert_eq!(kinds, ["ServiceAccount", "Secret", "ClusterRoleBinding", "Secret", "Deployment"]);
+    let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "bke-info").unwrap();
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_sequence()
@@ -116,17 +118,21 @@ fn agent_kubeconfig(dir: &Path, fake: &FakeApiserver) -> PathBuf {
     path
 }
 
+/// The agent, its register token in `<name>-register-token` as the manifest mounts it.
 fn spawn_agent(dir: &Path, name: &str, m: &Rendered, register_token: &str, kubeconfig: &Path) -> (Process, u16) {
     let metrics_port = bcs_testkit::free_port();
+    let token_file = dir.join(format!("{name}-register-token"));
+    std::fs::write(&token_file, format!("{register_token}\n")).unwrap();
     let args = [
         format!("--bke-address={}", m.bke_address),
         format!("--cluster-id={}", m.cluster_id),
         format!("--periodsync={}", PERIOD.as_secs()),
         format!("--listen-addr=127.0.0.1:{metrics_port}"),
         format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--register-token-file={}", token_file.display()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = [("REGISTER_TOKEN", register_token), ("SERVER_CERT", m.server_cert.as_str()), ("BCS_LOG", "debug")];
+    let env = [("SERVER_CERT", m.server_cert.as_str()), ("BCS_LOG", "debug")];
     (Process::spawn_env(&sibling("bcs-kube-agent"), &args, &env, dir, name), metrics_port)
 }
 
@@ -296,6 +302,25 @@ async fn a_cluster_onboarded_with_the_rendered_manifest_is_reachable_and_follows
     })
     .await;
 
+    // The register token is rotated: the agent's reports are refused (and it is not ready)
+    // until the mounted Secret's file holds the new one, then accepted, with no restart.
+    let rotated = tls.json("POST", &format!("/rest/clusters/{cluster_id}/register_tokens/rotate"), u, None).await;
+    let new_register_token = rotated[0]["token"].as_str().unwrap().to_owned();
+    fake.set_token(THIRD_SA_TOKEN);
+    std::fs::write(dir.path().join("sa-token"), THIRD_SA_TOKEN).unwrap();
+    let readyz = format!("http://127.0.0.1:{agent_metrics}/readyz");
+    eventually("the old register token refused, the agent not ready", PERIOD * 2 + Duration::from_secs(10), || async {
+        reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    assert_eq!(stored().await.unwrap()["UserToken"], SECOND_SA_TOKEN, "nothing stored with the old register token");
+    std::fs::write(dir.path().join("agent-register-token"), format!("{new_register_token}\n")).unwrap();
+    eventually("reported with the new register token", PERIOD * 2 + Duration::from_secs(10), || async {
+        stored().await.is_some_and(|c| c["UserToken"] == THIRD_SA_TOKEN)
+    })
+    .await;
+    eventually("ready again", T, || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200) }).await;
+
     // An agent with a wrong register token: refused (401) at every period, keeps running, and
     // never logs the token. Stored credentials do not change.
     let wrong = "wrongRegisterToken".repeat(7);
@@ -308,7 +333,9 @@ async fn a_cluster_onboarded_with_the_rendered_manifest_is_reachable_and_follows
     assert!(bad.pid().is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()), "still running");
     let bad_logs = bad.stderr();
     assert!(bad_logs.contains("UNAUTHORIZED") && bad_logs.contains("refused the report"), "{bad_logs}");
-    assert_eq!(stored().await.unwrap()["Version"], 2);
+    assert_eq!(stored().await.unwrap()["Version"], 3);
+    let not_ready = reqwest::get(format!("http://127.0.0.1:{bad_metrics}/readyz")).await.unwrap();
+    assert_eq!(not_ready.status(), 503, "an agent whose reports are refused is not ready");
 
     for mut p in [bad, agent] {
         let pid = p.pid().unwrap();
@@ -321,7 +348,9 @@ async fn a_cluster_onboarded_with_the_rendered_manifest_is_reachable_and_follows
     {
         logs.push_str(&std::fs::read_to_string(dir.path().join(file)).unwrap_or_default());
     }
-    for secret in [wrong.as_str(), register_token.as_str(), FIRST_SA_TOKEN, SECOND_SA_TOKEN] {
+    for secret in
+        [wrong.as_str(), register_token.as_str(), &new_register_token, FIRST_SA_TOKEN, SECOND_SA_TOKEN, THIRD_SA_TOKEN]
+    {
         assert!(!logs.contains(secret), "a token was logged");
     }
 }

@@ -14,8 +14,9 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
     name = "bcs-kube-agent",
     version,
     about = "Reports this cluster's apiserver addresses, CA and service-account token to bcs-api",
-    after_help = "Environment: REGISTER_TOKEN (the cluster's register token, required), SERVER_CERT (PEM CA of \
-                  bcs-api; the only root trusted unless --insecureSkipVerify), BCS_LOG (log filter, e.g. debug)."
+    after_help = "Environment: REGISTER_TOKEN (the cluster's register token, required unless \
+                  --register-token-file), SERVER_CERT (PEM CA of bcs-api; the only root trusted unless \
+                  --insecureSkipVerify), BCS_LOG (log filter, e.g. debug)."
 )]
 pub struct Args {
     /// bcs-api base URL, e.g. https://bcs-api.example.com:8443
@@ -57,6 +58,11 @@ pub struct Args {
     #[arg(long = "service-account-dir", env = "BCS_AGENT_SERVICE_ACCOUNT_DIR", default_value = SERVICE_ACCOUNT_DIR)]
     pub service_account_dir: PathBuf,
 
+    /// File holding the cluster's register token, read again before every report (a mounted
+    /// Secret follows a rotation with no restart); instead of REGISTER_TOKEN
+    #[arg(long = "register-token-file", env = "REGISTER_TOKEN_FILE", value_name = "FILE")]
+    pub register_token_file: Option<PathBuf>,
+
     /// Log format: text or json (logs go to stderr)
     #[arg(long = "log-format", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -71,12 +77,49 @@ pub struct Settings {
     pub period: Duration,
     pub listen_addr: std::net::SocketAddr,
     pub source: Source,
-    pub register_token: Secret,
+    pub register_token: RegisterToken,
     /// PEM of the gateway's CA (`SERVER_CERT`); `None` with `--insecureSkipVerify` or http.
     pub server_ca: Option<String>,
     pub insecure_skip_verify: bool,
     /// `--external-proxy-addresses`, split and checked; empty: read the Endpoints.
     pub external_addresses: Vec<String>,
+}
+
+/// Where the cluster's register token comes from.
+#[derive(Debug, Clone)]
+pub enum RegisterToken {
+    /// `REGISTER_TOKEN`, read at start.
+    Fixed(Secret),
+    /// `--register-token-file`, read before every report.
+    File(PathBuf),
+}
+
+impl RegisterToken {
+    /// The token to report with now.
+    pub fn current(&self) -> Result<Secret, String> {
+        match self {
+            RegisterToken::Fixed(token) => Ok(token.clone()),
+            RegisterToken::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--register-token-file {}: {e}", path.display()))?;
+                checked_register_token(&text)
+                    .map(Secret::new)
+                    .map_err(|e| format!("--register-token-file {}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+/// A register token as written (surrounding whitespace, such as a file's last newline, dropped).
+fn checked_register_token(value: &str) -> Result<String, String> {
+    let token = value.trim();
+    if token.is_empty() {
+        return Err("the register token is empty".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the register token must be visible ASCII characters".into());
+    }
+    Ok(token.to_owned())
 }
 
 /// Where the agent finds the apiserver and its own credentials.
@@ -125,13 +168,24 @@ impl Args {
             .parse()
             .map_err(|e| format!("--listen-addr {:?} is not an IP:port: {e}", self.listen_addr))?;
 
-        let register_token = env("REGISTER_TOKEN").map(|t| t.trim().to_owned()).unwrap_or_default();
-        if register_token.is_empty() {
-            return Err("the environment variable REGISTER_TOKEN (the cluster's register token) is not set".into());
-        }
-        if !register_token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("REGISTER_TOKEN must be visible ASCII characters".into());
-        }
+        let register_token = match &self.register_token_file {
+            Some(path) => {
+                let from_file = RegisterToken::File(path.clone());
+                from_file.current()?;
+                from_file
+            }
+            None => {
+                let value = env("REGISTER_TOKEN").unwrap_or_default();
+                if value.trim().is_empty() {
+                    return Err("the environment variable REGISTER_TOKEN (the cluster's register token) is not set, \
+                         and no --register-token-file"
+                        .into());
+                }
+                RegisterToken::Fixed(Secret::new(
+                    checked_register_token(&value).map_err(|e| format!("REGISTER_TOKEN: {e}"))?,
+                ))
+            }
+        };
         let server_ca = match env("SERVER_CERT").filter(|c| !c.trim().is_empty()) {
             Some(pem) => {
                 crate::http::roots_from_pem(&pem).map_err(|e| format!("SERVER_CERT: {e}"))?;
@@ -165,7 +219,7 @@ impl Args {
             period: Duration::from_secs(self.periodsync),
             listen_addr,
             source,
-            register_token: Secret::new(register_token),
+            register_token,
             server_ca: if self.insecure_skip_verify { None } else { server_ca },
             insecure_skip_verify: self.insecure_skip_verify,
             external_addresses,
@@ -233,7 +287,7 @@ mod tests {
         let s = s.unwrap();
         assert_eq!(s.report_url.as_str(), "https://gw:8443/rest/clusters/bcs-k8s-001-AbCd1234/credentials");
         assert_eq!(s.source, Source::Kubeconfig("/k".into()));
-        assert_eq!(format!("{:?}", s.register_token), "Secret(***)");
+        assert_eq!(format!("{:?}", s.register_token), "Fixed(Secret(***))");
     }
 
     #[test]
@@ -279,5 +333,28 @@ mod tests {
                 .settings(&e)
                 .unwrap();
         assert_eq!(s.external_addresses, vec!["https://a:1", "https://b:2"]);
+    }
+
+    #[test]
+    fn a_register_token_file_is_checked_at_start_and_read_again_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let flag = format!("--register-token-file={}", path.display());
+        let a = args(&["--kubeconfig=/k", "--insecureSkipVerify", &flag]);
+        let err = a.settings(env(&[])).unwrap_err();
+        assert!(err.contains("--register-token-file") && err.contains("token"), "{err}");
+        std::fs::write(&path, "\n").unwrap();
+        let err = a.settings(env(&[])).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+
+        std::fs::write(&path, "first-token\n").unwrap();
+        // The file wins over the environment.
+        let s = a.settings(env(&[("REGISTER_TOKEN", "t")])).unwrap();
+        assert_eq!(s.register_token.current().unwrap().expose(), "first-token");
+        std::fs::write(&path, "second-token").unwrap();
+        assert_eq!(s.register_token.current().unwrap().expose(), "second-token");
+        std::fs::write(&path, "bad token").unwrap();
+        let err = s.register_token.current().unwrap_err();
+        assert!(err.contains("visible ASCII") && !err.contains("bad token"), "{err}");
     }
 }

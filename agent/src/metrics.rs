@@ -1,7 +1,9 @@
 //! The agent's HTTP server on `--listen-addr`: `/metrics` (Prometheus text), `/healthz` (the
-//! process runs) and `/readyz` (a report was accepted since start).
+//! process runs) and `/readyz` (a report was accepted, and bcs-api has not refused one since:
+//! a refusal means the agent's register token or cluster id is wrong, which only its
+//! configuration can mend; an unreachable or failing bcs-api leaves it ready).
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,6 +17,8 @@ use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, Text
 pub enum Failure {
     /// The kubeconfig, token or CA file could not be read.
     KubeAccess,
+    /// The register token file could not be read, or holds no valid token.
+    RegisterToken,
     /// Endpoints `default/kubernetes` could not be read.
     Endpoints,
     /// No apiserver address answered the probe.
@@ -28,8 +32,9 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub const ALL: [Failure; 6] = [
+    pub const ALL: [Failure; 7] = [
         Failure::KubeAccess,
+        Failure::RegisterToken,
         Failure::Endpoints,
         Failure::NoAddress,
         Failure::Network,
@@ -40,6 +45,7 @@ impl Failure {
     pub fn label(self) -> &'static str {
         match self {
             Failure::KubeAccess => "kube_access",
+            Failure::RegisterToken => "register_token",
             Failure::Endpoints => "endpoints",
             Failure::NoAddress => "no_address",
             Failure::Network => "network",
@@ -55,8 +61,13 @@ pub struct Metrics {
     pub failed: IntCounterVec,
     pub last_success: Gauge,
     pub addresses: Gauge,
-    pub ready: AtomicBool,
+    /// What the last answer of bcs-api said: [`NONE_YET`], [`ACCEPTED`] or [`REFUSED`].
+    verdict: AtomicU8,
 }
+
+const NONE_YET: u8 = 0;
+const ACCEPTED: u8 = 1;
+const REFUSED: u8 = 2;
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -81,7 +92,7 @@ impl Metrics {
         registry.register(Box::new(failed.clone())).expect("register");
         registry.register(Box::new(last_success.clone())).expect("register");
         registry.register(Box::new(addresses.clone())).expect("register");
-        Arc::new(Metrics { registry, sent, failed, last_success, addresses, ready: AtomicBool::new(false) })
+        Arc::new(Metrics { registry, sent, failed, last_success, addresses, verdict: AtomicU8::new(NONE_YET) })
     }
 
     pub fn failure(&self, reason: Failure) {
@@ -93,7 +104,16 @@ impl Metrics {
         self.addresses.set(addresses as f64);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.last_success.set(now.as_secs() as f64);
-        self.ready.store(true, Ordering::Relaxed);
+        self.verdict.store(ACCEPTED, Ordering::Relaxed);
+    }
+
+    /// bcs-api refused a report (4xx): not ready until one is accepted.
+    pub fn refused(&self) {
+        self.verdict.store(REFUSED, Ordering::Relaxed);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.verdict.load(Ordering::Relaxed) == ACCEPTED
     }
 
     pub fn render(&self) -> String {
@@ -126,8 +146,11 @@ fn answer(metrics: &Metrics, method: &hyper::Method, path: &str) -> hyper::Respo
     let (status, content_type, body) = match (method.as_str(), path) {
         ("GET" | "HEAD", "/metrics") => (200, "text/plain; version=0.0.4", metrics.render()),
         ("GET" | "HEAD", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") if metrics.ready.load(Ordering::Relaxed) => (200, "text/plain", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") => (503, "text/plain", "no report accepted yet\n".to_owned()),
+        ("GET" | "HEAD", "/readyz") => match metrics.verdict.load(Ordering::Relaxed) {
+            ACCEPTED => (200, "text/plain", "ok\n".to_owned()),
+            REFUSED => (503, "text/plain", "bcs-api refused the last report (see the log)\n".to_owned()),
+            _ => (503, "text/plain", "no report accepted yet\n".to_owned()),
+        },
         _ => (404, "text/plain", "not found\n".to_owned()),
     };
     hyper::Response::builder()

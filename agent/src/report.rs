@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bcs_shared::secret::Secret;
+
 use crate::cli::Settings;
 use crate::http;
 use crate::kube;
@@ -74,6 +76,14 @@ impl Reporter {
 
     /// One report: read the access, find the addresses, `PUT` them.
     pub async fn report_once(&self) -> Outcome {
+        let register_token = match self.settings.register_token.current() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the register token");
+                self.metrics.failure(Failure::RegisterToken);
+                return Outcome::Retry;
+            }
+        };
         let access = match kube::load(&self.settings.source) {
             Ok(a) => a,
             Err(e) => {
@@ -105,13 +115,13 @@ impl Reporter {
         } else {
             self.settings.external_addresses.clone()
         };
-        self.put(&access, addresses).await
+        self.put(&register_token, &access, addresses).await
     }
 
-    async fn put(&self, access: &kube::Access, addresses: Vec<String>) -> Outcome {
+    async fn put(&self, register_token: &Secret, access: &kube::Access, addresses: Vec<String>) -> Outcome {
         let server_addresses = addresses.join(";");
         let body = serde_json::json!({
-            "register_token": self.settings.register_token.expose(),
+            "register_token": register_token.expose(),
             "server_addresses": server_addresses,
             "cacert_data": access.ca_pem,
             "user_token": access.token.expose(),
@@ -140,7 +150,7 @@ impl Reporter {
         };
         if (200..300).contains(&answer.status) {
             tracing::debug!(cluster = %self.settings.cluster_id, addresses = %server_addresses, "report accepted");
-            if !self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            if !self.metrics.ready() {
                 tracing::info!(cluster = %self.settings.cluster_id, addresses = %server_addresses, "first report accepted");
             }
             self.metrics.success(addresses.len());
@@ -148,10 +158,7 @@ impl Reporter {
         }
         // bcs-api never echoes a token; redact anyway, in case something in between does, and
         // before anything is cut short (a token cut in two would not be found).
-        let body = redact(
-            &String::from_utf8_lossy(&answer.body),
-            &[self.settings.register_token.expose(), access.token.expose()],
-        );
+        let body = redact(&String::from_utf8_lossy(&answer.body), &[register_token.expose(), access.token.expose()]);
         let (code_name, message) = error_body(&body);
         if answer.status >= 500 {
             tracing::error!(status = answer.status, code_name = %code_name, message = %message, "bcs-api failed the report");
@@ -166,6 +173,7 @@ impl Reporter {
             "bcs-api refused the report; retrying at the next period"
         );
         self.metrics.failure(Failure::Rejected);
+        self.metrics.refused();
         Outcome::Refused
     }
 }

@@ -164,7 +164,7 @@ fn every_yaml_parses_and_the_agent_manifest_is_consistent() {
                     s(r, &["name"])
                 );
             }
-            assert!(env_names.contains("REGISTER_TOKEN") && env_names.contains("SERVER_CERT"), "{env_names:?}");
+            assert!(env_names.contains("SERVER_CERT"), "{env_names:?}");
             // The arguments are the agent's own flags.
             let args: Vec<String> =
                 c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
@@ -172,6 +172,40 @@ fn every_yaml_parses_and_the_agent_manifest_is_consistent() {
                 .unwrap_or_else(|e| panic!("the Deployment's args: {e}"));
             assert!(!parsed.bke_address.is_empty() && !parsed.cluster_id.is_empty());
             assert!(parsed.kubeconfig.is_empty(), "in cluster: no --kubeconfig");
+            // Files come from mounted Secrets that exist: the register token (read before each
+            // report) from bke-info's `token`, the service account's token from a long-lived
+            // token Secret of the Deployment's service account (a pod's own dies with the pod).
+            let mounted = |file: &Path| -> &Value {
+                let mount = c["volumeMounts"]
+                    .as_sequence()
+                    .expect("volumeMounts")
+                    .iter()
+                    .find(|m| file.starts_with(s(m, &["mountPath"])))
+                    .unwrap_or_else(|| panic!("{name}: nothing mounted at {}", file.display()));
+                let volume = spec["volumes"]
+                    .as_sequence()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| s(v, &["name"]) == s(mount, &["name"]))
+                    .unwrap_or_else(|| panic!("{name}: no volume {}", s(mount, &["name"])));
+                let secret = s(volume, &["secret", "secretName"]);
+                let relative = file.strip_prefix(s(mount, &["mountPath"])).unwrap().to_str().unwrap();
+                let key = volume["secret"]["items"]
+                    .as_sequence()
+                    .and_then(|items| items.iter().find(|i| s(i, &["path"]) == relative).map(|i| s(i, &["key"])))
+                    .unwrap_or(relative);
+                let found = find("Secret", ns, secret).unwrap_or_else(|| panic!("Secret {ns}/{secret}"));
+                assert!(
+                    !found["stringData"][key].is_null() || s(found, &["type"]) == "kubernetes.io/service-account-token",
+                    "Secret {ns}/{secret} has no key {key}"
+                );
+                found
+            };
+            let register = parsed.register_token_file.as_deref().expect("--register-token-file");
+            assert_eq!(s(mounted(register), &["metadata", "name"]), "bke-info");
+            let token = mounted(&parsed.service_account_dir.join("token"));
+            assert_eq!(s(token, &["type"]), "kubernetes.io/service-account-token");
+            assert_eq!(s(token, &["metadata", "annotations", "kubernetes.io/service-account.name"]), sa);
             // Probes hit the metrics port, which is --listen-addr's port.
             let listen_port: u64 = parsed.listen_addr.rsplit(':').next().unwrap().parse().unwrap();
             let ports: BTreeMap<String, u64> = c["ports"]
