@@ -572,6 +572,77 @@ async fn a_grant_the_cluster_cannot_take_yet_holds_back_no_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_its_namespace_refuses_holds_back_no_other_and_a_delete_for_an_unknown_cluster_is_acknowledged() {
+    let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
+    let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
+    let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-003", "lockedClusterToken").await;
+
+    // A namespace whose RoleBindings the cluster refuses (terminating, or an admission policy).
+    fake.add_namespace("locked");
+    fake.set_fault_on(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/locked/rolebindings",
+        Fault::Status { status: 403 },
+    );
+    let locked = svc.send_data(&Grant::namespace("add", "plain", "dev", "workloads-view", &cluster.id, "locked"));
+    assert!(svc.wait_ack(&locked, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    let add = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-003"));
+    assert!(svc.wait_ack(&add, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(k.ok(&["get", "pods"]).await.contains("web-0"));
+    let status = gw.cluster_status(&cluster.id).await;
+    assert!(status["last_error"].is_null(), "{status}");
+    assert_eq!(status["refused_bindings"], 1, "{status}");
+    assert!(gw.stderr().contains("refused the binding in its namespace"), "{}", gw.stderr());
+
+    // Once the namespace takes it, the next pass creates it.
+    fake.clear_fault();
+    let removed = svc.send_data(&Grant::cluster("delete", "plain", "dev", "cluster-readonly", "K8S-SUB-003"));
+    assert!(svc.wait_ack(&removed, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    let rb = binding_for(&fake, RbacKind::RoleBinding, "plain.dev", "bke-workloads-view").expect("its RoleBinding");
+    assert_eq!(rb["metadata"]["namespace"], "locked");
+    assert_eq!(gw.cluster_status(&cluster.id).await["refused_bindings"], 0);
+
+    // A delete naming a cluster that is not (or no longer) registered has nothing to remove: it
+    // is acknowledged, not sent again at every reconnect. An add for it is not.
+    let gone = svc.send_data(&Grant::cluster("delete", "plain", "dev", "cluster-readonly", "K8S-SUB-GONE"));
+    assert!(svc.wait_ack(&gone, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    let unknown_add = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-GONE"));
+    let later = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-003"));
+    assert!(svc.wait_ack(&later, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(!svc.acked(&unknown_add), "an add for an unknown cluster is not acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_failed_on_one_apiserver_address_starts_at_the_next() {
+    let gw = gateway("  turn_on_conf: true\n  sync_interval_seconds: 300\n", "").await;
+    // The first address takes connections and TLS but fails every request; the second works.
+    let failing = FakeApiserver::start(FakeOptions::enforcing_rbac("twoAddressToken")).await;
+    failing.set_fault(Fault::Status { status: 500 });
+    let working = FakeApiserver::start(FakeOptions::enforcing_rbac("twoAddressToken")).await;
+    working.add_pod("default", "web-0");
+    let addresses = format!("{};{}", failing.url(), working.url());
+    let ca = format!("{}{}", failing.ca_pem(), working.ca_pem());
+    let cluster = gw.register("k8s-two-addresses", None, &addresses, &ca, "twoAddressToken").await;
+    let added = gw
+        .admin
+        .call(
+            Method::POST,
+            "/rest/rbac/grants",
+            gw.admin.admin(),
+            Some(json!({"user_name": "dev", "cluster_id": cluster.id, "role": "cluster-readonly"})),
+        )
+        .await;
+    assert_eq!(added.0, 200, "{}", added.1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while binding_for(&working, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none() {
+        assert!(Instant::now() < deadline, "never synced past the failing address: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = gw.cluster_status(&cluster.id).await;
+    assert!(status["last_success"].is_i64(), "{status}");
+    assert!(!failing.requests().is_empty(), "the failing address was tried first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_over_wss_trusts_only_the_configured_ca() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, true).await;
     let other = PermissionService::start(APP_CODE, APP_SECRET, true).await;

@@ -47,13 +47,15 @@ fn tls_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 impl Kube {
-    /// Connects to the first address that answers (TCP and TLS within [`CONNECT_TIMEOUT`]).
-    pub async fn connect(target: &Target) -> Result<Kube, String> {
+    /// Connects to the first address that answers (TCP and TLS within [`CONNECT_TIMEOUT`]),
+    /// trying them in order from the `start`th (modulo their number) round to the one before.
+    pub async fn connect(target: &Target, start: usize) -> Result<Kube, String> {
         if target.addresses.is_empty() {
             return Err("the cluster reported no apiserver address".into());
         }
         let mut errors = Vec::new();
-        for address in &target.addresses {
+        let first = start % target.addresses.len();
+        for address in target.addresses[first..].iter().chain(&target.addresses[..first]) {
             match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_one(address, target)).await {
                 Ok(Ok(kube)) => return Ok(kube),
                 Ok(Err(e)) => errors.push(format!("{address}: {e}")),

@@ -95,6 +95,8 @@ pub struct ClusterStatus {
     pub created: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// RoleBindings the cluster refused at the last attempt (403, 422 in their namespace).
+    pub refused_bindings: u64,
     /// The grant generation the last success / failure started from.
     #[serde(skip)]
     success_generation: u64,
@@ -215,9 +217,9 @@ impl Rbac {
                 let mut pending = false;
                 let mut failing = None;
                 for id in &wanted {
-                    let Some(status) = statuses.get(id) else {
-                        return Err(format!("cluster {id} has no usable credentials (no agent report yet?)"));
-                    };
+                    // No worker: no credentials yet. Its first pass, once its agent reports,
+                    // applies every grant stored by then.
+                    let Some(status) = statuses.get(id) else { continue };
                     if status.success_generation >= generation {
                         continue;
                     }
@@ -279,6 +281,7 @@ impl Rbac {
             status.created += counts.created;
             status.updated += counts.updated;
             status.deleted += counts.deleted;
+            status.refused_bindings = counts.refused;
             match outcome {
                 Ok(_) => {
                     status.last_success = Some(now);
@@ -292,7 +295,13 @@ impl Rbac {
             }
         }
         let m = &self.metrics;
-        for (action, n) in [("created", counts.created), ("updated", counts.updated), ("deleted", counts.deleted)] {
+        let actions = [
+            ("created", counts.created),
+            ("updated", counts.updated),
+            ("deleted", counts.deleted),
+            ("refused", counts.refused),
+        ];
+        for (action, n) in actions {
             if n > 0 {
                 m.objects.with_label_values(&[cluster_id, action]).inc_by(n);
             }
@@ -467,18 +476,23 @@ async fn work(app: AppState, cluster_id: String, mut target: watch::Receiver<Arc
     let rbac = app.rbac.clone();
     let mut generation = rbac.generation.subscribe();
     let mut backoff = FIRST_BACKOFF;
+    // Passes failed in a row: each starts at the next apiserver address, so one that connects
+    // but hangs or fails does not take every pass.
+    let mut failed = 0usize;
     loop {
         let started_generation = *generation.borrow_and_update();
         let current = target.borrow_and_update().clone();
-        let (desired, outcome) = match tokio::time::timeout(RECONCILE_TIMEOUT, attempt(&app, &cluster_id, &current))
-            .await
-        {
-            Ok(done) => done,
-            Err(_) => (0, Err((reconcile::Counts::default(), format!("no reconcile within {RECONCILE_TIMEOUT:?}")))),
-        };
+        let (desired, outcome) =
+            match tokio::time::timeout(RECONCILE_TIMEOUT, attempt(&app, &cluster_id, &current, failed)).await {
+                Ok(done) => done,
+                Err(_) => {
+                    (0, Err((reconcile::Counts::default(), format!("no reconcile within {RECONCILE_TIMEOUT:?}"))))
+                }
+            };
         let wait = match &outcome {
             Ok(counts) => {
                 backoff = FIRST_BACKOFF;
+                failed = 0;
                 if *counts != reconcile::Counts::default() {
                     tracing::info!(cluster = %cluster_id, ?counts, "RBAC reconciled");
                 } else {
@@ -488,14 +502,19 @@ async fn work(app: AppState, cluster_id: String, mut target: watch::Receiver<Arc
             }
             Err((_, error)) => {
                 tracing::warn!(cluster = %cluster_id, %error, retry_in = ?backoff, "RBAC reconcile failed");
+                failed += 1;
                 let wait = backoff;
                 backoff = (backoff * 2).min(rbac.settings.interval);
                 wait
             }
         };
         rbac.record(&cluster_id, started_generation, desired, &outcome);
+        // A failing cluster keeps its backoff through grant changes (the next pass takes the
+        // latest grants): a burst of changes must not send a pass per change to an apiserver
+        // that is failing or overloaded. New credentials end the wait.
+        let failing = outcome.is_err();
         tokio::select! {
-            changed = generation.changed() => if changed.is_err() { return },
+            changed = generation.changed(), if !failing => if changed.is_err() { return },
             changed = target.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
@@ -504,13 +523,14 @@ async fn work(app: AppState, cluster_id: String, mut target: watch::Receiver<Arc
 
 type Attempt = (usize, Result<reconcile::Counts, (reconcile::Counts, String)>);
 
-async fn attempt(app: &AppState, cluster_id: &str, target: &kube::Target) -> Attempt {
+/// One pass; `failed`: passes failed before it in a row (which address to try first).
+async fn attempt(app: &AppState, cluster_id: &str, target: &kube::Target, failed: usize) -> Attempt {
     let grants = match app.store.grants_for_cluster(cluster_id).await {
         Ok(grants) => grants,
         Err(e) => return (0, Err((reconcile::Counts::default(), format!("reading the grants: {e}")))),
     };
     let desired = reconcile::desired(&grants);
-    let mut kube = match kube::Kube::connect(target).await {
+    let mut kube = match kube::Kube::connect(target, failed).await {
         Ok(kube) => kube,
         Err(e) => return (desired.len(), Err((reconcile::Counts::default(), e))),
     };

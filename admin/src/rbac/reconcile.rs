@@ -22,6 +22,9 @@ pub struct Counts {
     pub created: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// RoleBindings the cluster refused (403 or 422: a namespace being deleted, an admission
+    /// policy), logged and left for the next pass.
+    pub refused: u64,
 }
 
 /// The bindings the grants want, keyed by (namespace, name); `namespace` is empty for
@@ -92,13 +95,13 @@ pub async fn run(kube: &mut Kube, desired: &BTreeMap<(String, String), Value>) -
     }
     for ((namespace, name), want) in desired {
         let result = match owned.get(&(namespace.clone(), name.clone())) {
-            None => create(kube, namespace, want).await.map(|made| counts.created += u64::from(made)),
+            None => create(kube, namespace, want).await.map(|made| counts.add(made, Created::New)),
             Some(have) if have["roleRef"] != want["roleRef"] => {
                 let replaced = async {
                     delete(kube, namespace, name).await?;
                     create(kube, namespace, want).await
                 };
-                replaced.await.map(|made| counts.updated += u64::from(made))
+                replaced.await.map(|made| counts.add(made, Created::Replacement))
             }
             Some(have) if drifted(have, want) => {
                 let mut update = want.clone();
@@ -134,6 +137,35 @@ pub async fn run(kube: &mut Kube, desired: &BTreeMap<(String, String), Value>) -
     }
 }
 
+/// What a create was for.
+enum Created {
+    New,
+    Replacement,
+}
+
+impl Counts {
+    fn add(&mut self, made: Made, what: Created) {
+        match (made, what) {
+            (Made::Yes, Created::New) => self.created += 1,
+            (Made::Yes, Created::Replacement) => self.updated += 1,
+            (Made::Refused, _) => self.refused += 1,
+            (Made::Later | Made::NotOurs, _) => {}
+        }
+    }
+}
+
+/// What became of a binding to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Yes,
+    /// Its namespace does not exist yet.
+    Later,
+    /// A binding of that name without the ownership label is there.
+    NotOurs,
+    /// The cluster refused it (403, 422) in its namespace.
+    Refused,
+}
+
 fn drifted(have: &Value, want: &Value) -> bool {
     if have["subjects"] != want["subjects"] {
         return true;
@@ -142,25 +174,33 @@ fn drifted(have: &Value, want: &Value) -> bool {
     annotations.iter().any(|(k, v)| &have["metadata"]["annotations"][k] != v)
 }
 
-/// Creates a binding. Two refusals are not failures of the pass, so that one grant the cluster
+/// Creates a binding. Three refusals are not failures of the pass, so that one grant the cluster
 /// cannot take does not hold back every other (nor every acknowledgement of the permission
 /// subscription): a namespace that does not exist (404; a later pass creates the binding once it
-/// does), and a binding of that name that is not the gateway's (409: it is left alone).
-async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<bool, String> {
+/// does), a binding of that name that is not the gateway's (409: it is left alone), and a
+/// RoleBinding its namespace refuses (403 while the namespace terminates, 403 or 422 from an
+/// admission policy; counted as refused, tried again at the next pass). Refusals of a
+/// ClusterRoleBinding fail the pass: they concern the whole cluster.
+async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Made, String> {
     let name = binding["metadata"]["name"].as_str().unwrap_or_default();
     let (status, body) = kube.request("POST", &collection(namespace), Some(binding)).await?;
     match status {
         200 | 201 => {
             tracing::info!(namespace, name, "created a binding");
-            Ok(true)
+            Ok(Made::Yes)
         }
         404 if !namespace.is_empty() => {
             tracing::warn!(namespace, name, "the namespace does not exist; the binding is created once it does");
-            Ok(false)
+            Ok(Made::Later)
         }
         409 => {
             tracing::warn!(namespace, name, "a binding of this name exists and is not bcs-api's; left alone");
-            Ok(false)
+            Ok(Made::NotOurs)
+        }
+        403 | 422 if !namespace.is_empty() => {
+            let why = describe(status, &body);
+            tracing::warn!(namespace, name, %why, "the cluster refused the binding in its namespace; tried again at the next pass");
+            Ok(Made::Refused)
         }
         _ => Err(format!("creating {name}: {}", describe(status, &body))),
     }

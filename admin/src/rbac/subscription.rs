@@ -263,7 +263,13 @@ async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
         },
         other => return Err(format!("unknown resource_type {other:?}")),
     };
-    let cluster_id = resolve_cluster(app, &cluster).await?;
+    let cluster_id = match resolve_cluster(app, &cluster).await {
+        Ok(id) => id,
+        // Deleting a cluster deletes the grants that name it: nothing is left to remove, and a
+        // message that can never succeed would come back at every reconnect.
+        Err(Unresolved::Unknown(why)) if operation == "delete" => return Ok(format!("nothing to remove: {why}")),
+        Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return Err(why),
+    };
     let grant = NewGrant {
         user_name: format!("{principal_type}:{principal_id}"),
         cluster_id: cluster_id.clone(),
@@ -293,17 +299,25 @@ async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
 
 /// The bcs-api cluster id for a cluster id from the permission service: `*`, the exact
 /// bcs-api cluster id, or the exact BCS cluster id of a registered BCS cluster.
-async fn resolve_cluster(app: &AppState, cluster: &str) -> Result<String, String> {
+async fn resolve_cluster(app: &AppState, cluster: &str) -> Result<String, Unresolved> {
     if cluster == "*" {
         return Ok(cluster.to_owned());
     }
-    if let Some(found) = app.store.cluster(cluster).await.map_err(|e| format!("store: {e}"))? {
+    let store = |e| Unresolved::Store(format!("store: {e}"));
+    if let Some(found) = app.store.cluster(cluster).await.map_err(store)? {
         return Ok(found.id);
     }
-    match app.store.bcs_cluster(None, cluster).await.map_err(|e| format!("store: {e}"))? {
+    match app.store.bcs_cluster(None, cluster).await.map_err(store)? {
         Some(found) => Ok(found.id),
-        None => Err(format!("no cluster has the id or BCS cluster id {cluster:?}")),
+        None => Err(Unresolved::Unknown(format!("no cluster has the id or BCS cluster id {cluster:?}"))),
     }
+}
+
+/// Why a cluster id from the permission service names no cluster.
+enum Unresolved {
+    Unknown(String),
+    /// The store failed: try again later.
+    Store(String),
 }
 
 /// A Kubernetes namespace name (DNS label).
