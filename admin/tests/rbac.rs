@@ -612,6 +612,32 @@ async fn a_binding_its_namespace_refuses_holds_back_no_other_and_a_delete_for_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_cluster_holds_back_no_subscription_message_for_another() {
+    let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
+    let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
+    let (_fast, _, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-FAST", "fastClusterToken").await;
+    let slow = FakeApiserver::start(FakeOptions::enforcing_rbac("slowClusterToken")).await;
+    let slow_cluster = gw.register_fake("K8S-SUB-SLOW", Some("e2e"), &slow).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.cluster_status(&slow_cluster.id).await["last_success"].is_i64() {
+        assert!(Instant::now() < deadline, "the slow cluster's first pass: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The slow cluster's binding writes take 8 s each; the message for the other cluster,
+    // sent after, is applied and acknowledged meanwhile.
+    slow.set_fault_on("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", Fault::Delay(Duration::from_secs(8)));
+    let slow_id = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-SLOW"));
+    let fast_id = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-FAST"));
+    assert!(svc.wait_ack(&fast_id, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(!svc.acked(&slow_id), "acknowledged while the slow cluster still worked");
+    assert!(k.ok(&["get", "pods"]).await.contains("web-0"));
+    // The slow one is acknowledged once its binding exists.
+    assert!(svc.wait_ack(&slow_id, Duration::from_secs(40)).await.is_some(), "{}", gw.stderr());
+    assert!(binding_for(&slow, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_that_failed_on_one_apiserver_address_starts_at_the_next() {
     let gw = gateway("  turn_on_conf: true\n  sync_interval_seconds: 300\n", "").await;
     // The first address takes connections and TLS but fails every request; the second works.

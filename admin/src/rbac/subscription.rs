@@ -7,7 +7,9 @@
 //! deleted; `data` is a JSON string). A `data` message is acknowledged only after the change is
 //! in the store and every cluster it concerns has reconciled from it, so after the binding
 //! exists (or is gone); one that cannot be applied is logged with its reason and not
-//! acknowledged. Differences from the original: cluster ids are matched exactly (the bcs-api
+//! acknowledged. Changes are stored in the order they come; each message then waits for its
+//! clusters on its own (at most [`MAX_WAITING`] at once), so a slow or failing cluster holds
+//! back no message for another, and acknowledgements may come out of order. Differences from the original: cluster ids are matched exactly (the bcs-api
 //! cluster id, or a BCS cluster id through the BCS cluster info), never by substring; `wss`
 //! works (trusting `cert_config.ca_file`). Reconnects back off from 1 s to 30 s.
 use std::sync::Arc;
@@ -158,8 +160,23 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
     app.rbac.metrics.connected.set(1);
     let (mut sink, mut stream) = ws.split();
     let mut worker_id = String::new();
+    // Messages are stored in the order they come; each waits for its clusters in a task of its
+    // own, so that a slow or failing cluster holds back no other message. Dropped (aborted)
+    // with the session: the service sends unacknowledged messages again after a reconnect.
+    let mut waiting: tokio::task::JoinSet<Waited> = tokio::task::JoinSet::new();
+    let mut idle_since = tokio::time::Instant::now();
     loop {
-        let message = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(idle_since + IDLE_TIMEOUT, stream.next()) => next,
+            Some(waited) = waiting.join_next(), if !waiting.is_empty() => {
+                if let Ok(waited) = waited {
+                    conclude(app, settings, &mut sink, waited).await?;
+                }
+                continue;
+            }
+        };
+        idle_since = tokio::time::Instant::now();
+        let message = match next {
             Err(_) => return Err(format!("nothing received for {IDLE_TIMEOUT:?}")),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(format!("read: {e}")),
@@ -194,26 +211,25 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                     Value::String(s) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
                     other => other.clone(),
                 };
-                match apply(app, &data).await {
-                    Ok(what) => {
-                        let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
-                        let ack = json!({"app_code": settings.app_code, "type": "ack", "worker_id": worker, "data_id": data_id});
-                        // Bounded: a service that stops reading must not hold the subscription
-                        // (the reconnect that follows sends the next messages again).
-                        tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(ack.to_string())))
-                            .await
-                            .map_err(|_| format!("send ack: not sent within {SEND_TIMEOUT:?}"))?
-                            .map_err(|e| format!("send ack: {e}"))?;
-                        app.rbac.subscription.lock().unwrap().acked += 1;
-                        app.rbac.metrics.messages.with_label_values(&["acked"]).inc();
-                        tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
-                    }
-                    Err(reason) => {
-                        app.rbac.subscription.lock().unwrap().rejected += 1;
-                        app.rbac.metrics.messages.with_label_values(&["rejected"]).inc();
-                        tracing::warn!(%data_id, %reason, "permission subscription: not applied, not acknowledged");
+                let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
+                let stored = record(app, &data).await;
+                if waiting.len() >= MAX_WAITING {
+                    // Bounded: the oldest wait ends within APPLY_TIMEOUT.
+                    if let Some(Ok(waited)) = waiting.join_next().await {
+                        conclude(app, settings, &mut sink, waited).await?;
                     }
                 }
+                let app = app.clone();
+                waiting.spawn(async move {
+                    let outcome = match stored {
+                        Ok(Stored::Done(what)) => Ok(what),
+                        Ok(Stored::Waiting { what, clusters, generation }) => {
+                            app.rbac.wait_applied(clusters, generation, APPLY_TIMEOUT).await.map(|()| what)
+                        }
+                        Err(reason) => Err(reason),
+                    };
+                    Waited { data_id, worker, outcome }
+                });
             }
             other => {
                 app.rbac.metrics.messages.with_label_values(&["ignored"]).inc();
@@ -223,8 +239,56 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
     }
 }
 
-/// Applies one `data` message; Ok with a description once its clusters have reconciled.
-async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
+/// Messages waiting for their clusters at once, at most.
+const MAX_WAITING: usize = 256;
+
+/// A `data` message, once its clusters reconciled (or could not).
+struct Waited {
+    data_id: String,
+    worker: String,
+    /// What was applied, or why it was not.
+    outcome: Result<String, String>,
+}
+
+/// Acknowledges an applied message, or logs why it is not acknowledged.
+async fn conclude<S>(app: &AppState, settings: &Settings, sink: &mut S, waited: Waited) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let Waited { data_id, worker, outcome } = waited;
+    match outcome {
+        Ok(what) => {
+            let ack = json!({"app_code": settings.app_code, "type": "ack", "worker_id": worker, "data_id": data_id});
+            // Bounded: a service that stops reading must not hold the subscription (the
+            // reconnect that follows sends the next messages again).
+            tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(ack.to_string())))
+                .await
+                .map_err(|_| format!("send ack: not sent within {SEND_TIMEOUT:?}"))?
+                .map_err(|e| format!("send ack: {e}"))?;
+            app.rbac.subscription.lock().unwrap().acked += 1;
+            app.rbac.metrics.messages.with_label_values(&["acked"]).inc();
+            tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
+        }
+        Err(reason) => {
+            app.rbac.subscription.lock().unwrap().rejected += 1;
+            app.rbac.metrics.messages.with_label_values(&["rejected"]).inc();
+            tracing::warn!(%data_id, %reason, "permission subscription: not applied, not acknowledged");
+        }
+    }
+    Ok(())
+}
+
+/// What storing a `data` message came to.
+enum Stored {
+    /// Nothing to wait for (a skipped policy, nothing to remove).
+    Done(String),
+    /// Stored as grant generation `generation`: applied once `clusters` (None: all) reconciled.
+    Waiting { what: String, clusters: Option<Vec<String>>, generation: u64 },
+}
+
+/// Stores one `data` message's grant change (or finds nothing to do); Err: why it cannot be
+/// applied.
+async fn record(app: &AppState, data: &Value) -> Result<Stored, String> {
     let text = |v: &Value, what: &str| -> Result<String, String> {
         v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).ok_or(format!("no {what}"))
     };
@@ -258,7 +322,7 @@ async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
                 (namespace, "common")
             }
             // As the original: namespace pattern policies are not applied.
-            "pattern_policy" => return Ok(format!("skipped a namespace pattern policy for {namespace}")),
+            "pattern_policy" => return Ok(Stored::Done(format!("skipped a namespace pattern policy for {namespace}"))),
             other => return Err(format!("unknown policy_from {other:?}")),
         },
         other => return Err(format!("unknown resource_type {other:?}")),
@@ -267,7 +331,9 @@ async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
         Ok(id) => id,
         // Deleting a cluster deletes the grants that name it: nothing is left to remove, and a
         // message that can never succeed would come back at every reconnect.
-        Err(Unresolved::Unknown(why)) if operation == "delete" => return Ok(format!("nothing to remove: {why}")),
+        Err(Unresolved::Unknown(why)) if operation == "delete" => {
+            return Ok(Stored::Done(format!("nothing to remove: {why}")))
+        }
         Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return Err(why),
     };
     let grant = NewGrant {
@@ -293,8 +359,7 @@ async fn apply(app: &AppState, data: &Value) -> Result<String, String> {
     }
     let generation = super::grants_written(app).await;
     let clusters = (cluster_id != "*").then(|| vec![cluster_id]);
-    app.rbac.wait_applied(clusters, generation, APPLY_TIMEOUT).await?;
-    Ok(description)
+    Ok(Stored::Waiting { what: description, clusters, generation })
 }
 
 /// The bcs-api cluster id for a cluster id from the permission service: `*`, the exact
