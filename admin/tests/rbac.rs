@@ -638,6 +638,44 @@ async fn a_slow_cluster_holds_back_no_subscription_message_for_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
+    let gw = gateway("  turn_on_conf: true\n  sync_interval_seconds: 300\n", "").await;
+    // One apiserver registered twice (a re-registration under a new id, say).
+    let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("twinClusterToken")).await;
+    let first = gw.register_fake("k8s-twin-a", None, &fake).await;
+    let second = gw.register_fake("k8s-twin-b", None, &fake).await;
+    let grant = |role: &str| json!({"user_name": "dev", "cluster_id": first.id, "role": role});
+    let admin = gw.admin.admin();
+    let added = gw.admin.call(Method::POST, "/rest/rbac/grants", admin, Some(grant("cluster-readonly"))).await;
+    assert_eq!(added.0, 200, "{}", added.1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none() {
+        assert!(Instant::now() < deadline, "the first id's binding: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let made = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").unwrap();
+    assert_eq!(made["metadata"]["annotations"]["bcs-api.bk-bcs/cluster-id"], first.id.as_str());
+
+    // The second id, which wants nothing, runs passes after the binding exists and leaves it.
+    let metrics_url = format!("{}/metrics", gw.admin.base);
+    let passes = || async {
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let line = format!("bcs_api_rbac_reconciles_total{{cluster=\"{}\",result=\"ok\"}}", second.id);
+        text.lines().find(|l| l.starts_with(&line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before = passes().await;
+    let more = gw.admin.call(Method::POST, "/rest/rbac/grants", admin, Some(grant("workloads-view"))).await;
+    assert_eq!(more.0, 200, "{}", more.1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while passes().await <= before {
+        assert!(Instant::now() < deadline, "the second id's pass: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some());
+    assert_eq!(gw.cluster_status(&second.id).await["deleted"], 0, "{}", gw.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_that_failed_on_one_apiserver_address_starts_at_the_next() {
     let gw = gateway("  turn_on_conf: true\n  sync_interval_seconds: 300\n", "").await;
     // The first address takes connections and TLS but fails every request; the second works.

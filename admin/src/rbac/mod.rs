@@ -529,12 +529,12 @@ async fn attempt(app: &AppState, cluster_id: &str, target: &kube::Target, failed
         Ok(grants) => grants,
         Err(e) => return (0, Err((reconcile::Counts::default(), format!("reading the grants: {e}")))),
     };
-    let desired = reconcile::desired(&grants);
+    let desired = reconcile::desired(&grants, cluster_id);
     let mut kube = match kube::Kube::connect(target, failed).await {
         Ok(kube) => kube,
         Err(e) => return (desired.len(), Err((reconcile::Counts::default(), e))),
     };
-    (desired.len(), reconcile::run(&mut kube, &desired).await)
+    (desired.len(), reconcile::run(&mut kube, cluster_id, &desired).await)
 }
 
 #[cfg(test)]

@@ -27,9 +27,10 @@ pub struct Counts {
     pub refused: u64,
 }
 
-/// The bindings the grants want, keyed by (namespace, name); `namespace` is empty for
-/// ClusterRoleBindings. Grants naming an unknown role are left out (the sources refuse them).
-pub fn desired(grants: &[Grant]) -> BTreeMap<(String, String), Value> {
+/// The bindings the grants want in the bcs-api cluster `cluster_id`, keyed by (namespace, name);
+/// `namespace` is empty for ClusterRoleBindings. Grants naming an unknown role are left out
+/// (the sources refuse them).
+pub fn desired(grants: &[Grant], cluster_id: &str) -> BTreeMap<(String, String), Value> {
     let mut out = BTreeMap::new();
     for grant in grants {
         let Some(role) = templates::parse_role(&grant.role) else {
@@ -37,7 +38,7 @@ pub fn desired(grants: &[Grant]) -> BTreeMap<(String, String), Value> {
             continue;
         };
         let subject = kubernetes_user_name(&grant.user_name);
-        let binding = templates::binding(&subject, role, &grant.namespace);
+        let binding = templates::binding(&subject, role, &grant.namespace, cluster_id);
         let name = binding["metadata"]["name"].as_str().expect("name").to_owned();
         out.insert((grant.namespace.clone(), name), binding);
     }
@@ -56,8 +57,13 @@ fn item(namespace: &str, name: &str) -> String {
     format!("{}/{name}", collection(namespace))
 }
 
-/// Runs one reconcile; `Err` carries what was done anyway and the errors.
-pub async fn run(kube: &mut Kube, desired: &BTreeMap<(String, String), Value>) -> Result<Counts, (Counts, String)> {
+/// Runs one reconcile of the bcs-api cluster `cluster_id`; `Err` carries what was done anyway
+/// and the errors.
+pub async fn run(
+    kube: &mut Kube,
+    cluster_id: &str,
+    desired: &BTreeMap<(String, String), Value>,
+) -> Result<Counts, (Counts, String)> {
     let mut counts = Counts::default();
     let mut errors = Vec::new();
     for role in ROLES {
@@ -78,8 +84,13 @@ pub async fn run(kube: &mut Kube, desired: &BTreeMap<(String, String), Value>) -
             let namespace = binding["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
             let name = binding["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             // Only what carries the ownership label (a server that ignored the selector must
-            // not make the gateway delete bindings it does not own).
-            if binding["metadata"]["labels"][templates::MANAGED_BY_LABEL] == templates::MANAGED_BY {
+            // not make the gateway delete bindings it does not own), and was made for this
+            // cluster id (or before bindings said which: adopted, and annotated by the update
+            // that follows).
+            let made_for = &binding["metadata"]["annotations"][templates::CLUSTER_ANNOTATION];
+            if binding["metadata"]["labels"][templates::MANAGED_BY_LABEL] == templates::MANAGED_BY
+                && (made_for.is_null() || made_for == cluster_id)
+            {
                 owned.insert((namespace, name), binding);
             }
         }

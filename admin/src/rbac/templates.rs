@@ -21,6 +21,11 @@ pub const OWNED_SELECTOR: &str = "app.kubernetes.io%2Fmanaged-by%3Dbcs-api";
 /// Annotations for humans: who and what a binding is for.
 pub const SUBJECT_ANNOTATION: &str = "bcs-api.bk-bcs/subject";
 pub const ROLE_ANNOTATION: &str = "bcs-api.bk-bcs/role";
+/// The bcs-api cluster a binding was made for: two cluster ids registered for one physical
+/// cluster (a re-registration, a BCS cluster in two projects) each keep to their own bindings
+/// instead of deleting each other's. (An annotation: a cluster id may exceed a label's 63
+/// characters.)
+pub const CLUSTER_ANNOTATION: &str = "bcs-api.bk-bcs/cluster-id";
 
 const READ: [&str; 3] = ["get", "list", "watch"];
 
@@ -130,14 +135,15 @@ pub fn binding_name(subject: &str, role: &str) -> String {
     format!("bcs-api-{role}-{}-{}", readable.trim_matches(|c| c == '.' || c == '-'), &hex::encode(hash)[..8])
 }
 
-/// A binding the gateway owns: a ClusterRoleBinding (`namespace` empty) or a RoleBinding,
-/// one subject `User <subject>`, roleRef the ClusterRole `bke-<role>`.
-pub fn binding(subject: &str, role: &str, namespace: &str) -> Value {
+/// A binding the gateway owns for the bcs-api cluster `cluster_id`: a ClusterRoleBinding
+/// (`namespace` empty) or a RoleBinding, one subject `User <subject>`, roleRef the ClusterRole
+/// `bke-<role>`.
+pub fn binding(subject: &str, role: &str, namespace: &str, cluster_id: &str) -> Value {
     let kind = if namespace.is_empty() { "ClusterRoleBinding" } else { "RoleBinding" };
     let mut metadata = json!({
         "name": binding_name(subject, role),
         "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-        "annotations": {SUBJECT_ANNOTATION: subject, ROLE_ANNOTATION: role},
+        "annotations": {SUBJECT_ANNOTATION: subject, ROLE_ANNOTATION: role, CLUSTER_ANNOTATION: cluster_id},
     });
     if !namespace.is_empty() {
         metadata["namespace"] = json!(namespace);
