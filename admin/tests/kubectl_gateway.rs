@@ -245,6 +245,24 @@ async fn port_forward_round_trip(k: &Kubectl) {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&buf), msg);
     }
+    // Bulk, then a small message: the tunnel's buffers grow with full reads and shrink back.
+    let s = tokio::time::timeout(T, tokio::net::TcpStream::connect(("127.0.0.1", port))).await.unwrap().unwrap();
+    let (mut read, mut write) = s.into_split();
+    let bulk: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let sent = bulk.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.unwrap();
+        write.write_all(b"small after bulk").await.unwrap();
+        write
+    });
+    let mut back = vec![0u8; bulk.len() + b"small after bulk".len()];
+    tokio::time::timeout(T, read.read_exact(&mut back))
+        .await
+        .unwrap_or_else(|_| panic!("the bulk did not come back; {}", pf.stderr()))
+        .unwrap();
+    assert!(back[..bulk.len()] == bulk[..], "the bulk came back byte for byte");
+    assert_eq!(&back[bulk.len()..], b"small after bulk");
+    drop(writer.await.unwrap());
     pf.kill().await;
 }
 

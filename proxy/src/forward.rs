@@ -1004,8 +1004,11 @@ async fn tunnel<C>(
 /// Copies until end of stream, then shuts the writer down (for TLS: close_notify). A read that
 /// fails (a TLS stream cut without close_notify, a reset) is not passed on as a clean end: the
 /// writer is dropped unclosed, so the other side sees the cut too. True: a clean end.
+///
+/// The read buffer follows the traffic ([`tunnel_buffer`]): a shell's keystrokes and output
+/// need little, and an idle exec session holds its buffers, one per direction, for hours.
 async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) -> bool {
-    let mut buf = Vec::with_capacity(BUFFER);
+    let mut buf = Vec::with_capacity(TUNNEL_SMALL);
     loop {
         buf.clear();
         let (r, b) = from.read(buf).await;
@@ -1013,14 +1016,53 @@ async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) -> bo
         match r {
             Ok(0) => break,
             Err(_) => return false,
-            Ok(_) => {
+            Ok(n) => {
                 let (r, b) = to.write_all(buf).await;
                 buf = b;
                 if r.is_err() {
                     return false;
                 }
+                let size = tunnel_buffer(buf.capacity(), n);
+                if size != buf.capacity() {
+                    buf = Vec::with_capacity(size);
+                }
             }
         }
     }
     to.shutdown().await.is_ok()
+}
+
+/// A tunnel's read buffer starts at this size, and comes back to it when reads are small.
+const TUNNEL_SMALL: usize = 4 * 1024;
+
+/// A tunnel's read buffer size after a read of `n` bytes into `capacity`: a full read says
+/// more is flowing (a port-forward's bulk: [`BUFFER`]); a small one that it has stopped (a
+/// shell's traffic: [`TUNNEL_SMALL`]).
+fn tunnel_buffer(capacity: usize, n: usize) -> usize {
+    if n >= capacity {
+        BUFFER.max(capacity)
+    } else if n <= TUNNEL_SMALL / 2 {
+        TUNNEL_SMALL
+    } else {
+        capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnel_buffer_grows_with_full_reads_and_shrinks_with_small_ones() {
+        // Keystrokes: stays small.
+        assert_eq!(tunnel_buffer(TUNNEL_SMALL, 1), TUNNEL_SMALL);
+        // A full small buffer: bulk is flowing.
+        assert_eq!(tunnel_buffer(TUNNEL_SMALL, TUNNEL_SMALL), BUFFER);
+        assert_eq!(tunnel_buffer(BUFFER, BUFFER), BUFFER);
+        // Partly full: kept as it is.
+        assert_eq!(tunnel_buffer(BUFFER, BUFFER / 2), BUFFER);
+        assert_eq!(tunnel_buffer(TUNNEL_SMALL, TUNNEL_SMALL - 1), TUNNEL_SMALL);
+        // The bulk stopped: back to small.
+        assert_eq!(tunnel_buffer(BUFFER, 100), TUNNEL_SMALL);
+    }
 }
