@@ -20,11 +20,16 @@ pub mod report;
 use std::process::ExitCode;
 
 /// Starts the agent with checked `settings` and runs until SIGTERM or SIGINT (exit 0). Start-up
-/// failures (the cluster's access cannot be read, the listen address is taken) exit 1.
+/// failures (a kubeconfig that cannot be read, the listen address is taken) exit 1. In a
+/// cluster, a service-account directory not readable yet is waited for: the token Secret the
+/// manifest mounts is filled by Kubernetes after it is created, perhaps after the pod starts.
 pub async fn run(settings: cli::Settings) -> ExitCode {
     if let Err(e) = kube::load(&settings.source) {
-        tracing::error!(error = %e, "cannot read the cluster's access; stopping");
-        return ExitCode::from(1);
+        if let cli::Source::Kubeconfig(_) = settings.source {
+            tracing::error!(error = %e, "cannot read the cluster's access; stopping");
+            return ExitCode::from(1);
+        }
+        tracing::warn!(error = %e, "cannot read the service account's token and CA yet; retrying");
     }
     if settings.report_url.scheme() == "http" {
         tracing::warn!(url = %settings.report_url, "bcs-api is reached over plain http: the register token and the cluster's token travel unencrypted");

@@ -245,6 +245,28 @@ async fn an_unreachable_apiserver_is_retried_and_nothing_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_it_waits_for_a_service_account_token_not_there_yet() {
+    // The manifest's token Secret is filled by Kubernetes after it is created: the pod may
+    // start before its files exist.
+    let env = InCluster::new().await;
+    let sa = env.dir.path().join("sa");
+    std::fs::rename(&sa, env.dir.path().join("sa-later")).unwrap();
+    let mut agent = env.spawn(&[], REGISTER_TOKEN);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alive = agent.pid().is_some_and(|p| std::path::Path::new(&format!("/proc/{p}/status")).exists())
+        && !std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap()))
+            .unwrap_or_default()
+            .contains("zombie");
+    assert!(alive, "still running; {}", agent.stderr());
+    assert!(env.gateway.received().is_empty());
+    std::fs::rename(env.dir.path().join("sa-later"), &sa).unwrap();
+    let first = env.gateway.wait_for(1, T).await.remove(0);
+    assert_eq!(first.body["user_token"], SA_TOKEN);
+    assert!(agent.stderr().contains("cannot read the service account's token and CA yet"), "{}", agent.stderr());
+    assert_eq!(terminate(&mut agent), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_errors_exit_non_zero_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str], env: &[(&str, &str)]| {

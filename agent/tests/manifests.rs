@@ -164,7 +164,13 @@ fn every_yaml_parses_and_the_agent_manifest_is_consistent() {
                     s(r, &["name"])
                 );
             }
-            assert!(env_names.contains("SERVER_CERT"), "{env_names:?}");
+            assert!(env_names.contains("SERVER_CERT") && env_names.contains("REGISTER_TOKEN"), "{env_names:?}");
+            // Plain values of the environment, as the agent's flags read them.
+            let plain_env = |name: &str| {
+                c["env"].as_sequence().and_then(|env| {
+                    env.iter().find(|e| s(e, &["name"]) == name).map(|e| PathBuf::from(s(e, &["value"])))
+                })
+            };
             // The arguments are the agent's own flags.
             let args: Vec<String> =
                 c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
@@ -201,9 +207,10 @@ fn every_yaml_parses_and_the_agent_manifest_is_consistent() {
                 );
                 found
             };
-            let register = parsed.register_token_file.as_deref().expect("--register-token-file");
-            assert_eq!(s(mounted(register), &["metadata", "name"]), "bke-info");
-            let token = mounted(&parsed.service_account_dir.join("token"));
+            let register = plain_env("REGISTER_TOKEN_FILE").expect("REGISTER_TOKEN_FILE");
+            assert_eq!(s(mounted(&register), &["metadata", "name"]), "bke-info");
+            let sa_dir = plain_env("BCS_AGENT_SERVICE_ACCOUNT_DIR").unwrap_or(parsed.service_account_dir.clone());
+            let token = mounted(&sa_dir.join("token"));
             assert_eq!(s(token, &["type"]), "kubernetes.io/service-account-token");
             assert_eq!(s(token, &["metadata", "annotations", "kubernetes.io/service-account.name"]), sa);
             // Probes hit the metrics port, which is --listen-addr's port.
