@@ -571,17 +571,21 @@ async fn a_grant_the_cluster_cannot_take_yet_holds_back_no_other() {
     assert_eq!(rb["metadata"]["namespace"], "ghost");
 }
 
+/// What Kubernetes says when a namespace is being deleted.
+const TERMINATING: &str = "rolebindings.rbac.authorization.k8s.io \"x\" is forbidden: unable to create new content \
+     in namespace locked because it is being terminated";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_its_namespace_refuses_holds_back_no_other_and_a_delete_for_an_unknown_cluster_is_acknowledged() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
     let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
     let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-003", "lockedClusterToken").await;
 
-    // A namespace whose RoleBindings the cluster refuses (terminating, or an admission policy).
+    // A namespace whose RoleBindings the cluster refuses (here: it is being deleted).
     fake.add_namespace("locked");
     fake.set_fault_on(
         "/apis/rbac.authorization.k8s.io/v1/namespaces/locked/rolebindings",
-        Fault::Status { status: 403 },
+        Fault::Status { status: 403, message: TERMINATING },
     );
     let locked = svc.send_data(&Grant::namespace("add", "plain", "dev", "workloads-view", &cluster.id, "locked"));
     assert!(svc.wait_ack(&locked, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
@@ -609,6 +613,32 @@ async fn a_binding_its_namespace_refuses_holds_back_no_other_and_a_delete_for_an
     let later = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SUB-003"));
     assert!(svc.wait_ack(&later, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
     assert!(!svc.acked(&unknown_add), "an add for an unknown cluster is not acknowledged");
+    // An add not applied, then a delete of the same grant that is: the delete decides, and the
+    // add is acknowledged with it (sent again after a reconnect, it would give the access back).
+    let early_add = svc.send_data(&Grant::cluster("add", "plain", "ops", "cluster-manage", "K8S-SUB-LATER"));
+    let late_delete = svc.send_data(&Grant::cluster("delete", "plain", "ops", "cluster-manage", "K8S-SUB-LATER"));
+    assert!(svc.wait_ack(&late_delete, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(svc.wait_ack(&early_add, Duration::from_secs(5)).await.is_some(), "superseded: {}", gw.stderr());
+
+    // A 403 that is the apiserver's own RBAC (the cluster's token may not write bindings there)
+    // is a failure of the pass: the message is not acknowledged.
+    fake.add_namespace("denied");
+    fake.set_fault_on(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/denied/rolebindings",
+        Fault::Status {
+            status: 403,
+            message: "rolebindings.rbac.authorization.k8s.io is forbidden: User \"system:serviceaccount:kube-system:bcs\" \
+                      cannot create resource \"rolebindings\" in API group \"rbac.authorization.k8s.io\" in the namespace \"denied\"",
+        },
+    );
+    let denied = svc.send_data(&Grant::namespace("add", "plain", "dev", "workloads-view", &cluster.id, "denied"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.cluster_status(&cluster.id).await["last_error"].as_str().is_some_and(|e| e.contains("cannot create")) {
+        assert!(Instant::now() < deadline, "the pass fails: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!svc.acked(&denied), "not acknowledged while its binding cannot be made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,6 +703,21 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     }
     assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some());
     assert_eq!(gw.cluster_status(&second.id).await["deleted"], 0, "{}", gw.stderr());
+
+    // The first id is deleted (the cluster now lives under the second): its bindings are the
+    // second id's to remove, or the access they give would outlive every grant.
+    let deleted = gw.admin.call(Method::DELETE, &format!("/rest/clusters/{}", first.id), admin, None).await;
+    assert_eq!(deleted.0, 200, "{}", deleted.1);
+    let other = json!({"user_name": "dev", "cluster_id": second.id, "role": "services-view"});
+    let added = gw.admin.call(Method::POST, "/rest/rbac/grants", admin, Some(other)).await;
+    assert_eq!(added.0, 200, "{}", added.1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some() {
+        assert!(Instant::now() < deadline, "the deleted id's binding stays: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-services-view").expect("its own");
+    assert_eq!(kept["metadata"]["annotations"]["bcs-api.bk-bcs/cluster-id"], second.id.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,7 +725,7 @@ async fn a_pass_that_failed_on_one_apiserver_address_starts_at_the_next() {
     let gw = gateway("  turn_on_conf: true\n  sync_interval_seconds: 300\n", "").await;
     // The first address takes connections and TLS but fails every request; the second works.
     let failing = FakeApiserver::start(FakeOptions::enforcing_rbac("twoAddressToken")).await;
-    failing.set_fault(Fault::Status { status: 500 });
+    failing.set_fault(Fault::Status { status: 500, message: "etcdserver: request timed out" });
     let working = FakeApiserver::start(FakeOptions::enforcing_rbac("twoAddressToken")).await;
     working.add_pod("default", "web-0");
     let addresses = format!("{};{}", failing.url(), working.url());

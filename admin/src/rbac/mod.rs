@@ -330,7 +330,7 @@ impl Rbac {
         for result in ["ok", "error"] {
             let _ = m.reconciles.remove_label_values(&[cluster_id, result]);
         }
-        for action in ["created", "updated", "deleted"] {
+        for action in ["created", "updated", "deleted", "refused"] {
             let _ = m.objects.remove_label_values(&[cluster_id, action]);
         }
         self.progress.send_modify(|p| *p += 1);
@@ -509,17 +509,38 @@ async fn work(app: AppState, cluster_id: String, mut target: watch::Receiver<Arc
             }
         };
         rbac.record(&cluster_id, started_generation, desired, &outcome);
-        // A failing cluster keeps its backoff through grant changes (the next pass takes the
-        // latest grants): a burst of changes must not send a pass per change to an apiserver
-        // that is failing or overloaded. New credentials end the wait.
+        // A grant change starts the next pass at once, unless the cluster is failing: then
+        // within GRANT_WAKE_WHILE_FAILING (or its backoff, if sooner), so that a burst of
+        // changes sends a failing or overloaded apiserver one pass, not one per change, and a
+        // cluster that has recovered still follows a change within seconds. New credentials
+        // end the wait.
         let failing = outcome.is_err();
-        tokio::select! {
-            changed = generation.changed(), if !failing => if changed.is_err() { return },
-            changed = target.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(wait) => {}
+        let mut until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !failing {
+                        break;
+                    }
+                    until = until.min(tokio::time::Instant::now() + GRANT_WAKE_WHILE_FAILING);
+                }
+                changed = target.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(until) => break,
+            }
         }
     }
 }
+
+/// The longest a grant change waits for the next pass of a failing cluster.
+const GRANT_WAKE_WHILE_FAILING: Duration = Duration::from_secs(2);
 
 type Attempt = (usize, Result<reconcile::Counts, (reconcile::Counts, String)>);
 
@@ -534,7 +555,7 @@ async fn attempt(app: &AppState, cluster_id: &str, target: &kube::Target, failed
         Ok(kube) => kube,
         Err(e) => return (desired.len(), Err((reconcile::Counts::default(), e))),
     };
-    (desired.len(), reconcile::run(&mut kube, cluster_id, &desired).await)
+    (desired.len(), reconcile::run(&mut kube, &app.store, cluster_id, &desired).await)
 }
 
 #[cfg(test)]

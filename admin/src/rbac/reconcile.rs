@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::kube::{describe, Kube};
 use super::templates::{self, OWNED_SELECTOR, ROLES};
 use crate::store::model::Grant;
+use crate::store::Store;
 
 const API: &str = "/apis/rbac.authorization.k8s.io/v1";
 
@@ -58,9 +59,10 @@ fn item(namespace: &str, name: &str) -> String {
 }
 
 /// Runs one reconcile of the bcs-api cluster `cluster_id`; `Err` carries what was done anyway
-/// and the errors.
+/// and the errors. `store`: whether another cluster id a binding names is still registered.
 pub async fn run(
     kube: &mut Kube,
+    store: &Store,
     cluster_id: &str,
     desired: &BTreeMap<(String, String), Value>,
 ) -> Result<Counts, (Counts, String)> {
@@ -72,6 +74,8 @@ pub async fn run(
         }
     }
     let mut owned: BTreeMap<(String, String), Value> = BTreeMap::new();
+    // Other cluster ids named by bindings, and whether each is still registered.
+    let mut registered: BTreeMap<String, bool> = BTreeMap::new();
     for path in [format!("{API}/clusterrolebindings"), format!("{API}/rolebindings")] {
         let (status, body) = kube
             .request("GET", &format!("{path}?labelSelector={OWNED_SELECTOR}"), None)
@@ -84,15 +88,29 @@ pub async fn run(
             let namespace = binding["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
             let name = binding["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             // Only what carries the ownership label (a server that ignored the selector must
-            // not make the gateway delete bindings it does not own), and was made for this
-            // cluster id (or before bindings said which: adopted, and annotated by the update
-            // that follows).
-            let made_for = &binding["metadata"]["annotations"][templates::CLUSTER_ANNOTATION];
-            if binding["metadata"]["labels"][templates::MANAGED_BY_LABEL] == templates::MANAGED_BY
-                && (made_for.is_null() || made_for == cluster_id)
-            {
-                owned.insert((namespace, name), binding);
+            // not make the gateway delete bindings it does not own).
+            if binding["metadata"]["labels"][templates::MANAGED_BY_LABEL] != templates::MANAGED_BY {
+                continue;
             }
+            // And what was made for this cluster id, or for none (made before bindings said:
+            // adopted, and annotated by the update that follows), or for an id no longer
+            // registered (a cluster deleted and registered again under a new id: otherwise no
+            // one would ever remove what its grants gave).
+            let other = match binding["metadata"]["annotations"][templates::CLUSTER_ANNOTATION].as_str() {
+                Some(id) if id != cluster_id => Some(id.to_owned()),
+                _ => None,
+            };
+            if let Some(id) = other {
+                if !registered.contains_key(&id) {
+                    // A store that fails counts the id as registered: its bindings are left.
+                    let still = !matches!(store.cluster(&id).await, Ok(None));
+                    registered.insert(id.clone(), still);
+                }
+                if registered[&id] {
+                    continue;
+                }
+            }
+            owned.insert((namespace, name), binding);
         }
     }
     for ((namespace, name), _) in owned.iter().filter(|(key, _)| !desired.contains_key(*key)) {
@@ -189,9 +207,8 @@ fn drifted(have: &Value, want: &Value) -> bool {
 /// cannot take does not hold back every other (nor every acknowledgement of the permission
 /// subscription): a namespace that does not exist (404; a later pass creates the binding once it
 /// does), a binding of that name that is not the gateway's (409: it is left alone), and a
-/// RoleBinding its namespace refuses (403 while the namespace terminates, 403 or 422 from an
-/// admission policy; counted as refused, tried again at the next pass). Refusals of a
-/// ClusterRoleBinding fail the pass: they concern the whole cluster.
+/// RoleBinding its namespace refuses ([`refused_by_namespace`]: counted as refused, tried again
+/// at the next pass). Other refusals, and any of a ClusterRoleBinding, fail the pass.
 async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Made, String> {
     let name = binding["metadata"]["name"].as_str().unwrap_or_default();
     let (status, body) = kube.request("POST", &collection(namespace), Some(binding)).await?;
@@ -208,13 +225,24 @@ async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Mad
             tracing::warn!(namespace, name, "a binding of this name exists and is not bcs-api's; left alone");
             Ok(Made::NotOurs)
         }
-        403 | 422 if !namespace.is_empty() => {
+        403 | 422 if !namespace.is_empty() && refused_by_namespace(status, &body) => {
             let why = describe(status, &body);
             tracing::warn!(namespace, name, %why, "the cluster refused the binding in its namespace; tried again at the next pass");
             Ok(Made::Refused)
         }
         _ => Err(format!("creating {name}: {}", describe(status, &body))),
     }
+}
+
+/// Whether a refused RoleBinding was refused by its namespace (being deleted) or an admission
+/// policy (a webhook, a ValidatingAdmissionPolicy, or a 422 from validation), not by the
+/// apiserver's own RBAC, which concerns every binding the cluster's token writes.
+fn refused_by_namespace(status: u16, body: &Value) -> bool {
+    let message = body["message"].as_str().unwrap_or_default();
+    status == 422
+        || ["because it is being terminated", "admission webhook", "denied request"]
+            .iter()
+            .any(|said| message.contains(said))
 }
 
 async fn delete(kube: &mut Kube, namespace: &str, name: &str) -> Result<(), String> {

@@ -12,6 +12,7 @@
 //! back no message for another, and acknowledgements may come out of order. Differences from the original: cluster ids are matched exactly (the bcs-api
 //! cluster id, or a BCS cluster id through the BCS cluster info), never by substring; `wss`
 //! works (trusting `cert_config.ca_file`). Reconnects back off from 1 s to 30 s.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,13 +165,15 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
     // own, so that a slow or failing cluster holds back no other message. Dropped (aborted)
     // with the session: the service sends unacknowledged messages again after a reconnect.
     let mut waiting: tokio::task::JoinSet<Waited> = tokio::task::JoinSet::new();
+    let mut ledger = Ledger::default();
+    let mut arrived = 0u64;
     let mut idle_since = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(idle_since + IDLE_TIMEOUT, stream.next()) => next,
             Some(waited) = waiting.join_next(), if !waiting.is_empty() => {
                 if let Ok(waited) = waited {
-                    conclude(app, settings, &mut sink, waited).await?;
+                    conclude(app, settings, &mut sink, &mut ledger, waited).await?;
                 }
                 continue;
             }
@@ -212,11 +215,13 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                     other => other.clone(),
                 };
                 let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
+                arrived += 1;
+                let (seq, key) = (arrived, grant_key(&data));
                 let stored = record(app, &data).await;
                 if waiting.len() >= MAX_WAITING {
                     // Bounded: the oldest wait ends within APPLY_TIMEOUT.
                     if let Some(Ok(waited)) = waiting.join_next().await {
-                        conclude(app, settings, &mut sink, waited).await?;
+                        conclude(app, settings, &mut sink, &mut ledger, waited).await?;
                     }
                 }
                 let app = app.clone();
@@ -228,7 +233,7 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                         }
                         Err(reason) => Err(reason),
                     };
-                    Waited { data_id, worker, outcome }
+                    Waited { data_id, worker, seq, key, outcome }
                 });
             }
             other => {
@@ -246,35 +251,117 @@ const MAX_WAITING: usize = 256;
 struct Waited {
     data_id: String,
     worker: String,
+    /// Its place in the session's arrivals.
+    seq: u64,
+    /// The grant it changes ([`grant_key`]).
+    key: Option<String>,
     /// What was applied, or why it was not.
     outcome: Result<String, String>,
 }
 
-/// Acknowledges an applied message, or logs why it is not acknowledged.
-async fn conclude<S>(app: &AppState, settings: &Settings, sink: &mut S, waited: Waited) -> Result<(), String>
+/// The grant a `data` message changes, whether it adds or deletes it: a later message for the
+/// same grant decides its state, so an earlier one that was not applied is acknowledged with
+/// it. (Otherwise the service sends the earlier one again after a reconnect, and an `add`
+/// rejected before an applied `delete` would give the access back.)
+fn grant_key(data: &Value) -> Option<String> {
+    let parts = [
+        &data["principal"]["principal_type"],
+        &data["principal"]["principal_id"],
+        &data["action"],
+        &data["resource_type"],
+        &data["resource_instance"]["cluster"],
+        &data["resource_instance"]["namespace"],
+        &data["policy_from"],
+    ];
+    let parts: Vec<&str> = parts.iter().map(|v| v.as_str().unwrap_or_default().trim()).collect();
+    (!parts[..5].iter().any(|p| p.is_empty())).then(|| parts.join("\n"))
+}
+
+/// Per grant ([`grant_key`]), what this session applied and what it could not.
+#[derive(Default)]
+struct Ledger {
+    /// The latest message applied (its arrival number).
+    applied: HashMap<String, u64>,
+    /// Messages not applied: arrival number, data_id, worker_id.
+    unapplied: HashMap<String, Vec<(u64, String, String)>>,
+}
+
+/// Grants a [`Ledger`] holds at most; past it, it starts again (earlier messages are then sent
+/// again after a reconnect, as without it).
+const LEDGER_MAX: usize = 10_000;
+
+/// Acknowledges an applied message, and the earlier ones for the same grant that were not; or
+/// logs why it is not acknowledged.
+async fn conclude<S>(
+    app: &AppState,
+    settings: &Settings,
+    sink: &mut S,
+    ledger: &mut Ledger,
+    waited: Waited,
+) -> Result<(), String>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let Waited { data_id, worker, outcome } = waited;
+    let Waited { data_id, worker, seq, key, outcome } = waited;
+    if ledger.applied.len() + ledger.unapplied.len() > LEDGER_MAX {
+        *ledger = Ledger::default();
+    }
     match outcome {
         Ok(what) => {
-            let ack = json!({"app_code": settings.app_code, "type": "ack", "worker_id": worker, "data_id": data_id});
-            // Bounded: a service that stops reading must not hold the subscription (the
-            // reconnect that follows sends the next messages again).
-            tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(ack.to_string())))
-                .await
-                .map_err(|_| format!("send ack: not sent within {SEND_TIMEOUT:?}"))?
-                .map_err(|e| format!("send ack: {e}"))?;
-            app.rbac.subscription.lock().unwrap().acked += 1;
-            app.rbac.metrics.messages.with_label_values(&["acked"]).inc();
+            acknowledge(app, settings, sink, &data_id, &worker).await?;
             tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
+            let Some(key) = key else { return Ok(()) };
+            let latest = ledger.applied.entry(key.clone()).or_default();
+            *latest = (*latest).max(seq);
+            let earlier = match ledger.unapplied.get_mut(&key) {
+                Some(pending) => {
+                    let (earlier, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(s, _, _)| *s < seq);
+                    *pending = later;
+                    earlier
+                }
+                None => Vec::new(),
+            };
+            for (_, earlier_id, earlier_worker) in earlier {
+                acknowledge(app, settings, sink, &earlier_id, &earlier_worker).await?;
+                tracing::info!(data_id = %earlier_id, by = %data_id, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
+            }
         }
         Err(reason) => {
+            if let Some(key) = &key {
+                if ledger.applied.get(key).is_some_and(|&latest| latest > seq) {
+                    acknowledge(app, settings, sink, &data_id, &worker).await?;
+                    tracing::info!(%data_id, %reason, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
+                    return Ok(());
+                }
+                ledger.unapplied.entry(key.clone()).or_default().push((seq, data_id.clone(), worker));
+            }
             app.rbac.subscription.lock().unwrap().rejected += 1;
             app.rbac.metrics.messages.with_label_values(&["rejected"]).inc();
             tracing::warn!(%data_id, %reason, "permission subscription: not applied, not acknowledged");
         }
     }
+    Ok(())
+}
+
+async fn acknowledge<S>(
+    app: &AppState,
+    settings: &Settings,
+    sink: &mut S,
+    data_id: &str,
+    worker: &str,
+) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let ack = json!({"app_code": settings.app_code, "type": "ack", "worker_id": worker, "data_id": data_id});
+    // Bounded: a service that stops reading must not hold the subscription (the reconnect
+    // that follows sends the next messages again).
+    tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(ack.to_string())))
+        .await
+        .map_err(|_| format!("send ack: not sent within {SEND_TIMEOUT:?}"))?
+        .map_err(|e| format!("send ack: {e}"))?;
+    app.rbac.subscription.lock().unwrap().acked += 1;
+    app.rbac.metrics.messages.with_label_values(&["acked"]).inc();
     Ok(())
 }
 

@@ -12,9 +12,9 @@ pub enum Fault {
     /// Answer upgrade requests (exec, attach, port-forward) with `status` and a Status body
     /// instead of 101; other requests are served normally.
     RefuseUpgrade { status: u16 },
-    /// Answer `status` with a Kubernetes `Status` body (403 from an admission policy, 500
-    /// from a failing apiserver).
-    Status { status: u16 },
+    /// Answer `status` with a Kubernetes `Status` body carrying `message` (a 403 from a
+    /// terminating namespace or an admission webhook, a 500 from a failing apiserver).
+    Status { status: u16, message: &'static str },
     /// Present a certificate from a CA other than [`crate::apiserver::FakeApiserver::ca_pem`]
     /// on new connections.
     WrongCertificate,

@@ -215,7 +215,7 @@ async fn handle(state: Arc<State>, ctl: Arc<ConnCtl>, mut req: Request<Incoming>
             Fault::RefuseUpgrade { status: code } if upgrade.is_some() => {
                 return error(code, "UpgradeRefused", "upgrade refused by fault injection");
             }
-            Fault::Status { status: code } => return error(code, "Injected", "answered by fault injection"),
+            Fault::Status { status: code, message } => return error(code, "Injected", message),
             _ => {}
         }
     }
