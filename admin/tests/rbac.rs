@@ -684,6 +684,15 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let made = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").unwrap();
+    // Another bcs-api deployment's binding in the same cluster.
+    fake.rbac_create(
+        RbacKind::ClusterRoleBinding,
+        "",
+        json!({"metadata": {"name": "bcs-api-elsewhere", "labels": {"app.kubernetes.io/managed-by": "bcs-api"},
+                            "annotations": {"bcs-api.bk-bcs/cluster-id": "bcs-k8s-elsewhere-1234"}},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "bke-cluster-manage"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "plain.elsewhere"}]}),
+    );
     assert_eq!(made["metadata"]["annotations"]["bcs-api.bk-bcs/cluster-id"], first.id.as_str());
 
     // The second id, which wants nothing, runs passes after the binding exists and leaves it.
@@ -718,6 +727,8 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     }
     let kept = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-services-view").expect("its own");
     assert_eq!(kept["metadata"]["annotations"]["bcs-api.bk-bcs/cluster-id"], second.id.as_str());
+    // A binding of an id this bcs-api never knew (another deployment's) is left alone.
+    assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.elsewhere", "bke-cluster-manage").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,6 +533,11 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     assert_eq!(store.register_token(&kept.id).await.unwrap(), kept_token);
     assert_eq!(store.credentials(&kept.id).await.unwrap(), kept_credentials);
 
+    // Its id is remembered as deleted (RBAC sync adopts its bindings); a kept one's is not.
+    assert!(store.cluster_was_deleted(&doomed.id).await.unwrap());
+    assert!(!store.cluster_was_deleted(&kept.id).await.unwrap());
+    assert!(!store.cluster_was_deleted("BCS-K8S-00009").await.unwrap());
+
     // Unknown now, and never known.
     assert!(!store.delete_cluster(&doomed.id).await.unwrap());
     assert!(!store.delete_cluster("BCS-K8S-00009").await.unwrap());
@@ -541,6 +546,7 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     // The (project, source id), the id and the identifier are free again.
     let again = cluster("BCS-K8S-00001", "ident-1", creator.id, 3_000);
     assert_eq!(store.create_cluster(again.clone(), bcs("project-a", "K8S-001")).await.unwrap(), again);
+    assert!(!store.cluster_was_deleted(&again.id).await.unwrap(), "created again: no longer a deleted id");
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(again.clone()));
     let token = store.create_register_token(&again.id, "sealed-new".into(), 3_100).await.unwrap();
     assert_eq!(store.register_token(&again.id).await.unwrap(), Some(token));

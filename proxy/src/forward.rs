@@ -1009,6 +1009,7 @@ async fn tunnel<C>(
 /// need little, and an idle exec session holds its buffers, one per direction, for hours.
 async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) -> bool {
     let mut buf = Vec::with_capacity(TUNNEL_SMALL);
+    let mut small_reads = 0u32;
     loop {
         buf.clear();
         let (r, b) = from.read(buf).await;
@@ -1022,7 +1023,7 @@ async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) -> bo
                 if r.is_err() {
                     return false;
                 }
-                let size = tunnel_buffer(buf.capacity(), n);
+                let size = tunnel_buffer(buf.capacity(), n, &mut small_reads);
                 if size != buf.capacity() {
                     buf = Vec::with_capacity(size);
                 }
@@ -1036,33 +1037,51 @@ async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W) -> bo
 const TUNNEL_SMALL: usize = 4 * 1024;
 
 /// A tunnel's read buffer size after a read of `n` bytes into `capacity`: a full read says
-/// more is flowing (a port-forward's bulk: [`BUFFER`]); a small one that it has stopped (a
-/// shell's traffic: [`TUNNEL_SMALL`]).
-fn tunnel_buffer(capacity: usize, n: usize) -> usize {
+/// more is flowing (a port-forward's bulk: [`BUFFER`]); [`SMALL_READS`] small ones in a row,
+/// counted in `small_reads`, that it has stopped (a shell's traffic: [`TUNNEL_SMALL`]). One
+/// small read is often a burst's last.
+fn tunnel_buffer(capacity: usize, n: usize, small_reads: &mut u32) -> usize {
     if n >= capacity {
-        BUFFER.max(capacity)
-    } else if n <= TUNNEL_SMALL / 2 {
+        *small_reads = 0;
+        return BUFFER.max(capacity);
+    }
+    if n > TUNNEL_SMALL / 2 {
+        *small_reads = 0;
+        return capacity;
+    }
+    *small_reads += 1;
+    if *small_reads >= SMALL_READS {
         TUNNEL_SMALL
     } else {
         capacity
     }
 }
 
+/// Small reads in a row that take a tunnel's buffer back to [`TUNNEL_SMALL`].
+const SMALL_READS: u32 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_tunnel_buffer_grows_with_full_reads_and_shrinks_with_small_ones() {
+    fn a_tunnel_buffer_grows_with_full_reads_and_shrinks_after_small_ones_in_a_row() {
+        let mut small = 0;
         // Keystrokes: stays small.
-        assert_eq!(tunnel_buffer(TUNNEL_SMALL, 1), TUNNEL_SMALL);
+        assert_eq!(tunnel_buffer(TUNNEL_SMALL, 1, &mut small), TUNNEL_SMALL);
         // A full small buffer: bulk is flowing.
-        assert_eq!(tunnel_buffer(TUNNEL_SMALL, TUNNEL_SMALL), BUFFER);
-        assert_eq!(tunnel_buffer(BUFFER, BUFFER), BUFFER);
+        assert_eq!(tunnel_buffer(TUNNEL_SMALL, TUNNEL_SMALL, &mut small), BUFFER);
+        assert_eq!(tunnel_buffer(BUFFER, BUFFER, &mut small), BUFFER);
         // Partly full: kept as it is.
-        assert_eq!(tunnel_buffer(BUFFER, BUFFER / 2), BUFFER);
-        assert_eq!(tunnel_buffer(TUNNEL_SMALL, TUNNEL_SMALL - 1), TUNNEL_SMALL);
-        // The bulk stopped: back to small.
-        assert_eq!(tunnel_buffer(BUFFER, 100), TUNNEL_SMALL);
+        assert_eq!(tunnel_buffer(BUFFER, BUFFER / 2, &mut small), BUFFER);
+        // A burst's small last read keeps it; small reads in a row take it back.
+        for _ in 1..SMALL_READS {
+            assert_eq!(tunnel_buffer(BUFFER, 100, &mut small), BUFFER);
+        }
+        assert_eq!(tunnel_buffer(BUFFER, 100, &mut small), TUNNEL_SMALL);
+        // A larger read in between starts the count again.
+        let mut small = SMALL_READS - 1;
+        assert_eq!(tunnel_buffer(BUFFER, BUFFER / 2, &mut small), BUFFER);
+        assert_eq!(tunnel_buffer(BUFFER, 100, &mut small), BUFFER);
     }
 }

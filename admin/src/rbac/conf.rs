@@ -38,7 +38,7 @@ pub async fn apply(app: &AppState) -> bool {
     match app.store.replace_grants(grant_source::CONF, wanted, crate::now()).await {
         Ok((added, removed)) => {
             tracing::info!(added, removed, "rbac.data applied to the grants");
-            super::grants_written(app).await;
+            super::grants_written(app, None).await;
             true
         }
         Err(e) => {

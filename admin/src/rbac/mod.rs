@@ -125,8 +125,18 @@ pub struct Rbac {
     /// the read and the bump, so the last read is always the one remembered.
     grants_seen: tokio::sync::Mutex<Option<u64>>,
     clusters: Mutex<BTreeMap<String, ClusterStatus>>,
+    /// Which clusters each grant change concerned (a failing cluster's worker wakes early only
+    /// for its own).
+    touched: Mutex<Touched>,
     pub(crate) subscription: Mutex<SubscriptionStatus>,
     pub(crate) metrics: RbacMetrics,
+}
+
+/// The last generation that changed the grants of every cluster, and of each cluster.
+#[derive(Default)]
+struct Touched {
+    all: u64,
+    clusters: std::collections::HashMap<String, u64>,
 }
 
 impl Rbac {
@@ -137,6 +147,7 @@ impl Rbac {
             progress: watch::channel(0).0,
             grants_seen: tokio::sync::Mutex::new(None),
             clusters: Mutex::default(),
+            touched: Mutex::default(),
             subscription: Mutex::default(),
             metrics,
         })
@@ -146,16 +157,37 @@ impl Rbac {
         self.settings.enabled
     }
 
-    /// Grants changed here: every cluster reconciles soon. Returns the new generation. The
-    /// grants are read first, so that a notice of this same write from elsewhere reconciles
-    /// nothing more (a failed read only forgets what was seen: the next notice reconciles).
-    pub async fn written(&self, store: &Store) -> u64 {
+    /// Grants changed here, of the cluster `scope` (None or `*`: of any): every cluster
+    /// reconciles soon. Returns the new generation. The grants are read first, so that a notice
+    /// of this same write from elsewhere reconciles nothing more (a failed read only forgets
+    /// what was seen: the next notice reconciles).
+    pub async fn written(&self, store: &Store, scope: Option<&str>) -> u64 {
         if !self.enabled() {
-            return self.bump();
+            return self.bump_for(scope);
         }
         let mut seen = self.grants_seen.lock().await;
         *seen = store.grants().await.ok().map(|grants| fingerprint(&grants));
-        self.bump()
+        self.bump_for(scope)
+    }
+
+    /// Bumps the generation, recording which clusters' grants changed.
+    fn bump_for(&self, scope: Option<&str>) -> u64 {
+        // Held across the bump: a worker woken by it reads what it concerned.
+        let mut touched = self.touched.lock().unwrap();
+        let generation = self.bump();
+        match scope {
+            Some(id) if id != "*" => {
+                touched.clusters.insert(id.to_owned(), generation);
+            }
+            _ => touched.all = generation,
+        }
+        generation
+    }
+
+    /// Whether the grants of `cluster_id` changed after `generation`.
+    fn touched_since(&self, cluster_id: &str, generation: u64) -> bool {
+        let touched = self.touched.lock().unwrap();
+        touched.all > generation || touched.clusters.get(cluster_id).is_some_and(|&g| g > generation)
     }
 
     /// Another instance wrote to the store: every cluster reconciles soon if the grants differ
@@ -172,7 +204,7 @@ impl Rbac {
             tracing::warn!(error = %e, "cannot read the RBAC grants after another instance's write; reconciling");
         }
         *seen = now.ok();
-        self.bump();
+        self.bump_for(None);
     }
 
     /// This instance just became the leader: what it saw of the grants before (notices from
@@ -324,6 +356,7 @@ impl Rbac {
 
     fn forget(&self, cluster_id: &str) {
         self.clusters.lock().unwrap().remove(cluster_id);
+        self.touched.lock().unwrap().clusters.remove(cluster_id);
         // A deleted cluster's series go with it: clusters come and go, and each left six.
         let m = &self.metrics;
         let _ = m.last_success.remove_label_values(&[cluster_id]);
@@ -358,9 +391,9 @@ impl Drop for Worker {
 
 /// Grants were written through this instance: reconcile (when leading) and tell the others.
 /// Returns the grant generation a reconcile must start from to include the write.
-pub async fn grants_written(app: &AppState) -> u64 {
+pub async fn grants_written(app: &AppState, scope: Option<&str>) -> u64 {
     app.snapshots.announce();
-    app.rbac.written(&app.store).await
+    app.rbac.written(&app.store, scope).await
 }
 
 /// Identifies a set of grants: equal sets (in id order) give equal values. A grant removed
@@ -525,7 +558,11 @@ async fn work(app: AppState, cluster_id: String, mut target: watch::Receiver<Arc
                     if !failing {
                         break;
                     }
-                    until = until.min(tokio::time::Instant::now() + GRANT_WAKE_WHILE_FAILING);
+                    // Only for a change of this cluster's grants: other clusters' changes do
+                    // not cut its backoff.
+                    if rbac.touched_since(&cluster_id, started_generation) {
+                        until = until.min(tokio::time::Instant::now() + GRANT_WAKE_WHILE_FAILING);
+                    }
                 }
                 changed = target.changed() => {
                     if changed.is_err() {
@@ -573,6 +610,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_grant_change_concerns_its_own_cluster_or_every_one() {
+        let rbac = Rbac::new(Settings::disabled(), crate::metrics::Metrics::default().rbac.clone());
+        let start = rbac.bump();
+        rbac.bump_for(Some("a"));
+        assert!(rbac.touched_since("a", start));
+        assert!(!rbac.touched_since("b", start), "another cluster's change");
+        let later = rbac.bump_for(Some("*"));
+        assert!(rbac.touched_since("b", start), "a change of every cluster's grants");
+        assert!(!rbac.touched_since("a", later) && !rbac.touched_since("b", later));
+        rbac.bump_for(None);
+        assert!(rbac.touched_since("b", later));
+    }
+
     /// On tokio's paused clock: the waits below are virtual time, not the wall clock.
     #[tokio::test(start_paused = true)]
     async fn a_passing_failure_is_waited_out_and_a_lasting_one_ends_the_wait() {
@@ -611,7 +662,7 @@ mod tests {
         let generation = || *rbac.generation.borrow();
 
         store.add_grant(readonly("plain:a"), 0).await.unwrap();
-        assert_eq!(rbac.written(&store).await, 1, "a write here always reconciles");
+        assert_eq!(rbac.written(&store, None).await, 1, "a write here always reconciles");
         rbac.heard_of_writes(&store).await;
         assert_eq!(generation(), 1, "the notice of the same write from elsewhere adds nothing");
 

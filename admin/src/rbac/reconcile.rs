@@ -59,7 +59,7 @@ fn item(namespace: &str, name: &str) -> String {
 }
 
 /// Runs one reconcile of the bcs-api cluster `cluster_id`; `Err` carries what was done anyway
-/// and the errors. `store`: whether another cluster id a binding names is still registered.
+/// and the errors. `store`: whether another cluster id a binding names was deleted.
 pub async fn run(
     kube: &mut Kube,
     store: &Store,
@@ -74,8 +74,8 @@ pub async fn run(
         }
     }
     let mut owned: BTreeMap<(String, String), Value> = BTreeMap::new();
-    // Other cluster ids named by bindings, and whether each is still registered.
-    let mut registered: BTreeMap<String, bool> = BTreeMap::new();
+    // Other cluster ids named by bindings, and whether each was deleted here.
+    let mut deleted: BTreeMap<String, bool> = BTreeMap::new();
     for path in [format!("{API}/clusterrolebindings"), format!("{API}/rolebindings")] {
         let (status, body) = kube
             .request("GET", &format!("{path}?labelSelector={OWNED_SELECTOR}"), None)
@@ -93,20 +93,20 @@ pub async fn run(
                 continue;
             }
             // And what was made for this cluster id, or for none (made before bindings said:
-            // adopted, and annotated by the update that follows), or for an id no longer
-            // registered (a cluster deleted and registered again under a new id: otherwise no
-            // one would ever remove what its grants gave).
+            // adopted, and annotated by the update that follows), or for an id deleted here (a
+            // cluster registered again under a new id: otherwise no one would ever remove what
+            // its grants gave). An id this store does not know may be another deployment's.
             let other = match binding["metadata"]["annotations"][templates::CLUSTER_ANNOTATION].as_str() {
                 Some(id) if id != cluster_id => Some(id.to_owned()),
                 _ => None,
             };
             if let Some(id) = other {
-                if !registered.contains_key(&id) {
-                    // A store that fails counts the id as registered: its bindings are left.
-                    let still = !matches!(store.cluster(&id).await, Ok(None));
-                    registered.insert(id.clone(), still);
+                if !deleted.contains_key(&id) {
+                    // A store that fails counts the id as not deleted: its bindings are left.
+                    let gone = matches!(store.cluster_was_deleted(&id).await, Ok(true));
+                    deleted.insert(id.clone(), gone);
                 }
-                if registered[&id] {
+                if !deleted[&id] {
                     continue;
                 }
             }
@@ -207,7 +207,7 @@ fn drifted(have: &Value, want: &Value) -> bool {
 /// cannot take does not hold back every other (nor every acknowledgement of the permission
 /// subscription): a namespace that does not exist (404; a later pass creates the binding once it
 /// does), a binding of that name that is not the gateway's (409: it is left alone), and a
-/// RoleBinding its namespace refuses ([`refused_by_namespace`]: counted as refused, tried again
+/// RoleBinding its namespace refuses ([`refused_by_namespace`], any 4xx: counted as refused, tried again
 /// at the next pass). Other refusals, and any of a ClusterRoleBinding, fail the pass.
 async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Made, String> {
     let name = binding["metadata"]["name"].as_str().unwrap_or_default();
@@ -225,7 +225,7 @@ async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Mad
             tracing::warn!(namespace, name, "a binding of this name exists and is not bcs-api's; left alone");
             Ok(Made::NotOurs)
         }
-        403 | 422 if !namespace.is_empty() && refused_by_namespace(status, &body) => {
+        400..=499 if !namespace.is_empty() && refused_by_namespace(status, &body) => {
             let why = describe(status, &body);
             tracing::warn!(namespace, name, %why, "the cluster refused the binding in its namespace; tried again at the next pass");
             Ok(Made::Refused)
@@ -234,13 +234,14 @@ async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Mad
     }
 }
 
-/// Whether a refused RoleBinding was refused by its namespace (being deleted) or an admission
-/// policy (a webhook, a ValidatingAdmissionPolicy, or a 422 from validation), not by the
-/// apiserver's own RBAC, which concerns every binding the cluster's token writes.
+/// Whether a refused RoleBinding was refused by its namespace (being deleted, or its
+/// ResourceQuota on bindings exceeded) or an admission policy (a webhook, whatever its code; a
+/// ValidatingAdmissionPolicy; a 422 from validation), not by the apiserver's own RBAC, which
+/// concerns every binding the cluster's token writes.
 fn refused_by_namespace(status: u16, body: &Value) -> bool {
     let message = body["message"].as_str().unwrap_or_default();
     status == 422
-        || ["because it is being terminated", "admission webhook", "denied request"]
+        || ["because it is being terminated", "exceeded quota", "admission webhook", "denied request"]
             .iter()
             .any(|said| message.contains(said))
 }

@@ -216,8 +216,8 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                 };
                 let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
                 arrived += 1;
-                let (seq, key) = (arrived, grant_key(&data));
-                let stored = record(app, &data).await;
+                let seq = arrived;
+                let (key, stored) = record(app, &data).await;
                 if waiting.len() >= MAX_WAITING {
                     // Bounded: the oldest wait ends within APPLY_TIMEOUT.
                     if let Some(Ok(waited)) = waiting.join_next().await {
@@ -253,31 +253,16 @@ struct Waited {
     worker: String,
     /// Its place in the session's arrivals.
     seq: u64,
-    /// The grant it changes ([`grant_key`]).
+    /// The grant it changes ([`record`]): a later message for the same grant decides its
+    /// state, so an earlier one that was not applied is acknowledged with it. (Otherwise the
+    /// service sends the earlier one again after a reconnect, and an `add` rejected before an
+    /// applied `delete` would give the access back.)
     key: Option<String>,
     /// What was applied, or why it was not.
     outcome: Result<String, String>,
 }
 
-/// The grant a `data` message changes, whether it adds or deletes it: a later message for the
-/// same grant decides its state, so an earlier one that was not applied is acknowledged with
-/// it. (Otherwise the service sends the earlier one again after a reconnect, and an `add`
-/// rejected before an applied `delete` would give the access back.)
-fn grant_key(data: &Value) -> Option<String> {
-    let parts = [
-        &data["principal"]["principal_type"],
-        &data["principal"]["principal_id"],
-        &data["action"],
-        &data["resource_type"],
-        &data["resource_instance"]["cluster"],
-        &data["resource_instance"]["namespace"],
-        &data["policy_from"],
-    ];
-    let parts: Vec<&str> = parts.iter().map(|v| v.as_str().unwrap_or_default().trim()).collect();
-    (!parts[..5].iter().any(|p| p.is_empty())).then(|| parts.join("\n"))
-}
-
-/// Per grant ([`grant_key`]), what this session applied and what it could not.
+/// Per grant ([`Waited::key`]), what this session applied and what it could not.
 #[derive(Default)]
 struct Ledger {
     /// The latest message applied (its arrival number).
@@ -303,8 +288,12 @@ where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     let Waited { data_id, worker, seq, key, outcome } = waited;
-    if ledger.applied.len() + ledger.unapplied.len() > LEDGER_MAX {
-        *ledger = Ledger::default();
+    if ledger.applied.len() > LEDGER_MAX {
+        // What was applied is forgotten first: the messages not applied still wait for theirs.
+        ledger.applied.clear();
+    }
+    if ledger.unapplied.len() > LEDGER_MAX {
+        ledger.unapplied.clear();
     }
     match outcome {
         Ok(what) => {
@@ -313,10 +302,12 @@ where
             let Some(key) = key else { return Ok(()) };
             let latest = ledger.applied.entry(key.clone()).or_default();
             *latest = (*latest).max(seq);
-            let earlier = match ledger.unapplied.get_mut(&key) {
+            let earlier = match ledger.unapplied.remove(&key) {
                 Some(pending) => {
-                    let (earlier, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(s, _, _)| *s < seq);
-                    *pending = later;
+                    let (earlier, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(s, _, _)| *s < seq);
+                    if !later.is_empty() {
+                        ledger.unapplied.insert(key.clone(), later);
+                    }
                     earlier
                 }
                 None => Vec::new(),
@@ -374,8 +365,49 @@ enum Stored {
 }
 
 /// Stores one `data` message's grant change (or finds nothing to do); Err: why it cannot be
-/// applied.
-async fn record(app: &AppState, data: &Value) -> Result<Stored, String> {
+/// applied. With the grant it changes, whether it adds or deletes it, when the message names
+/// one: the same user, role, scope, source and cluster (the bcs-api cluster id it resolves to,
+/// or the id as given when it names no cluster).
+async fn record(app: &AppState, data: &Value) -> (Option<String>, Result<Stored, String>) {
+    let change = match parse(data) {
+        Ok(Parsed::Change(change)) => change,
+        Ok(Parsed::Skipped(what)) => return (None, Ok(Stored::Done(what))),
+        Err(e) => return (None, Err(e)),
+    };
+    let key = |cluster: &str| {
+        format!(
+            "{}\n{cluster}\n{}\n{}\n{}",
+            change.grant.user_name, change.grant.namespace, change.grant.role, change.grant.source
+        )
+    };
+    let cluster_id = match resolve_cluster(app, &change.cluster).await {
+        Ok(id) => id,
+        // Deleting a cluster deletes the grants that name it: nothing is left to remove, and a
+        // message that can never succeed would come back at every reconnect.
+        Err(Unresolved::Unknown(why)) if change.operation == "delete" => {
+            return (Some(key(&change.cluster)), Ok(Stored::Done(format!("nothing to remove: {why}"))))
+        }
+        Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return (Some(key(&change.cluster)), Err(why)),
+    };
+    (Some(key(&cluster_id)), store_change(app, change, cluster_id).await)
+}
+
+/// A `data` message, read.
+enum Parsed {
+    Change(Change),
+    /// Nothing to do (a namespace pattern policy).
+    Skipped(String),
+}
+
+struct Change {
+    operation: String,
+    /// As given: a bcs-api or BCS cluster id, or `*`.
+    cluster: String,
+    /// The grant, but for its cluster id.
+    grant: NewGrant,
+}
+
+fn parse(data: &Value) -> Result<Parsed, String> {
     let text = |v: &Value, what: &str| -> Result<String, String> {
         v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).ok_or(format!("no {what}"))
     };
@@ -409,29 +441,30 @@ async fn record(app: &AppState, data: &Value) -> Result<Stored, String> {
                 (namespace, "common")
             }
             // As the original: namespace pattern policies are not applied.
-            "pattern_policy" => return Ok(Stored::Done(format!("skipped a namespace pattern policy for {namespace}"))),
+            "pattern_policy" => {
+                return Ok(Parsed::Skipped(format!("skipped a namespace pattern policy for {namespace}")))
+            }
             other => return Err(format!("unknown policy_from {other:?}")),
         },
         other => return Err(format!("unknown resource_type {other:?}")),
     };
-    let cluster_id = match resolve_cluster(app, &cluster).await {
-        Ok(id) => id,
-        // Deleting a cluster deletes the grants that name it: nothing is left to remove, and a
-        // message that can never succeed would come back at every reconnect.
-        Err(Unresolved::Unknown(why)) if operation == "delete" => {
-            return Ok(Stored::Done(format!("nothing to remove: {why}")))
-        }
-        Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return Err(why),
-    };
     let grant = NewGrant {
         user_name: format!("{principal_type}:{principal_id}"),
-        cluster_id: cluster_id.clone(),
+        cluster_id: String::new(),
         namespace,
         role: role.to_owned(),
         source: format!("{}{from}", grant_source::AUTH_PREFIX),
     };
+    Ok(Parsed::Change(Change { operation, cluster, grant }))
+}
+
+/// Stores a change of the grant in `cluster_id`.
+async fn store_change(app: &AppState, change: Change, cluster_id: String) -> Result<Stored, String> {
+    let Change { operation, grant, .. } = change;
+    let grant = NewGrant { cluster_id: cluster_id.clone(), ..grant };
     let description = format!(
-        "{operation} {role} for {} in {}{}",
+        "{operation} {} for {} in {}{}",
+        grant.role,
         grant.user_name,
         grant.cluster_id,
         if grant.namespace.is_empty() { String::new() } else { format!("/{}", grant.namespace) }
@@ -444,7 +477,7 @@ async fn record(app: &AppState, data: &Value) -> Result<Stored, String> {
     } else {
         app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
     }
-    let generation = super::grants_written(app).await;
+    let generation = super::grants_written(app, Some(&cluster_id)).await;
     let clusters = (cluster_id != "*").then(|| vec![cluster_id]);
     Ok(Stored::Waiting { what: description, clusters, generation })
 }

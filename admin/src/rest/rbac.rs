@@ -123,7 +123,7 @@ pub async fn add(
         StoreError::Conflict(what) => ApiError::conflict("GRANT_ALREADY_EXISTS", what),
         e => e.into(),
     })?;
-    crate::rbac::grants_written(&app).await;
+    crate::rbac::grants_written(&app, Some(&grant.cluster_id)).await;
     tracing::info!(grant = grant.id, user = %grant.user_name, cluster = %grant.cluster_id, role = %grant.role,
         by = %caller.user.name, "added an RBAC grant");
     Ok(Json(grant.into()))
@@ -143,7 +143,7 @@ pub async fn remove(
     if !app.store.remove_grant(id).await? {
         return Err(ApiError::not_found("GRANT_NOT_FOUND", format_args!("grant {id} not found")));
     }
-    crate::rbac::grants_written(&app).await;
+    crate::rbac::grants_written(&app, None).await;
     tracing::info!(grant = id, by = %caller.user.name, "removed an RBAC grant");
     Ok(Json(serde_json::json!({})))
 }

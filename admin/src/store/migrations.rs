@@ -160,6 +160,16 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX register_tokens_token_digest ON register_tokens (token_digest)",
         ],
     },
+    Migration {
+        // The ids of deleted clusters (issue 7's RBAC sync): bindings a cluster id made in a
+        // cluster later registered under another id are that id's to remove once the first is
+        // deleted here, and only then (an id this store never knew may be another deployment's).
+        version: 4,
+        sqlite: &["CREATE TABLE deleted_clusters (id TEXT PRIMARY KEY)"],
+        mysql: &["CREATE TABLE deleted_clusters (
+            id VARCHAR(191) NOT NULL PRIMARY KEY
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"],
+    },
 ];
 
 /// Brings the schema up to the newest version.

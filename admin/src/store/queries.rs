@@ -232,6 +232,8 @@ impl Store {
                     ],
                 )
                 .await?;
+                // An id used again is no longer a deleted one (its new bindings are its own).
+                tx.exec("DELETE FROM deleted_clusters WHERE id = ?", vec![cluster.id.clone().into()]).await?;
                 if let Some(info) = bcs {
                     tx.exec(
                         "INSERT INTO bcs_cluster_infos (cluster_id, source_project_id, source_cluster_id, created_at) \
@@ -246,6 +248,18 @@ impl Store {
                     .await?;
                 }
                 Ok(cluster)
+            })
+        })
+        .await
+    }
+
+    /// Whether a cluster of this id was deleted here (and not created again since).
+    pub async fn cluster_was_deleted(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let rows = tx.query("SELECT id FROM deleted_clusters WHERE id = ?", vec![id.into()]).await?;
+                Ok(!rows.is_empty())
             })
         })
         .await
@@ -323,7 +337,11 @@ impl Store {
                     let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
                     tx.exec(&sql, vec![id.clone().into()]).await?;
                 }
-                let done = tx.exec("DELETE FROM clusters WHERE id = ?", vec![id.into()]).await?;
+                let done = tx.exec("DELETE FROM clusters WHERE id = ?", vec![id.clone().into()]).await?;
+                if done.affected > 0 {
+                    tx.exec("DELETE FROM deleted_clusters WHERE id = ?", vec![id.clone().into()]).await?;
+                    tx.exec("INSERT INTO deleted_clusters (id) VALUES (?)", vec![id.into()]).await?;
+                }
                 Ok(done.affected > 0)
             })
         })
