@@ -547,6 +547,17 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     let again = cluster("BCS-K8S-00001", "ident-1", creator.id, 3_000);
     assert_eq!(store.create_cluster(again.clone(), bcs("project-a", "K8S-001")).await.unwrap(), again);
     assert!(!store.cluster_was_deleted(&again.id).await.unwrap(), "created again: no longer a deleted id");
+
+    // Clusters deleted at once (MySQL: no two deletes wait on each other's locks).
+    for n in 0..12 {
+        store
+            .create_cluster(cluster(&format!("BCS-M{n}"), &format!("ident-m{n}"), creator.id, 3_300), None)
+            .await
+            .unwrap();
+    }
+    let deletes = (0..12).map(|n| async move { store.delete_cluster(&format!("BCS-M{n}")).await });
+    let results = futures_util::future::join_all(deletes).await;
+    assert!(results.iter().all(|r| matches!(r, Ok(true))), "{results:?}");
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(again.clone()));
     let token = store.create_register_token(&again.id, "sealed-new".into(), 3_100).await.unwrap();
     assert_eq!(store.register_token(&again.id).await.unwrap(), Some(token));

@@ -1049,7 +1049,7 @@ fn tunnel_buffer(capacity: usize, n: usize, small_reads: &mut u32) -> usize {
         *small_reads = 0;
         return capacity;
     }
-    *small_reads += 1;
+    *small_reads = small_reads.saturating_add(1);
     if *small_reads >= SMALL_READS {
         TUNNEL_SMALL
     } else {

@@ -217,7 +217,7 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                 let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
                 arrived += 1;
                 let seq = arrived;
-                let (key, stored) = record(app, &data).await;
+                let (keys, stored) = record(app, &data).await;
                 if waiting.len() >= MAX_WAITING {
                     // Bounded: the oldest wait ends within APPLY_TIMEOUT.
                     if let Some(Ok(waited)) = waiting.join_next().await {
@@ -233,7 +233,7 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                         }
                         Err(reason) => Err(reason),
                     };
-                    Waited { data_id, worker, seq, key, outcome }
+                    Waited { data_id, worker, seq, keys, outcome }
                 });
             }
             other => {
@@ -253,27 +253,93 @@ struct Waited {
     worker: String,
     /// Its place in the session's arrivals.
     seq: u64,
-    /// The grant it changes ([`record`]): a later message for the same grant decides its
-    /// state, so an earlier one that was not applied is acknowledged with it. (Otherwise the
-    /// service sends the earlier one again after a reconnect, and an `add` rejected before an
-    /// applied `delete` would give the access back.)
-    key: Option<String>,
+    /// The grant it changes ([`record`]), under each name it may have: a later message for
+    /// the same grant decides its state, so an earlier one that was not applied is acknowledged
+    /// with it. (Otherwise the service sends the earlier one again after a reconnect, and an
+    /// `add` rejected before an applied `delete` would give the access back.)
+    keys: Vec<String>,
     /// What was applied, or why it was not.
     outcome: Result<String, String>,
 }
 
-/// Per grant ([`Waited::key`]), what this session applied and what it could not.
+/// Per grant ([`Waited::keys`]), what this session applied and what it could not.
 #[derive(Default)]
 struct Ledger {
     /// The latest message applied (its arrival number).
     applied: HashMap<String, u64>,
-    /// Messages not applied: arrival number, data_id, worker_id.
-    unapplied: HashMap<String, Vec<(u64, String, String)>>,
+    /// Messages not applied, under each of their keys.
+    unapplied: HashMap<String, Vec<Unapplied>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Unapplied {
+    seq: u64,
+    data_id: String,
+    worker: String,
+    keys: Vec<String>,
 }
 
 /// Grants a [`Ledger`] holds at most; past it, it starts again (earlier messages are then sent
 /// again after a reconnect, as without it).
 const LEDGER_MAX: usize = 10_000;
+
+impl Ledger {
+    /// Message `seq` was applied: the earlier ones for any of its grants that were not, now to
+    /// acknowledge (each once).
+    fn applied(&mut self, seq: u64, keys: &[String]) -> Vec<Unapplied> {
+        self.bound();
+        let mut earlier: Vec<Unapplied> = Vec::new();
+        for key in keys {
+            let latest = self.applied.entry(key.clone()).or_default();
+            *latest = (*latest).max(seq);
+            let Some(pending) = self.unapplied.remove(key) else { continue };
+            let (before, after): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.seq < seq);
+            if !after.is_empty() {
+                self.unapplied.insert(key.clone(), after);
+            }
+            for message in before {
+                if !earlier.iter().any(|e| e.data_id == message.data_id) {
+                    earlier.push(message);
+                }
+            }
+        }
+        // Gone from their other keys' lists too.
+        for done in &earlier {
+            for key in done.keys.iter().filter(|k| !keys.contains(k)) {
+                if let Some(pending) = self.unapplied.get_mut(key) {
+                    pending.retain(|p| p.data_id != done.data_id);
+                    if pending.is_empty() {
+                        self.unapplied.remove(key);
+                    }
+                }
+            }
+        }
+        earlier
+    }
+
+    /// A message was not applied. True: a later message for one of its grants was (acknowledge
+    /// it); false: it is kept, for a later one to acknowledge.
+    fn not_applied(&mut self, message: Unapplied) -> bool {
+        self.bound();
+        if message.keys.iter().any(|k| self.applied.get(k).is_some_and(|&latest| latest > message.seq)) {
+            return true;
+        }
+        for key in &message.keys {
+            self.unapplied.entry(key.clone()).or_default().push(message.clone());
+        }
+        false
+    }
+
+    fn bound(&mut self) {
+        if self.applied.len() > LEDGER_MAX {
+            // What was applied is forgotten first: the messages not applied still wait for theirs.
+            self.applied.clear();
+        }
+        if self.unapplied.len() > LEDGER_MAX {
+            self.unapplied.clear();
+        }
+    }
+}
 
 /// Acknowledges an applied message, and the earlier ones for the same grant that were not; or
 /// logs why it is not acknowledged.
@@ -287,44 +353,22 @@ async fn conclude<S>(
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let Waited { data_id, worker, seq, key, outcome } = waited;
-    if ledger.applied.len() > LEDGER_MAX {
-        // What was applied is forgotten first: the messages not applied still wait for theirs.
-        ledger.applied.clear();
-    }
-    if ledger.unapplied.len() > LEDGER_MAX {
-        ledger.unapplied.clear();
-    }
+    let Waited { data_id, worker, seq, keys, outcome } = waited;
     match outcome {
         Ok(what) => {
             acknowledge(app, settings, sink, &data_id, &worker).await?;
             tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
-            let Some(key) = key else { return Ok(()) };
-            let latest = ledger.applied.entry(key.clone()).or_default();
-            *latest = (*latest).max(seq);
-            let earlier = match ledger.unapplied.remove(&key) {
-                Some(pending) => {
-                    let (earlier, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(s, _, _)| *s < seq);
-                    if !later.is_empty() {
-                        ledger.unapplied.insert(key.clone(), later);
-                    }
-                    earlier
-                }
-                None => Vec::new(),
-            };
-            for (_, earlier_id, earlier_worker) in earlier {
-                acknowledge(app, settings, sink, &earlier_id, &earlier_worker).await?;
-                tracing::info!(data_id = %earlier_id, by = %data_id, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
+            for earlier in ledger.applied(seq, &keys) {
+                acknowledge(app, settings, sink, &earlier.data_id, &earlier.worker).await?;
+                tracing::info!(data_id = %earlier.data_id, by = %data_id, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
             }
         }
         Err(reason) => {
-            if let Some(key) = &key {
-                if ledger.applied.get(key).is_some_and(|&latest| latest > seq) {
-                    acknowledge(app, settings, sink, &data_id, &worker).await?;
-                    tracing::info!(%data_id, %reason, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
-                    return Ok(());
-                }
-                ledger.unapplied.entry(key.clone()).or_default().push((seq, data_id.clone(), worker));
+            let message = Unapplied { seq, data_id: data_id.clone(), worker: worker.clone(), keys };
+            if ledger.not_applied(message) {
+                acknowledge(app, settings, sink, &data_id, &worker).await?;
+                tracing::info!(%data_id, %reason, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
+                return Ok(());
             }
             app.rbac.subscription.lock().unwrap().rejected += 1;
             app.rbac.metrics.messages.with_label_values(&["rejected"]).inc();
@@ -365,14 +409,14 @@ enum Stored {
 }
 
 /// Stores one `data` message's grant change (or finds nothing to do); Err: why it cannot be
-/// applied. With the grant it changes, whether it adds or deletes it, when the message names
-/// one: the same user, role, scope, source and cluster (the bcs-api cluster id it resolves to,
-/// or the id as given when it names no cluster).
-async fn record(app: &AppState, data: &Value) -> (Option<String>, Result<Stored, String>) {
+/// applied. With the grant it changes, whether it adds or deletes it, under each name it may
+/// have: the same user, role, scope and source, and the cluster as given (a bcs-api or BCS
+/// cluster id) and, when it names one, as the bcs-api cluster id it resolves to.
+async fn record(app: &AppState, data: &Value) -> (Vec<String>, Result<Stored, String>) {
     let change = match parse(data) {
         Ok(Parsed::Change(change)) => change,
-        Ok(Parsed::Skipped(what)) => return (None, Ok(Stored::Done(what))),
-        Err(e) => return (None, Err(e)),
+        Ok(Parsed::Skipped(what)) => return (Vec::new(), Ok(Stored::Done(what))),
+        Err(e) => return (Vec::new(), Err(e)),
     };
     let key = |cluster: &str| {
         format!(
@@ -385,11 +429,15 @@ async fn record(app: &AppState, data: &Value) -> (Option<String>, Result<Stored,
         // Deleting a cluster deletes the grants that name it: nothing is left to remove, and a
         // message that can never succeed would come back at every reconnect.
         Err(Unresolved::Unknown(why)) if change.operation == "delete" => {
-            return (Some(key(&change.cluster)), Ok(Stored::Done(format!("nothing to remove: {why}"))))
+            return (vec![key(&change.cluster)], Ok(Stored::Done(format!("nothing to remove: {why}"))))
         }
-        Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return (Some(key(&change.cluster)), Err(why)),
+        Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return (vec![key(&change.cluster)], Err(why)),
     };
-    (Some(key(&cluster_id)), store_change(app, change, cluster_id).await)
+    let mut keys = vec![key(&change.cluster)];
+    if cluster_id != change.cluster {
+        keys.push(key(&cluster_id));
+    }
+    (keys, store_change(app, change, cluster_id).await)
 }
 
 /// A `data` message, read.
@@ -512,4 +560,56 @@ pub fn valid_namespace(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, keys: &[&str]) -> Unapplied {
+        Unapplied {
+            seq,
+            data_id: format!("d{seq}"),
+            worker: "w".into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn ids(done: Vec<Unapplied>) -> Vec<String> {
+        done.into_iter().map(|m| m.data_id).collect()
+    }
+
+    #[test]
+    fn a_message_applied_acknowledges_the_earlier_ones_for_its_grant_once() {
+        let mut ledger = Ledger::default();
+        // Given as a BCS id "X" (resolved to "A") and as "A" itself; another grant "B".
+        assert!(!ledger.not_applied(message(1, &["X", "A"])));
+        assert!(!ledger.not_applied(message(2, &["A"])));
+        assert!(!ledger.not_applied(message(3, &["B"])));
+        assert!(!ledger.not_applied(message(6, &["X"])));
+        // Message 5 for "X" resolved to "A": 1 and 2 are earlier; 6 is later; 3 is another grant.
+        assert_eq!(ids(ledger.applied(5, &keys(&["X", "A"]))), ["d1", "d2"]);
+        assert_eq!(ids(ledger.applied(7, &keys(&["A"]))), Vec::<String>::new(), "each acknowledged once");
+        assert_eq!(ids(ledger.applied(8, &keys(&["X"]))), ["d6"]);
+        assert_eq!(ids(ledger.applied(9, &keys(&["B"]))), ["d3"]);
+        assert!(ledger.unapplied.is_empty(), "{:?}", ledger.unapplied.keys());
+    }
+
+    #[test]
+    fn a_message_not_applied_after_a_later_one_was_is_acknowledged_at_once() {
+        let mut ledger = Ledger::default();
+        assert!(ledger.applied(5, &keys(&["X", "A"])).is_empty());
+        // An earlier message that ends later (its wait ran longer), under either name.
+        assert!(ledger.not_applied(message(3, &["A"])));
+        assert!(ledger.not_applied(message(4, &["X"])));
+        // A later one is not: it is kept for a later message to decide.
+        assert!(!ledger.not_applied(message(6, &["A"])));
+        // A message without a grant (it could not be read) is never acknowledged by another.
+        assert!(!ledger.not_applied(message(1, &[])));
+        assert_eq!(ids(ledger.applied(10, &[])), Vec::<String>::new());
+    }
 }

@@ -233,7 +233,12 @@ impl Store {
                 )
                 .await?;
                 // An id used again is no longer a deleted one (its new bindings are its own).
-                tx.exec("DELETE FROM deleted_clusters WHERE id = ?", vec![cluster.id.clone().into()]).await?;
+                // Deleted only when there: see delete_cluster on gap locks.
+                let was =
+                    tx.query("SELECT id FROM deleted_clusters WHERE id = ?", vec![cluster.id.clone().into()]).await?;
+                if !was.is_empty() {
+                    tx.exec("DELETE FROM deleted_clusters WHERE id = ?", vec![cluster.id.clone().into()]).await?;
+                }
                 if let Some(info) = bcs {
                     tx.exec(
                         "INSERT INTO bcs_cluster_infos (cluster_id, source_project_id, source_cluster_id, created_at) \
@@ -339,7 +344,9 @@ impl Store {
                 }
                 let done = tx.exec("DELETE FROM clusters WHERE id = ?", vec![id.clone().into()]).await?;
                 if done.affected > 0 {
-                    tx.exec("DELETE FROM deleted_clusters WHERE id = ?", vec![id.clone().into()]).await?;
+                    // Never there already: a create of the id takes it out. (Only an insert: on
+                    // MySQL a delete of an absent row would lock a gap, and two deletes of
+                    // clusters at once would deadlock on it.)
                     tx.exec("INSERT INTO deleted_clusters (id) VALUES (?)", vec![id.into()]).await?;
                 }
                 Ok(done.affected > 0)
