@@ -100,6 +100,13 @@ impl Gateway {
         self.admin.process.stderr()
     }
 
+    /// Grants `dev` `role` in `cluster_id` (or `*`) through the REST API, as the super user.
+    async fn grant_dev(&self, cluster_id: &str, role: &str) {
+        let body = json!({"user_name": "dev", "cluster_id": cluster_id, "role": role});
+        let added = self.admin.call(Method::POST, "/rest/rbac/grants", self.admin.admin(), Some(body)).await;
+        assert_eq!(added.0, 200, "{}", added.1);
+    }
+
     async fn rbac_status(&self) -> Value {
         let status = self.admin.call(Method::GET, "/rest/rbac/status", self.admin.admin(), None).await;
         assert_eq!(status.0, 200, "{}", status.1);
@@ -674,10 +681,8 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     let fake = FakeApiserver::start(FakeOptions::enforcing_rbac("twinClusterToken")).await;
     let first = gw.register_fake("k8s-twin-a", None, &fake).await;
     let second = gw.register_fake("k8s-twin-b", None, &fake).await;
-    let grant = |role: &str| json!({"user_name": "dev", "cluster_id": first.id, "role": role});
     let admin = gw.admin.admin();
-    let added = gw.admin.call(Method::POST, "/rest/rbac/grants", admin, Some(grant("cluster-readonly"))).await;
-    assert_eq!(added.0, 200, "{}", added.1);
+    gw.grant_dev(&first.id, "cluster-readonly").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none() {
         assert!(Instant::now() < deadline, "the first id's binding: {}", gw.stderr());
@@ -703,8 +708,7 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
         text.lines().find(|l| l.starts_with(&line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
     };
     let before = passes().await;
-    let more = gw.admin.call(Method::POST, "/rest/rbac/grants", admin, Some(grant("workloads-view"))).await;
-    assert_eq!(more.0, 200, "{}", more.1);
+    gw.grant_dev(&first.id, "workloads-view").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while passes().await <= before {
         assert!(Instant::now() < deadline, "the second id's pass: {}", gw.stderr());
@@ -717,9 +721,7 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     // second id's to remove, or the access they give would outlive every grant.
     let deleted = gw.admin.call(Method::DELETE, &format!("/rest/clusters/{}", first.id), admin, None).await;
     assert_eq!(deleted.0, 200, "{}", deleted.1);
-    let other = json!({"user_name": "dev", "cluster_id": second.id, "role": "services-view"});
-    let added = gw.admin.call(Method::POST, "/rest/rbac/grants", admin, Some(other)).await;
-    assert_eq!(added.0, 200, "{}", added.1);
+    gw.grant_dev(&second.id, "services-view").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some() {
         assert!(Instant::now() < deadline, "the deleted id's binding stays: {}", gw.stderr());
@@ -742,16 +744,7 @@ async fn a_pass_that_failed_on_one_apiserver_address_starts_at_the_next() {
     let addresses = format!("{};{}", failing.url(), working.url());
     let ca = format!("{}{}", failing.ca_pem(), working.ca_pem());
     let cluster = gw.register("k8s-two-addresses", None, &addresses, &ca, "twoAddressToken").await;
-    let added = gw
-        .admin
-        .call(
-            Method::POST,
-            "/rest/rbac/grants",
-            gw.admin.admin(),
-            Some(json!({"user_name": "dev", "cluster_id": cluster.id, "role": "cluster-readonly"})),
-        )
-        .await;
-    assert_eq!(added.0, 200, "{}", added.1);
+    gw.grant_dev(&cluster.id, "cluster-readonly").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while binding_for(&working, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none() {
         assert!(Instant::now() < deadline, "never synced past the failing address: {}", gw.stderr());
@@ -815,16 +808,7 @@ async fn a_cluster_that_is_down_does_not_stop_the_others() {
     wait_serving(&gw, &k).await;
 
     // One grant for every cluster.
-    let added = gw
-        .admin
-        .call(
-            Method::POST,
-            "/rest/rbac/grants",
-            gw.admin.admin(),
-            Some(json!({"user_name": "dev", "cluster_id": "*", "role": "cluster-readonly"})),
-        )
-        .await;
-    assert_eq!(added.0, 200, "{}", added.1);
+    gw.grant_dev("*", "cluster-readonly").await;
     let took = until_get_pods(&gw, &k, true, Duration::from_secs(8)).await;
     println!("the reachable cluster got its binding {took:?} after the grant, with two clusters down");
     assert!(took < Duration::from_secs(5), "not held up by the silent cluster's 5 s connect timeout: {took:?}");
