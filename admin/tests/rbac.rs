@@ -100,6 +100,28 @@ impl Gateway {
         self.admin.process.stderr()
     }
 
+    /// Polls `check` every 100 ms until it is true; fails with `what` and bcs-api's log after
+    /// `within`.
+    async fn until<F: std::future::Future<Output = bool>>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut() -> F,
+    ) {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            assert!(Instant::now() < deadline, "{what}: {}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `bcs_api_rbac_reconciles_total` of a cluster and result (`ok`, `error`) on /metrics.
+    async fn reconciles(&self, cluster_id: &str, result: &str) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin.base)).await.unwrap().text().await.unwrap();
+        let line = format!("bcs_api_rbac_reconciles_total{{cluster=\"{cluster_id}\",result=\"{result}\"}}");
+        text.lines().find(|l| l.starts_with(&line)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    }
+
     /// Grants `dev` `role` in `cluster_id` (or `*`) through the REST API, as the super user.
     async fn grant_dev(&self, cluster_id: &str, role: &str) {
         let body = json!({"user_name": "dev", "cluster_id": cluster_id, "role": role});
@@ -639,11 +661,10 @@ async fn a_binding_its_namespace_refuses_holds_back_no_other_and_a_delete_for_an
         },
     );
     let denied = svc.send_data(&Grant::namespace("add", "plain", "dev", "workloads-view", &cluster.id, "denied"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !gw.cluster_status(&cluster.id).await["last_error"].as_str().is_some_and(|e| e.contains("cannot create")) {
-        assert!(Instant::now() < deadline, "the pass fails: {}", gw.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gw.until("the pass fails", Duration::from_secs(20), || async {
+        gw.cluster_status(&cluster.id).await["last_error"].as_str().is_some_and(|e| e.contains("cannot create"))
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!svc.acked(&denied), "not acknowledged while its binding cannot be made");
 }
@@ -655,11 +676,10 @@ async fn a_slow_cluster_holds_back_no_subscription_message_for_another() {
     let (_fast, _, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-FAST", "fastClusterToken").await;
     let slow = FakeApiserver::start(FakeOptions::enforcing_rbac("slowClusterToken")).await;
     let slow_cluster = gw.register_fake("K8S-SUB-SLOW", Some("e2e"), &slow).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !gw.cluster_status(&slow_cluster.id).await["last_success"].is_i64() {
-        assert!(Instant::now() < deadline, "the slow cluster's first pass: {}", gw.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gw.until("the slow cluster's first pass", Duration::from_secs(20), || async {
+        gw.cluster_status(&slow_cluster.id).await["last_success"].is_i64()
+    })
+    .await;
 
     // The slow cluster's binding writes take 8 s each; the message for the other cluster,
     // sent after, is applied and acknowledged meanwhile.
@@ -683,12 +703,9 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     let second = gw.register_fake("k8s-twin-b", None, &fake).await;
     let admin = gw.admin.admin();
     gw.grant_dev(&first.id, "cluster-readonly").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none() {
-        assert!(Instant::now() < deadline, "the first id's binding: {}", gw.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let made = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").unwrap();
+    let readonly = || binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly");
+    gw.until("the first id's binding", Duration::from_secs(20), || async { readonly().is_some() }).await;
+    let made = readonly().unwrap();
     // Another bcs-api deployment's binding in the same cluster.
     fake.rbac_create(
         RbacKind::ClusterRoleBinding,
@@ -701,20 +718,13 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     assert_eq!(made["metadata"]["annotations"]["bcs-api.bk-bcs/cluster-id"], first.id.as_str());
 
     // The second id, which wants nothing, runs passes after the binding exists and leaves it.
-    let metrics_url = format!("{}/metrics", gw.admin.base);
-    let passes = || async {
-        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-        let line = format!("bcs_api_rbac_reconciles_total{{cluster=\"{}\",result=\"ok\"}}", second.id);
-        text.lines().find(|l| l.starts_with(&line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
-    };
-    let before = passes().await;
+    let before = gw.reconciles(&second.id, "ok").await;
     gw.grant_dev(&first.id, "workloads-view").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while passes().await <= before {
-        assert!(Instant::now() < deadline, "the second id's pass: {}", gw.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some());
+    gw.until("the second id's pass", Duration::from_secs(20), || async {
+        gw.reconciles(&second.id, "ok").await > before
+    })
+    .await;
+    assert!(readonly().is_some());
     assert_eq!(gw.cluster_status(&second.id).await["deleted"], 0, "{}", gw.stderr());
 
     // The first id is deleted (the cluster now lives under the second): its bindings are the
@@ -722,11 +732,7 @@ async fn two_cluster_ids_of_one_cluster_keep_to_their_own_bindings() {
     let deleted = gw.admin.call(Method::DELETE, &format!("/rest/clusters/{}", first.id), admin, None).await;
     assert_eq!(deleted.0, 200, "{}", deleted.1);
     gw.grant_dev(&second.id, "services-view").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some() {
-        assert!(Instant::now() < deadline, "the deleted id's binding stays: {}", gw.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gw.until("the deleted id's binding goes", Duration::from_secs(20), || async { readonly().is_none() }).await;
     let kept = binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-services-view").expect("its own");
     assert_eq!(kept["metadata"]["annotations"]["bcs-api.bk-bcs/cluster-id"], second.id.as_str());
     // A binding of an id this bcs-api never knew (another deployment's) is left alone.
@@ -745,11 +751,10 @@ async fn a_pass_that_failed_on_one_apiserver_address_starts_at_the_next() {
     let ca = format!("{}{}", failing.ca_pem(), working.ca_pem());
     let cluster = gw.register("k8s-two-addresses", None, &addresses, &ca, "twoAddressToken").await;
     gw.grant_dev(&cluster.id, "cluster-readonly").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while binding_for(&working, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none() {
-        assert!(Instant::now() < deadline, "never synced past the failing address: {}", gw.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gw.until("synced past the failing address", Duration::from_secs(20), || async {
+        binding_for(&working, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_some()
+    })
+    .await;
     let status = gw.cluster_status(&cluster.id).await;
     assert!(status["last_success"].is_i64(), "{status}");
     assert!(!failing.requests().is_empty(), "the failing address was tried first");
@@ -826,24 +831,10 @@ async fn a_cluster_that_is_down_does_not_stop_the_others() {
         assert!(Instant::now() < deadline, "{s} {g}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics_url = format!("{}/metrics", gw.admin.base);
-    let errors = |text: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with(&format!("bcs_api_rbac_reconciles_total{{cluster=\"{}\",result=\"error\"}}", gone.id))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-        if errors(&text) >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the refused cluster is retried: {text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    gw.until("the refused cluster is retried", Duration::from_secs(10), || async {
+        gw.reconciles(&gone.id, "error").await >= 3
+    })
+    .await;
     let up_status = gw.cluster_status(&up.id).await;
     assert!(up_status["last_success"].is_i64() && up_status["last_error"].is_null(), "{up_status}");
     drop(blackhole);

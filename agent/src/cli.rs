@@ -99,13 +99,11 @@ impl RegisterToken {
     pub fn current(&self) -> Result<Secret, String> {
         match self {
             RegisterToken::Fixed(token) => Ok(token.clone()),
-            RegisterToken::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--register-token-file {}: {e}", path.display()))?;
-                checked_register_token(&text)
-                    .map(Secret::new)
-                    .map_err(|e| format!("--register-token-file {}: {e}", path.display()))
-            }
+            RegisterToken::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| checked_register_token(&text))
+                .map(Secret::new)
+                .map_err(|e| format!("--register-token-file {}: {e}", path.display())),
         }
     }
 }

@@ -124,13 +124,13 @@ pub async fn run(
     }
     for ((namespace, name), want) in desired {
         let result = match owned.get(&(namespace.clone(), name.clone())) {
-            None => create(kube, namespace, want).await.map(|made| counts.add(made, Created::New)),
+            None => create(kube, namespace, want).await.map(|made| counts.add(made, |c| &mut c.created)),
             Some(have) if have["roleRef"] != want["roleRef"] => {
                 let replaced = async {
                     delete(kube, namespace, name).await?;
                     create(kube, namespace, want).await
                 };
-                replaced.await.map(|made| counts.add(made, Created::Replacement))
+                replaced.await.map(|made| counts.add(made, |c| &mut c.updated))
             }
             Some(have) if drifted(have, want) => {
                 let mut update = want.clone();
@@ -166,19 +166,13 @@ pub async fn run(
     }
 }
 
-/// What a create was for.
-enum Created {
-    New,
-    Replacement,
-}
-
 impl Counts {
-    fn add(&mut self, made: Made, what: Created) {
-        match (made, what) {
-            (Made::Yes, Created::New) => self.created += 1,
-            (Made::Yes, Created::Replacement) => self.updated += 1,
-            (Made::Refused, _) => self.refused += 1,
-            (Made::Later | Made::NotOurs, _) => {}
+    /// Counts a create in `made_as` (created, or updated for a replacement) if it was made.
+    fn add(&mut self, made: Made, made_as: impl FnOnce(&mut Counts) -> &mut u64) {
+        match made {
+            Made::Yes => *made_as(self) += 1,
+            Made::Refused => self.refused += 1,
+            Made::Skipped => {}
         }
     }
 }
@@ -187,11 +181,10 @@ impl Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Made {
     Yes,
-    /// Its namespace does not exist yet.
-    Later,
-    /// A binding of that name without the ownership label is there.
-    NotOurs,
-    /// The cluster refused it (403, 422) in its namespace.
+    /// Its namespace does not exist yet, or a binding of that name without the ownership label
+    /// is there.
+    Skipped,
+    /// Its namespace refused it ([`refused_by_namespace`]).
     Refused,
 }
 
@@ -219,11 +212,11 @@ async fn create(kube: &mut Kube, namespace: &str, binding: &Value) -> Result<Mad
         }
         404 if !namespace.is_empty() => {
             tracing::warn!(namespace, name, "the namespace does not exist; the binding is created once it does");
-            Ok(Made::Later)
+            Ok(Made::Skipped)
         }
         409 => {
             tracing::warn!(namespace, name, "a binding of this name exists and is not bcs-api's; left alone");
-            Ok(Made::NotOurs)
+            Ok(Made::Skipped)
         }
         400..=499 if !namespace.is_empty() && refused_by_namespace(status, &body) => {
             let why = describe(status, &body);

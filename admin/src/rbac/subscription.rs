@@ -216,8 +216,8 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                 };
                 let worker = if field("worker_id").is_empty() { worker_id.clone() } else { field("worker_id") };
                 arrived += 1;
-                let seq = arrived;
                 let (keys, stored) = record(app, &data).await;
+                let message = Unapplied { seq: arrived, data_id, worker, keys };
                 if waiting.len() >= MAX_WAITING {
                     // Bounded: the oldest wait ends within APPLY_TIMEOUT.
                     if let Some(Ok(waited)) = waiting.join_next().await {
@@ -233,7 +233,7 @@ async fn session(app: &AppState, settings: &Settings, backoff: &mut Duration) ->
                         }
                         Err(reason) => Err(reason),
                     };
-                    Waited { data_id, worker, seq, keys, outcome }
+                    Waited { message, outcome }
                 });
             }
             other => {
@@ -249,46 +249,49 @@ const MAX_WAITING: usize = 256;
 
 /// A `data` message, once its clusters reconciled (or could not).
 struct Waited {
-    data_id: String,
-    worker: String,
-    /// Its place in the session's arrivals.
-    seq: u64,
-    /// The grant it changes ([`record`]), under each name it may have: a later message for
-    /// the same grant decides its state, so an earlier one that was not applied is acknowledged
-    /// with it. (Otherwise the service sends the earlier one again after a reconnect, and an
-    /// `add` rejected before an applied `delete` would give the access back.)
-    keys: Vec<String>,
+    message: Unapplied<NewGrant>,
     /// What was applied, or why it was not.
     outcome: Result<String, String>,
 }
 
-/// Per grant ([`Waited::keys`]), what this session applied and what it could not.
-#[derive(Default)]
-struct Ledger {
+/// Per grant ([`Unapplied::keys`]), what this session applied and what it could not.
+struct Ledger<K> {
     /// The latest message applied (its arrival number).
-    applied: HashMap<String, u64>,
+    applied: HashMap<K, u64>,
     /// Messages not applied, under each of their keys.
-    unapplied: HashMap<String, Vec<Unapplied>>,
+    unapplied: HashMap<K, Vec<Unapplied<K>>>,
 }
 
+impl<K> Default for Ledger<K> {
+    fn default() -> Self {
+        Ledger { applied: HashMap::new(), unapplied: HashMap::new() }
+    }
+}
+
+/// A `data` message (until it is applied, one not applied yet).
 #[derive(Clone, Debug, PartialEq)]
-struct Unapplied {
+struct Unapplied<K> {
+    /// Its place in the session's arrivals.
     seq: u64,
     data_id: String,
     worker: String,
-    keys: Vec<String>,
+    /// The grant it changes ([`record`]), under each name it may have: a later message for
+    /// the same grant decides its state, so an earlier one that was not applied is acknowledged
+    /// with it. (Otherwise the service sends the earlier one again after a reconnect, and an
+    /// `add` rejected before an applied `delete` would give the access back.)
+    keys: Vec<K>,
 }
 
 /// Grants a [`Ledger`] holds at most; past it, it starts again (earlier messages are then sent
 /// again after a reconnect, as without it).
 const LEDGER_MAX: usize = 10_000;
 
-impl Ledger {
+impl<K: Clone + Eq + std::hash::Hash> Ledger<K> {
     /// Message `seq` was applied: the earlier ones for any of its grants that were not, now to
     /// acknowledge (each once).
-    fn applied(&mut self, seq: u64, keys: &[String]) -> Vec<Unapplied> {
+    fn applied(&mut self, seq: u64, keys: &[K]) -> Vec<Unapplied<K>> {
         self.bound();
-        let mut earlier: Vec<Unapplied> = Vec::new();
+        let mut earlier: Vec<Unapplied<K>> = Vec::new();
         for key in keys {
             let latest = self.applied.entry(key.clone()).or_default();
             *latest = (*latest).max(seq);
@@ -319,7 +322,7 @@ impl Ledger {
 
     /// A message was not applied. True: a later message for one of its grants was (acknowledge
     /// it); false: it is kept, for a later one to acknowledge.
-    fn not_applied(&mut self, message: Unapplied) -> bool {
+    fn not_applied(&mut self, message: Unapplied<K>) -> bool {
         self.bound();
         if message.keys.iter().any(|k| self.applied.get(k).is_some_and(|&latest| latest > message.seq)) {
             return true;
@@ -347,24 +350,24 @@ async fn conclude<S>(
     app: &AppState,
     settings: &Settings,
     sink: &mut S,
-    ledger: &mut Ledger,
+    ledger: &mut Ledger<NewGrant>,
     waited: Waited,
 ) -> Result<(), String>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let Waited { data_id, worker, seq, keys, outcome } = waited;
+    let Waited { message, outcome } = waited;
+    let (data_id, worker) = (message.data_id.clone(), message.worker.clone());
     match outcome {
         Ok(what) => {
             acknowledge(app, settings, sink, &data_id, &worker).await?;
             tracing::info!(%data_id, %what, "permission subscription: applied and acknowledged");
-            for earlier in ledger.applied(seq, &keys) {
+            for earlier in ledger.applied(message.seq, &message.keys) {
                 acknowledge(app, settings, sink, &earlier.data_id, &earlier.worker).await?;
                 tracing::info!(data_id = %earlier.data_id, by = %data_id, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
             }
         }
         Err(reason) => {
-            let message = Unapplied { seq, data_id: data_id.clone(), worker: worker.clone(), keys };
             if ledger.not_applied(message) {
                 acknowledge(app, settings, sink, &data_id, &worker).await?;
                 tracing::info!(%data_id, %reason, "permission subscription: not applied, but a later message for the same grant was; acknowledged");
@@ -412,18 +415,13 @@ enum Stored {
 /// applied. With the grant it changes, whether it adds or deletes it, under each name it may
 /// have: the same user, role, scope and source, and the cluster as given (a bcs-api or BCS
 /// cluster id) and, when it names one, as the bcs-api cluster id it resolves to.
-async fn record(app: &AppState, data: &Value) -> (Vec<String>, Result<Stored, String>) {
+async fn record(app: &AppState, data: &Value) -> (Vec<NewGrant>, Result<Stored, String>) {
     let change = match parse(data) {
         Ok(Parsed::Change(change)) => change,
         Ok(Parsed::Skipped(what)) => return (Vec::new(), Ok(Stored::Done(what))),
         Err(e) => return (Vec::new(), Err(e)),
     };
-    let key = |cluster: &str| {
-        format!(
-            "{}\n{cluster}\n{}\n{}\n{}",
-            change.grant.user_name, change.grant.namespace, change.grant.role, change.grant.source
-        )
-    };
+    let key = |cluster: &str| NewGrant { cluster_id: cluster.to_owned(), ..change.grant.clone() };
     let cluster_id = match resolve_cluster(app, &change.cluster).await {
         Ok(id) => id,
         // Deleting a cluster deletes the grants that name it: nothing is left to remove, and a
@@ -566,7 +564,7 @@ pub fn valid_namespace(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn message(seq: u64, keys: &[&str]) -> Unapplied {
+    fn message(seq: u64, keys: &[&str]) -> Unapplied<String> {
         Unapplied {
             seq,
             data_id: format!("d{seq}"),
@@ -579,13 +577,13 @@ mod tests {
         names.iter().map(|k| k.to_string()).collect()
     }
 
-    fn ids(done: Vec<Unapplied>) -> Vec<String> {
+    fn ids(done: Vec<Unapplied<String>>) -> Vec<String> {
         done.into_iter().map(|m| m.data_id).collect()
     }
 
     #[test]
     fn a_message_applied_acknowledges_the_earlier_ones_for_its_grant_once() {
-        let mut ledger = Ledger::default();
+        let mut ledger: Ledger<String> = Ledger::default();
         // Given as a BCS id "X" (resolved to "A") and as "A" itself; another grant "B".
         assert!(!ledger.not_applied(message(1, &["X", "A"])));
         assert!(!ledger.not_applied(message(2, &["A"])));
@@ -601,7 +599,7 @@ mod tests {
 
     #[test]
     fn a_message_not_applied_after_a_later_one_was_is_acknowledged_at_once() {
-        let mut ledger = Ledger::default();
+        let mut ledger: Ledger<String> = Ledger::default();
         assert!(ledger.applied(5, &keys(&["X", "A"])).is_empty());
         // An earlier message that ends later (its wait ran longer), under either name.
         assert!(ledger.not_applied(message(3, &["A"])));

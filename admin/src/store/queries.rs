@@ -234,9 +234,7 @@ impl Store {
                 .await?;
                 // An id used again is no longer a deleted one (its new bindings are its own).
                 // Deleted only when there: see delete_cluster on gap locks.
-                let was =
-                    tx.query("SELECT id FROM deleted_clusters WHERE id = ?", vec![cluster.id.clone().into()]).await?;
-                if !was.is_empty() {
+                if was_deleted(tx, cluster.id.clone()).await? {
                     tx.exec("DELETE FROM deleted_clusters WHERE id = ?", vec![cluster.id.clone().into()]).await?;
                 }
                 if let Some(info) = bcs {
@@ -261,13 +259,7 @@ impl Store {
     /// Whether a cluster of this id was deleted here (and not created again since).
     pub async fn cluster_was_deleted(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.transaction(move |tx| {
-            Box::pin(async move {
-                let rows = tx.query("SELECT id FROM deleted_clusters WHERE id = ?", vec![id.into()]).await?;
-                Ok(!rows.is_empty())
-            })
-        })
-        .await
+        self.transaction(move |tx| Box::pin(was_deleted(tx, id))).await
     }
 
     pub async fn cluster(&self, id: &str) -> Result<Option<Cluster>, StoreError> {
@@ -388,20 +380,17 @@ impl Store {
         let cluster_id = cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let updated = tx
-                    .exec(
-                        "UPDATE register_tokens SET token_sealed = ?, token_digest = NULL, created_at = ? \
-                         WHERE cluster_id = ?",
-                        vec![token_sealed.clone().into(), now.into(), cluster_id.clone().into()],
-                    )
-                    .await?;
-                // (MySQL counts changed rows only: a row found unchanged is not a missing one.)
-                if updated.affected == 0 && find_register_token(tx, cluster_id.clone()).await?.is_none() {
-                    return insert_register_token(tx, cluster_id, token_sealed, now).await;
+                tx.exec(
+                    "UPDATE register_tokens SET token_sealed = ?, token_digest = NULL, created_at = ? \
+                     WHERE cluster_id = ?",
+                    vec![token_sealed.clone().into(), now.into(), cluster_id.clone().into()],
+                )
+                .await?;
+                // Found (not counted: MySQL counts changed rows only), or the first one.
+                match find_register_token(tx, cluster_id.clone()).await? {
+                    Some(token) => Ok(token),
+                    None => insert_register_token(tx, cluster_id, token_sealed, now).await,
                 }
-                find_register_token(tx, cluster_id)
-                    .await?
-                    .ok_or_else(|| StoreError::Internal("register token vanished inside its transaction".into()))
             })
         })
         .await
@@ -618,6 +607,10 @@ async fn insert_user_token(tx: &mut dyn Tx, new: NewUserToken, now: i64) -> Resu
         revoked_at: None,
         created_at: now,
     })
+}
+
+async fn was_deleted(tx: &mut dyn Tx, cluster_id: String) -> Result<bool, StoreError> {
+    Ok(!tx.query("SELECT id FROM deleted_clusters WHERE id = ?", vec![cluster_id.into()]).await?.is_empty())
 }
 
 async fn find_register_token(tx: &mut dyn Tx, cluster_id: String) -> Result<Option<RegisterToken>, StoreError> {

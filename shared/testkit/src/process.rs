@@ -93,6 +93,18 @@ impl Process {
         }
     }
 
+    /// Whether the process has not exited (it is reaped if it has).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Waits for the process to exit by itself (bounded by `timeout`) and returns its code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
