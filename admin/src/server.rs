@@ -84,6 +84,13 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             most => Some(most),
         },
     });
+    match app.max_clusters_per_user {
+        Some(most) => tracing::info!(
+            most,
+            "admin_config.max_clusters_per_user: clusters a user other than a super user may create"
+        ),
+        None => tracing::info!("admin_config.max_clusters_per_user is 0: users may create any number of clusters"),
+    }
     if zookeeper.is_some() {
         // Until discovery's first read, snapshots leave the proxies' mesos-drivers as they are.
         app.snapshots.await_discovery();

@@ -254,6 +254,8 @@ async fn a_user_past_max_clusters_per_user_is_refused_and_a_super_user_is_not() 
     let dir = tempfile::tempdir().unwrap();
     let options = Options { admin_extra: "  max_clusters_per_user: 2\n".into(), ..Options::default() };
     let admin = Admin::start(dir.path(), &options).await;
+    let said = admin.process.wait_stderr(&["max_clusters_per_user", "most=2"], std::time::Duration::from_secs(5));
+    assert!(said, "the limit is logged at start: {}", admin.process.stderr());
     let seeded = seed_flow(&admin, "erin", "sa-token-erin").await; // erin's first cluster
     let create = |id: &str| json!({"id": id});
     let second = admin.call(Method::POST, "/rest/clusters/", Some(&seeded.user_token), Some(create("second"))).await;
