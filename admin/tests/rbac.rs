@@ -670,6 +670,28 @@ async fn a_binding_its_namespace_refuses_holds_back_no_other_and_a_delete_for_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_cluster_of_a_bcs_id_registered_in_two_projects() {
+    let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
+    let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
+    let (fake, _, k) = subscribed_cluster(&gw, &svc, "K8S-SQ-001", "realClusterToken").await;
+    let add = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-readonly", "K8S-SQ-001"));
+    assert!(svc.wait_ack(&add, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    until_get_pods(&gw, &k, true, ON_CHANGE).await;
+
+    // Someone registers the same BCS cluster id in another project.
+    let squatter = FakeApiserver::start(FakeOptions::enforcing_rbac("squatClusterToken")).await;
+    gw.register_fake("K8S-SQ-001", Some("elsewhere"), &squatter).await;
+    // A grant naming the id is not given now; a revocation is carried out in both clusters.
+    let refused = svc.send_data(&Grant::cluster("add", "plain", "dev", "cluster-manage", "K8S-SQ-001"));
+    let revoked = svc.send_data(&Grant::cluster("delete", "plain", "dev", "cluster-readonly", "K8S-SQ-001"));
+    assert!(svc.wait_ack(&revoked, Duration::from_secs(30)).await.is_some(), "{}", gw.stderr());
+    assert!(binding_for(&fake, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-readonly").is_none());
+    until_get_pods(&gw, &k, false, Duration::from_secs(5)).await;
+    assert!(!svc.acked(&refused), "a grant for an id registered twice is not given");
+    assert!(binding_for(&squatter, RbacKind::ClusterRoleBinding, "plain.dev", "bke-cluster-manage").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_cluster_holds_back_no_subscription_message_for_another() {
     let svc = PermissionService::start(APP_CODE, APP_SECRET, false).await;
     let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;

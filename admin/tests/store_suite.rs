@@ -291,6 +291,9 @@ async fn clusters_and_their_bcs_mapping_are_unique(store: &Store, engine: &Engin
     // The same source id in another project is another cluster; a plain cluster has no mapping.
     let other_project = cluster("BCS-K8S-00004", "ident-00004", creator.id, 2_000);
     store.create_cluster(other_project.clone(), bcs("project-b", "K8S-001")).await.unwrap();
+    // Every cluster of that source id, in any project (exactly: no trailing-space match).
+    assert_eq!(store.bcs_cluster_ids("K8S-001").await.unwrap(), vec![first.id.clone(), other_project.id.clone()]);
+    assert_eq!(store.bcs_cluster_ids("K8S-001 ").await.unwrap(), Vec::<String>::new());
     let plain = Cluster {
         provider: provider::PLAIN,
         cluster_type: cluster_type::TKE,

@@ -429,7 +429,18 @@ async fn record(app: &AppState, data: &Value) -> (Vec<NewGrant>, Result<Stored, 
         Err(Unresolved::Unknown(why)) if change.operation == "delete" => {
             return (vec![key(&change.cluster)], Ok(Stored::Done(format!("nothing to remove: {why}"))))
         }
-        Err(Unresolved::Unknown(why) | Unresolved::Store(why)) => return (vec![key(&change.cluster)], Err(why)),
+        // A BCS id registered in more than one project: a grant is not given (the first to
+        // register an id must not receive the real cluster's grants), but a revocation is
+        // carried out in every cluster of that id, or registering the id again elsewhere would
+        // keep access in place.
+        Err(Unresolved::Ambiguous(ids, _)) if change.operation == "delete" => {
+            let mut keys = vec![key(&change.cluster)];
+            keys.extend(ids.iter().map(|id| key(id)));
+            return (keys, revoke_in_each(app, change, ids).await);
+        }
+        Err(Unresolved::Unknown(why) | Unresolved::Store(why) | Unresolved::Ambiguous(_, why)) => {
+            return (vec![key(&change.cluster)], Err(why))
+        }
     };
     let mut keys = vec![key(&change.cluster)];
     if cluster_id != change.cluster {
@@ -528,6 +539,23 @@ async fn store_change(app: &AppState, change: Change, cluster_id: String) -> Res
     Ok(Stored::Waiting { what: description, clusters, generation })
 }
 
+/// Removes a grant from each of `cluster_ids` (a BCS id registered in several projects).
+async fn revoke_in_each(app: &AppState, change: Change, cluster_ids: Vec<String>) -> Result<Stored, String> {
+    for id in &cluster_ids {
+        let grant = NewGrant { cluster_id: id.clone(), ..change.grant.clone() };
+        app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
+    }
+    let what = format!(
+        "delete {} for {} in {} (every cluster of the BCS id {})",
+        change.grant.role,
+        change.grant.user_name,
+        cluster_ids.join(", "),
+        change.cluster
+    );
+    let generation = super::grants_written(app, None).await;
+    Ok(Stored::Waiting { what, clusters: Some(cluster_ids), generation })
+}
+
 /// The bcs-api cluster id for a cluster id from the permission service: `*`, the exact
 /// bcs-api cluster id, or the exact BCS cluster id of a registered BCS cluster.
 async fn resolve_cluster(app: &AppState, cluster: &str) -> Result<String, Unresolved> {
@@ -538,15 +566,21 @@ async fn resolve_cluster(app: &AppState, cluster: &str) -> Result<String, Unreso
     if let Some(found) = app.store.cluster(cluster).await.map_err(store)? {
         return Ok(found.id);
     }
-    match app.store.bcs_cluster(None, cluster).await.map_err(store)? {
-        Some(found) => Ok(found.id),
-        None => Err(Unresolved::Unknown(format!("no cluster has the id or BCS cluster id {cluster:?}"))),
+    match app.store.bcs_cluster(None, cluster).await {
+        Ok(Some(found)) => Ok(found.id),
+        Ok(None) => Err(Unresolved::Unknown(format!("no cluster has the id or BCS cluster id {cluster:?}"))),
+        Err(StoreError::Conflict(why)) => {
+            Err(Unresolved::Ambiguous(app.store.bcs_cluster_ids(cluster).await.map_err(store)?, why))
+        }
+        Err(e) => Err(store(e)),
     }
 }
 
-/// Why a cluster id from the permission service names no cluster.
+/// Why a cluster id from the permission service names no one cluster.
 enum Unresolved {
     Unknown(String),
+    /// A BCS cluster id registered in more than one project: these clusters, and why.
+    Ambiguous(Vec<String>, String),
     /// The store failed: try again later.
     Store(String),
 }

@@ -321,6 +321,26 @@ impl Store {
         .await
     }
 
+    /// The bcs-api ids of every cluster registered for this BCS cluster id, in any project.
+    pub async fn bcs_cluster_ids(&self, source_cluster_id: &str) -> Result<Vec<String>, StoreError> {
+        let source = source_cluster_id.to_owned();
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT cluster_id, source_cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ? \
+                         ORDER BY id",
+                        vec![source.clone().into()],
+                    )
+                    .await?;
+                let found = all(rows, |r| Ok((r.text(0)?, r.text(1)?)))?;
+                // Exactly: MySQL's collation ignores trailing spaces in `=`.
+                Ok(found.into_iter().filter(|(_, s)| *s == source).map(|(id, _)| id).collect())
+            })
+        })
+        .await
+    }
+
     /// Deletes a cluster with its mapping, register token, credentials and the RBAC grants that
     /// name it (not those for every cluster, `*`); false if unknown. A cluster created again
     /// under the same id starts without the old one's grants (the config file's come back when
