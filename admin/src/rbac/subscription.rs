@@ -436,7 +436,7 @@ async fn record(app: &AppState, data: &Value) -> (Vec<NewGrant>, Result<Stored, 
         Err(Unresolved::Ambiguous(ids, _)) if change.operation == "delete" => {
             let mut keys = vec![key(&change.cluster)];
             keys.extend(ids.iter().map(|id| key(id)));
-            return (keys, revoke_in_each(app, change, ids).await);
+            return (keys, store_change(app, change, ids).await);
         }
         Err(Unresolved::Unknown(why) | Unresolved::Store(why) | Unresolved::Ambiguous(_, why)) => {
             return (vec![key(&change.cluster)], Err(why))
@@ -446,7 +446,7 @@ async fn record(app: &AppState, data: &Value) -> (Vec<NewGrant>, Result<Stored, 
     if cluster_id != change.cluster {
         keys.push(key(&cluster_id));
     }
-    (keys, store_change(app, change, cluster_id).await)
+    (keys, store_change(app, change, vec![cluster_id]).await)
 }
 
 /// A `data` message, read.
@@ -515,45 +515,35 @@ fn parse(data: &Value) -> Result<Parsed, String> {
     Ok(Parsed::Change(Change { operation, cluster, grant }))
 }
 
-/// Stores a change of the grant in `cluster_id`.
-async fn store_change(app: &AppState, change: Change, cluster_id: String) -> Result<Stored, String> {
+/// Stores a change of the grant in each of `cluster_ids` (one, or for a `delete`, every
+/// cluster of a BCS id registered in several projects).
+async fn store_change(app: &AppState, change: Change, cluster_ids: Vec<String>) -> Result<Stored, String> {
     let Change { operation, grant, .. } = change;
-    let grant = NewGrant { cluster_id: cluster_id.clone(), ..grant };
     let description = format!(
         "{operation} {} for {} in {}{}",
         grant.role,
         grant.user_name,
-        grant.cluster_id,
+        cluster_ids.join(", "),
         if grant.namespace.is_empty() { String::new() } else { format!("/{}", grant.namespace) }
     );
-    if operation == "add" {
-        match app.store.add_grant(grant, crate::now()).await {
-            Ok(_) | Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(format!("store: {e}")),
-        }
-    } else {
-        app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
-    }
-    let generation = super::grants_written(app, Some(&cluster_id)).await;
-    let clusters = (cluster_id != "*").then(|| vec![cluster_id]);
-    Ok(Stored::Waiting { what: description, clusters, generation })
-}
-
-/// Removes a grant from each of `cluster_ids` (a BCS id registered in several projects).
-async fn revoke_in_each(app: &AppState, change: Change, cluster_ids: Vec<String>) -> Result<Stored, String> {
     for id in &cluster_ids {
-        let grant = NewGrant { cluster_id: id.clone(), ..change.grant.clone() };
-        app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
+        let grant = NewGrant { cluster_id: id.clone(), ..grant.clone() };
+        if operation == "add" {
+            match app.store.add_grant(grant, crate::now()).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(format!("store: {e}")),
+            }
+        } else {
+            app.store.remove_grant_matching(grant).await.map_err(|e| format!("store: {e}"))?;
+        }
     }
-    let what = format!(
-        "delete {} for {} in {} (every cluster of the BCS id {})",
-        change.grant.role,
-        change.grant.user_name,
-        cluster_ids.join(", "),
-        change.cluster
-    );
-    let generation = super::grants_written(app, None).await;
-    Ok(Stored::Waiting { what, clusters: Some(cluster_ids), generation })
+    let scope = match cluster_ids.as_slice() {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
+    let generation = super::grants_written(app, scope).await;
+    let clusters = (scope != Some("*")).then_some(cluster_ids);
+    Ok(Stored::Waiting { what: description, clusters, generation })
 }
 
 /// The bcs-api cluster id for a cluster id from the permission service: `*`, the exact

@@ -290,29 +290,15 @@ impl Store {
         let source = source_cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let mut sql = "SELECT cluster_id, source_cluster_id, source_project_id FROM bcs_cluster_infos \
-                               WHERE source_cluster_id = ?"
-                    .to_owned();
-                let mut params: Vec<Value> = vec![source.clone().into()];
-                if let Some(project) = &project_id {
-                    sql.push_str(" AND source_project_id = ?");
-                    params.push(project.clone().into());
-                }
-                sql.push_str(" ORDER BY id");
-                let found = all(tx.query(&sql, params).await?, |r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))?;
-                // Exactly: MySQL's collation ignores trailing spaces in `=`.
-                let exact = |(_, s, p): &(String, String, String)| {
-                    *s == source && project_id.as_ref().is_none_or(|wanted| wanted == p)
-                };
-                let mut exact: Vec<(String, String, String)> = found.into_iter().filter(exact).collect();
+                let mut exact = bcs_mappings(tx, source.clone(), project_id).await?;
                 if exact.len() > 1 {
-                    let projects: Vec<&str> = exact.iter().map(|(_, _, p)| p.as_str()).collect();
+                    let projects: Vec<&str> = exact.iter().map(|(_, p)| p.as_str()).collect();
                     return Err(StoreError::Conflict(format!(
                         "the BCS cluster id {source} is registered in more than one project ({}): name the project",
                         projects.join(", ")
                     )));
                 }
-                let Some((cluster_id, _, _)) = exact.pop() else {
+                let Some((cluster_id, _)) = exact.pop() else {
                     return Ok(None);
                 };
                 find_cluster(tx, cluster_id).await
@@ -326,16 +312,7 @@ impl Store {
         let source = source_cluster_id.to_owned();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let rows = tx
-                    .query(
-                        "SELECT cluster_id, source_cluster_id FROM bcs_cluster_infos WHERE source_cluster_id = ? \
-                         ORDER BY id",
-                        vec![source.clone().into()],
-                    )
-                    .await?;
-                let found = all(rows, |r| Ok((r.text(0)?, r.text(1)?)))?;
-                // Exactly: MySQL's collation ignores trailing spaces in `=`.
-                Ok(found.into_iter().filter(|(_, s)| *s == source).map(|(id, _)| id).collect())
+                Ok(bcs_mappings(tx, source, None).await?.into_iter().map(|(cluster_id, _)| cluster_id).collect())
             })
         })
         .await
@@ -627,6 +604,30 @@ async fn insert_user_token(tx: &mut dyn Tx, new: NewUserToken, now: i64) -> Resu
         revoked_at: None,
         created_at: now,
     })
+}
+
+/// (cluster id, project) of the clusters registered for a BCS source id, in `project` or any,
+/// oldest first; matched exactly (MySQL's collation ignores trailing spaces in `=`).
+async fn bcs_mappings(
+    tx: &mut dyn Tx,
+    source: String,
+    project: Option<String>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut sql = "SELECT cluster_id, source_cluster_id, source_project_id FROM bcs_cluster_infos \
+                   WHERE source_cluster_id = ?"
+        .to_owned();
+    let mut params: Vec<Value> = vec![source.clone().into()];
+    if let Some(project) = &project {
+        sql.push_str(" AND source_project_id = ?");
+        params.push(project.clone().into());
+    }
+    sql.push_str(" ORDER BY id");
+    let found = all(tx.query(&sql, params).await?, |r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))?;
+    Ok(found
+        .into_iter()
+        .filter(|(_, s, p)| *s == source && project.as_ref().is_none_or(|wanted| wanted == p))
+        .map(|(cluster_id, _, p)| (cluster_id, p))
+        .collect())
 }
 
 async fn was_deleted(tx: &mut dyn Tx, cluster_id: String) -> Result<bool, StoreError> {
