@@ -107,6 +107,29 @@ def cpu_ticks(pids):
     return sum(s[3] for p in pids if (s := proc_stat(p)))
 
 
+def user_system_ticks(pids):
+    """(utime, stime) summed over pids: the server's own code against the kernel's work for it (TCP,
+    system calls, io_uring), which /proc keeps apart."""
+    user = system = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
+
+
+def tcp_segments_sent():
+    """The machine's TCP OutSegs (/proc/net/snmp): every segment on loopback, data and pure ACKs."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("OutSegs")])
+
+
 def task_files(pid, name):
     """The text of /proc/<pid>/task/<tid>/<name> for each thread still there (none if the process is gone)."""
     try:
@@ -885,6 +908,7 @@ class Bench:
         ours = self.our_pids()
         threads0 = thread_ticks(pids[0]) if gateway else {}
         c0, o0, a0 = cpu_ticks(pids), cpu_ticks(origin_pids), cpu_ticks([admin_pid])
+        us0, seg0 = user_system_ticks(pids), tcp_segments_sent()
         self_c0 = os.times()
         snap0 = cpu_snapshot()
         t0 = time.monotonic()
@@ -893,8 +917,12 @@ class Bench:
         snap1 = cpu_snapshot()
         self_c1 = os.times()
         c1, o1, a1 = cpu_ticks(pids), cpu_ticks(origin_pids), cpu_ticks([admin_pid])
+        us1, seg1 = user_system_ticks(pids), tcp_segments_sent()
         threads1 = thread_ticks(pids[0]) if gateway else {}
         r = parse_wrk(out)
+        r["server_user"] = (us1[0] - us0[0]) / CLK_TCK
+        r["server_system"] = (us1[1] - us0[1]) / CLK_TCK
+        r["segments"] = seg1 - seg0
         r["server_cpu"] = (c1 - c0) / CLK_TCK
         r["origin_cpu"] = (o1 - o0) / CLK_TCK
         r["admin_cpu"] = (a1 - a0) / CLK_TCK
@@ -1207,16 +1235,23 @@ def target_check(bench, rows):
 
 
 def cpu_split(bench):
-    """Where the CPU went in each configuration's median run: server, origin, wrk, admin, outside."""
-    out = ["| workload | configuration | req/s | server CPU-s | origin CPU-s | wrk CPU-s | bcs-api (admin) CPU-s | "
-           "outside CPU-s | proxy threads (CPU-s) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    """Where the CPU went in each configuration's median run: server (its own code and the kernel's work
+    for it, per request), origin, wrk, admin, outside, and the TCP segments the machine sent per request."""
+    out = ["| workload | configuration | req/s | server CPU-s | server µs per request: user + system | "
+           "TCP segments per request (machine) | origin CPU-s | wrk CPU-s | bcs-api (admin) CPU-s | "
+           "outside CPU-s | proxy threads (CPU-s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for size in bench.args.workloads:
         for config in workload_configs(bench.args, size):
             runs = sorted(bench.runs[(config, size)], key=lambda r: r["rps"])
             r = runs[len(runs) // 2]
             threads = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["threads"].items(), key=lambda kv: -kv[1])
                                 if v >= 0.05)
-            out.append(f"| {size} | {config} | {fmt_int(r['rps'])} | {r['server_cpu']:.1f} | {r['origin_cpu']:.1f} | "
+            done = r.get("requests") or 0
+            per = lambda v: f"{v * 1e6 / done:.1f}" if done else "–"
+            split = f"{per(r['server_user'])} + {per(r['server_system'])}"
+            segments = f"{r['segments'] / done:.2f}" if done else "–"
+            out.append(f"| {size} | {config} | {fmt_int(r['rps'])} | {r['server_cpu']:.1f} | {split} | {segments} | "
+                       f"{r['origin_cpu']:.1f} | "
                        f"{r['wrk_cpu']:.1f} | {r['admin_cpu']:.2f} | {r['noise_cpu']:.2f} | {threads or '–'} |")
     return "\n".join(out)
 
