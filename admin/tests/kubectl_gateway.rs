@@ -80,6 +80,11 @@ async fn gateway(options: FakeOptions) -> Gateway {
     let user_token = token.1["Value"].as_str().unwrap().to_owned();
     let client = register(&admin, &user_token, "k8s-e2e", &fake).await;
     let server_address = client["server_address"].as_str().unwrap().to_owned();
+    // The gateway's CA comes with the answer: a kubeconfig needs nothing else (the test's
+    // kubectl trusts this one).
+    let gateway_ca = client["server_cacert_data"].as_str().unwrap().to_owned();
+    assert_eq!(gateway_ca.trim(), certs.ca_pem.trim());
+    assert_ne!(client["cacert_data"], client["server_cacert_data"], "cacert_data stays the cluster's CA");
     assert_eq!(
         server_address,
         format!(
@@ -92,7 +97,7 @@ async fn gateway(options: FakeOptions) -> Gateway {
         )
     );
 
-    let gw = Gateway { dir, admin, fake, gateway_ca: certs.ca_pem, server_address, user_token, tls_port, metric_port };
+    let gw = Gateway { dir, admin, fake, gateway_ca, server_address, user_token, tls_port, metric_port };
     gw.wait_serving().await;
     gw
 }
@@ -413,4 +418,87 @@ async fn rest_calls_work_on_the_proxy_port_and_a_revoked_token_is_refused_within
     }
     assert!(!watch.running(), "the revoked token's watch was closed");
     println!("revoked token refused and its watch closed {:?} after the REST call", revoked_at.elapsed());
+}
+
+/// kubectl's stderr for `get pods` through the gateway at `server`.
+async fn kubectl_stderr(gw: &Gateway, server: &str) -> String {
+    let k = Kubectl::new(server, &gw.gateway_ca, &gw.user_token);
+    let out = k.run_with(&["get", "pods", "--request-timeout=10s"], None, Duration::from_secs(30)).await;
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_says_why_the_gateway_cannot_serve_a_cluster() {
+    let gw = gateway(fake_options()).await;
+    let base = format!("https://127.0.0.1:{}/tunnels/clusters", gw.tls_port);
+
+    // A cluster whose agent has not reported: kubectl's discovery step alone would print
+    // "the server is currently unable to handle the request".
+    let created = gw
+        .admin
+        .call(
+            Method::POST,
+            "/rest/clusters/bcs",
+            Some(&gw.user_token),
+            Some(json!({"id": "k8s-silent", "project_id": "e2e"})),
+        )
+        .await;
+    assert_eq!(created.0, 200, "{}", created.1);
+    let (silent_id, identifier) =
+        (created.1["id"].as_str().unwrap().to_owned(), created.1["identifier"].as_str().unwrap().to_owned());
+    let mut stderr = String::new();
+    // The snapshot with the new cluster reaches the proxy within milliseconds.
+    for _ in 0..50 {
+        stderr = kubectl_stderr(&gw, &format!("{base}/{identifier}")).await;
+        if stderr.contains("has no credentials yet") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stderr.contains(&format!(
+            "Warning: bcs-api: cluster {silent_id} has no credentials yet: its agent has not reported"
+        )),
+        "{stderr}"
+    );
+
+    // A cluster whose apiserver address answers nothing: "an error on the server (\"unknown\")"
+    // without the warning.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("https://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let created = gw
+        .admin
+        .call(
+            Method::POST,
+            "/rest/clusters/bcs",
+            Some(&gw.user_token),
+            Some(json!({"id": "k8s-dead", "project_id": "e2e"})),
+        )
+        .await;
+    let cluster_id = created.1["id"].as_str().unwrap().to_owned();
+    let identifier = created.1["identifier"].as_str().unwrap().to_owned();
+    let rt = gw
+        .admin
+        .call(Method::POST, &format!("/rest/clusters/{cluster_id}/register_tokens"), Some(&gw.user_token), None)
+        .await;
+    let report = json!({
+        "register_token": rt.1[0]["token"],
+        "server_addresses": dead,
+        "cacert_data": gw.fake.ca_pem(),
+        "user_token": gw.fake.token(),
+    });
+    let put = gw.admin.call(Method::PUT, &format!("/rest/clusters/{cluster_id}/credentials"), None, Some(report)).await;
+    assert_eq!(put.0, 200, "{}", put.1);
+    for _ in 0..50 {
+        stderr = kubectl_stderr(&gw, &format!("{base}/{identifier}")).await;
+        if stderr.contains("cannot reach the upstream") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stderr.contains("Warning: bcs-api: cannot reach the upstream (the gateway's log says why)"), "{stderr}");
+    // The token travels in no warning.
+    assert!(!stderr.contains(&gw.user_token) && !stderr.contains(&gw.fake.token()), "{stderr}");
 }

@@ -67,6 +67,8 @@ async fn flow_survives_restart(options: Options) {
         .await;
     assert_eq!(client.0, 200, "{}", client.1);
     assert_eq!(client.1["server_address_path"], format!("/tunnels/clusters/{}/", seeded.identifier));
+    // Plain HTTP: no gateway CA to trust.
+    assert_eq!(client.1["server_cacert_data"], "");
     let register = admin
         .call(
             Method::GET,
@@ -166,6 +168,9 @@ async fn rest_answers_are_never_cached() {
         (Method::GET, format!("/rest/clusters/{}/credentials", seeded.cluster_id)),
         (Method::GET, format!("/rest/clusters/{}/agent.yaml", seeded.cluster_id)),
         (Method::GET, "/rest/users/999999".to_owned()),
+        // The fallbacks: no route (404), a route without this method (405).
+        (Method::GET, "/rest/nothing".to_owned()),
+        (Method::PUT, "/rest/users".to_owned()),
     ] {
         let response = client
             .request(method, format!("{}{path}", admin.base))

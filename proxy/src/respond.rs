@@ -1,5 +1,10 @@
 //! Answers the gateway writes itself: errors (as a Kubernetes `Status` on kubernetes routes,
 //! the REST shape `{"code_name","message"}` elsewhere) and small plain answers.
+//!
+//! An error on a kubernetes route also carries its message in a `Warning` header: kubectl
+//! prints a warning whatever the status, where its discovery step (the first request of most
+//! commands) reads no error body and shows only a generic line ("the server is currently
+//! unable to handle the request", "an error on the server (\"unknown\")").
 use crate::error::ProxyError;
 
 /// Which error body a route gets.
@@ -75,6 +80,9 @@ pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
     if matches!(err, ProxyError::Overloaded | ProxyError::NotReady | ProxyError::NoDrivers(_)) {
         extra.push_str("Retry-After: 1\r\n");
     }
+    if shape == Shape::Kubernetes {
+        warning(&mut extra, &message);
+    }
     if status == 401 {
         // RFC 6750 §3: which scheme to authenticate with.
         extra.push_str("WWW-Authenticate: ");
@@ -82,6 +90,27 @@ pub fn error(err: &ProxyError, shape: Shape, close: bool) -> Vec<u8> {
         extra.push_str("\r\n");
     }
     response(status, "application/json", &body.to_string(), close, &extra)
+}
+
+/// Longest message a `Warning` header carries (kubectl prints it on one line).
+const WARNING_MAX: usize = 300;
+
+/// `Warning: 299 - "bcs-api: <message>"` (RFC 7234 §5.5, as Kubernetes sends its own): the
+/// message as a quoted string, printable ASCII only (anything else, line breaks included,
+/// becomes `?`), at most [`WARNING_MAX`] characters.
+fn warning(extra: &mut String, message: &str) {
+    extra.push_str("Warning: 299 - \"bcs-api: ");
+    for c in message.chars().take(WARNING_MAX) {
+        match c {
+            '"' | '\\' => {
+                extra.push('\\');
+                extra.push(c);
+            }
+            ' '..='~' => extra.push(c),
+            _ => extra.push('?'),
+        }
+    }
+    extra.push_str("\"\r\n");
 }
 
 /// The head of `answer` alone, for a HEAD request: its Content-Length stays (the length a GET
@@ -131,6 +160,29 @@ mod tests {
         assert_eq!(body["apiVersion"], "v1");
         assert_eq!(body["reason"], "Unauthorized");
         assert_eq!(body["code"], 401);
+    }
+
+    #[test]
+    fn kubernetes_routes_carry_the_message_in_a_warning_kubectl_prints() {
+        let text =
+            String::from_utf8(error(&ProxyError::NoCredentials("web-abc".into()), Shape::Kubernetes, false)).unwrap();
+        assert!(
+            text.contains("\r\nWarning: 299 - \"bcs-api: cluster web-abc has no credentials yet: its agent has not reported\"\r\n"),
+            "{text}"
+        );
+        let rest = String::from_utf8(error(&ProxyError::NoCredentials("web-abc".into()), Shape::Rest, false)).unwrap();
+        assert!(!rest.contains("Warning:"), "{rest}");
+    }
+
+    #[test]
+    fn a_warning_is_one_quoted_line_of_printable_ascii() {
+        let mut extra = String::new();
+        warning(&mut extra, "a \"quoted\" \\ path\r\nSet-Cookie: x=1 \u{e9}t\u{e9}");
+        assert_eq!(extra, "Warning: 299 - \"bcs-api: a \\\"quoted\\\" \\\\ path??Set-Cookie: x=1 ?t?\"\r\n");
+        let mut long = String::new();
+        warning(&mut long, &"x".repeat(1000));
+        assert_eq!(long.matches('x').count(), WARNING_MAX);
+        assert_eq!(long.matches("\r\n").count(), 1);
     }
 
     #[test]

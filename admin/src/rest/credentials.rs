@@ -107,12 +107,17 @@ pub async fn client(
     let cluster = load(&app, &id).await?;
     let credentials = stored(&app, &cluster).await?;
     let path = format!("/tunnels/clusters/{}", cluster.identifier);
+    let server_cacert_data = match &app.gateway_ca {
+        Some(ca) if app.external_url.starts_with("https://") => ca.clone(),
+        _ => String::new(),
+    };
     Ok(Json(ClientCredentialsView {
         cluster_id: cluster.id,
         server_address_path: format!("{path}/"),
         server_address: format!("{}{path}", app.external_url),
         user_token: caller.presented.expose().to_owned(),
         cacert_data: credentials.ca_cert_data,
+        server_cacert_data,
     }))
 }
 

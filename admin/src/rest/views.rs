@@ -155,4 +155,8 @@ pub struct ClientCredentialsView {
     pub user_token: String,
     /// The cluster's CA, as the original returned.
     pub cacert_data: String,
+    /// New: the CA of the gateway's own certificate, which a client of `server_address` must
+    /// trust (the last certificate of `cert_config.server_cert_file`, as in agent manifests);
+    /// empty when `server_address` is plain HTTP or that CA is unknown.
+    pub server_cacert_data: String,
 }
