@@ -58,6 +58,20 @@ async fn malformed_requests_are_400_413_415_and_change_nothing() {
     assert_error(&r, 400, "USER_ID_INVALID", "abc");
     let r = admin.call(Method::POST, "/rest/users/1/tokens", a, Some(json!({"expires_in": 0}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'expires_in'");
+    // A misspelt field is named as unknown, with what was expected, not as a wrong type.
+    let r = admin.call(Method::POST, "/rest/users/1/tokens", a, Some(json!({"expire_in": 60}))).await;
+    assert_error(&r, 400, "VALIDATION_ERROR", "field 'expire_in' is not known here: expected `expires_in`");
+    // A token sent without its scheme is told so, not called anonymous.
+    let bare = reqwest::Client::new()
+        .get(format!("{}/rest/clusters", admin.base))
+        .header("Authorization", admin.admin_token.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 401);
+    let body: serde_json::Value = bare.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("must be 'Bearer <token>'"), "{body}");
+    assert!(!body.to_string().contains(&admin.admin_token), "{body}");
 
     // None of it left a trace.
     let users = admin.call(Method::GET, "/rest/users/bob", a, None).await;

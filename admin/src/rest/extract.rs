@@ -56,7 +56,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             let inner = e.into_inner();
             match inner.classify() {
                 serde_json::error::Category::Data => {
-                    ApiError::validation(&path, format_args!("has the wrong type: {}", strip_position(&inner)))
+                    let text = strip_position(&inner);
+                    // "unknown field `expire_in`, expected `expires_in`" (or "expected one of ...",
+                    // "there are no fields"): a misspelt field, not a value of the wrong type.
+                    match text.strip_prefix("unknown field ").and_then(|rest| rest.split_once(", ")) {
+                        Some((_, expected)) => {
+                            ApiError::validation(&path, format_args!("is not known here: {expected}"))
+                        }
+                        None => ApiError::validation(&path, format_args!("has the wrong type: {text}")),
+                    }
                 }
                 _ => ApiError::bad_request("BAD_JSON", format_args!("malformed JSON body: {inner}")),
             }
@@ -124,8 +132,18 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = AppState::from_ref(state);
-        let presented = presented_token(&parts.headers)
-            .ok_or_else(|| ApiError::unauthorized("anonymous requests is forbidden, please provide a valid token"))?;
+        let presented = match presented_token(&parts.headers) {
+            Some(presented) => presented,
+            // A header was sent: saying it was anonymous would send its author looking elsewhere.
+            None if parts.headers.contains_key(AUTHORIZATION) => {
+                return Err(ApiError::unauthorized(
+                    "the Authorization header must be 'Bearer <token>' (or Basic with the token as its password)",
+                ))
+            }
+            None => {
+                return Err(ApiError::unauthorized("anonymous requests is forbidden, please provide a valid token"))
+            }
+        };
         // One answer for a token that never was, was revoked or has expired (the log tells
         // which): a caller holding an old leaked token learns nothing from it.
         let Some((token, user)) = app.store.token_by_digest(&presented.digest()).await? else {

@@ -78,8 +78,7 @@ pub fn router(app: AppState) -> Router {
         .route("/clusters/{cluster_id}/agent.yaml", get(onboarding::agent_yaml))
         .route("/rbac/grants", get(rbac::list).post(rbac::add))
         .route("/rbac/grants/{grant_id}", axum::routing::delete(rbac::remove))
-        .route("/rbac/status", get(rbac::status))
-        .layer(axum::middleware::map_response(no_store));
+        .route("/rbac/status", get(rbac::status));
     Router::new()
         .nest("/rest", rest)
         .route("/healthz", get(ops::healthz))
@@ -87,6 +86,9 @@ pub fn router(app: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(error::json_rejections))
+        // Every answer, the fallbacks' 404 and 405 included (a layer on the nested routes
+        // misses those).
+        .layer(axum::middleware::map_response(no_store))
         .layer(axum::middleware::from_fn_with_state(app.clone(), crate::metrics::track))
         .with_state(app)
 }

@@ -44,6 +44,8 @@ fn the_shipped_samples_load() {
     assert_eq!(deploy.admin_address(), "127.0.0.1:8090");
     let dev = parse(DEV).unwrap();
     assert!(dev.core_database.dsn.is_none() || dev.core_database.dsn.as_ref().unwrap().is_empty());
+    // Loopback only, the metrics listener included.
+    assert_eq!(dev.local_config.local_ip.as_deref(), Some("127.0.0.1"));
 }
 
 #[test]
