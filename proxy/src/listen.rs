@@ -88,15 +88,33 @@ type Fusion = monoio::FusionRuntime<
 /// before 5.19 refuse the flags: then a plain ring; then epoll. (`DEFER_TASKRUN` with
 /// `SINGLE_ISSUER` was measured too: no fewer CPU-seconds per request, more context switches
 /// and a worse p99, so it is not used.)
+///
+/// monoio's check that io_uring works opens a ring of two entries; a core's ring has 1 024.
+/// Where the first fits in the locked-memory limit and the second does not (kernels before
+/// 5.12 account rings to RLIMIT_MEMLOCK, 64 KiB by default in containers), the core runs on
+/// epoll with a warning, instead of the proxy exiting at every start.
 fn fusion_runtime() -> std::io::Result<Fusion> {
     let mut cooperative = io_uring::IoUring::builder();
     cooperative.setup_coop_taskrun().setup_taskrun_flag();
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().uring_builder(cooperative).build().or_else(
-        |e| {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .uring_builder(cooperative)
+        .build()
+        .or_else(|e| {
             tracing::info!(error = %e, "io_uring without cooperative task running");
             monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()
-        },
-    )
+        })
+        .or_else(|e| {
+            tracing::warn!(
+                error = %e,
+                "cannot make this core's io_uring ring (too little locked memory? see tuning/README.md): \
+                 it runs on epoll; raise LimitMEMLOCK or set proxy_config.io_driver: epoll"
+            );
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .map(monoio::FusionRuntime::Legacy)
+        })
 }
 
 fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

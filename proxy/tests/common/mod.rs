@@ -607,6 +607,11 @@ impl Proxy {
     /// Writes the config into `dir` (snapshot socket `dir/run/bcs-api.sock`) and starts the
     /// proxy; does not wait for readiness.
     pub fn spawn(dir: &Path, options: &ProxyOptions) -> Proxy {
+        Proxy::spawn_with(dir, options, |_| {})
+    }
+
+    /// [`Proxy::spawn`] with `configure` applied to the command (a limit on the process).
+    pub fn spawn_with(dir: &Path, options: &ProxyOptions, configure: impl FnOnce(&mut std::process::Command)) -> Proxy {
         let (plain_port, tls_port, metric_port) =
             (bcs_testkit::free_port(), bcs_testkit::free_port(), bcs_testkit::free_port());
         let cert = options.cert_config.as_deref().map(|c| format!("cert_config:\n{c}")).unwrap_or_default();
@@ -626,7 +631,7 @@ impl Proxy {
             options.console_port
         );
         std::fs::write(dir.join("bcs-api.yaml"), yaml).unwrap();
-        let process = Process::spawn(&binary(), &["--config=bcs-api.yaml"], dir, "bcs-api-proxy");
+        let process = Process::spawn_with(&binary(), &["--config=bcs-api.yaml"], dir, "bcs-api-proxy", configure);
         Proxy { process, dir: dir.to_owned(), plain_port, tls_port, metric_port }
     }
 

@@ -13,6 +13,7 @@
 //! - [`free_port`]: a loopback port nobody listens on.
 pub mod apiserver;
 pub mod forward;
+pub mod limits;
 pub mod mesos_driver;
 pub mod mysql;
 pub mod permission_service;

@@ -18,11 +18,26 @@ impl Process {
 
     /// [`Process::spawn`] with `env` added to the inherited environment.
     pub fn spawn_env(binary: &Path, args: &[&str], env: &[(&str, &str)], workdir: &Path, name: &str) -> Process {
+        Process::spawn_with(binary, args, workdir, name, |c| {
+            c.envs(env.iter().copied());
+        })
+    }
+
+    /// [`Process::spawn`] with `configure` applied to the command first (for example
+    /// [`crate::limits::refuse_large_io_uring_rings`]).
+    pub fn spawn_with(
+        binary: &Path,
+        args: &[&str],
+        workdir: &Path,
+        name: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Process {
         let stdout = workdir.join(format!("{name}.stdout"));
         let stderr = workdir.join(format!("{name}.stderr"));
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        configure(&mut command);
+        let child = command
             .args(args)
-            .envs(env.iter().copied())
             .current_dir(workdir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("create stdout file"))
