@@ -9,7 +9,8 @@ fn the_tuning_check_prints_a_value_for_every_setting() {
     let out = Command::new("bash").arg(&script).output().expect("bash runs tuning/check");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert!(text.starts_with("limits read from: "), "{text}");
+    let rows: Vec<&str> = text.lines().skip(2).collect();
     for setting in ["nofile", "memlock", "kernel.io_uring_disabled", "net.core.somaxconn", "ip_local_port_range"] {
         assert!(rows.iter().any(|r| r.contains(setting)), "{setting} missing:\n{text}");
     }
@@ -19,4 +20,33 @@ fn the_tuning_check_prints_a_value_for_every_setting() {
         assert!(!current.is_empty(), "a setting without a current value:\n{row}");
         assert!(row.trim_end().ends_with("OK") || row.trim_end().ends_with("CHECK"), "{row}");
     }
+}
+
+#[test]
+fn the_limits_are_the_proxy_process_s_own() {
+    // A stand-in named bcs-api-proxy with a nofile limit no shell here has.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("bcs-api-proxy");
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut command = Command::new(&fake);
+    command.arg("30");
+    // SAFETY: setrlimit(2) on the child itself, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit { rlim_cur: 4321, rlim_max: 4321 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tuning/check");
+    let out = Command::new("bash").arg(&script).arg(child.id().to_string()).output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with(&format!("limits read from: bcs-api-proxy {}", child.id())), "{text}");
+    let nofile = text.lines().find(|l| l.contains("nofile")).unwrap();
+    assert!(nofile.contains(" 4321 ") && nofile.trim_end().ends_with("CHECK"), "{nofile}");
 }
