@@ -61,6 +61,8 @@ async fn malformed_requests_are_400_413_415_and_change_nothing() {
     // A misspelt field is named as unknown, with what was expected, not as a wrong type.
     let r = admin.call(Method::POST, "/rest/users/1/tokens", a, Some(json!({"expire_in": 60}))).await;
     assert_error(&r, 400, "VALIDATION_ERROR", "field 'expire_in' is not known here: expected `expires_in`");
+    let r = admin.call(Method::POST, "/rest/users/1/tokens", a, Some(json!({"a, b": 60}))).await;
+    assert_error(&r, 400, "VALIDATION_ERROR", "field 'a, b' is not known here: expected `expires_in`");
     // A token sent without its scheme is told so, not called anonymous.
     let bare = reqwest::Client::new()
         .get(format!("{}/rest/clusters", admin.base))

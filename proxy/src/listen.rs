@@ -4,6 +4,7 @@
 //! (`BCS_PROXY_DRIVER=legacy` forces epoll, as CI does once).
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +41,12 @@ impl Plan {
 fn start(plan: Plan) -> anyhow::Result<()> {
     let forced = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let legacy = forced || plan.epoll;
+    let uring = !legacy && monoio::utils::detect_uring();
     let driver = if forced {
         "epoll (forced by BCS_PROXY_DRIVER=legacy)"
     } else if plan.epoll {
         "epoll (proxy_config.io_driver)"
-    } else if monoio::utils::detect_uring() {
+    } else if uring {
         "io_uring"
     } else {
         "epoll (io_uring unavailable)"
@@ -73,7 +75,9 @@ fn start(plan: Plan) -> anyhow::Result<()> {
     for _ in 0..plan.cores {
         ready_rx.recv().context("a core thread ended before it started")??;
     }
-    tracing::info!("proxy ready to accept");
+    // The start line named the driver chosen for all; a core whose ring failed said so itself.
+    let cores_on_epoll = if uring { RING_FAILED.load(Ordering::Relaxed) } else { plan.cores };
+    tracing::info!(cores_on_epoll, "proxy ready to accept");
     Ok(())
 }
 
@@ -105,6 +109,7 @@ fn fusion_runtime() -> std::io::Result<Fusion> {
             monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()
         })
         .or_else(|e| {
+            RING_FAILED.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 error = %e,
                 "cannot make this core's io_uring ring (too little locked memory? see tuning/README.md): \
@@ -116,6 +121,9 @@ fn fusion_runtime() -> std::io::Result<Fusion> {
                 .map(monoio::FusionRuntime::Legacy)
         })
 }
+
+/// Cores that run on epoll because their io_uring ring could not be made.
+static RING_FAILED: AtomicUsize = AtomicUsize::new(0);
 
 fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);

@@ -24,6 +24,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
+        413 => "Content Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -41,6 +42,7 @@ fn kubernetes_reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "NotFound",
         408 | 504 => "Timeout",
+        413 => "RequestEntityTooLarge",
         503 => "ServiceUnavailable",
         _ => "InternalError",
     }
@@ -53,6 +55,7 @@ fn code_name(status: u16) -> &'static str {
         403 => "FORBIDDEN",
         404 => "NOT_FOUND",
         408 => "REQUEST_TIMEOUT",
+        413 => "PAYLOAD_TOO_LARGE",
         502 => "BAD_GATEWAY",
         503 => "SERVICE_UNAVAILABLE",
         504 => "GATEWAY_TIMEOUT",

@@ -679,6 +679,8 @@ async fn a_body_over_3_mib_is_413_and_closes_the_connection() {
     let r = read_response(&mut stream).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert!(r.text().contains("larger than 3 MiB"), "{}", r.text());
+    assert!(r.head.starts_with("HTTP/1.1 413 Content Too Large\r\n"), "{}", r.head);
+    assert_eq!(r.json()["reason"], "RequestEntityTooLarge");
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     assert_eq!(s.upstream.connections(), 0);
 

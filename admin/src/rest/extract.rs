@@ -58,8 +58,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 serde_json::error::Category::Data => {
                     let text = strip_position(&inner);
                     // "unknown field `expire_in`, expected `expires_in`" (or "expected one of ...",
-                    // "there are no fields"): a misspelt field, not a value of the wrong type.
-                    match text.strip_prefix("unknown field ").and_then(|rest| rest.split_once(", ")) {
+                    // "there are no fields"): a misspelt field, not a value of the wrong type. The
+                    // name is quoted unescaped, so the split is at the last "`, " (the expected
+                    // names hold none).
+                    match text.strip_prefix("unknown field `").and_then(|rest| rest.rsplit_once("`, ")) {
                         Some((_, expected)) => {
                             ApiError::validation(&path, format_args!("is not known here: {expected}"))
                         }

@@ -11,6 +11,8 @@ pub fn refuse_large_io_uring_rings(command: &mut Command) {
     const AUDIT_ARCH: u32 = 0xC000_003E;
     #[cfg(target_arch = "aarch64")]
     const AUDIT_ARCH: u32 = 0xC000_00B7;
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    compile_error!("refuse_large_io_uring_rings knows the seccomp audit arch of x86_64 and aarch64 only");
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const JGT_K: u16 = 0x25;
@@ -34,7 +36,13 @@ pub fn refuse_large_io_uring_rings(command: &mut Command) {
     unsafe {
         command.pre_exec(move || {
             let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            if libc::prctl(
+                libc::PR_SET_NO_NEW_PRIVS,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
                 || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) != 0
             {
                 return Err(std::io::Error::last_os_error());

@@ -33,7 +33,11 @@ fn the_limits_are_the_proxy_process_s_own() {
     // SAFETY: setrlimit(2) on the child itself, between fork and exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            let limit = libc::rlimit { rlim_cur: 4321, rlim_max: 4321 };
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = 4321.min(limit.rlim_max);
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
