@@ -38,23 +38,33 @@ fn proxy_binary() -> std::path::PathBuf {
     path
 }
 
-/// Registers a cluster reporting `fake` as its apiserver; returns its client_credentials.
-async fn register(admin: &Admin, user_token: &str, id: &str, fake: &FakeApiserver) -> serde_json::Value {
+/// Creates BCS cluster `id` (project e2e) as the user; returns its cluster id and identifier.
+async fn create_cluster(admin: &Admin, user_token: &str, id: &str) -> (String, String) {
     let cluster = admin
         .call(Method::POST, "/rest/clusters/bcs", Some(user_token), Some(json!({"id": id, "project_id": "e2e"})))
         .await;
     assert_eq!(cluster.0, 200, "{}", cluster.1);
-    let cluster_id = cluster.1["id"].as_str().unwrap().to_owned();
+    (cluster.1["id"].as_str().unwrap().to_owned(), cluster.1["identifier"].as_str().unwrap().to_owned())
+}
+
+/// Reports `server_addresses`, with `fake`'s CA and token, as the cluster's credentials.
+async fn report(admin: &Admin, user_token: &str, cluster_id: &str, server_addresses: &str, fake: &FakeApiserver) {
     let rt =
         admin.call(Method::POST, &format!("/rest/clusters/{cluster_id}/register_tokens"), Some(user_token), None).await;
     let report = json!({
         "register_token": rt.1[0]["token"],
-        "server_addresses": fake.url(),
+        "server_addresses": server_addresses,
         "cacert_data": fake.ca_pem(),
         "user_token": fake.token(),
     });
     let put = admin.call(Method::PUT, &format!("/rest/clusters/{cluster_id}/credentials"), None, Some(report)).await;
     assert_eq!(put.0, 200, "{}", put.1);
+}
+
+/// Registers a cluster reporting `fake` as its apiserver; returns its client_credentials.
+async fn register(admin: &Admin, user_token: &str, id: &str, fake: &FakeApiserver) -> serde_json::Value {
+    let (cluster_id, _) = create_cluster(admin, user_token, id).await;
+    report(admin, user_token, &cluster_id, &fake.url(), fake).await;
     let client = admin
         .call(Method::GET, &format!("/rest/clusters/{cluster_id}/client_credentials"), Some(user_token), None)
         .await;
@@ -420,12 +430,21 @@ async fn rest_calls_work_on_the_proxy_port_and_a_revoked_token_is_refused_within
     println!("revoked token refused and its watch closed {:?} after the REST call", revoked_at.elapsed());
 }
 
-/// kubectl's stderr for `get pods` through the gateway at `server`.
-async fn kubectl_stderr(gw: &Gateway, server: &str) -> String {
+/// kubectl's stderr for `get pods` through the gateway at `server`, once it holds `needle`
+/// (the snapshot with a new cluster reaches the proxy within milliseconds), or after 5 s.
+async fn kubectl_stderr(gw: &Gateway, server: &str, needle: &str) -> String {
     let k = Kubectl::new(server, &gw.gateway_ca, &gw.user_token);
-    let out = k.run_with(&["get", "pods", "--request-timeout=10s"], None, Duration::from_secs(30)).await;
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut stderr = String::new();
+    for _ in 0..50 {
+        let out = k.run_with(&["get", "pods", "--request-timeout=10s"], None, Duration::from_secs(30)).await;
+        assert!(!out.status.success());
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,27 +454,8 @@ async fn kubectl_says_why_the_gateway_cannot_serve_a_cluster() {
 
     // A cluster whose agent has not reported: kubectl's discovery step alone would print
     // "the server is currently unable to handle the request".
-    let created = gw
-        .admin
-        .call(
-            Method::POST,
-            "/rest/clusters/bcs",
-            Some(&gw.user_token),
-            Some(json!({"id": "k8s-silent", "project_id": "e2e"})),
-        )
-        .await;
-    assert_eq!(created.0, 200, "{}", created.1);
-    let (silent_id, identifier) =
-        (created.1["id"].as_str().unwrap().to_owned(), created.1["identifier"].as_str().unwrap().to_owned());
-    let mut stderr = String::new();
-    // The snapshot with the new cluster reaches the proxy within milliseconds.
-    for _ in 0..50 {
-        stderr = kubectl_stderr(&gw, &format!("{base}/{identifier}")).await;
-        if stderr.contains("has no credentials yet") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (silent_id, identifier) = create_cluster(&gw.admin, &gw.user_token, "k8s-silent").await;
+    let stderr = kubectl_stderr(&gw, &format!("{base}/{identifier}"), "has no credentials yet").await;
     assert!(
         stderr.contains(&format!(
             "Warning: bcs-api: cluster {silent_id} has no credentials yet: its agent has not reported"
@@ -468,36 +468,9 @@ async fn kubectl_says_why_the_gateway_cannot_serve_a_cluster() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("https://127.0.0.1:{}", closed.local_addr().unwrap().port());
     drop(closed);
-    let created = gw
-        .admin
-        .call(
-            Method::POST,
-            "/rest/clusters/bcs",
-            Some(&gw.user_token),
-            Some(json!({"id": "k8s-dead", "project_id": "e2e"})),
-        )
-        .await;
-    let cluster_id = created.1["id"].as_str().unwrap().to_owned();
-    let identifier = created.1["identifier"].as_str().unwrap().to_owned();
-    let rt = gw
-        .admin
-        .call(Method::POST, &format!("/rest/clusters/{cluster_id}/register_tokens"), Some(&gw.user_token), None)
-        .await;
-    let report = json!({
-        "register_token": rt.1[0]["token"],
-        "server_addresses": dead,
-        "cacert_data": gw.fake.ca_pem(),
-        "user_token": gw.fake.token(),
-    });
-    let put = gw.admin.call(Method::PUT, &format!("/rest/clusters/{cluster_id}/credentials"), None, Some(report)).await;
-    assert_eq!(put.0, 200, "{}", put.1);
-    for _ in 0..50 {
-        stderr = kubectl_stderr(&gw, &format!("{base}/{identifier}")).await;
-        if stderr.contains("cannot reach the upstream") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (cluster_id, identifier) = create_cluster(&gw.admin, &gw.user_token, "k8s-dead").await;
+    report(&gw.admin, &gw.user_token, &cluster_id, &dead, &gw.fake).await;
+    let stderr = kubectl_stderr(&gw, &format!("{base}/{identifier}"), "cannot reach the upstream").await;
     assert!(stderr.contains("Warning: bcs-api: cannot reach the upstream (the gateway's log says why)"), "{stderr}");
     // The token travels in no warning.
     assert!(!stderr.contains(&gw.user_token) && !stderr.contains(&gw.fake.token()), "{stderr}");

@@ -459,6 +459,11 @@ async fn reading_everything_opens_no_shell_and_managing_workloads_does() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The run that first succeeded may have gone over SPDY: kubectl falls back to it when its
+    // WebSocket try is refused, and the grant can land between the two tries. Once the grant
+    // is in place, an exec goes over WebSocket.
+    let out = k.run(&["exec", "web-0", "--", "echo", "hi"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(fake.requests().iter().any(|r| r.path.ends_with("/exec") && r.method == "GET"), "over WebSocket");
 }
 
