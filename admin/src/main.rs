@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(bcs_admin::server::run(config, &args.config)) {
+    match runtime.block_on(bcs_admin::server::run(config, &args.config, args.log_format.as_deref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the admin and its access log.
 //!
 //! As the original: `bcs_api_request_count_total`, `bcs_api_request_err_count_total`,
-//! `bcs_api_request_latency_seconds` and `bcs_api_request_error_latency_seconds` (16 exponential
-//! buckets from 0.25 ms), with `type="rest"`, plus the matched `route` and the `code`.
+//! `bcs_api_request_latency_seconds` and `bcs_api_request_error_latency_seconds` (exponential
+//! buckets from 0.25 ms: the original's 16 to 8.192 s, and four more to 131 s), with `type="rest"`, plus the matched `route` and the `code`.
 //!
 //! Snapshots ([`SnapshotMetrics`]): `bcs_api_snapshot_revision`, `bcs_api_snapshot_peers`,
 //! `bcs_api_snapshot_oldest_acked_revision`, `bcs_api_snapshot_build_seconds` and
@@ -76,7 +76,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
         let labels = &["type", "route", "method", "code"];
-        let buckets = prometheus::exponential_buckets(0.00025, 2.0, 16).expect("valid buckets");
+        // The original's 16 buckets (0.25 ms to 8.192 s) and four more, to 131 s, as the proxy's.
+        let buckets = prometheus::exponential_buckets(0.00025, 2.0, 20).expect("valid buckets");
         let requests =
             IntCounterVec::new(Opts::new("bcs_api_request_count_total", "Requests answered by the admin API"), labels)
                 .expect("valid metric");

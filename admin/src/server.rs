@@ -22,8 +22,9 @@ use crate::snapshot::{Publisher, SnapshotServer};
 use crate::store::{self, Dsn, Store};
 
 /// Runs the admin until SIGINT or SIGTERM. `config_path` is the file `config` was read from;
-/// the supervised proxy is given the same path.
-pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+/// the supervised proxy is given the same path, and the same `--log-format` if one was given
+/// (its lines share bcs-api's stderr).
+pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -121,7 +122,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let supervisor = if config.admin_config.spawn_proxy.unwrap_or(true) {
         match crate::supervisor::find_binary() {
-            Ok(binary) => Some(tokio::spawn(crate::supervisor::run(binary, config_path.to_owned(), shutdown.clone()))),
+            Ok(binary) => Some(tokio::spawn(crate::supervisor::run(
+                binary,
+                config_path.to_owned(),
+                log_format.map(str::to_owned),
+                shutdown.clone(),
+            ))),
             Err(why) => {
                 tracing::error!(%why,
                     "admin_config.spawn_proxy: cannot find bcs-api-proxy; running without a data plane");

@@ -53,11 +53,11 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Keeps the proxy running until shutdown, then stops it.
-pub async fn run(binary: PathBuf, config: PathBuf, mut shutdown: Shutdown) {
+pub async fn run(binary: PathBuf, config: PathBuf, log_format: Option<String>, mut shutdown: Shutdown) {
     let mut delay = FIRST_DELAY;
     loop {
         let started = Instant::now();
-        match start(&binary, &config) {
+        match start(&binary, &config, log_format.as_deref()) {
             Ok(mut child) => {
                 let pid = child.id();
                 tracing::info!(pid, binary = %binary.display(), config = %config.display(), "started bcs-api-proxy");
@@ -89,11 +89,12 @@ pub async fn run(binary: PathBuf, config: PathBuf, mut shutdown: Shutdown) {
     }
 }
 
-fn start(binary: &Path, config: &Path) -> std::io::Result<Child> {
+fn start(binary: &Path, config: &Path, log_format: Option<&str>) -> std::io::Result<Child> {
     let mut config_arg = std::ffi::OsString::from("--config=");
     config_arg.push(config);
     Command::new(binary)
         .arg(config_arg)
+        .args(log_format.map(|f| format!("--log-format={f}")))
         .stdin(Stdio::null())
         .process_group(0)
         // If bcs-api itself fails before it can stop the proxy in order.

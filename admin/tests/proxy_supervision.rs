@@ -19,9 +19,15 @@ struct Running {
 
 impl Running {
     async fn start(dir: &Path, proxy_bin: &Path) -> Running {
+        Running::start_with(dir, proxy_bin, &[]).await
+    }
+
+    /// [`Running::start`] with more arguments for bcs-api.
+    async fn start_with(dir: &Path, proxy_bin: &Path, args: &[&str]) -> Running {
         let (admin_port, _) = common::write_config(dir, &Options { spawn_proxy: true, ..Options::default() });
         let child = Command::new(common::binary())
             .arg("--config=bcs-api.yaml")
+            .args(args)
             .current_dir(dir)
             .env("BCS_API_PROXY_BIN", proxy_bin)
             .stdin(Stdio::null())
@@ -187,4 +193,18 @@ async fn without_a_proxy_binary_the_control_plane_keeps_running() {
     assert!(stderr.contains("cannot find bcs-api-proxy"), "{stderr}");
     assert!(stderr.contains("no-such-proxy"), "{stderr}");
     assert_eq!(admin.terminate(Duration::from_secs(20)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_logs_in_the_format_bcs_api_was_given() {
+    // Their lines share one stderr: a JSON log must not be interleaved with text lines.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let proxy = script(dir.path(), "fake-proxy", &journal, "while :; do sleep 0.05; done");
+    let admin = Running::start_with(dir.path(), &proxy, &["--log-format=json"]).await;
+    wait_until(Duration::from_secs(10), || async { !starts(&journal).is_empty() })
+        .await
+        .unwrap_or_else(|| panic!("the proxy was not started:\n{}", admin.stderr()));
+    assert_eq!(starts(&journal)[0].1, "--config=bcs-api.yaml --log-format=json");
+    assert!(admin.stderr().lines().all(|l| l.starts_with('{')), "{}", admin.stderr());
 }

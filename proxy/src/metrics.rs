@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::tables;
 
-/// Latency buckets in seconds: 16 exponential buckets from 0.25 ms, as the original.
-const BUCKETS: [f64; 16] = {
-    let mut b = [0.00025; 16];
+/// Latency buckets in seconds: exponential from 0.25 ms, the original's 16 (to 8.192 s) and four
+/// more to 131 s, so the 10-s connect timeout and the 120-s response-head timeout land in a
+/// bucket of their own instead of +Inf.
+const BUCKET_COUNT: usize = 20;
+const BUCKETS: [f64; BUCKET_COUNT] = {
+    let mut b = [0.00025; BUCKET_COUNT];
     let mut i = 1;
-    while i < 16 {
+    while i < BUCKET_COUNT {
         b[i] = b[i - 1] * 2.0;
         i += 1;
     }
@@ -23,7 +26,7 @@ struct Core {
     /// (route type, method, status) -> count
     requests: BTreeMap<(&'static str, &'static str, u16), u64>,
     /// route type -> (bucket counts, sum, count)
-    latency: BTreeMap<&'static str, ([u64; 16], f64, u64)>,
+    latency: BTreeMap<&'static str, ([u64; BUCKET_COUNT], f64, u64)>,
     upstream_connect_errors: u64,
     /// TLS handshakes with upstreams: [full, resumed from a ticket].
     upstream_handshakes: [u64; 2],
@@ -69,7 +72,7 @@ pub fn request_done(route: &'static str, method: &str, status: u16, seconds: f64
     let method = method_label(method);
     with_core(|c| {
         *c.requests.entry((route, method, status)).or_default() += 1;
-        let (buckets, sum, count) = c.latency.entry(route).or_insert(([0; 16], 0.0, 0));
+        let (buckets, sum, count) = c.latency.entry(route).or_insert(([0; BUCKET_COUNT], 0.0, 0));
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
                 buckets[i] += 1;
@@ -117,7 +120,7 @@ pub fn set_tls_configs(n: usize) {
 /// Prometheus text format of every core's counters added up.
 pub fn render() -> String {
     let mut requests: BTreeMap<(&'static str, &'static str, u16), u64> = BTreeMap::new();
-    let mut latency: BTreeMap<&'static str, ([u64; 16], f64, u64)> = BTreeMap::new();
+    let mut latency: BTreeMap<&'static str, ([u64; BUCKET_COUNT], f64, u64)> = BTreeMap::new();
     let (mut connect_errors, mut connections, mut streams, mut pooled) = (0u64, 0i64, 0i64, 0usize);
     let mut tls_configs = 0usize;
     let mut handshakes = [0u64; 2];
@@ -128,7 +131,7 @@ pub fn render() -> String {
                 *requests.entry(*k).or_default() += v;
             }
             for (k, (b, s, n)) in &core.latency {
-                let e = latency.entry(k).or_insert(([0; 16], 0.0, 0));
+                let e = latency.entry(k).or_insert(([0; BUCKET_COUNT], 0.0, 0));
                 for (total, count) in e.0.iter_mut().zip(b) {
                     *total += count;
                 }
@@ -206,4 +209,21 @@ pub fn render() -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_ends_on_a_timeout_lands_in_a_bucket_of_its_own() {
+        // The original's 16 buckets stop at 8.192 s: the 10-s connect timeout and the 120-s
+        // answer timeout were +Inf.
+        assert_eq!(BUCKETS[15], 8.192);
+        assert_eq!(BUCKETS[BUCKET_COUNT - 1], 131.072);
+        request_done("k8s", "GET", 504, 120.0);
+        let text = render();
+        assert!(text.contains("bcs_api_request_latency_seconds_bucket{type=\"k8s\",le=\"65.536\"} 0"), "{text}");
+        assert!(text.contains("bcs_api_request_latency_seconds_bucket{type=\"k8s\",le=\"131.072\"} 1"), "{text}");
+    }
 }

@@ -88,7 +88,9 @@ const MAX_CONNECTION_NAMES: usize = 16;
 
 /// The request line, in a buffer with room for `rest` bytes of headers after it.
 fn start(method: &str, target: &str, rest: usize) -> Result<Vec<u8>, ProxyError> {
-    if !target.bytes().all(|b| b.is_ascii_graphic()) || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+    // A method is a token (RFC 9110 §9.1), as the parser took it: `FOO1` passes, for the
+    // upstream to refuse; only what could break the line (controls, spaces) is ours to refuse.
+    if !target.bytes().all(|b| b.is_ascii_graphic()) || method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(ProxyError::Internal("refusing to write a request line with control characters".into()));
     }
     let mut out = Vec::with_capacity(method.len() + target.len() + 16 + rest);
@@ -97,6 +99,11 @@ fn start(method: &str, target: &str, rest: usize) -> Result<Vec<u8>, ProxyError>
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     Ok(out)
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `X-Forwarded-For`: the client's entries, then its address. Written straight into the head,

@@ -197,3 +197,16 @@ fn a_connection_header_naming_many_fields_is_refused() {
     let h = head(&format!("GET /x HTTP/1.1\r\nHost: gw\r\nConnection: {}\r\n\r\n", names[..16].join(", ")));
     assert!(to_driver(&h, "/x", "10.0.0.5:8090", ip(), h.framing.into()).is_ok());
 }
+
+#[test]
+fn any_token_method_is_written_and_nothing_that_could_break_the_line() {
+    // FOO1 is a token the parser accepts: the upstream answers it (405), not the gateway (500).
+    let out = cluster("FOO1 /api HTTP/1.1\r\nHost: g\r\n\r\n", None);
+    assert!(out.starts_with("FOO1 /api/v1/pods HTTP/1.1\r\n"), "{out}");
+    for method in ["M-SEARCH", "X_Y.Z~1"] {
+        assert!(start(method, "/api", 0).is_ok(), "{method}");
+    }
+    for method in ["", "G ET", "GE\tT", "GET\r\n"] {
+        assert!(start(method, "/api", 0).is_err(), "{method:?}");
+    }
+}
