@@ -122,12 +122,16 @@ pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -
     }
     let supervisor = if config.admin_config.spawn_proxy.unwrap_or(true) {
         match crate::supervisor::find_binary() {
-            Ok(binary) => Some(tokio::spawn(crate::supervisor::run(
-                binary,
-                config_path.to_owned(),
-                log_format.map(str::to_owned),
-                shutdown.clone(),
-            ))),
+            Ok(binary) => {
+                let socket = snapshot_socket(&config);
+                let proxy = crate::supervisor::ProxyCommand {
+                    binary,
+                    config: config_path.to_owned(),
+                    log_format: log_format.map(str::to_owned),
+                    pid_file: socket.with_file_name(crate::supervisor::PID_FILE),
+                };
+                Some(tokio::spawn(crate::supervisor::run(proxy, shutdown.clone())))
+            }
             Err(why) => {
                 tracing::error!(%why,
                     "admin_config.spawn_proxy: cannot find bcs-api-proxy; running without a data plane");

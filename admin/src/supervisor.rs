@@ -8,6 +8,12 @@
 //! [`STABLE_AFTER`]. At shutdown it gets SIGTERM, and SIGKILL after [`STOP_GRACE`].
 //!
 //! A missing binary is logged and the control plane keeps running without a data plane.
+//!
+//! The running proxy's pid is kept in `bcs-api-proxy.pid` next to the snapshot socket. A
+//! bcs-api that was killed (SIGKILL, a crash) leaves its proxy running, serving its last
+//! snapshot: the next bcs-api finds it there and, once its own proxy has run for
+//! [`HANDOVER`], stops the old one with SIGTERM (it drains), so that two proxies, perhaps of
+//! two versions, do not share the listeners for good.
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -26,6 +32,21 @@ pub const MAX_DELAY: Duration = Duration::from_secs(30);
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long a proxy has to stop after SIGTERM.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the new proxy runs before a predecessor left by an earlier bcs-api is stopped
+/// (time to bind its listeners and take its first snapshot).
+pub const HANDOVER: Duration = Duration::from_secs(2);
+/// The pid file's name, in the snapshot socket's directory.
+pub const PID_FILE: &str = "bcs-api-proxy.pid";
+
+/// What the supervisor starts, and where it keeps the running proxy's pid.
+pub struct ProxyCommand {
+    pub binary: PathBuf,
+    /// The config file bcs-api was given.
+    pub config: PathBuf,
+    /// `--log-format` when bcs-api was given one.
+    pub log_format: Option<String>,
+    pub pid_file: PathBuf,
+}
 
 /// The proxy binary: `$BCS_API_PROXY_BIN`, else next to this executable, else on `PATH`.
 pub fn find_binary() -> Result<PathBuf, String> {
@@ -53,7 +74,9 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Keeps the proxy running until shutdown, then stops it.
-pub async fn run(binary: PathBuf, config: PathBuf, log_format: Option<String>, mut shutdown: Shutdown) {
+pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
+    let ProxyCommand { binary, config, log_format, pid_file } = proxy;
+    let mut predecessor = left_running(&pid_file, &binary);
     let mut delay = FIRST_DELAY;
     loop {
         let started = Instant::now();
@@ -61,20 +84,41 @@ pub async fn run(binary: PathBuf, config: PathBuf, log_format: Option<String>, m
             Ok(mut child) => {
                 let pid = child.id();
                 tracing::info!(pid, binary = %binary.display(), config = %config.display(), "started bcs-api-proxy");
-                tokio::select! {
-                    status = child.wait() => {
-                        if started.elapsed() >= STABLE_AFTER {
-                            delay = FIRST_DELAY;
-                        }
-                        let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
-                        tracing::warn!(pid, %status, ran_for = ?started.elapsed(), restart_in = ?delay,
-                            "bcs-api-proxy exited");
-                    }
-                    _ = shutdown.wait() => {
-                        stop(child).await;
-                        return;
+                if let Some(pid) = pid {
+                    if let Err(e) = std::fs::write(&pid_file, format!("{pid}\n")) {
+                        tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the proxy's pid file");
                     }
                 }
+                let mut handover = predecessor.take().map(|old| (old, Box::pin(tokio::time::sleep(HANDOVER))));
+                let status = loop {
+                    tokio::select! {
+                        status = child.wait() => break status,
+                        _ = shutdown.wait() => {
+                            stop(child).await;
+                            let _ = std::fs::remove_file(&pid_file);
+                            return;
+                        }
+                        _ = async { handover.as_mut().expect("guarded").1.as_mut().await }, if handover.is_some() => {
+                            let (old, _) = handover.take().expect("guarded");
+                            tracing::warn!(pid = old,
+                                "a bcs-api-proxy left running by an earlier bcs-api (killed before it could stop it): \
+                                 stopping it (SIGTERM) now that its successor runs");
+                            // SAFETY: kill(2) on a pid whose command line named our proxy binary
+                            // (left_running), checked again just now.
+                            if is_proxy(old, &binary) && unsafe { libc::kill(old as libc::pid_t, libc::SIGTERM) } != 0 {
+                                tracing::warn!(pid = old, error = %std::io::Error::last_os_error(), "cannot stop it");
+                            }
+                        }
+                    }
+                };
+                // The new proxy died before the handover: the old one keeps serving until the next.
+                predecessor = handover.map(|(old, _)| old);
+                if started.elapsed() >= STABLE_AFTER {
+                    delay = FIRST_DELAY;
+                }
+                let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
+                tracing::warn!(pid, %status, ran_for = ?started.elapsed(), restart_in = ?delay,
+                    "bcs-api-proxy exited");
             }
             Err(e) => {
                 tracing::error!(binary = %binary.display(), error = %e, restart_in = ?delay,
@@ -87,6 +131,25 @@ pub async fn run(binary: PathBuf, config: PathBuf, log_format: Option<String>, m
         }
         delay = (delay * 2).min(MAX_DELAY);
     }
+}
+
+/// The proxy an earlier bcs-api started and did not stop, if its pid file names one that still
+/// runs `binary`.
+fn left_running(pid_file: &Path, binary: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let running = pid != std::process::id() && is_proxy(pid, binary);
+    if running {
+        tracing::warn!(pid, file = %pid_file.display(), "a bcs-api-proxy started by an earlier bcs-api still runs");
+    }
+    running.then_some(pid)
+}
+
+/// Whether process `pid` runs `binary`: its command line's first word, or its second (a script
+/// runs as `sh <script>`), is that path. A pid reused by another program does not match.
+fn is_proxy(pid: u32, binary: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let binary = binary.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).take(2).any(|word| word == binary)
 }
 
 fn start(binary: &Path, config: &Path, log_format: Option<&str>) -> std::io::Result<Child> {

@@ -69,6 +69,15 @@ impl Running {
     }
 }
 
+impl Running {
+    /// SIGKILL: bcs-api cannot stop its proxy.
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -207,4 +216,31 @@ async fn the_proxy_logs_in_the_format_bcs_api_was_given() {
         .unwrap_or_else(|| panic!("the proxy was not started:\n{}", admin.stderr()));
     assert_eq!(starts(&journal)[0].1, "--config=bcs-api.yaml --log-format=json");
     assert!(admin.stderr().lines().all(|l| l.starts_with('{')), "{}", admin.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_left_by_a_killed_bcs_api_is_stopped_once_its_successor_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let body =
+        format!("trap 'echo \"term $$\" >> \"{}\"; exit 0' TERM\nwhile :; do sleep 0.05; done", journal.display());
+    let proxy = script(dir.path(), "fake-proxy", &journal, &body);
+    let mut first_admin = Running::start(dir.path(), &proxy).await;
+    wait_until(Duration::from_secs(10), || async { starts(&journal).len() == 1 }).await.expect("started");
+    let (old, _) = starts(&journal)[0].clone();
+    first_admin.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(old), "a killed bcs-api leaves its proxy serving");
+
+    let second_admin = Running::start(dir.path(), &proxy).await;
+    wait_until(Duration::from_secs(10), || async { starts(&journal).len() == 2 }).await.expect("a new proxy");
+    let (new, _) = starts(&journal)[1].clone();
+    let journal_text = || std::fs::read_to_string(&journal).unwrap_or_default();
+    wait_until(Duration::from_secs(10), || async { journal_text().contains(&format!("term {old}")) })
+        .await
+        .unwrap_or_else(|| panic!("the old proxy was not stopped:\n{}\n{}", journal_text(), second_admin.stderr()));
+    wait_until(Duration::from_secs(5), || async { !alive(old) }).await.expect("the old proxy exits");
+    assert!(alive(new), "the new proxy runs on");
+    assert!(!journal_text().contains(&format!("term {new}")));
+    assert!(second_admin.stderr().contains("left running by an earlier bcs-api"), "{}", second_admin.stderr());
 }
