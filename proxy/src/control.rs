@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -26,6 +27,25 @@ use crate::tables::{self, Tables};
 
 const PERSISTED: &str = "proxy-snapshot.sealed";
 const PURPOSE: &str = "proxy_snapshot";
+
+/// When the link to admin was lost (Unix seconds), 0 while connected, -1 before the first
+/// connection. Read by `/readyz` and the metrics: a proxy serving its last snapshot while admin
+/// is away looks healthy otherwise.
+static ADMIN_LOST_AT: AtomicI64 = AtomicI64::new(-1);
+
+/// Seconds since the link to admin was lost: None while connected (or before the first try
+/// ended).
+pub fn admin_gone_for() -> Option<i64> {
+    match ADMIN_LOST_AT.load(Ordering::Relaxed) {
+        at if at > 0 => Some((tables::now() - at).max(0)),
+        _ => None,
+    }
+}
+
+/// Whether admin's snapshot socket is connected.
+pub fn admin_connected() -> bool {
+    ADMIN_LOST_AT.load(Ordering::Relaxed) == 0
+}
 
 pub struct Control {
     socket: PathBuf,
@@ -91,6 +111,9 @@ impl Control {
         loop {
             let mut delivered = false;
             let outcome = self.session(&mut delivered);
+            // Lost now, or still lost since the first failure.
+            let _ = ADMIN_LOST_AT.compare_exchange(0, tables::now(), Ordering::Relaxed, Ordering::Relaxed);
+            let _ = ADMIN_LOST_AT.compare_exchange(-1, tables::now(), Ordering::Relaxed, Ordering::Relaxed);
             if delivered {
                 // A session that worked: the next outage is news again, and retried quickly.
                 backoff = FIRST_BACKOFF;
@@ -134,6 +157,7 @@ impl Control {
             while let Some(message) = decoder.next_message()? {
                 match message {
                     Message::Hello { major, minor, .. } => {
+                        ADMIN_LOST_AT.store(0, Ordering::Relaxed);
                         tracing::info!(major, minor, "connected to admin's snapshot socket");
                     }
                     Message::Refused { reason } => bail!("admin refused the connection: {reason}"),

@@ -73,9 +73,27 @@ async fn answer(mut stream: TcpStream) {
             respond::response(503, "text/plain", "not ready: stopping, draining the requests in flight\n", true, "")
         }
         "/readyz" => match crate::tables::current() {
-            Some(t) => {
-                respond::response(200, "text/plain", &format!("ready: snapshot revision {}\n", t.revision), true, "")
-            }
+            // Serving the last good snapshot while admin is away is by design: still ready, but
+            // the answer says so.
+            Some(t) => match crate::control::admin_gone_for() {
+                None => respond::response(
+                    200,
+                    "text/plain",
+                    &format!("ready: snapshot revision {}\n", t.revision),
+                    true,
+                    "",
+                ),
+                Some(secs) => respond::response(
+                    200,
+                    "text/plain",
+                    &format!(
+                        "ready: snapshot revision {}; admin disconnected for {secs} s (serving the last snapshot)\n",
+                        t.revision
+                    ),
+                    true,
+                    "",
+                ),
+            },
             None => respond::response(503, "text/plain", "not ready: no snapshot loaded\n", true, ""),
         },
         _ => respond::response(404, "text/plain", "not found\n", true, ""),

@@ -199,6 +199,18 @@ pub fn render() -> String {
             tables.as_ref().map_or(-1.0, |t| (tables::now() - t.generated_at) as f64),
         ),
         (
+            "bcs_api_admin_connected",
+            "gauge",
+            "1 while the snapshot socket to bcs-api (admin) is connected",
+            if crate::control::admin_connected() { 1.0 } else { 0.0 },
+        ),
+        (
+            "bcs_api_admin_disconnected_seconds",
+            "gauge",
+            "Seconds since the snapshot socket to bcs-api was lost (0 while connected)",
+            crate::control::admin_gone_for().unwrap_or(0) as f64,
+        ),
+        (
             "bcs_api_clusters",
             "gauge",
             "Clusters in the snapshot",

@@ -403,9 +403,18 @@ async fn h2c_and_unknown_upgrades_are_refused() {
 async fn admin_down_the_proxy_keeps_serving_and_restarts_from_its_persisted_snapshot() {
     let mut s = setup(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
     s.admin.as_ref().unwrap().wait_ack(1).await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", s.proxy.metric_port);
+    assert!(s.proxy.metrics().await.contains("\nbcs_api_admin_connected 1\n"));
     s.admin.take().unwrap().stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200, "admin down: still serving");
+    // Still ready (serving the last snapshot is the design), but an operator can see admin is away.
+    let (status, text) = reqwest_like_get(&readyz).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("admin disconnected for"), "{text}");
+    let metrics = s.proxy.metrics().await;
+    assert!(metrics.contains("\nbcs_api_admin_connected 0\n"), "{metrics}");
+    assert!(metrics.contains("\nbcs_api_admin_disconnected_seconds "), "{metrics}");
 
     s.proxy.respawn();
     s.proxy.wait_ready().await;
