@@ -160,8 +160,13 @@ where
 {
     let path = &head.target[..memchr::memchr(b'?', head.target.as_bytes()).unwrap_or(head.target.len())];
     let plan = plan(head, settings, memo);
+    // Whom and which cluster a request the gateway refused was for, when that was known.
+    let mut refused_who: Option<Box<(String, String)>> = None;
     let (kind, destination, outcome) = match plan {
-        Err((kind, error)) => (kind, None, Err(Failed { client, error, in_sync: head.framing == Framing::None })),
+        Err(Refused { kind, error, who }) => {
+            refused_who = who;
+            (kind, None, Err(Failed { client, error, in_sync: head.framing == Framing::None }))
+        }
         Ok(Plan { kind, target, destination }) => {
             let mut client = client;
             if head.expect_continue
@@ -175,8 +180,11 @@ where
         }
     };
     // Who and where, for the access log: borrowed from the destination (no copy per request).
-    let user = destination.as_ref().map_or("", Destination::user_name);
-    let cluster = destination.as_ref().map_or("", Destination::cluster_name);
+    let (user, cluster) = match (&destination, &refused_who) {
+        (Some(d), _) => (d.user_name(), d.cluster_name()),
+        (None, Some(who)) => (who.0.as_str(), who.1.as_str()),
+        (None, None) => ("", ""),
+    };
     let shape = if kind == "k8s" { Shape::Kubernetes } else { Shape::Rest };
     match outcome {
         Ok((flow, status)) => {
@@ -213,6 +221,21 @@ where
     }
 }
 
+/// A request the gateway answers itself: its route type for the metrics, the error, and whom
+/// and which cluster it was for once known (for the access log; boxed: errors only).
+struct Refused {
+    kind: &'static str,
+    error: ProxyError,
+    who: Option<Box<(String, String)>>,
+}
+
+impl Refused {
+    /// Once the caller is known: the error with the user's and the cluster's names.
+    fn for_whom(kind: &'static str, error: ProxyError, user: &str, cluster: &str) -> Refused {
+        Refused { kind, error, who: Some(Box::new((user.to_owned(), cluster.to_owned()))) }
+    }
+}
+
 struct Plan<'a> {
     kind: &'static str,
     /// The request target upstream: mostly a slice of the client's.
@@ -221,11 +244,7 @@ struct Plan<'a> {
 }
 
 /// Route, authenticate and authorise: everything decided before a byte goes upstream.
-fn plan<'h>(
-    head: &'h RequestHead,
-    settings: &Settings,
-    memo: &mut auth::TokenMemo,
-) -> Result<Plan<'h>, (&'static str, ProxyError)> {
+fn plan<'h>(head: &'h RequestHead, settings: &Settings, memo: &mut auth::TokenMemo) -> Result<Plan<'h>, Refused> {
     tables::with_current(|tables| plan_with(head, settings, tables, memo))
 }
 
@@ -234,13 +253,13 @@ fn plan_with<'h>(
     settings: &Settings,
     tables: Option<&Tables>,
     memo: &mut auth::TokenMemo,
-) -> Result<Plan<'h>, (&'static str, ProxyError)> {
-    let route = route::route(&head.target).map_err(|e| ("other", e))?;
+) -> Result<Plan<'h>, Refused> {
+    let route = route::route(&head.target).map_err(|error| Refused { kind: "other", error, who: None })?;
     let kind = route.kind();
-    let fail = |e| (kind, e);
+    let fail = |error| Refused { kind, error, who: None };
     if let Framing::Length(n) = head.framing {
         if n > forward::MAX_BODY {
-            return Err((kind, ProxyError::BodyTooLarge(forward::MAX_BODY)));
+            return Err(fail(ProxyError::BodyTooLarge(forward::MAX_BODY)));
         }
     }
     match route {
@@ -252,13 +271,16 @@ fn plan_with<'h>(
         Route::Kubernetes { identifier, upstream_target } => {
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
-            auth::check_impersonation(head, &caller).map_err(fail)?;
+            auth::check_impersonation(head, &caller).map_err(|e| Refused::for_whom(kind, e, &caller.user.name, ""))?;
             let cluster = tables
                 .cluster(identifier)
                 .ok_or_else(|| ProxyError::NotFound("no cluster can be found using given cluster identifier".into()))
-                .map_err(fail)?;
-            let upstream =
-                cluster.upstream.clone().ok_or_else(|| ProxyError::NoCredentials(cluster.id.clone())).map_err(fail)?;
+                .map_err(|e| Refused::for_whom(kind, e, &caller.user.name, ""))?;
+            let upstream = cluster
+                .upstream
+                .clone()
+                .ok_or_else(|| ProxyError::NoCredentials(cluster.id.clone()))
+                .map_err(|e| Refused::for_whom(kind, e, &caller.user.name, &cluster.id))?;
             let impersonate =
                 (tables.turn_on_rbac && !caller.user.is_super_user).then(|| caller.user.kubernetes_name.clone());
             tracing::debug!(user = %caller.user.name, cluster = %cluster.id, revision = tables.revision, impersonate = ?impersonate, "routed to a cluster");
@@ -276,8 +298,9 @@ fn plan_with<'h>(
                 (Some(id), None) if !id.is_empty() => id,
                 _ => return Err(fail(ProxyError::BadRequest("exactly one BCS-ClusterID header is required".into()))),
             };
-            let drivers =
-                tables.mesos_drivers(&cluster_id).ok_or_else(|| fail(ProxyError::NoDrivers(cluster_id.clone())))?;
+            let drivers = tables.mesos_drivers(&cluster_id).ok_or_else(|| {
+                Refused::for_whom(kind, ProxyError::NoDrivers(cluster_id.clone()), &caller.user.name, &cluster_id)
+            })?;
             // A driver per request, at random (as the original), the others after it.
             let mut addresses: Vec<Endpoint> = drivers.as_ref().clone();
             let first = random_index(addresses.len());

@@ -850,3 +850,27 @@ async fn an_address_that_times_out_fails_the_next_requests_at_once() {
         assert!(took < Duration::from_secs(2), "a request to a silent address waited {took:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_without_credentials_is_503_and_the_access_log_names_user_and_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(json_ok()).await;
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let mut first = snapshot(1, &upstream.url(), "");
+    first.clusters[0].credentials = None;
+    let _admin = FakeAdmin::start(&proxy.socket(), first).await;
+    proxy.wait_ready().await;
+    let r = proxy.send(&get("/api", USER_TOKEN, "")).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("has no credentials yet"), "{}", r.text());
+    // Known once the token and the identifier were: an operator sees whose request it was.
+    assert!(
+        proxy.process.wait_stderr(
+            &["user=\"plain:alice\"", "cluster=\"bcs-k8s-001-AbCdEfGh\"", "status=503"],
+            Duration::from_secs(5)
+        ),
+        "{}",
+        proxy.process.stderr()
+    );
+    assert_eq!(upstream.connections(), 0);
+}
