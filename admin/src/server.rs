@@ -103,7 +103,8 @@ pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -
         .await
         .with_context(|| format!("cannot listen on admin_config {address}"))?;
     tracing::info!(%address, "admin REST API listening");
-    let socket = SnapshotServer::bind(&snapshot_socket(&config))?;
+    let socket_path = snapshot_socket(&config);
+    let socket = SnapshotServer::bind(&socket_path)?;
 
     let (trigger, shutdown) = crate::shutdown::channel();
     tokio::spawn(crate::shutdown::on_signals(trigger.clone()));
@@ -123,12 +124,11 @@ pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -
     let supervisor = if config.admin_config.spawn_proxy.unwrap_or(true) {
         match crate::supervisor::find_binary() {
             Ok(binary) => {
-                let socket = snapshot_socket(&config);
                 let proxy = crate::supervisor::ProxyCommand {
                     binary,
                     config: config_path.to_owned(),
                     log_format: log_format.map(str::to_owned),
-                    pid_file: socket.with_file_name(crate::supervisor::PID_FILE),
+                    pid_file: socket_path.with_file_name(crate::supervisor::PID_FILE),
                 };
                 Some(tokio::spawn(crate::supervisor::run(proxy, shutdown.clone())))
             }

@@ -89,7 +89,10 @@ pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
                         tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the proxy's pid file");
                     }
                 }
-                let mut handover = predecessor.take().map(|old| (old, Box::pin(tokio::time::sleep(HANDOVER))));
+                // Once the new proxy has run for HANDOVER, a predecessor left running is stopped;
+                // if the new one dies first, the old one keeps serving until the next start.
+                let handover = tokio::time::sleep(HANDOVER);
+                tokio::pin!(handover);
                 let status = loop {
                     tokio::select! {
                         status = child.wait() => break status,
@@ -98,21 +101,20 @@ pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
                             let _ = std::fs::remove_file(&pid_file);
                             return;
                         }
-                        _ = async { handover.as_mut().expect("guarded").1.as_mut().await }, if handover.is_some() => {
-                            let (old, _) = handover.take().expect("guarded");
+                        _ = &mut handover, if predecessor.is_some() => {
+                            let old = predecessor.take().expect("guarded");
                             tracing::warn!(pid = old,
                                 "a bcs-api-proxy left running by an earlier bcs-api (killed before it could stop it): \
                                  stopping it (SIGTERM) now that its successor runs");
-                            // SAFETY: kill(2) on a pid whose command line named our proxy binary
-                            // (left_running), checked again just now.
-                            if is_proxy(old, &binary) && unsafe { libc::kill(old as libc::pid_t, libc::SIGTERM) } != 0 {
-                                tracing::warn!(pid = old, error = %std::io::Error::last_os_error(), "cannot stop it");
+                            // Checked again: the pid could have been reused since the start.
+                            if is_proxy(old, &binary) {
+                                if let Err(e) = sigterm(old) {
+                                    tracing::warn!(pid = old, error = %e, "cannot stop it");
+                                }
                             }
                         }
                     }
                 };
-                // The new proxy died before the handover: the old one keeps serving until the next.
-                predecessor = handover.map(|(old, _)| old);
                 if started.elapsed() >= STABLE_AFTER {
                     delay = FIRST_DELAY;
                 }
@@ -169,9 +171,9 @@ fn start(binary: &Path, config: &Path, log_format: Option<&str>) -> std::io::Res
 async fn stop(mut child: Child) {
     let Some(pid) = child.id() else { return };
     tracing::info!(pid, "stopping bcs-api-proxy (SIGTERM)");
-    // SAFETY: kill(2) with a pid we started and have not reaped yet (so it is still ours).
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-        tracing::warn!(pid, error = %std::io::Error::last_os_error(), "cannot send SIGTERM to bcs-api-proxy");
+    // A pid we started and have not reaped yet (so it is still ours).
+    if let Err(e) = sigterm(pid) {
+        tracing::warn!(pid, error = %e, "cannot send SIGTERM to bcs-api-proxy");
     }
     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
         Ok(status) => log_stopped(pid, status),
@@ -181,6 +183,15 @@ async fn stop(mut child: Child) {
             log_stopped(pid, child.wait().await);
         }
     }
+}
+
+/// kill(2) with SIGTERM; the caller knows `pid` is a proxy (its child, or checked by [`is_proxy`]).
+fn sigterm(pid: u32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes no pointers; the pid is the caller's to signal.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn log_stopped(pid: u32, status: std::io::Result<ExitStatus>) {

@@ -81,7 +81,7 @@ def log(msg):
 # ---------------------------------------------------------------- /proc accounting
 
 def proc_stat(pid):
-    """(comm, ppid, starttime, utime+stime, cutime+cstime) in ticks, or None if gone."""
+    """(comm, ppid, starttime, utime+stime, cutime+cstime, utime, stime) in ticks, or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode("utf-8", "replace")
@@ -92,7 +92,7 @@ def proc_stat(pid):
     fields = data[rpar + 2:].split()
     # fields[0] is state (field 3); utime is field 14 -> fields[11].
     return (comm, int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]),
-            int(fields[13]) + int(fields[14]))
+            int(fields[13]) + int(fields[14]), int(fields[11]), int(fields[12]))
 
 
 def all_pids():
@@ -109,18 +109,10 @@ def cpu_ticks(pids):
 
 def user_system_ticks(pids):
     """(utime, stime) summed over pids: the server's own code against the kernel's work for it (TCP,
-    system calls, io_uring), which /proc keeps apart."""
-    user = system = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        fields = data[data.rindex(")") + 2:].split()
-        user += int(fields[11])
-        system += int(fields[12])
-    return user, system
+    system calls, io_uring), which /proc keeps apart. Their sum is cpu_ticks(pids), from the same
+    read."""
+    stats = [s for p in pids if (s := proc_stat(p))]
+    return sum(s[5] for s in stats), sum(s[6] for s in stats)
 
 
 def tcp_segments_sent():
@@ -907,8 +899,8 @@ class Bench:
         admin_pid = gateway.api.pid if gateway else self.main.api.pid
         ours = self.our_pids()
         threads0 = thread_ticks(pids[0]) if gateway else {}
-        c0, o0, a0 = cpu_ticks(pids), cpu_ticks(origin_pids), cpu_ticks([admin_pid])
-        us0, seg0 = user_system_ticks(pids), tcp_segments_sent()
+        us0, o0, a0 = user_system_ticks(pids), cpu_ticks(origin_pids), cpu_ticks([admin_pid])
+        c0, seg0 = sum(us0), tcp_segments_sent()
         self_c0 = os.times()
         snap0 = cpu_snapshot()
         t0 = time.monotonic()
@@ -916,8 +908,8 @@ class Bench:
         elapsed = time.monotonic() - t0
         snap1 = cpu_snapshot()
         self_c1 = os.times()
-        c1, o1, a1 = cpu_ticks(pids), cpu_ticks(origin_pids), cpu_ticks([admin_pid])
-        us1, seg1 = user_system_ticks(pids), tcp_segments_sent()
+        us1, o1, a1 = user_system_ticks(pids), cpu_ticks(origin_pids), cpu_ticks([admin_pid])
+        c1, seg1 = sum(us1), tcp_segments_sent()
         threads1 = thread_ticks(pids[0]) if gateway else {}
         r = parse_wrk(out)
         r["server_user"] = (us1[0] - us0[0]) / CLK_TCK

@@ -271,16 +271,15 @@ fn plan_with<'h>(
         Route::Kubernetes { identifier, upstream_target } => {
             let tables = tables.ok_or(ProxyError::NotReady).map_err(fail)?;
             let caller = auth::authenticate(head, tables, tables::now(), memo).map_err(fail)?;
-            auth::check_impersonation(head, &caller).map_err(|e| Refused::for_whom(kind, e, &caller.user.name, ""))?;
-            let cluster = tables
-                .cluster(identifier)
-                .ok_or_else(|| ProxyError::NotFound("no cluster can be found using given cluster identifier".into()))
-                .map_err(|e| Refused::for_whom(kind, e, &caller.user.name, ""))?;
+            let refuse = |cluster: &str, e| Refused::for_whom(kind, e, &caller.user.name, cluster);
+            auth::check_impersonation(head, &caller).map_err(|e| refuse("", e))?;
+            let cluster = tables.cluster(identifier).ok_or_else(|| {
+                refuse("", ProxyError::NotFound("no cluster can be found using given cluster identifier".into()))
+            })?;
             let upstream = cluster
                 .upstream
                 .clone()
-                .ok_or_else(|| ProxyError::NoCredentials(cluster.id.clone()))
-                .map_err(|e| Refused::for_whom(kind, e, &caller.user.name, &cluster.id))?;
+                .ok_or_else(|| refuse(&cluster.id, ProxyError::NoCredentials(cluster.id.clone())))?;
             let impersonate =
                 (tables.turn_on_rbac && !caller.user.is_super_user).then(|| caller.user.kubernetes_name.clone());
             tracing::debug!(user = %caller.user.name, cluster = %cluster.id, revision = tables.revision, impersonate = ?impersonate, "routed to a cluster");

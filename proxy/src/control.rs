@@ -111,9 +111,11 @@ impl Control {
         loop {
             let mut delivered = false;
             let outcome = self.session(&mut delivered);
-            // Lost now, or still lost since the first failure.
-            let _ = ADMIN_LOST_AT.compare_exchange(0, tables::now(), Ordering::Relaxed, Ordering::Relaxed);
-            let _ = ADMIN_LOST_AT.compare_exchange(-1, tables::now(), Ordering::Relaxed, Ordering::Relaxed);
+            // Lost now (or never connected yet); a loss already recorded keeps its time. This
+            // thread is the only writer.
+            if ADMIN_LOST_AT.load(Ordering::Relaxed) <= 0 {
+                ADMIN_LOST_AT.store(tables::now(), Ordering::Relaxed);
+            }
             if delivered {
                 // A session that worked: the next outage is news again, and retried quickly.
                 backoff = FIRST_BACKOFF;

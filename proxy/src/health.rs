@@ -75,25 +75,17 @@ async fn answer(mut stream: TcpStream) {
         "/readyz" => match crate::tables::current() {
             // Serving the last good snapshot while admin is away is by design: still ready, but
             // the answer says so.
-            Some(t) => match crate::control::admin_gone_for() {
-                None => respond::response(
+            Some(t) => {
+                let away = crate::control::admin_gone_for()
+                    .map_or(String::new(), |s| format!("; admin disconnected for {s} s (serving the last snapshot)"));
+                respond::response(
                     200,
                     "text/plain",
-                    &format!("ready: snapshot revision {}\n", t.revision),
+                    &format!("ready: snapshot revision {}{away}\n", t.revision),
                     true,
                     "",
-                ),
-                Some(secs) => respond::response(
-                    200,
-                    "text/plain",
-                    &format!(
-                        "ready: snapshot revision {}; admin disconnected for {secs} s (serving the last snapshot)\n",
-                        t.revision
-                    ),
-                    true,
-                    "",
-                ),
-            },
+                )
+            }
             None => respond::response(503, "text/plain", "not ready: no snapshot loaded\n", true, ""),
         },
         _ => respond::response(404, "text/plain", "not found\n", true, ""),

@@ -39,9 +39,14 @@ fn value_ok(value: &[u8]) -> bool {
     value[at..].iter().all(|&b| (b >= b' ' && b != 0x7f) || b == b'\t')
 }
 
+/// A token (RFC 9110 §5.6.2): a field name or a method.
+pub fn is_token(text: &[u8]) -> bool {
+    !text.is_empty() && text.iter().all(|&b| TOKEN[b as usize])
+}
+
 pub fn header(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) -> Result<(), ProxyError> {
     let name = name.as_ref();
-    let name_ok = !name.is_empty() && name.iter().all(|&b| TOKEN[b as usize]);
+    let name_ok = is_token(name);
     if !name_ok || !value_ok(value) {
         let name = String::from_utf8_lossy(name);
         return Err(ProxyError::Internal(format!("refusing to write header {name:?} with control characters")));

@@ -11,7 +11,7 @@ use bcs_shared::secret::Secret;
 
 use crate::error::ProxyError;
 use crate::http1::head::{tokens, Fields, Framing, Header, RequestHead, ResponseHead};
-use crate::http1::write::{bearer, content_length, decimal, field, header};
+use crate::http1::write::{bearer, content_length, decimal, field, header, is_token};
 
 /// Removed from every message in both directions (RFC 9110 §7.6.1, plus the proxy ones).
 const HOP_BY_HOP: &[&str] = &[
@@ -90,7 +90,7 @@ const MAX_CONNECTION_NAMES: usize = 16;
 fn start(method: &str, target: &str, rest: usize) -> Result<Vec<u8>, ProxyError> {
     // A method is a token (RFC 9110 §9.1), as the parser took it: `FOO1` passes, for the
     // upstream to refuse; only what could break the line (controls, spaces) is ours to refuse.
-    if !target.bytes().all(|b| b.is_ascii_graphic()) || method.is_empty() || !method.bytes().all(is_tchar) {
+    if !target.bytes().all(|b| b.is_ascii_graphic()) || !is_token(method.as_bytes()) {
         return Err(ProxyError::Internal("refusing to write a request line with control characters".into()));
     }
     let mut out = Vec::with_capacity(method.len() + target.len() + 16 + rest);
@@ -99,11 +99,6 @@ fn start(method: &str, target: &str, rest: usize) -> Result<Vec<u8>, ProxyError>
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     Ok(out)
-}
-
-/// A token character (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `X-Forwarded-For`: the client's entries, then its address. Written straight into the head,
