@@ -33,6 +33,9 @@ pub enum ProxyError {
     UpstreamConnect(String),
     #[error("cannot reach the upstream: {0}")]
     ConnectTimeout(String),
+    /// TCP connected, the TLS handshake did not finish in time.
+    #[error("cannot reach the upstream: {0}")]
+    HandshakeTimeout(String),
     #[error("the upstream answered badly: {0}")]
     BadUpstream(String),
     #[error("the upstream answered with a redirect, which the gateway does not follow or relay")]
@@ -62,6 +65,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamConnect(_)
             | ProxyError::ConnectTimeout(_)
+            | ProxyError::HandshakeTimeout(_)
             | ProxyError::BadUpstream(_)
             | ProxyError::UpstreamRedirect => 502,
             ProxyError::UpstreamTimeout => 504,
@@ -76,7 +80,7 @@ impl ProxyError {
     /// gateway's network.
     pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_) => {
+            ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_) | ProxyError::HandshakeTimeout(_) => {
                 "cannot reach the upstream (the gateway's log says why)".into()
             }
             ProxyError::BadUpstream(_) => "the upstream answered badly (the gateway's log says how)".into(),

@@ -123,7 +123,9 @@ pub async fn ask(upstream: &Upstream, user: &str, review: &Review) -> Result<(),
         match ask_at(upstream, endpoint, &body).await {
             Ok(allowed) if allowed => return Ok(()),
             Ok(_) => return Err(ProxyError::Forbidden(review.refusal(user))),
-            Err(e @ (ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_))) => last = e,
+            Err(
+                e @ (ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_) | ProxyError::HandshakeTimeout(_)),
+            ) => last = e,
             Err(e) => return Err(e),
         }
     }

@@ -288,7 +288,7 @@ pub fn probe_ejected() {
         let now = Instant::now();
         e.retain(|_, ejected| ejected.until > now);
         e.iter()
-            .filter(|(_, ejected)| ejected.why != Why::Unanswered)
+            .filter(|(_, ejected)| !matches!(ejected.why, Why::Unanswered | Why::HandshakeHung))
             .map(|(authority, _)| authority.clone())
             .take(PROBES_AT_ONCE)
             .collect()
@@ -300,7 +300,9 @@ pub fn probe_ejected() {
                 // Unless it was set aside meanwhile for not answering, which a connect does not disprove.
                 let taken_back = EJECTED.with(|e| {
                     let mut e = e.borrow_mut();
-                    let probed = e.get(&authority).is_some_and(|ejected| ejected.why != Why::Unanswered);
+                    let probed = e
+                        .get(&authority)
+                        .is_some_and(|ejected| !matches!(ejected.why, Why::Unanswered | Why::HandshakeHung));
                     probed && e.remove(&authority).is_some()
                 });
                 if taken_back {
@@ -324,6 +326,10 @@ enum Why {
     /// not dialled at all unless a probe connects, so that each request meanwhile fails at once
     /// instead of holding its client for the whole timeout.
     TimedOut,
+    /// TCP connected but the TLS handshake did not finish within [`CONNECT_TIMEOUT`]: not
+    /// dialled, as [`Why::TimedOut`], and not probed (it accepts connections, so a probe that
+    /// connects proves nothing).
+    HandshakeHung,
     /// It took a request and closed or timed out unanswered: it accepts connections, so a
     /// probe proves nothing.
     Unanswered,
@@ -336,7 +342,11 @@ struct Ejected {
 
 /// `endpoint` could not be connected to (`error`).
 pub fn eject(endpoint: &Endpoint, error: &ProxyError) {
-    let why = if matches!(error, ProxyError::ConnectTimeout(_)) { Why::TimedOut } else { Why::Refused };
+    let why = match error {
+        ProxyError::ConnectTimeout(_) => Why::TimedOut,
+        ProxyError::HandshakeTimeout(_) => Why::HandshakeHung,
+        _ => Why::Refused,
+    };
     set_aside(endpoint, why);
     crate::metrics::upstream_connect_error();
 }
@@ -355,7 +365,9 @@ fn set_aside(endpoint: &Endpoint, why: Why) {
 pub fn is_silent(endpoint: &Endpoint) -> bool {
     EJECTED.with(|e| {
         let e = e.borrow();
-        !e.is_empty() && e.get(&endpoint.authority).is_some_and(|x| x.why == Why::TimedOut && x.until > Instant::now())
+        !e.is_empty()
+            && e.get(&endpoint.authority)
+                .is_some_and(|x| matches!(x.why, Why::TimedOut | Why::HandshakeHung) && x.until > Instant::now())
     })
 }
 
@@ -390,10 +402,14 @@ pub enum Tls<'a> {
 /// A new connection to `endpoint` (TLS when `https://`).
 pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyError> {
     let (address, authority) = (&endpoint.address, &endpoint.authority);
+    // Whether the timeout, if it comes, found TCP connected: then it is the TLS handshake that
+    // hung (the address accepts connections, so a TCP probe would prove nothing).
+    let connected = std::cell::Cell::new(false);
     let work = async {
         let tcp = TcpStream::connect(authority.as_str())
             .await
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
+        connected.set(true);
         let _ = tcp.set_nodelay(true);
         crate::io::keep_alive(&tcp, "upstream");
         if !address.tls {
@@ -421,6 +437,9 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
     };
     match crate::io::timeout(CONNECT_TIMEOUT, work).await {
         Ok(result) => result,
+        Err(_) if connected.get() => Err(ProxyError::HandshakeTimeout(format!(
+            "{authority}: TCP connected, but the TLS handshake did not finish within {CONNECT_TIMEOUT:?}"
+        ))),
         Err(_) => Err(ProxyError::ConnectTimeout(format!("{authority}: no connection within {CONNECT_TIMEOUT:?}"))),
     }
 }

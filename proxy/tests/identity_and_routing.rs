@@ -814,41 +814,69 @@ fn blackhole() -> (std::net::TcpListener, Vec<std::net::TcpStream>, u16) {
     (listener, filling, port)
 }
 
+/// A GET's status and how long its answer took, waiting up to `patience` (past the 10 s of
+/// `Proxy::send`: a connect timeout is that long).
+async fn status_within(proxy: &Proxy, patience: Duration) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut stream = proxy.connect().await;
+    stream.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(patience, stream.read(&mut chunk)).await.expect("an answer in time").unwrap();
+        assert!(n > 0, "closed without an answer");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    (String::from_utf8_lossy(&head[9..12]).into_owned(), started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_address_that_times_out_fails_the_next_requests_at_once() {
-    use tokio::io::AsyncReadExt;
     let (_listener, _filling, port) = blackhole();
     let dir = tempfile::tempdir().unwrap();
     let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
     let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &format!("http://127.0.0.1:{port}"), "")).await;
     proxy.wait_ready().await;
-    let status_within = |patience: Duration| {
-        let proxy = &proxy;
-        async move {
-            let started = std::time::Instant::now();
-            let mut stream = proxy.connect().await;
-            stream.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
-            let mut head = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n =
-                    tokio::time::timeout(patience, stream.read(&mut chunk)).await.expect("an answer in time").unwrap();
-                assert!(n > 0, "closed without an answer");
-                head.extend_from_slice(&chunk[..n]);
-            }
-            (String::from_utf8_lossy(&head[9..12]).into_owned(), started.elapsed())
-        }
-    };
     // The first request waits the connect timeout (10 s) and gets 502.
-    let (status, took) = status_within(Duration::from_secs(20)).await;
+    let (status, took) = status_within(&proxy, Duration::from_secs(20)).await;
     assert_eq!(status, "502");
     assert!(took >= Duration::from_secs(9), "{took:?}");
     // The next ones, while the address is set aside, fail at once.
     for _ in 0..3 {
-        let (status, took) = status_within(Duration::from_secs(20)).await;
+        let (status, took) = status_within(&proxy, Duration::from_secs(20)).await;
         assert_eq!(status, "502");
         assert!(took < Duration::from_secs(2), "a request to a silent address waited {took:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_whose_tls_handshake_hangs_is_set_aside_and_not_taken_back_by_a_tcp_probe() {
+    // It accepts TCP (the kernel completes connections to a listener nobody serves) and never
+    // answers the ClientHello. A TCP probe connects, which proves nothing here.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let ca = RawUpstream::start_tls(json_ok()).await.ca_pem.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &format!("https://127.0.0.1:{port}"), &ca)).await;
+    proxy.wait_ready().await;
+    let (status, took) = status_within(&proxy, Duration::from_secs(20)).await;
+    assert_eq!(status, "502");
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    assert!(
+        proxy.process.wait_stderr(&["TCP connected, but the TLS handshake did not finish"], Duration::from_secs(5)),
+        "{}",
+        proxy.process.stderr()
+    );
+    // Past a probe round (every 5 s) and within the 10-s ejection: still set aside, so the
+    // request fails at once instead of waiting 10 s again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, took) = status_within(&proxy, Duration::from_secs(20)).await;
+    assert_eq!(status, "502");
+    assert!(took < Duration::from_secs(2), "waited {took:?}");
+    assert!(!proxy.process.stderr().contains("answers again"), "{}", proxy.process.stderr());
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread")]
