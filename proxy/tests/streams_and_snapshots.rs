@@ -484,7 +484,20 @@ async fn a_snapshot_socket_of_another_user_is_never_trusted() {
         "the proxy did not say why it refused the socket: {}",
         proxy.process.stderr()
     );
-    let ready = reqwest_like_get(&format!("http://127.0.0.1:{}/readyz", proxy.metric_port)).await.unwrap();
+    // The refusal is logged by the snapshot thread, which may run before the metrics listener
+    // is bound: wait for the listener, then ask.
+    let readyz = format!("http://127.0.0.1:{}/readyz", proxy.metric_port);
+    let started = Instant::now();
+    let ready = loop {
+        match reqwest_like_get(&readyz).await {
+            Ok(answer) => break answer,
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the metrics listener never answered: {e}"),
+        }
+    };
     assert_eq!(ready.0, 503, "the proxy took tables from another user's socket");
     proxy.process.stop();
     planted.stop();
