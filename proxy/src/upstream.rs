@@ -288,7 +288,7 @@ pub fn probe_ejected() {
         let now = Instant::now();
         e.retain(|_, ejected| ejected.until > now);
         e.iter()
-            .filter(|(_, ejected)| !matches!(ejected.why, Why::Unanswered | Why::HandshakeHung))
+            .filter(|(_, ejected)| ejected.why.probe_tells())
             .map(|(authority, _)| authority.clone())
             .take(PROBES_AT_ONCE)
             .collect()
@@ -300,9 +300,7 @@ pub fn probe_ejected() {
                 // Unless it was set aside meanwhile for not answering, which a connect does not disprove.
                 let taken_back = EJECTED.with(|e| {
                     let mut e = e.borrow_mut();
-                    let probed = e
-                        .get(&authority)
-                        .is_some_and(|ejected| !matches!(ejected.why, Why::Unanswered | Why::HandshakeHung));
+                    let probed = e.get(&authority).is_some_and(|ejected| ejected.why.probe_tells());
                     probed && e.remove(&authority).is_some()
                 });
                 if taken_back {
@@ -335,6 +333,20 @@ enum Why {
     Unanswered,
 }
 
+impl Why {
+    /// Whether a TCP connection to the address says it is back: not for one that accepts
+    /// connections and then fails (unanswered, or a TLS handshake that hangs).
+    fn probe_tells(self) -> bool {
+        !matches!(self, Why::Unanswered | Why::HandshakeHung)
+    }
+
+    /// Whether the address is not dialled at all while set aside (its failures took the whole
+    /// connect timeout).
+    fn silent(self) -> bool {
+        matches!(self, Why::TimedOut | Why::HandshakeHung)
+    }
+}
+
 struct Ejected {
     until: Instant,
     why: Why,
@@ -365,9 +377,7 @@ fn set_aside(endpoint: &Endpoint, why: Why) {
 pub fn is_silent(endpoint: &Endpoint) -> bool {
     EJECTED.with(|e| {
         let e = e.borrow();
-        !e.is_empty()
-            && e.get(&endpoint.authority)
-                .is_some_and(|x| matches!(x.why, Why::TimedOut | Why::HandshakeHung) && x.until > Instant::now())
+        !e.is_empty() && e.get(&endpoint.authority).is_some_and(|x| x.why.silent() && x.until > Instant::now())
     })
 }
 
