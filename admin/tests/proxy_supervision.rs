@@ -121,6 +121,13 @@ fn script(dir: &Path, name: &str, journal: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// A stand-in proxy that runs until SIGTERM and then appends `term <pid>` to `journal`.
+fn stoppable_proxy(dir: &Path, journal: &Path) -> PathBuf {
+    let body =
+        format!("trap 'echo \"term $$\" >> \"{}\"; exit 0' TERM\nwhile :; do sleep 0.05; done", journal.display());
+    script(dir, "fake-proxy", journal, &body)
+}
+
 /// The journal's `start` lines: (pid, arguments).
 fn starts(journal: &Path) -> Vec<(u32, String)> {
     std::fs::read_to_string(journal)
@@ -138,9 +145,7 @@ fn starts(journal: &Path) -> Vec<(u32, String)> {
 async fn the_proxy_is_started_restarted_and_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let body =
-        format!("trap 'echo \"term $$\" >> \"{}\"; exit 0' TERM\nwhile :; do sleep 0.05; done", journal.display());
-    let proxy = script(dir.path(), "fake-proxy", &journal, &body);
+    let proxy = stoppable_proxy(dir.path(), &journal);
     let mut admin = Running::start(dir.path(), &proxy).await;
 
     wait_until(Duration::from_secs(10), || async { starts(&journal).len() == 1 })
@@ -220,9 +225,7 @@ async fn the_proxy_logs_in_the_format_bcs_api_was_given() {
 async fn a_proxy_left_by_a_killed_bcs_api_is_stopped_once_its_successor_runs() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let body =
-        format!("trap 'echo \"term $$\" >> \"{}\"; exit 0' TERM\nwhile :; do sleep 0.05; done", journal.display());
-    let proxy = script(dir.path(), "fake-proxy", &journal, &body);
+    let proxy = stoppable_proxy(dir.path(), &journal);
     let mut first_admin = Running::start(dir.path(), &proxy).await;
     wait_until(Duration::from_secs(10), || async { starts(&journal).len() == 1 }).await.expect("started");
     let (old, _) = starts(&journal)[0].clone();
