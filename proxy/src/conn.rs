@@ -72,7 +72,9 @@ where
             Ok(None) => return,
             Err(error) => {
                 let _ = write_all(&mut client, respond::error(&error, Shape::Rest, true)).await;
-                log_request("-", "-", "", "", error.status(), Duration::ZERO, Some(&error));
+                log_request("-", "-", "", "", "", error.status(), Duration::ZERO, Some(&error));
+                crate::metrics::request_done("other", "-", error.status(), 0.0);
+                crate::metrics::gateway_error("other", error.status(), error.reason());
                 return;
             }
         };
@@ -159,41 +161,40 @@ where
     C::OwnedWrite: AsyncWriteRent + 'static,
 {
     let path = &head.target[..memchr::memchr(b'?', head.target.as_bytes()).unwrap_or(head.target.len())];
-    let plan = plan(head, settings, memo);
-    // Whom and which cluster a request the gateway refused was for, when that was known.
-    let mut refused_who: Option<Box<(String, String)>> = None;
-    let (kind, destination, outcome) = match plan {
-        Err(Refused { kind, error, who }) => {
-            refused_who = who;
-            (kind, None, Err(Failed { client, error, in_sync: head.framing == Framing::None }))
+    let (kind, plan, refused_who) = match plan(head, settings, memo) {
+        Ok(plan) => (plan.kind, Ok(plan), None),
+        // Whom and which cluster a request the gateway refused was for, when that was known.
+        Err(Refused { kind, error, who }) => (kind, Err(error), who),
+    };
+    // Who and where, for the access log: borrowed from the plan (no copy per request).
+    let (user, cluster, outcome) = match plan {
+        Err(error) => {
+            let (user, cluster) = refused_who.as_deref().map_or(("", ""), |(u, c)| (u.as_str(), c.as_str()));
+            (user, cluster, Err(Failed { client, error, in_sync: head.framing == Framing::None, upstream: "" }))
         }
-        Ok(Plan { kind, target, destination }) => {
+        Ok(ref plan) => {
             let mut client = client;
             if head.expect_continue
                 && write_all(&mut client, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await.0.is_err()
             {
                 return Flow::Done;
             }
+            let destination = &plan.destination;
             let outcome =
-                forward::exchange(client, inbuf, head, &target, &destination, client_ip, settings.body_timeout).await;
-            (kind, Some(destination), outcome)
+                forward::exchange(client, inbuf, head, &plan.target, destination, client_ip, settings.body_timeout)
+                    .await;
+            (destination.user_name(), destination.cluster_name(), outcome)
         }
-    };
-    // Who and where, for the access log: borrowed from the destination (no copy per request).
-    let (user, cluster) = match (&destination, &refused_who) {
-        (Some(d), _) => (d.user_name(), d.cluster_name()),
-        (None, Some(who)) => (who.0.as_str(), who.1.as_str()),
-        (None, None) => ("", ""),
     };
     let shape = if kind == "k8s" { Shape::Kubernetes } else { Shape::Rest };
     match outcome {
-        Ok((flow, status)) => {
+        Ok(forward::Answered { flow, status, upstream }) => {
             let took = started.elapsed();
-            log_request(&head.method, path, user, cluster, status, took, None);
+            log_request(&head.method, path, user, cluster, upstream, status, took, None);
             crate::metrics::request_done(kind, &head.method, status, took.as_secs_f64());
             flow
         }
-        Err(Failed { mut client, error, in_sync }) => {
+        Err(Failed { mut client, error, in_sync, upstream }) => {
             let close = !in_sync || error.closes_connection() || head.close || head.upgrade.is_some();
             let written = match error {
                 ProxyError::ClientGone => Err(()),
@@ -206,8 +207,9 @@ where
                 }
             };
             let took = started.elapsed();
-            log_request(&head.method, path, user, cluster, error.status(), took, Some(&error));
+            log_request(&head.method, path, user, cluster, upstream, error.status(), took, Some(&error));
             crate::metrics::request_done(kind, &head.method, error.status(), took.as_secs_f64());
+            crate::metrics::gateway_error(kind, error.status(), error.reason());
             if !in_sync && written.is_ok() {
                 // What the client sends next is part of a request not read: let it drain.
                 crate::io::linger(&mut client).await;
@@ -364,20 +366,26 @@ fn random_index(n: usize) -> usize {
     })
 }
 
+/// The access line. `upstream`: the `host:port` that answered, or was last tried (empty when
+/// the gateway answered before choosing one).
+#[allow(clippy::too_many_arguments)]
 fn log_request(
     method: &str,
     path: &str,
     user: &str,
     cluster: &str,
+    upstream: &str,
     status: u16,
     took: Duration,
     error: Option<&ProxyError>,
 ) {
     let millis = took.as_secs_f64() * 1e3;
     match error {
-        None => tracing::info!(target: "bcs_proxy::access", method, path, user, cluster, status, millis, "request"),
-        Some(e) => {
-            tracing::info!(target: "bcs_proxy::access", method, path, user, cluster, status, millis, error = %e, "request")
+        None => {
+            tracing::info!(target: "bcs_proxy::access", method, path, user, cluster, upstream, status, millis, "request")
         }
+        Some(e) => tracing::info!(
+            target: "bcs_proxy::access", method, path, user, cluster, upstream, status, millis, error = %e, "request"
+        ),
     }
 }

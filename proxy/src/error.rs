@@ -36,6 +36,14 @@ pub enum ProxyError {
     /// TCP connected, the TLS handshake did not finish in time.
     #[error("cannot reach the upstream: {0}")]
     HandshakeTimeout(String),
+    /// TCP connected, the TLS handshake failed (a certificate the cluster's CA does not sign,
+    /// a protocol the upstream does not speak).
+    #[error("cannot reach the upstream: {0}")]
+    UpstreamTls(String),
+    /// The gateway cannot speak to this upstream as configured (a cluster CA that does not
+    /// parse, an `https://` mesos-driver without `cert_config.ca_file`).
+    #[error("cannot reach the upstream: {0}")]
+    UpstreamConfig(String),
     #[error("the upstream answered badly: {0}")]
     BadUpstream(String),
     #[error("the upstream answered with a redirect, which the gateway does not follow or relay")]
@@ -66,6 +74,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::ConnectTimeout(_)
             | ProxyError::HandshakeTimeout(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamConfig(_)
             | ProxyError::BadUpstream(_)
             | ProxyError::UpstreamRedirect => 502,
             ProxyError::UpstreamTimeout => 504,
@@ -80,11 +90,43 @@ impl ProxyError {
     /// gateway's network.
     pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_) | ProxyError::HandshakeTimeout(_) => {
-                "cannot reach the upstream (the gateway's log says why)".into()
-            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::HandshakeTimeout(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamConfig(_) => "cannot reach the upstream (the gateway's log says why)".into(),
             ProxyError::BadUpstream(_) => "the upstream answered badly (the gateway's log says how)".into(),
             other => other.to_string().into(),
+        }
+    }
+
+    /// What went wrong, as the `reason` label of `bcs_api_gateway_errors_total` names it: a
+    /// request the gateway answered itself, not its upstream.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::HeaderTimeout => "header_timeout",
+            ProxyError::BodyTimeout(_) => "body_timeout",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::NotFound(_) => "not_found",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::NotReady => "not_ready",
+            ProxyError::NoCredentials(_) => "no_credentials",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::NoDrivers(_) => "no_drivers",
+            ProxyError::UpstreamConnect(_) => "upstream_connect",
+            ProxyError::ConnectTimeout(_) => "upstream_connect_timeout",
+            ProxyError::HandshakeTimeout(_) => "upstream_tls_timeout",
+            ProxyError::UpstreamTls(_) => "upstream_tls",
+            ProxyError::UpstreamConfig(_) => "upstream_config",
+            ProxyError::BadUpstream(_) => "bad_upstream",
+            ProxyError::UpstreamRedirect => "upstream_redirect",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::ClientGone => "client_gone",
+            ProxyError::Internal(_) => "internal",
         }
     }
 

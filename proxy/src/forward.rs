@@ -110,10 +110,20 @@ pub enum Flow<C> {
 
 /// An error before anything was written to the client. `in_sync`: the request was read
 /// whole, so the connection could carry another request after the error answer.
-pub struct Failed<C> {
+pub struct Failed<'d, C> {
     pub client: C,
     pub error: ProxyError,
     pub in_sync: bool,
+    /// The upstream address last tried (`host:port`, for the access log; empty: none was).
+    pub upstream: &'d str,
+}
+
+/// An exchange that reached the client: what became of its connection, the status it was
+/// answered with and the upstream address that answered (`host:port`, for the access log).
+pub struct Answered<'d, C> {
+    pub flow: Flow<C>,
+    pub status: u16,
+    pub upstream: &'d str,
 }
 
 struct Sent<'d> {
@@ -170,6 +180,15 @@ impl Destination {
         }
     }
 
+    /// Whose upstream this is, for the metrics: the cluster's id, `admin` or `console`.
+    fn whose(&self) -> &str {
+        match self {
+            Destination::Admin { .. } => upstream::ADMIN_OWNER,
+            Destination::Internal { cluster, .. } if cluster.is_empty() => upstream::CONSOLE_OWNER,
+            _ => self.cluster_name(),
+        }
+    }
+
     fn head(
         &self,
         head: &RequestHead,
@@ -210,15 +229,15 @@ impl Destination {
 }
 
 /// Runs one exchange for `head` (already parsed; `inbuf` holds the bytes after it).
-pub async fn exchange<C>(
+pub async fn exchange<'d, C>(
     mut client: C,
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
     target: &str,
-    destination: &Destination,
+    destination: &'d Destination,
     client_ip: IpAddr,
     body_timeout: Duration,
-) -> Result<(Flow<C>, u16), Failed<C>>
+) -> Result<Answered<'d, C>, Failed<'d, C>>
 where
     C: AsyncReadRent + AsyncWriteRent + Readable + Splitable,
     C::OwnedRead: AsyncReadRent + 'static,
@@ -226,29 +245,31 @@ where
 {
     if head.upgrade.is_some() && head.framing != Framing::None {
         let error = ProxyError::BadRequest("an upgrade request must not have a body".into());
-        return Err(Failed { client, error, in_sync: false });
+        return Err(Failed { client, error, in_sync: false, upstream: "" });
     }
     if let Destination::Cluster { upstream, impersonate: Some(user), .. } = destination {
         if let Some(review) = crate::guard::review(head, target) {
             // Boxed: only these upgrades pay for the review's future.
             if let Err(error) = Box::pin(crate::guard::ask(upstream, user, &review)).await {
                 tracing::info!(user = %user, error = %error, "an upgrade into a pod or node was not allowed");
-                return Err(Failed { client, error, in_sync: true });
+                return Err(Failed { client, error, in_sync: true, upstream: "" });
             }
         }
     }
     // Boxed: a stream's task keeps this future's largest state for hours, and sending is it.
     let sent = match Box::pin(send(&mut client, inbuf, head, target, destination, client_ip, body_timeout)).await {
         Ok(sent) => sent,
-        Err((error, in_sync)) => return Err(Failed { client, error, in_sync }),
+        Err((error, in_sync, upstream)) => return Err(Failed { client, error, in_sync, upstream }),
     };
     let Sent { conn, key, response, buf, head_len, body_cut } = sent;
+    let upstream = key.authority;
+    let answered = |flow, status| Ok(Answered { flow, status, upstream });
 
     // A redirect is not relayed (its Location could send a client with the gateway's answer
     // elsewhere); 304 Not Modified is an answer, not a redirect.
     if (300..400).contains(&response.status) && response.status != 304 {
         tracing::warn!(status = response.status, "upstream answered with a redirect; answering 502");
-        return Err(Failed { client, error: ProxyError::UpstreamRedirect, in_sync: !body_cut });
+        return Err(Failed { client, error: ProxyError::UpstreamRedirect, in_sync: !body_cut, upstream });
     }
     if response.status == 101 {
         let Some(protocol) = head.upgrade.as_deref() else {
@@ -256,15 +277,16 @@ where
                 client,
                 error: ProxyError::BadUpstream("101 to a request that asked for no upgrade".into()),
                 in_sync: !body_cut,
+                upstream,
             });
         };
         let Some(owner) = destination.stream_owner() else {
             let error = ProxyError::BadUpstream("admin switched protocols".into());
-            return Err(Failed { client, error, in_sync: !body_cut });
+            return Err(Failed { client, error, in_sync: !body_cut, upstream });
         };
         // Boxed, as the connect above: only an upgrade pays for the tunnel's future.
         Box::pin(tunnel(client, inbuf, conn, &response, buf, head_len, protocol, owner)).await;
-        return Ok((Flow::Done, 101));
+        return answered(Flow::Done, 101);
     }
 
     // An upgrade the upstream refused: relay its answer, then close; never switch. Likewise an
@@ -284,24 +306,25 @@ where
     match relay_response(&mut client, conn, pool, &response, buf, head_len, head.minor_version, close, stream_owner)
         .await
     {
-        Ok(false) => Ok((Flow::Next(client), response.status)),
+        Ok(false) => answered(Flow::Next(client), response.status),
         Ok(true) if body_cut => {
             // The rest of the request body is still coming: let it drain before the close.
             crate::io::linger(&mut client).await;
-            Ok((Flow::Done, response.status))
+            answered(Flow::Done, response.status)
         }
         Ok(true) => {
             // A complete response on a connection that closes: end it cleanly (a TLS client
             // gets close_notify, which tells a body read until close from a cut one).
             let _ = client.shutdown().await;
-            Ok((Flow::Done, response.status))
+            answered(Flow::Done, response.status)
         }
-        Err(()) => Ok((Flow::Done, response.status)),
+        Err(()) => answered(Flow::Done, response.status),
     }
 }
 
 /// Connects (pooled, or new with failover across addresses), writes the request and reads
-/// the response head. Errors carry whether the client is still in sync.
+/// the response head. Errors carry whether the client is still in sync and the address last
+/// tried.
 async fn send<'d, C: AsyncReadRent + Readable>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
@@ -310,18 +333,20 @@ async fn send<'d, C: AsyncReadRent + Readable>(
     destination: &'d Destination,
     client_ip: IpAddr,
     body_timeout: Duration,
-) -> Result<Sent<'d>, (ProxyError, bool)> {
+) -> Result<Sent<'d>, (ProxyError, bool, &'d str)> {
     let retryable = head.framing == Framing::None && idempotent(&head.method);
     let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
     let mut retried = false;
+    let mut tried = "";
     for endpoint in destination.addresses() {
+        tried = &endpoint.authority;
         if upstream::is_silent(endpoint) {
             last_error =
                 ProxyError::UpstreamConnect(format!("{}: set aside after a connect timeout", endpoint.authority));
             continue;
         }
         let mut request_head =
-            destination.head(head, target, &endpoint.authority, client_ip).map_err(|e| (e, false))?;
+            destination.head(head, target, &endpoint.authority, client_ip).map_err(|e| (e, false, tried))?;
         let key = destination.pool_key(endpoint);
         let mut attempts = 0;
         loop {
@@ -334,7 +359,7 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         tracing::warn!(address = %endpoint.authority, error = %e, "upstream connect failed");
-                        upstream::eject(endpoint, &e);
+                        upstream::eject(endpoint, &e, destination.whose());
                         last_error = e;
                         break;
                     }
@@ -349,7 +374,7 @@ async fn send<'d, C: AsyncReadRent + Readable>(
             };
             match body_result {
                 Ok(()) => {}
-                Err(BodyError::Client(e)) => return Err((e, false)),
+                Err(BodyError::Client(e)) => return Err((e, false, tried)),
                 Err(BodyError::Upstream(e)) if reused && retryable && !retried => {
                     tracing::debug!(error = %e, "stale pooled connection; retrying on a fresh one");
                     retried = true;
@@ -365,7 +390,7 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                         return Ok(Sent { conn, key, response, buf, head_len, body_cut: true });
                     }
                     let in_sync = head.framing == Framing::None;
-                    return Err((ProxyError::UpstreamConnect(e), in_sync));
+                    return Err((ProxyError::UpstreamConnect(e), in_sync, tried));
                 }
             }
             match read_response_head(&mut conn, &head.method, client).await {
@@ -393,14 +418,14 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                         last_error = e;
                         break;
                     }
-                    return Err((e, true));
+                    return Err((e, true, tried));
                 }
             }
         }
     }
     // No address took the request: its body, if it has one, is still unread on the client's
     // connection, and must never be read there as the next request.
-    Err((last_error, head.framing == Framing::None))
+    Err((last_error, head.framing == Framing::None, tried))
 }
 
 enum BodyError {

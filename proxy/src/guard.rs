@@ -124,7 +124,10 @@ pub async fn ask(upstream: &Upstream, user: &str, review: &Review) -> Result<(),
             Ok(allowed) if allowed => return Ok(()),
             Ok(_) => return Err(ProxyError::Forbidden(review.refusal(user))),
             Err(
-                e @ (ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout(_) | ProxyError::HandshakeTimeout(_)),
+                e @ (ProxyError::UpstreamConnect(_)
+                | ProxyError::ConnectTimeout(_)
+                | ProxyError::HandshakeTimeout(_)
+                | ProxyError::UpstreamTls(_)),
             ) => last = e,
             Err(e) => return Err(e),
         }

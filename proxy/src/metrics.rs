@@ -1,5 +1,6 @@
 //! The proxy's Prometheus metrics (`bcs_api_*`), kept per core without contention and added up
 //! when `/metrics` is read.
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -27,7 +28,10 @@ struct Core {
     requests: BTreeMap<(&'static str, &'static str, u16), u64>,
     /// route type -> (bucket counts, sum, count)
     latency: BTreeMap<&'static str, ([u64; BUCKET_COUNT], f64, u64)>,
-    upstream_connect_errors: u64,
+    /// (cluster id, `admin` or `console`; reason) -> count
+    upstream_connect_errors: BTreeMap<(String, &'static str), u64>,
+    /// (route type, status, reason) -> requests the gateway answered itself with an error
+    gateway_errors: BTreeMap<(&'static str, u16, &'static str), u64>,
     /// TLS handshakes with upstreams: [full, resumed from a ticket].
     upstream_handshakes: [u64; 2],
     active_connections: i64,
@@ -83,8 +87,16 @@ pub fn request_done(route: &'static str, method: &str, status: u16, seconds: f64
     });
 }
 
-pub fn upstream_connect_error() {
-    with_core(|c| c.upstream_connect_errors += 1);
+/// A connection to an upstream of `whose` could not be made, for `reason`.
+pub fn upstream_connect_error(whose: &str, reason: &'static str) {
+    with_core(|c| *c.upstream_connect_errors.entry((whose.to_owned(), reason)).or_default() += 1);
+}
+
+/// A request the gateway answered itself with an error (`reason`: `ProxyError::reason`), not
+/// one its upstream answered: with [`request_done`], which counts both, an operator tells an
+/// apiserver's own 5xx from the gateway's.
+pub fn gateway_error(route: &'static str, status: u16, reason: &'static str) {
+    with_core(|c| *c.gateway_errors.entry((route, status, reason)).or_default() += 1);
 }
 
 /// A TLS handshake with an upstream finished; `resumed`: from a session ticket (no certificate
@@ -121,7 +133,9 @@ pub fn set_tls_configs(n: usize) {
 pub fn render() -> String {
     let mut requests: BTreeMap<(&'static str, &'static str, u16), u64> = BTreeMap::new();
     let mut latency: BTreeMap<&'static str, ([u64; BUCKET_COUNT], f64, u64)> = BTreeMap::new();
-    let (mut connect_errors, mut connections, mut streams, mut pooled) = (0u64, 0i64, 0i64, 0usize);
+    let mut connect_errors: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+    let mut gateway_errors: BTreeMap<(&'static str, u16, &'static str), u64> = BTreeMap::new();
+    let (mut connections, mut streams, mut pooled) = (0i64, 0i64, 0usize);
     let mut tls_configs = 0usize;
     let mut handshakes = [0u64; 2];
     if let Some(cores) = CORES.get() {
@@ -138,7 +152,12 @@ pub fn render() -> String {
                 e.1 += s;
                 e.2 += n;
             }
-            connect_errors += core.upstream_connect_errors;
+            for (k, v) in &core.upstream_connect_errors {
+                *connect_errors.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &core.gateway_errors {
+                *gateway_errors.entry(*k).or_default() += v;
+            }
             handshakes[0] += core.upstream_handshakes[0];
             handshakes[1] += core.upstream_handshakes[1];
             connections += core.active_connections;
@@ -170,13 +189,25 @@ pub fn render() -> String {
         let _ = writeln!(out, "bcs_api_request_latency_seconds_sum{{type=\"{route}\"}} {sum}");
         let _ = writeln!(out, "bcs_api_request_latency_seconds_count{{type=\"{route}\"}} {count}");
     }
+    out.push_str("# HELP bcs_api_gateway_errors_total Requests the gateway answered itself with an error (not its upstream), by reason\n# TYPE bcs_api_gateway_errors_total counter\n");
+    for ((route, status, reason), v) in &gateway_errors {
+        let _ =
+            writeln!(out, "bcs_api_gateway_errors_total{{type=\"{route}\",code=\"{status}\",reason=\"{reason}\"}} {v}");
+    }
+    out.push_str("# HELP bcs_api_upstream_connect_errors_total Failed connections to upstreams, by cluster (its id; admin; console) and reason\n# TYPE bcs_api_upstream_connect_errors_total counter\n");
+    for ((whose, reason), v) in &connect_errors {
+        let _ = writeln!(
+            out,
+            "bcs_api_upstream_connect_errors_total{{cluster=\"{}\",reason=\"{reason}\"}} {v}",
+            label(whose)
+        );
+    }
     out.push_str("# HELP bcs_api_upstream_tls_handshakes_total TLS handshakes with upstreams, full or resumed from a session ticket\n# TYPE bcs_api_upstream_tls_handshakes_total counter\n");
     for (kind, n) in ["full", "resumed"].iter().zip(handshakes) {
         let _ = writeln!(out, "bcs_api_upstream_tls_handshakes_total{{kind=\"{kind}\"}} {n}");
     }
     let tables = tables::current();
     let gauges = [
-        ("bcs_api_upstream_connect_errors_total", "counter", "Failed connections to upstreams", connect_errors as f64),
         ("bcs_api_active_connections", "gauge", "Open client connections", connections as f64),
         ("bcs_api_active_streams", "gauge", "Open watch, log, exec and port-forward streams", streams as f64),
         ("bcs_api_upstream_pool_idle", "gauge", "Idle pooled upstream connections", pooled as f64),
@@ -223,6 +254,15 @@ pub fn render() -> String {
     out
 }
 
+/// A label value as the text format wants it: `\\`, `"` and a line feed escaped (a mesos
+/// cluster id is a ZooKeeper node's name, which may hold any of them).
+fn label(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +277,21 @@ mod tests {
         let text = render();
         assert!(text.contains("bcs_api_request_latency_seconds_bucket{type=\"k8s\",le=\"65.536\"} 0"), "{text}");
         assert!(text.contains("bcs_api_request_latency_seconds_bucket{type=\"k8s\",le=\"131.072\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn connect_errors_are_counted_by_cluster_and_reason_with_labels_escaped() {
+        upstream_connect_error("BCS-K8S-1", "connect");
+        upstream_connect_error("BCS-K8S-1", "connect");
+        upstream_connect_error("a\"b\\c\nd", "tls");
+        gateway_error("k8s", 502, "upstream_connect");
+        let text = render();
+        for line in [
+            "bcs_api_upstream_connect_errors_total{cluster=\"BCS-K8S-1\",reason=\"connect\"} 2",
+            "bcs_api_upstream_connect_errors_total{cluster=\"a\\\"b\\\\c\\nd\",reason=\"tls\"} 1",
+            "bcs_api_gateway_errors_total{type=\"k8s\",code=\"502\",reason=\"upstream_connect\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -318,7 +318,7 @@ const PROBES_AT_ONCE: usize = 32;
 /// Why an address was set aside ([`EJECTION`] long; others are tried first meanwhile).
 #[derive(Clone, Copy, PartialEq)]
 enum Why {
-    /// It refused a connection (or TLS failed): a probe that connects takes it back.
+    /// It refused a connection: a probe that connects takes it back.
     Refused,
     /// No connection within [`CONNECT_TIMEOUT`] (a host that is down, a firewall that drops):
     /// not dialled at all unless a probe connects, so that each request meanwhile fails at once
@@ -328,6 +328,10 @@ enum Why {
     /// dialled, as [`Why::TimedOut`], and not probed (it accepts connections, so a probe that
     /// connects proves nothing).
     HandshakeHung,
+    /// TCP connected and the TLS handshake failed (a certificate the cluster's CA does not
+    /// sign): dialled, since it fails at once, but not probed (a TCP connection does not say
+    /// the certificate changed); it is back when the set-aside time runs out.
+    TlsFailed,
     /// It took a request and closed or timed out unanswered: it accepts connections, so a
     /// probe proves nothing.
     Unanswered,
@@ -335,9 +339,9 @@ enum Why {
 
 impl Why {
     /// Whether a TCP connection to the address says it is back: not for one that accepts
-    /// connections and then fails (unanswered, or a TLS handshake that hangs).
+    /// connections and then fails (unanswered, a TLS handshake that hangs or fails).
     fn probe_tells(self) -> bool {
-        !matches!(self, Why::Unanswered | Why::HandshakeHung)
+        !matches!(self, Why::Unanswered | Why::HandshakeHung | Why::TlsFailed)
     }
 
     /// Whether the address is not dialled at all while set aside (its failures took the whole
@@ -352,15 +356,20 @@ struct Ejected {
     why: Why,
 }
 
-/// `endpoint` could not be connected to (`error`).
-pub fn eject(endpoint: &Endpoint, error: &ProxyError) {
+/// `endpoint` could not be connected to (`error`), for `whose` requests (the `cluster` label of
+/// `bcs_api_upstream_connect_errors_total`: a cluster id, `admin` or `console`).
+pub fn eject(endpoint: &Endpoint, error: &ProxyError, whose: &str) {
+    // `connect`, `connect_timeout`, `tls`, `tls_timeout`, `config`: the metric says "upstream".
+    crate::metrics::upstream_connect_error(whose, error.reason().trim_start_matches("upstream_"));
     let why = match error {
         ProxyError::ConnectTimeout(_) => Why::TimedOut,
         ProxyError::HandshakeTimeout(_) => Why::HandshakeHung,
+        ProxyError::UpstreamTls(_) => Why::TlsFailed,
+        // The gateway's own configuration, not the address: every address would fail alike.
+        ProxyError::UpstreamConfig(_) => return,
         _ => Why::Refused,
     };
     set_aside(endpoint, why);
-    crate::metrics::upstream_connect_error();
 }
 
 /// `endpoint` took a request and closed or timed out unanswered.
@@ -387,7 +396,7 @@ fn tls_config(upstream: &Upstream) -> Result<Arc<rustls::ClientConfig>, ProxyErr
         return Ok(config);
     }
     let roots = bcs_shared::tls::roots_from_pem(upstream.ca_pem.as_bytes())
-        .map_err(|e| ProxyError::BadUpstream(format!("the cluster CA {e}")))?;
+        .map_err(|e| ProxyError::UpstreamConfig(format!("the cluster CA {e}")))?;
     let mut config = bcs_shared::tls::http1_client_config(roots);
     config.resumption = crate::tickets::resumption();
     let config = Arc::new(config);
@@ -430,19 +439,18 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
                 (tls_config(upstream)?, ServerName::try_from("kubernetes").expect("a valid DNS name"))
             }
             Tls::Internal(Some(config)) => {
-                let ip: std::net::IpAddr = address
-                    .host
-                    .parse()
-                    .map_err(|_| ProxyError::BadUpstream("an internal https address must be an IP".into()))?;
+                let ip: std::net::IpAddr = address.host.parse().map_err(|_| {
+                    ProxyError::UpstreamConfig(format!("{authority}: an internal https address must be an IP"))
+                })?;
                 (config.clone(), ServerName::IpAddress(ip.into()))
             }
             Tls::Internal(None) => {
-                return Err(ProxyError::UpstreamConnect(format!("{authority}: https needs cert_config.ca_file")));
+                return Err(ProxyError::UpstreamConfig(format!("{authority}: https needs cert_config.ca_file")));
             }
         };
         let tls = crate::tls::connect(tcp, config, name)
             .await
-            .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: TLS: {e}")))?;
+            .map_err(|e| ProxyError::UpstreamTls(format!("{authority}: TLS: {e}")))?;
         Ok(Conn::Tls(tls))
     };
     match crate::io::timeout(CONNECT_TIMEOUT, work).await {

@@ -902,3 +902,66 @@ async fn a_cluster_without_credentials_is_503_and_the_access_log_names_user_and_
     );
     assert_eq!(upstream.connections(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failures_are_counted_by_cluster_and_reason_and_the_access_log_names_the_upstream() {
+    // The cluster's first address refuses connections, its second has a certificate the
+    // cluster's CA did not sign, its third answers.
+    let good = RawUpstream::start_tls(json_ok()).await;
+    let wrong_ca = RawUpstream::start_tls(json_ok()).await;
+    let refusing = format!("https://127.0.0.1:{}", bcs_testkit::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let mut three = snapshot(1, &refusing, &good.ca_pem);
+    three.clusters[0].credentials.as_mut().unwrap().addresses.extend([wrong_ca.url(), good.url()]);
+    let _admin = FakeAdmin::start(&proxy.socket(), three).await;
+    proxy.wait_ready().await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    assert_eq!(good.requests().len(), 1);
+    let metrics = proxy.metrics().await;
+    for line in [
+        "bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\",reason=\"connect\"} 1",
+        "bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\",reason=\"tls\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // The answer came from the third address: the access line says which.
+    let answered_by = format!("upstream=\"{}\"", good.address);
+    assert!(
+        proxy.process.wait_stderr(&[&answered_by, "status=200"], Duration::from_secs(5)),
+        "{}",
+        proxy.process.stderr()
+    );
+    // A TCP connection says nothing of a certificate: past a probe round (every 5 s) and within
+    // the 10-s set-aside, the address with the wrong certificate has not been probed or tried
+    // again (the upstream counts TCP connections, a probe's too).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    assert_eq!(wrong_ca.connections(), 1, "{}", proxy.process.stderr());
+    assert!(!proxy.process.stderr().contains("answers again"), "{}", proxy.process.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_own_errors_are_counted_apart_from_the_upstreams() {
+    let unavailable: Script =
+        Arc::new(|_| Reply::Bytes(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec()));
+    let s = setup(unavailable).await;
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 503);
+    assert_eq!(s.proxy.send(&get("/api", "wrongToken", "")).await.status, 401);
+    let big = format!("X-Big: {}\r\n", "a".repeat(70 * 1024));
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, &big)).await.status, 431);
+    let metrics = s.proxy.metrics().await;
+    for line in [
+        // Every request counts; a head the gateway could not read is of no route.
+        "bcs_api_request_count_total{type=\"k8s\",method=\"GET\",code=\"503\"} 1",
+        "bcs_api_request_count_total{type=\"k8s\",method=\"GET\",code=\"401\"} 1",
+        "bcs_api_request_count_total{type=\"other\",method=\"OTHER\",code=\"431\"} 1",
+        // Only the gateway's own answers count here: the 503 was the apiserver's.
+        "bcs_api_gateway_errors_total{type=\"k8s\",code=\"401\",reason=\"unauthorized\"} 1",
+        "bcs_api_gateway_errors_total{type=\"other\",code=\"431\",reason=\"headers_too_large\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("bcs_api_gateway_errors_total{type=\"k8s\",code=\"503\""), "{metrics}");
+    assert_eq!(s.upstream.requests().len(), 1);
+}
