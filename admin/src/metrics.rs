@@ -8,13 +8,15 @@
 //! `bcs_api_snapshot_oldest_acked_revision`, `bcs_api_snapshot_build_seconds` and
 //! `bcs_api_snapshot_builds_total{result}`. Revisions are milliseconds since the epoch, so
 //! `revision - oldest_acked_revision` is roughly how far behind the slowest proxy is, in ms.
+//!
+//! The proxy it supervises ([`ProxyMetrics`]): `bcs_api_proxy_running`, `bcs_api_proxy_exits_total`.
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::rest::AppState;
@@ -69,6 +71,30 @@ impl SnapshotMetrics {
                 .expect("valid metric");
         registry.register(Box::new(builds.clone())).expect("registered once");
         SnapshotMetrics { revision, peers, oldest_acked_revision, build_seconds, builds }
+    }
+}
+
+/// The proxy supervisor's metrics (`admin_config.spawn_proxy`; registered only when it runs).
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    /// 1 while the proxy bcs-api started runs.
+    pub running: IntGauge,
+    /// Proxies bcs-api started that exited while it ran, and starts that failed.
+    pub exits: IntCounter,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let running = IntGauge::new("bcs_api_proxy_running", "1 while the bcs-api-proxy that bcs-api started runs")
+            .expect("valid metric");
+        let exits = IntCounter::new(
+            "bcs_api_proxy_exits_total",
+            "bcs-api-proxy processes that exited while bcs-api ran, and starts that failed (each is restarted)",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(running.clone())).expect("registered once");
+        registry.register(Box::new(exits.clone())).expect("registered once");
+        ProxyMetrics { running, exits }
     }
 }
 

@@ -129,6 +129,7 @@ pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -
                     config: config_path.to_owned(),
                     log_format: log_format.map(str::to_owned),
                     pid_file: socket_path.with_file_name(crate::supervisor::PID_FILE),
+                    metrics: crate::metrics::ProxyMetrics::new(app.metrics.registry()),
                 };
                 Some(tokio::spawn(crate::supervisor::run(proxy, shutdown.clone())))
             }

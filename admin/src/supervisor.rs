@@ -46,6 +46,7 @@ pub struct ProxyCommand {
     /// `--log-format` when bcs-api was given one.
     pub log_format: Option<String>,
     pub pid_file: PathBuf,
+    pub metrics: crate::metrics::ProxyMetrics,
 }
 
 /// The proxy binary: `$BCS_API_PROXY_BIN`, else next to this executable, else on `PATH`.
@@ -75,7 +76,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// Keeps the proxy running until shutdown, then stops it.
 pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
-    let ProxyCommand { binary, config, log_format, pid_file } = proxy;
+    let ProxyCommand { binary, config, log_format, pid_file, metrics } = proxy;
     let mut predecessor = left_running(&pid_file, &binary);
     let mut delay = FIRST_DELAY;
     loop {
@@ -83,6 +84,7 @@ pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
         match start(&binary, &config, log_format.as_deref()) {
             Ok(mut child) => {
                 let pid = child.id();
+                metrics.running.set(1);
                 tracing::info!(pid, binary = %binary.display(), config = %config.display(), "started bcs-api-proxy");
                 if let Some(pid) = pid {
                     if let Err(e) = std::fs::write(&pid_file, format!("{pid}\n")) {
@@ -98,6 +100,7 @@ pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
                         status = child.wait() => break status,
                         _ = shutdown.wait() => {
                             stop(child).await;
+                            metrics.running.set(0);
                             let _ = std::fs::remove_file(&pid_file);
                             return;
                         }
@@ -115,6 +118,8 @@ pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
                         }
                     }
                 };
+                metrics.running.set(0);
+                metrics.exits.inc();
                 if started.elapsed() >= STABLE_AFTER {
                     delay = FIRST_DELAY;
                 }
@@ -123,6 +128,7 @@ pub async fn run(proxy: ProxyCommand, mut shutdown: Shutdown) {
                     "bcs-api-proxy exited");
             }
             Err(e) => {
+                metrics.exits.inc();
                 tracing::error!(binary = %binary.display(), error = %e, restart_in = ?delay,
                     "cannot start bcs-api-proxy");
             }

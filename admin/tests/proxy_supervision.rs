@@ -15,6 +15,7 @@ use common::Options;
 struct Running {
     child: Option<Child>,
     dir: PathBuf,
+    admin_port: u16,
 }
 
 impl Running {
@@ -35,7 +36,7 @@ impl Running {
             .stderr(std::fs::File::create(dir.join("bcs-api.stderr")).unwrap())
             .spawn()
             .expect("start bcs-api");
-        let running = Running { child: Some(child), dir: dir.to_owned() };
+        let running = Running { child: Some(child), dir: dir.to_owned(), admin_port };
         let url = format!("http://127.0.0.1:{admin_port}/healthz");
         wait_until(Duration::from_secs(30), || async { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) })
             .await
@@ -45,6 +46,12 @@ impl Running {
 
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("bcs-api.stderr")).unwrap_or_default()
+    }
+
+    /// bcs-api's `/metrics`.
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        reqwest::get(&url).await.unwrap().text().await.unwrap()
     }
 
     fn pid(&self) -> u32 {
@@ -162,6 +169,11 @@ async fn the_proxy_is_started_restarted_and_stopped() {
     let (second, _) = starts(&journal)[1];
     assert_ne!(first, second);
     assert!(alive(second));
+    // An operator sees the restart without reading the log.
+    let shown = |m: &str| m.contains("bcs_api_proxy_exits_total 1") && m.contains("bcs_api_proxy_running 1");
+    if wait_until(Duration::from_secs(5), || async { shown(&admin.metrics().await) }).await.is_none() {
+        panic!("no restart in the metrics:\n{}", admin.metrics().await);
+    }
 
     // bcs-api's SIGTERM reaches the proxy, which stops before bcs-api exits.
     assert_eq!(admin.terminate(Duration::from_secs(20)), Some(0));
