@@ -122,6 +122,8 @@ pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -
         tracing::info!("zk_config.bcs_zookeeper is empty: no mesos-driver discovery; this instance is the leader");
     }
     let supervisor = if config.admin_config.spawn_proxy.unwrap_or(true) {
+        // Registered without a binary too: an alert on `bcs_api_proxy_running == 0` sees it.
+        let metrics = crate::metrics::ProxyMetrics::new(app.metrics.registry());
         match crate::supervisor::find_binary() {
             Ok(binary) => {
                 let proxy = crate::supervisor::ProxyCommand {
@@ -129,7 +131,7 @@ pub async fn run(config: Config, config_path: &Path, log_format: Option<&str>) -
                     config: config_path.to_owned(),
                     log_format: log_format.map(str::to_owned),
                     pid_file: socket_path.with_file_name(crate::supervisor::PID_FILE),
-                    metrics: crate::metrics::ProxyMetrics::new(app.metrics.registry()),
+                    metrics,
                 };
                 Some(tokio::spawn(crate::supervisor::run(proxy, shutdown.clone())))
             }

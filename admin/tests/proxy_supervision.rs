@@ -92,6 +92,11 @@ impl Drop for Running {
     }
 }
 
+/// Whether the metrics text has exactly this sample line.
+fn has_line(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
+}
+
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{name} {pid}");
@@ -170,7 +175,7 @@ async fn the_proxy_is_started_restarted_and_stopped() {
     assert_ne!(first, second);
     assert!(alive(second));
     // An operator sees the restart without reading the log.
-    let shown = |m: &str| m.contains("bcs_api_proxy_exits_total 1") && m.contains("bcs_api_proxy_running 1");
+    let shown = |m: &str| has_line(m, "bcs_api_proxy_exits_total 1") && has_line(m, "bcs_api_proxy_running 1");
     if wait_until(Duration::from_secs(5), || async { shown(&admin.metrics().await) }).await.is_none() {
         panic!("no restart in the metrics:\n{}", admin.metrics().await);
     }
@@ -216,6 +221,8 @@ async fn without_a_proxy_binary_the_control_plane_keeps_running() {
     let stderr = admin.stderr();
     assert!(stderr.contains("cannot find bcs-api-proxy"), "{stderr}");
     assert!(stderr.contains("no-such-proxy"), "{stderr}");
+    let metrics = admin.metrics().await;
+    assert!(has_line(&metrics, "bcs_api_proxy_running 0"), "a missing data plane shows:\n{metrics}");
     assert_eq!(admin.terminate(Duration::from_secs(20)), Some(0));
 }
 

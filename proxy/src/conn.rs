@@ -1,6 +1,7 @@
 //! One client connection: read a request head (with its limits and timeouts), pick the route,
 //! authenticate, forward, and loop while the connection stays in sync. Every request ends in
-//! one access-log line (method, path without query, user, cluster, status, time: no secret).
+//! one access-log line (method, path without query, user, cluster, upstream address, status,
+//! time, and the error when the gateway answered itself: no secret).
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -73,7 +74,7 @@ where
             Err(error) => {
                 let _ = write_all(&mut client, respond::error(&error, Shape::Rest, true)).await;
                 log_request("-", "-", "", "", "", error.status(), Duration::ZERO, Some(&error));
-                crate::metrics::request_done("other", "-", error.status(), 0.0);
+                crate::metrics::request_done("other", "-", error.status(), None);
                 crate::metrics::gateway_error("other", error.status(), error.reason());
                 return;
             }
@@ -191,7 +192,7 @@ where
         Ok(forward::Answered { flow, status, upstream }) => {
             let took = started.elapsed();
             log_request(&head.method, path, user, cluster, upstream, status, took, None);
-            crate::metrics::request_done(kind, &head.method, status, took.as_secs_f64());
+            crate::metrics::request_done(kind, &head.method, status, Some(took.as_secs_f64()));
             flow
         }
         Err(Failed { mut client, error, in_sync, upstream }) => {
@@ -208,7 +209,7 @@ where
             };
             let took = started.elapsed();
             log_request(&head.method, path, user, cluster, upstream, error.status(), took, Some(&error));
-            crate::metrics::request_done(kind, &head.method, error.status(), took.as_secs_f64());
+            crate::metrics::request_done(kind, &head.method, error.status(), Some(took.as_secs_f64()));
             crate::metrics::gateway_error(kind, error.status(), error.reason());
             if !in_sync && written.is_ok() {
                 // What the client sends next is part of a request not read: let it drain.

@@ -337,16 +337,16 @@ async fn send<'d, C: AsyncReadRent + Readable>(
     let retryable = head.framing == Framing::None && idempotent(&head.method);
     let mut last_error = ProxyError::UpstreamConnect("the cluster has no address".into());
     let mut retried = false;
+    // The address last dialled or sent to, for the access log (one skipped was not).
     let mut tried = "";
     for endpoint in destination.addresses() {
-        tried = &endpoint.authority;
-        if upstream::is_silent(endpoint) {
-            last_error =
-                ProxyError::UpstreamConnect(format!("{}: set aside after a connect timeout", endpoint.authority));
+        if let Some(error) = upstream::set_aside_silent(endpoint) {
+            last_error = error;
             continue;
         }
         let mut request_head =
             destination.head(head, target, &endpoint.authority, client_ip).map_err(|e| (e, false, tried))?;
+        tried = &endpoint.authority;
         let key = destination.pool_key(endpoint);
         let mut attempts = 0;
         loop {
@@ -360,6 +360,10 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     Err(e) => {
                         tracing::warn!(address = %endpoint.authority, error = %e, "upstream connect failed");
                         upstream::eject(endpoint, &e, destination.whose());
+                        if matches!(e, ProxyError::UpstreamConfig(_)) {
+                            // The gateway's own configuration: every address would fail alike.
+                            return Err((e, head.framing == Framing::None, tried));
+                        }
                         last_error = e;
                         break;
                     }

@@ -147,7 +147,14 @@ async fn ask_at(upstream: &Upstream, endpoint: &Endpoint, body: &[u8]) -> Result
             done => return done.map_err(|(e, _)| e),
         }
     }
-    let conn = Box::pin(upstream::connect(endpoint, upstream::Tls::Cluster(upstream))).await?;
+    let conn = match Box::pin(upstream::connect(endpoint, upstream::Tls::Cluster(upstream))).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // Set aside and counted as a request's failed connection is (forward.rs).
+            upstream::eject(endpoint, &e, &upstream.cluster_id);
+            return Err(e);
+        }
+    };
     ask_on(conn, key, request).await.map_err(|(e, _)| e)
 }
 

@@ -72,10 +72,13 @@ fn method_label(method: &str) -> &'static str {
     }
 }
 
-pub fn request_done(route: &'static str, method: &str, status: u16, seconds: f64) {
+/// A request answered after `seconds` (None: a head that could not be read, which has no
+/// start to time from: counted, not timed).
+pub fn request_done(route: &'static str, method: &str, status: u16, seconds: Option<f64>) {
     let method = method_label(method);
     with_core(|c| {
         *c.requests.entry((route, method, status)).or_default() += 1;
+        let Some(seconds) = seconds else { return };
         let (buckets, sum, count) = c.latency.entry(route).or_insert(([0; BUCKET_COUNT], 0.0, 0));
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
@@ -273,7 +276,7 @@ mod tests {
         // answer timeout were +Inf.
         assert_eq!(BUCKETS[15], 8.192);
         assert_eq!(BUCKETS[BUCKET_COUNT - 1], 131.072);
-        request_done("k8s", "GET", 504, 120.0);
+        request_done("k8s", "GET", 504, Some(120.0));
         let text = render();
         assert!(text.contains("bcs_api_request_latency_seconds_bucket{type=\"k8s\",le=\"65.536\"} 0"), "{text}");
         assert!(text.contains("bcs_api_request_latency_seconds_bucket{type=\"k8s\",le=\"131.072\"} 1"), "{text}");

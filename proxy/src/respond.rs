@@ -143,13 +143,16 @@ mod tests {
 
     #[test]
     fn a_connect_failure_does_not_say_how_it_failed() {
-        for detail in
-            ["127.0.0.1:3306: Connection refused (os error 111)", "10.0.0.1:6443: TLS: invalid peer certificate"]
-        {
-            let text = String::from_utf8(error(&ProxyError::UpstreamConnect(detail.into()), Shape::Kubernetes, false))
-                .unwrap();
+        for failure in [
+            ProxyError::UpstreamConnect("127.0.0.1:3306: Connection refused (os error 111)".into()),
+            ProxyError::UpstreamTls("10.0.0.1:6443: TLS: invalid peer certificate".into()),
+            ProxyError::UpstreamConfig("10.0.0.1:6443: https needs cert_config.ca_file".into()),
+        ] {
+            let text = String::from_utf8(error(&failure, Shape::Kubernetes, false)).unwrap();
             assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
-            assert!(!text.contains("refused") && !text.contains("TLS") && !text.contains(":3306"), "{text}");
+            for detail in ["refused", "TLS", ":3306", ":6443", "cert_config"] {
+                assert!(!text.contains(detail), "{text}");
+            }
         }
     }
 

@@ -278,8 +278,9 @@ impl<'a> Iterator for Candidates<'a> {
     }
 }
 
-/// Active health check: tries a TCP connection to ejected addresses (at most
-/// [`PROBES_AT_ONCE`] per call, each in its own task, 2 s at most) and takes back the ones that
+/// Active health check: tries a TCP connection to ejected addresses that refused a connection
+/// or timed out (at most [`PROBES_AT_ONCE`] per call, each in its own task, 2 s at most; a
+/// TCP connection says nothing of the others: [`Why::probe_tells`]) and takes back the ones that
 /// answer, so a recovered apiserver gets traffic before its ejection runs out. Returns at once:
 /// the caller's housekeeping (closing revoked streams) never waits on a silent address.
 pub fn probe_ejected() {
@@ -382,11 +383,22 @@ fn set_aside(endpoint: &Endpoint, why: Why) {
     EJECTED.with(|e| e.borrow_mut().insert(endpoint.authority.clone(), ejected));
 }
 
-/// Whether `endpoint` is not to be dialled now (it timed out: [`Why::TimedOut`]).
-pub fn is_silent(endpoint: &Endpoint) -> bool {
-    EJECTED.with(|e| {
+/// When `endpoint` is not to be dialled now (its connection or TLS handshake timed out), the
+/// error a request skipping it gets: the same reason, for the metrics.
+pub fn set_aside_silent(endpoint: &Endpoint) -> Option<ProxyError> {
+    let why = EJECTED.with(|e| {
         let e = e.borrow();
-        !e.is_empty() && e.get(&endpoint.authority).is_some_and(|x| x.why.silent() && x.until > Instant::now())
+        if e.is_empty() {
+            return None;
+        }
+        e.get(&endpoint.authority).filter(|x| x.why.silent() && x.until > Instant::now()).map(|x| x.why)
+    })?;
+    let authority = &endpoint.authority;
+    Some(match why {
+        Why::HandshakeHung => {
+            ProxyError::HandshakeTimeout(format!("{authority}: set aside after a TLS handshake that hung"))
+        }
+        _ => ProxyError::ConnectTimeout(format!("{authority}: set aside after a connect timeout")),
     })
 }
 

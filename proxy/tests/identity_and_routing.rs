@@ -848,6 +848,14 @@ async fn an_address_that_times_out_fails_the_next_requests_at_once() {
         assert_eq!(status, "502");
         assert!(took < Duration::from_secs(2), "a request to a silent address waited {took:?}");
     }
+    // The requests that skipped it failed for its timeout, and say so; one connection failed.
+    let metrics = proxy.metrics().await;
+    for line in [
+        "bcs_api_gateway_errors_total{type=\"k8s\",code=\"502\",reason=\"upstream_connect_timeout\"} 4",
+        "bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\",reason=\"connect_timeout\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -876,6 +884,13 @@ async fn an_address_whose_tls_handshake_hangs_is_set_aside_and_not_taken_back_by
     assert_eq!(status, "502");
     assert!(took < Duration::from_secs(2), "waited {took:?}");
     assert!(!proxy.process.stderr().contains("answers again"), "{}", proxy.process.stderr());
+    let metrics = proxy.metrics().await;
+    for line in [
+        "bcs_api_gateway_errors_total{type=\"k8s\",code=\"502\",reason=\"upstream_tls_timeout\"} 2",
+        "bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\",reason=\"tls_timeout\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     drop(silent);
 }
 
@@ -964,4 +979,29 @@ async fn the_gateways_own_errors_are_counted_apart_from_the_upstreams() {
     }
     assert!(!metrics.contains("bcs_api_gateway_errors_total{type=\"k8s\",code=\"503\""), "{metrics}");
     assert_eq!(s.upstream.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_ca_that_does_not_parse_fails_at_the_first_address_and_sets_none_aside() {
+    // Every address would fail alike: the next is not dialled, and no address is set aside.
+    let first = RawUpstream::start_tls(json_ok()).await;
+    let second = RawUpstream::start_tls(json_ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let mut broken = snapshot(1, &first.url(), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    broken.clusters[0].credentials.as_mut().unwrap().addresses.push(second.url());
+    let _admin = FakeAdmin::start(&proxy.socket(), broken).await;
+    proxy.wait_ready().await;
+    for _ in 0..2 {
+        assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 502);
+    }
+    assert_eq!(second.connections(), 0, "{}", proxy.process.stderr());
+    let metrics = proxy.metrics().await;
+    for line in [
+        "bcs_api_gateway_errors_total{type=\"k8s\",code=\"502\",reason=\"upstream_config\"} 2",
+        "bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\",reason=\"config\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    assert!(proxy.process.stderr().contains("the cluster CA"), "{}", proxy.process.stderr());
 }
