@@ -475,3 +475,46 @@ async fn kubectl_says_why_the_gateway_cannot_serve_a_cluster() {
     // The token travels in no warning.
     assert!(!stderr.contains(&gw.user_token) && !stderr.contains(&gw.fake.token()), "{stderr}");
 }
+
+/// The kubectl releases a gateway's users run: every one the Cloud SDK installed (1.27 to 1.33),
+/// else the one the other tests use. They differ on the wire: up to 1.29 exec and port-forward
+/// speak SPDY, later ones WebSocket first; discovery moved to the aggregated form.
+fn installed_kubectls() -> Vec<(u32, std::path::PathBuf)> {
+    use bcs_testkit::apiserver::kubectl::{kubectl_binary, kubectl_minor};
+    let sdk: Vec<_> = (27..=40).filter_map(|minor| kubectl_minor(minor).map(|p| (minor, p))).collect();
+    if !sdk.is_empty() {
+        return sdk;
+    }
+    let binary = kubectl_binary();
+    let out = std::process::Command::new(&binary).args(["version", "--client", "-o", "json"]).output().unwrap();
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let minor = version["clientVersion"]["minor"].as_str().unwrap().trim_end_matches('+').parse().unwrap();
+    vec![(minor, binary)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_installed_kubectl_release_gets_watches_execs_and_port_forwards_through_the_gateway() {
+    let releases = installed_kubectls();
+    let gw = gateway(fake_options()).await;
+    let mut protocols = Vec::new();
+    for (minor, binary) in releases {
+        let k = gw.kubectl(&gw.user_token).with_binary(binary);
+        let version = k.ok(&["version", "-o", "json"]).await;
+        assert!(version.contains(&format!("\"minor\": \"{minor}")), "1.{minor}: {version}");
+        assert!(k.ok(&["get", "pods"]).await.contains("web-0"), "1.{minor}");
+        let mut watch = k.spawn(&["get", "pods", "-w"]);
+        watch.wait_line("web-0", T).await.unwrap_or_else(|e| panic!("1.{minor} watch: {e}"));
+        watch.kill().await;
+        let before = gw.fake.requests().len();
+        assert_eq!(k.ok(&["exec", "web-0", "--", "echo", "hi"]).await, "hi\n", "1.{minor}");
+        let upgrades: Vec<String> = gw.fake.requests()[before..].iter().filter_map(|r| r.header("upgrade")).collect();
+        println!("kubectl 1.{minor}: exec upgraded with {upgrades:?}");
+        // Each release's own protocol went through, first time: both tunnels are exercised.
+        let expected = if minor < 30 { "SPDY/3.1" } else { "websocket" };
+        assert_eq!(upgrades, [expected], "1.{minor}");
+        protocols.push(expected);
+        port_forward_round_trip(&k).await;
+    }
+    gw.assert_identity();
+    println!("exec protocols seen: {protocols:?}");
+}
