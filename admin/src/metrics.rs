@@ -70,6 +70,11 @@ impl SnapshotMetrics {
             IntCounterVec::new(Opts::new("bcs_api_snapshot_builds_total", "Snapshot builds by result"), &["result"])
                 .expect("valid metric");
         registry.register(Box::new(builds.clone())).expect("registered once");
+        // Each result from 0, so that a first failure is an increase an alert sees (a series
+        // born at 1 has none).
+        for result in ["published", "unchanged", "invalid", "failed"] {
+            builds.with_label_values(&[result]);
+        }
         SnapshotMetrics { revision, peers, oldest_acked_revision, build_seconds, builds }
     }
 }

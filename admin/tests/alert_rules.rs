@@ -33,31 +33,32 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn the_alert_rules_load_and_each_fires_as_its_unit_test_says() {
     let checked = promtool(&["check", "rules", "bcs-api-alerts.yml"]);
-    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 18 rules found"), "{checked}");
     let tested = promtool(&["test", "rules", "bcs-api-alerts.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
 
-/// A series name and the labels a selector or an exposition gives it (`job` aside).
-type Series = BTreeMap<String, BTreeSet<String>>;
+/// Series names, each with the labels a selector matches on or an exposition's samples carry,
+/// each label with the values it must have or has (`job` aside).
+type Series = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
-/// The label names of a selector's or a sample's `a="x",b=~"y"` (`job` left out).
-fn label_names(matchers: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = matchers;
+/// The matchers of a selector's or a sample's `a="x",b=~"y|z"`: (label, operator, raw value).
+fn matchers(text: &str) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    let mut rest = text;
     while let Some(end) = rest.find(['=', '!']) {
-        let name = rest[..end].trim().trim_start_matches(',').trim();
-        if !name.is_empty() && name != "job" {
-            names.insert(name.to_owned());
-        }
-        // Past the quoted value, whose `\"` and `\\` are escapes.
-        let open = rest[end..].find('"').map_or(rest.len(), |i| end + i + 1);
-        rest = closing_quote(&rest[open..]).map_or("", |close| &rest[open + close + 1..]);
+        let label = rest[..end].trim().trim_start_matches(',').trim().to_owned();
+        let Some(open) = rest[end..].find('"').map(|i| end + i + 1) else { break };
+        let operator = rest[end..open - 1].trim().to_owned();
+        let Some(close) = closing_quote(&rest[open..]) else { break };
+        found.push((label, operator, rest[open..open + close].to_owned()));
+        rest = &rest[open + close + 1..];
     }
-    names
+    found
 }
 
-/// Where the quoted value that `value` starts with ends (its closing `"`).
+/// Where the quoted value that `value` starts with ends (its closing `"`; `\"` and `\\` are
+/// escapes).
 fn closing_quote(value: &str) -> Option<usize> {
     let mut escaped = false;
     for (i, c) in value.char_indices() {
@@ -71,72 +72,150 @@ fn closing_quote(value: &str) -> Option<usize> {
     None
 }
 
-/// Every `bcs_api_*` series the rules' expressions select, with the labels they match on, by
-/// the job they select it from. Each must name its job: bcs-api and bcs-api-proxy both export
-/// some of the same names.
-fn series_by_job() -> BTreeMap<String, Series> {
+/// The values a matcher needs to find: `="x"` needs x, `=~"x|y"` of plain words needs each;
+/// a pattern or a negative matcher needs only the label.
+fn required_values(operator: &str, value: &str) -> BTreeSet<String> {
+    let plain = |v: &str| v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match operator {
+        "=" => BTreeSet::from([value.to_owned()]),
+        "=~" if value.split('|').all(plain) => value.split('|').map(str::to_owned).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The labels an expression groups or matches on (`by (...)`, `on (...)`), `job` and
+/// `instance` aside (the scrape adds them).
+fn grouping_labels(expr: &str) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
+    for keyword in ["by (", "on ("] {
+        for (at, _) in expr.match_indices(keyword) {
+            let list = &expr[at + keyword.len()..];
+            let list = &list[..list.find(')').unwrap_or(list.len())];
+            labels.extend(
+                list.split(',').map(str::trim).filter(|l| !["job", "instance", ""].contains(l)).map(str::to_owned),
+            );
+        }
+    }
+    labels
+}
+
+/// A rule's name, the labels it groups or matches on, and the (job, series) it selects.
+type Grouped = (String, BTreeSet<String>, Vec<(String, String)>);
+
+/// Every `bcs_api_*` series the rules' expressions select, with the labels and values they
+/// match on, by the job they select it from. Each must name its job: bcs-api and bcs-api-proxy
+/// both export some of the same names. The labels a rule groups or matches on must be on
+/// at least one of the series it selects (`$labels` and `on (...)` read them).
+fn series_by_job() -> (BTreeMap<String, Series>, Vec<Grouped>) {
     let text = std::fs::read_to_string(rules_dir().join("bcs-api-alerts.yml")).unwrap();
     let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
     let mut wanted: BTreeMap<String, Series> = BTreeMap::new();
+    let mut grouped = Vec::new();
     for group in rules["groups"].as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {
+            let alert = rule["alert"].as_str().unwrap().to_owned();
             let expr = rule["expr"].as_str().unwrap();
+            let mut selected = Vec::new();
             for (at, _) in expr.match_indices("bcs_api_") {
                 let rest = &expr[at..];
                 let name_len = rest.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(rest.len());
                 let (name, selector) = rest.split_at(name_len);
-                let selector = selector.strip_prefix('{').and_then(|s| s.split_once('}')).map(|(s, _)| s);
-                let job = selector
-                    .and_then(|s| s.split(',').find_map(|m| m.trim().strip_prefix("job=\"")))
-                    .and_then(|j| j.strip_suffix('"'))
-                    .unwrap_or_else(|| panic!("{name} in {} names no job: {expr}", rule["alert"].as_str().unwrap()));
-                let labels = label_names(selector.unwrap_or_default());
-                wanted.entry(job.to_owned()).or_default().entry(name.to_owned()).or_default().extend(labels);
+                let selector = selector.strip_prefix('{').map(|s| &s[..closing_brace(s)]).unwrap_or_default();
+                let found = matchers(selector);
+                let job = found
+                    .iter()
+                    .find(|(label, operator, _)| label == "job" && operator == "=")
+                    .map(|(_, _, job)| job.clone())
+                    .unwrap_or_else(|| panic!("{name} in {alert} names no job: {expr}"));
+                let labels = wanted.entry(job.clone()).or_default().entry(name.to_owned()).or_default();
+                for (label, operator, value) in found.into_iter().filter(|(label, _, _)| label != "job") {
+                    labels.entry(label).or_default().extend(required_values(&operator, &value));
+                }
+                selected.push((job, name.to_owned()));
             }
+            grouped.push((alert, grouping_labels(expr), selected));
         }
     }
-    wanted
+    (wanted, grouped)
 }
 
-/// The series in a Prometheus text exposition, with every label name their samples carry.
+/// Where the selector that `s` starts inside of ends (its `}` outside quotes).
+fn closing_brace(s: &str) -> usize {
+    let mut rest = 0;
+    loop {
+        let next = s[rest..].find(['"', '}']).map(|i| rest + i).unwrap_or(s.len());
+        if next == s.len() || s.as_bytes()[next] == b'}' {
+            return next;
+        }
+        rest = next + 1 + closing_quote(&s[next + 1..]).unwrap_or(s.len() - next - 1) + 1;
+    }
+}
+
+/// The series in a Prometheus text exposition, with every label and value their samples carry.
 fn exported(text: &str) -> Series {
     let mut series = Series::new();
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let labels = line[name_end..].strip_prefix('{').and_then(|l| l.rsplit_once('}')).map_or("", |(l, _)| l);
-        series.entry(line[..name_end].to_owned()).or_default().extend(label_names(labels));
+        let entry = series.entry(line[..name_end].to_owned()).or_default();
+        for (label, _, value) in matchers(labels) {
+            entry.entry(label).or_default().insert(value);
+        }
     }
     series
 }
 
-/// What `wanted` selects that `got` does not export: a name, or a label of a name.
+/// What `wanted` selects that `got` does not export: a name, a label, or a label's value.
 fn missing(wanted: &Series, got: &Series) -> Vec<String> {
     let mut missing = Vec::new();
     for (name, labels) in wanted {
-        match got.get(name) {
-            None => missing.push(name.clone()),
-            Some(have) => missing.extend(labels.difference(have).map(|l| format!("{name}{{{l}}}"))),
+        let Some(have) = got.get(name) else {
+            missing.push(name.clone());
+            continue;
+        };
+        for (label, values) in labels {
+            match have.get(label) {
+                None => missing.push(format!("{name}{{{label}}}")),
+                Some(seen) => missing.extend(values.difference(seen).map(|v| format!("{name}{{{label}=\"{v}\"}}"))),
+            }
         }
     }
     missing
 }
 
 #[test]
-fn selectors_and_samples_are_read_for_their_label_names() {
+fn selectors_and_samples_are_read_for_their_labels_and_values() {
     assert_eq!(
-        label_names(r#"job="bcs-api-proxy",cluster!~"admin|console", code=~"5..""#),
-        BTreeSet::from(["cluster".to_owned(), "code".to_owned()])
+        matchers(r#"job="bcs-api-proxy",cluster!~"admin|console", code=~"5..""#),
+        [
+            ("job".to_owned(), "=".to_owned(), "bcs-api-proxy".to_owned()),
+            ("cluster".to_owned(), "!~".to_owned(), "admin|console".to_owned()),
+            ("code".to_owned(), "=~".to_owned(), "5..".to_owned()),
+        ]
+    );
+    assert_eq!(required_values("=~", "failed|invalid"), BTreeSet::from(["failed".to_owned(), "invalid".to_owned()]));
+    assert!(required_values("=~", "5..").is_empty() && required_values("!~", "admin").is_empty());
+    assert_eq!(closing_brace(r#"a="}",b="c"} > 0"#), 11);
+    assert_eq!(
+        grouping_labels("sum by (job, cluster) (x) and on (job, instance, cluster) y"),
+        BTreeSet::from(["cluster".to_owned()])
     );
     let got = exported("# HELP x y\nbcs_api_a{cluster=\"c,=\\\"\",reason=\"tls\"} 1\nbcs_api_b 2\n");
-    assert_eq!(got["bcs_api_a"], BTreeSet::from(["cluster".to_owned(), "reason".to_owned()]));
+    assert_eq!(got["bcs_api_a"]["reason"], BTreeSet::from(["tls".to_owned()]));
     assert!(got["bcs_api_b"].is_empty());
-    let wanted = Series::from([("bcs_api_a".to_owned(), BTreeSet::from(["reasons".to_owned()]))]);
-    assert_eq!(missing(&wanted, &got), ["bcs_api_a{reasons}"]);
+    let wanted = Series::from([(
+        "bcs_api_a".to_owned(),
+        BTreeMap::from([
+            ("reasons".to_owned(), BTreeSet::new()),
+            ("reason".to_owned(), BTreeSet::from(["connect".to_owned()])),
+        ]),
+    )]);
+    assert_eq!(missing(&wanted, &got), ["bcs_api_a{reason=\"connect\"}", "bcs_api_a{reasons}"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_the_alert_rules_name_is_exported_by_the_real_binaries() {
-    let wanted = series_by_job();
+    let (wanted, grouped) = series_by_job();
     assert_eq!(wanted.keys().map(String::as_str).collect::<Vec<_>>(), ["bcs-api", "bcs-api-proxy"]);
     let proxy = common::binary().with_file_name("bcs-api-proxy");
     assert!(proxy.exists(), "{} is missing: build it with `cargo build -p bcs-proxy`", proxy.display());
@@ -220,6 +299,16 @@ async fn every_series_the_alert_rules_name_is_exported_by_the_real_binaries() {
             admin.process.stderr()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The labels each rule groups or matches on are on a series it selects.
+    for (alert, labels, selected) in grouped {
+        for label in labels {
+            let carried = selected.iter().any(|(job, name)| {
+                let got = if job == "bcs-api" { &admin_series } else { &proxy_series };
+                got.get(name).is_some_and(|have| have.contains_key(&label))
+            });
+            assert!(carried, "{alert} groups or matches on {label}, which none of {selected:?} carries");
+        }
     }
     println!("bcs-api exports {:?}; bcs-api-proxy exports {:?}", wanted["bcs-api"], wanted["bcs-api-proxy"]);
 }

@@ -39,6 +39,7 @@ impl Plan {
 }
 
 fn start(plan: Plan) -> anyhow::Result<()> {
+    crate::metrics::set_connection_limit(plan.max_connections_per_core * plan.cores);
     let forced = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let legacy = forced || plan.epoll;
     let uring = !legacy && monoio::utils::detect_uring();
@@ -262,7 +263,11 @@ fn set_send_timeout(stream: &monoio::net::TcpStream, timeout: Duration) {
 
 /// Answers 503 with Retry-After and closes (after the handshake on the TLS listener).
 async fn overloaded(stream: monoio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
-    let answer = crate::respond::error(&crate::error::ProxyError::Overloaded, crate::respond::Shape::Rest, true);
+    let error = crate::error::ProxyError::Overloaded;
+    // Counted as the gateway's own answer to a request it did not read (not timed).
+    crate::metrics::request_done("other", "-", error.status(), None);
+    crate::metrics::gateway_error("other", error.status(), error.reason());
+    let answer = crate::respond::error(&error, crate::respond::Shape::Rest, true);
     match tls {
         None => {
             let mut stream = stream;

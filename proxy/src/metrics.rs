@@ -42,6 +42,13 @@ struct Core {
 
 static CORES: OnceLock<Mutex<Vec<Arc<Mutex<Core>>>>> = OnceLock::new();
 
+/// `proxy_config.max_connections` as the cores enforce it (per core, rounded up, times cores).
+static CONNECTION_LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn set_connection_limit(n: usize) {
+    CONNECTION_LIMIT.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 thread_local! {
     static MINE: RefCell<Option<Arc<Mutex<Core>>>> = const { RefCell::new(None) };
 }
@@ -212,6 +219,12 @@ pub fn render() -> String {
     let tables = tables::current();
     let gauges = [
         ("bcs_api_active_connections", "gauge", "Open client connections", connections as f64),
+        (
+            "bcs_api_connection_limit",
+            "gauge",
+            "Client connections the proxy holds at most (proxy_config.max_connections; more are answered 503)",
+            CONNECTION_LIMIT.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
         ("bcs_api_active_streams", "gauge", "Open watch, log, exec and port-forward streams", streams as f64),
         ("bcs_api_upstream_pool_idle", "gauge", "Idle pooled upstream connections", pooled as f64),
         (

@@ -1003,5 +1003,6 @@ async fn a_cluster_ca_that_does_not_parse_fails_at_the_first_address_and_sets_no
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
-    assert!(proxy.process.stderr().contains("the cluster CA"), "{}", proxy.process.stderr());
+    // The log is written by its own thread: waited for, not read at once.
+    assert!(proxy.process.wait_stderr(&["the cluster CA"], Duration::from_secs(5)), "{}", proxy.process.stderr());
 }

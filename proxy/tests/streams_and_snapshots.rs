@@ -810,6 +810,15 @@ async fn past_the_connection_limit_new_clients_get_503_with_retry_after() {
     let r = proxy.send(&get("/api", USER_TOKEN, "")).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    // Counted as the gateway's own answer, next to the limit it came from.
+    let metrics = proxy.metrics().await;
+    for line in [
+        "bcs_api_connection_limit 2",
+        "bcs_api_gateway_errors_total{type=\"other\",code=\"503\",reason=\"overloaded\"} 1",
+        "bcs_api_request_count_total{type=\"other\",method=\"OTHER\",code=\"503\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200, "a freed slot is usable again");

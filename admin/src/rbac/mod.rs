@@ -347,6 +347,10 @@ impl Rbac {
     }
 
     fn track(&self, cluster_id: &str) {
+        // Both results from 0: a cluster's first error is then an increase an alert sees.
+        for result in ["ok", "error"] {
+            self.metrics.reconciles.with_label_values(&[cluster_id, result]);
+        }
         self.clusters
             .lock()
             .unwrap()
