@@ -74,8 +74,7 @@ where
             Err(error) => {
                 let _ = write_all(&mut client, respond::error(&error, Shape::Rest, true)).await;
                 log_request("-", "-", "", "", "", error.status(), Duration::ZERO, Some(&error));
-                crate::metrics::request_done("other", "-", error.status(), None);
-                crate::metrics::gateway_error("other", error.status(), error.reason());
+                crate::metrics::gateway_error("other", "-", &error, None);
                 return;
             }
         };
@@ -209,8 +208,7 @@ where
             };
             let took = started.elapsed();
             log_request(&head.method, path, user, cluster, upstream, error.status(), took, Some(&error));
-            crate::metrics::request_done(kind, &head.method, error.status(), Some(took.as_secs_f64()));
-            crate::metrics::gateway_error(kind, error.status(), error.reason());
+            crate::metrics::gateway_error(kind, &head.method, &error, Some(took.as_secs_f64()));
             if !in_sync && written.is_ok() {
                 // What the client sends next is part of a request not read: let it drain.
                 crate::io::linger(&mut client).await;
@@ -367,8 +365,8 @@ fn random_index(n: usize) -> usize {
     })
 }
 
-/// The access line. `upstream`: the `host:port` that answered, or was last tried (empty when
-/// the gateway answered before choosing one).
+/// The access line. `upstream`: the `host:port` that answered, or the last one the request was
+/// sent to or dialled for (empty when the request was not forwarded).
 #[allow(clippy::too_many_arguments)]
 fn log_request(
     method: &str,

@@ -265,8 +265,7 @@ fn set_send_timeout(stream: &monoio::net::TcpStream, timeout: Duration) {
 async fn overloaded(stream: monoio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let error = crate::error::ProxyError::Overloaded;
     // Counted as the gateway's own answer to a request it did not read (not timed).
-    crate::metrics::request_done("other", "-", error.status(), None);
-    crate::metrics::gateway_error("other", error.status(), error.reason());
+    crate::metrics::gateway_error("other", "-", &error, None);
     let answer = crate::respond::error(&error, crate::respond::Shape::Rest, true);
     match tls {
         None => {

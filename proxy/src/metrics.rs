@@ -102,11 +102,13 @@ pub fn upstream_connect_error(whose: &str, reason: &'static str) {
     with_core(|c| *c.upstream_connect_errors.entry((whose.to_owned(), reason)).or_default() += 1);
 }
 
-/// A request the gateway answered itself with an error (`reason`: `ProxyError::reason`), not
-/// one its upstream answered: with [`request_done`], which counts both, an operator tells an
+/// A request the gateway answered itself with `error`, not one its upstream answered: counted
+/// as every request ([`request_done`]) and by the error's reason, so that an operator tells an
 /// apiserver's own 5xx from the gateway's.
-pub fn gateway_error(route: &'static str, status: u16, reason: &'static str) {
-    with_core(|c| *c.gateway_errors.entry((route, status, reason)).or_default() += 1);
+pub fn gateway_error(route: &'static str, method: &str, error: &crate::error::ProxyError, seconds: Option<f64>) {
+    let status = error.status();
+    request_done(route, method, status, seconds);
+    with_core(|c| *c.gateway_errors.entry((route, status, error.reason())).or_default() += 1);
 }
 
 /// A TLS handshake with an upstream finished; `resumed`: from a session ticket (no certificate
@@ -300,12 +302,14 @@ mod tests {
         upstream_connect_error("BCS-K8S-1", "connect");
         upstream_connect_error("BCS-K8S-1", "connect");
         upstream_connect_error("a\"b\\c\nd", "tls");
-        gateway_error("k8s", 502, "upstream_connect");
+        // Another route than the test above, whose buckets it reads.
+        gateway_error("mesos", "GET", &crate::error::ProxyError::UpstreamConnect("x".into()), Some(0.1));
         let text = render();
         for line in [
             "bcs_api_upstream_connect_errors_total{cluster=\"BCS-K8S-1\",reason=\"connect\"} 2",
             "bcs_api_upstream_connect_errors_total{cluster=\"a\\\"b\\\\c\\nd\",reason=\"tls\"} 1",
-            "bcs_api_gateway_errors_total{type=\"k8s\",code=\"502\",reason=\"upstream_connect\"} 1",
+            "bcs_api_gateway_errors_total{type=\"mesos\",code=\"502\",reason=\"upstream_connect\"} 1",
+            "bcs_api_request_count_total{type=\"mesos\",method=\"GET\",code=\"502\"} 1",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

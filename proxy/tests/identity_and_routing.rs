@@ -519,6 +519,17 @@ async fn an_http_1_0_client_gets_a_chunked_answer_unframed_until_close() {
     assert_eq!(r.text(), "hello world");
 }
 
+/// A proxy serving the test cluster at these apiserver addresses, in this order, with this CA.
+async fn proxy_with_addresses(addresses: &[String], ca_pem: &str) -> (tempfile::TempDir, Proxy, FakeAdmin) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
+    let mut cluster = snapshot(1, &addresses[0], ca_pem);
+    cluster.clusters[0].credentials.as_mut().unwrap().addresses = addresses.to_vec();
+    let admin = FakeAdmin::start(&proxy.socket(), cluster).await;
+    proxy.wait_ready().await;
+    (dir, proxy, admin)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ejected_address_that_answers_again_is_taken_back_by_the_probe() {
     // The cluster's first address is down at first: requests fail over to the second, and the
@@ -526,12 +537,8 @@ async fn an_ejected_address_that_answers_again_is_taken_back_by_the_probe() {
     // before its 10-s ejection runs out, and the first address takes the traffic again.
     let second = RawUpstream::start(json_ok()).await;
     let first_port = bcs_testkit::free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
-    let mut both = snapshot(1, &format!("http://127.0.0.1:{first_port}"), "");
-    both.clusters[0].credentials.as_mut().unwrap().addresses.push(second.url());
-    let _admin = FakeAdmin::start(&proxy.socket(), both).await;
-    proxy.wait_ready().await;
+    let (_dir, proxy, _admin) =
+        proxy_with_addresses(&[format!("http://127.0.0.1:{first_port}"), second.url()], "").await;
     assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
     assert_eq!(second.requests().len(), 1, "failed over to the second address");
 
@@ -925,12 +932,7 @@ async fn connect_failures_are_counted_by_cluster_and_reason_and_the_access_log_n
     let good = RawUpstream::start_tls(json_ok()).await;
     let wrong_ca = RawUpstream::start_tls(json_ok()).await;
     let refusing = format!("https://127.0.0.1:{}", bcs_testkit::free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
-    let mut three = snapshot(1, &refusing, &good.ca_pem);
-    three.clusters[0].credentials.as_mut().unwrap().addresses.extend([wrong_ca.url(), good.url()]);
-    let _admin = FakeAdmin::start(&proxy.socket(), three).await;
-    proxy.wait_ready().await;
+    let (_dir, proxy, _admin) = proxy_with_addresses(&[refusing, wrong_ca.url(), good.url()], &good.ca_pem).await;
     assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
     assert_eq!(good.requests().len(), 1);
     let metrics = proxy.metrics().await;
@@ -986,12 +988,8 @@ async fn a_cluster_ca_that_does_not_parse_fails_at_the_first_address_and_sets_no
     // Every address would fail alike: the next is not dialled, and no address is set aside.
     let first = RawUpstream::start_tls(json_ok()).await;
     let second = RawUpstream::start_tls(json_ok()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut proxy = Proxy::spawn(dir.path(), &ProxyOptions::default());
-    let mut broken = snapshot(1, &first.url(), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
-    broken.clusters[0].credentials.as_mut().unwrap().addresses.push(second.url());
-    let _admin = FakeAdmin::start(&proxy.socket(), broken).await;
-    proxy.wait_ready().await;
+    let broken_ca = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+    let (_dir, proxy, _admin) = proxy_with_addresses(&[first.url(), second.url()], broken_ca).await;
     for _ in 0..2 {
         assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 502);
     }
