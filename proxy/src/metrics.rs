@@ -102,6 +102,11 @@ pub fn upstream_connect_error(whose: &str, reason: &'static str) {
     with_core(|c| *c.upstream_connect_errors.entry((whose.to_owned(), reason)).or_default() += 1);
 }
 
+/// Keeps the connect-error counts of the upstream owners `keep` says are still there.
+pub fn forget_clusters(keep: impl Fn(&str) -> bool) {
+    with_core(|c| c.upstream_connect_errors.retain(|(whose, _), _| keep(whose)));
+}
+
 /// A request the gateway answered itself with `error`, not one its upstream answered: counted
 /// as every request ([`request_done`]) and by the error's reason, so that an operator tells an
 /// apiserver's own 5xx from the gateway's.

@@ -206,8 +206,8 @@ pub fn expire_idle() {
 }
 
 /// After a new snapshot: drops this core's TLS configurations (their CA roots and session
-/// tickets, which count against the process's ticket budget) and credential versions of the
-/// clusters the tables no longer have with those credentials. Without it, a deleted cluster's
+/// tickets, which count against the process's ticket budget), credential versions and
+/// connect-error counts of the clusters the tables no longer have with those credentials. Without it, a deleted cluster's
 /// stayed for the life of the process. The housekeeping tick calls it every second; it works
 /// only when the revision changed.
 pub fn forget_gone() {
@@ -220,6 +220,10 @@ pub fn forget_gone() {
         tables.upstreams().map(|u| (u.cluster_id.as_str(), u.version)).collect();
     let ids: std::collections::HashSet<&str> = live.iter().map(|(id, _)| *id).collect();
     TLS_CONFIGS.with(|c| c.borrow_mut().retain(|(id, version), _| live.contains(&(id.as_str(), *version))));
+    // A deleted cluster's connect-error series go with it, as its RBAC series do in bcs-api.
+    crate::metrics::forget_clusters(|whose| {
+        whose == ADMIN_OWNER || whose == CONSOLE_OWNER || ids.contains(whose) || tables.mesos_drivers(whose).is_some()
+    });
     VERSIONS.with(|v| {
         v.borrow_mut().retain(|owner, _| {
             owner == ADMIN_OWNER

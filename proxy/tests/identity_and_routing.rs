@@ -932,7 +932,7 @@ async fn connect_failures_are_counted_by_cluster_and_reason_and_the_access_log_n
     let good = RawUpstream::start_tls(json_ok()).await;
     let wrong_ca = RawUpstream::start_tls(json_ok()).await;
     let refusing = format!("https://127.0.0.1:{}", bcs_testkit::free_port());
-    let (_dir, proxy, _admin) = proxy_with_addresses(&[refusing, wrong_ca.url(), good.url()], &good.ca_pem).await;
+    let (_dir, proxy, admin) = proxy_with_addresses(&[refusing, wrong_ca.url(), good.url()], &good.ca_pem).await;
     assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
     assert_eq!(good.requests().len(), 1);
     let metrics = proxy.metrics().await;
@@ -956,6 +956,17 @@ async fn connect_failures_are_counted_by_cluster_and_reason_and_the_access_log_n
     assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
     assert_eq!(wrong_ca.connections(), 1, "{}", proxy.process.stderr());
     assert!(!proxy.process.stderr().contains("answers again"), "{}", proxy.process.stderr());
+
+    // The cluster is deleted: its series go with it (the housekeeping tick, every second).
+    let mut gone = snapshot(2, &good.url(), &good.ca_pem);
+    gone.clusters.clear();
+    admin.publish(gone);
+    admin.wait_ack(2).await;
+    let started = std::time::Instant::now();
+    while proxy.metrics().await.contains("bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\"") {
+        assert!(started.elapsed() < Duration::from_secs(5), "a deleted cluster's connect errors stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
