@@ -79,7 +79,8 @@ impl SnapshotMetrics {
     }
 }
 
-/// The proxy supervisor's metrics (`admin_config.spawn_proxy`; registered only when it runs).
+/// The proxy supervisor's metrics (registered whenever `admin_config.spawn_proxy` is on, binary
+/// found or not).
 #[derive(Clone)]
 pub struct ProxyMetrics {
     /// 1 while the proxy bcs-api started runs.

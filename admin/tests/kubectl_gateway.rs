@@ -477,8 +477,9 @@ async fn kubectl_says_why_the_gateway_cannot_serve_a_cluster() {
 }
 
 /// The kubectl releases a gateway's users run: every one the Cloud SDK installed (1.27 to 1.33),
-/// else the one the other tests use. They differ on the wire: up to 1.29 exec and port-forward
-/// speak SPDY, later ones WebSocket first; discovery moved to the aggregated form.
+/// else the one the other tests use. They differ on the wire: exec speaks SPDY up to 1.29 and
+/// WebSocket first from 1.30, port-forward WebSocket first from 1.31; discovery moved to the
+/// aggregated form.
 fn installed_kubectls() -> Vec<(u32, std::path::PathBuf)> {
     use bcs_testkit::apiserver::kubectl::{kubectl_binary, kubectl_minor};
     let sdk: Vec<_> = (27..=40).filter_map(|minor| kubectl_minor(minor).map(|p| (minor, p))).collect();

@@ -206,8 +206,9 @@ pub fn expire_idle() {
 }
 
 /// After a new snapshot: drops this core's TLS configurations (their CA roots and session
-/// tickets, which count against the process's ticket budget), credential versions and
-/// connect-error counts of the clusters the tables no longer have with those credentials. Without it, a deleted cluster's
+/// tickets, which count against the process's ticket budget) of the clusters the tables no
+/// longer have with those credentials, and the credential versions and connect-error counts of
+/// the clusters they no longer have at all. Without it, a deleted cluster's
 /// stayed for the life of the process. The housekeeping tick calls it every second; it works
 /// only when the revision changed.
 pub fn forget_gone() {
