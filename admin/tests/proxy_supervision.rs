@@ -87,8 +87,17 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// SIGTERM, so that bcs-api stops the proxy it runs (SIGKILL left the stand-in proxies
+    /// running after the tests, every one of them); SIGKILL if it has not stopped in 10 s.
     fn drop(&mut self) {
-        self.kill();
+        let Some(mut child) = self.child.take() else { return };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
