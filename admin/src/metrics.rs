@@ -209,6 +209,9 @@ pub struct RbacMetrics {
     pub messages: IntCounterVec,
     /// 1 while the subscription is connected.
     pub connected: IntGauge,
+    /// 1 while this instance should hold the subscription (it leads, and `rbac.turn_on_auth`),
+    /// so that an alert tells a subscription that is down from one that is not run here.
+    pub wanted: IntGauge,
 }
 
 impl RbacMetrics {
@@ -240,7 +243,13 @@ impl RbacMetrics {
             IntGauge::new("bcs_api_rbac_subscription_connected", "1 while the permission subscription is connected")
                 .expect("valid metric");
         registry.register(Box::new(connected.clone())).expect("registered once");
-        RbacMetrics { reconciles, objects, last_success, messages, connected }
+        let wanted = IntGauge::new(
+            "bcs_api_rbac_subscription_wanted",
+            "1 while this instance should hold the permission subscription (it leads, and rbac.turn_on_auth)",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(wanted.clone())).expect("registered once");
+        RbacMetrics { reconciles, objects, last_success, messages, connected, wanted }
     }
 }
 

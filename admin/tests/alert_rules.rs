@@ -33,7 +33,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn the_alert_rules_load_and_each_fires_as_its_unit_test_says() {
     let checked = promtool(&["check", "rules", "bcs-api-alerts.yml"]);
-    assert!(checked.contains("SUCCESS: 18 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 19 rules found"), "{checked}");
     let tested = promtool(&["test", "rules", "bcs-api-alerts.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
@@ -300,6 +300,9 @@ async fn every_series_the_alert_rules_name_is_exported_by_the_real_binaries() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // No permission subscription is configured here: not wanted, so its alert stays quiet.
+    let admin_text = scrape(ports[0]).await;
+    assert!(admin_text.lines().any(|l| l == "bcs_api_rbac_subscription_wanted 0"), "{admin_text}");
     // The labels each rule groups or matches on are on a series it selects.
     for (alert, labels, selected) in grouped {
         for label in labels {

@@ -503,6 +503,13 @@ async fn a_subscription_add_is_acknowledged_only_once_the_binding_exists_and_del
     let gw = gateway(SUBSCRIBING, &subscription_config(&svc.host_port())).await;
     let (fake, cluster, k) = subscribed_cluster(&gw, &svc, "K8S-SUB-001", "subClusterToken").await;
     assert_eq!(svc.refused(), 0, "the basic auth was right");
+    // Held here and wanted here: an alert tells this from a subscription that is down.
+    gw.until("the subscription's gauges", Duration::from_secs(10), || async {
+        let text = reqwest::get(format!("{}/metrics", gw.admin.base)).await.unwrap().text().await.unwrap();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        has("bcs_api_rbac_subscription_wanted 1") && has("bcs_api_rbac_subscription_connected 1")
+    })
+    .await;
 
     // Slow binding writes: an ack sent before the binding exists would be seen.
     fake.set_fault_on(

@@ -431,6 +431,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             rbac.forget_seen_grants().await;
             tracing::info!("this instance leads: RBAC sync starts");
             if let Some(settings) = &rbac.settings.subscription {
+                rbac.metrics.wanted.set(1);
                 subscription = Some(tokio::spawn(subscription::run(app.clone(), settings.clone())));
             }
         } else if !leader && leading {
@@ -441,6 +442,7 @@ pub async fn run(app: AppState, mut shutdown: Shutdown) {
             }
             rbac.subscription.lock().unwrap().connected = false;
             rbac.metrics.connected.set(0);
+            rbac.metrics.wanted.set(0);
             tracing::info!("this instance no longer leads: RBAC sync stops");
         }
         if leading {
