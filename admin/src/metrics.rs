@@ -46,13 +46,20 @@ pub struct SnapshotMetrics {
     pub builds: IntCounterVec,
 }
 
+/// `metric`, registered in `registry` (each name once per registry).
+pub fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("registered once");
+    metric
+}
+
+/// A gauge named `name`, registered in `registry`.
+pub fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
 impl SnapshotMetrics {
     fn new(registry: &Registry) -> Self {
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
+        let gauge = |name: &str, help: &str| int_gauge(registry, name, help);
         let revision = gauge("bcs_api_snapshot_revision", "Revision of the snapshot served to proxies");
         let peers = gauge("bcs_api_snapshot_peers", "Proxies connected to the snapshot socket");
         let oldest_acked_revision = gauge(
@@ -65,11 +72,11 @@ impl SnapshotMetrics {
                 .buckets(buckets),
         )
         .expect("valid metric");
-        registry.register(Box::new(build_seconds.clone())).expect("registered once");
+        let build_seconds = registered(registry, build_seconds);
         let builds =
             IntCounterVec::new(Opts::new("bcs_api_snapshot_builds_total", "Snapshot builds by result"), &["result"])
                 .expect("valid metric");
-        registry.register(Box::new(builds.clone())).expect("registered once");
+        let builds = registered(registry, builds);
         // Each result from 0, so that a first failure is an increase an alert sees (a series
         // born at 1 has none).
         for result in ["published", "unchanged", "invalid", "failed"] {
@@ -91,16 +98,14 @@ pub struct ProxyMetrics {
 
 impl ProxyMetrics {
     pub fn new(registry: &Registry) -> Self {
-        let running = IntGauge::new("bcs_api_proxy_running", "1 while the bcs-api-proxy that bcs-api started runs")
-            .expect("valid metric");
+        let running =
+            int_gauge(registry, "bcs_api_proxy_running", "1 while the bcs-api-proxy that bcs-api started runs");
         let exits = IntCounter::new(
             "bcs_api_proxy_exits_total",
             "bcs-api-proxy processes that exited while bcs-api ran, and starts that failed (each is restarted)",
         )
         .expect("valid metric");
-        registry.register(Box::new(running.clone())).expect("registered once");
-        registry.register(Box::new(exits.clone())).expect("registered once");
-        ProxyMetrics { running, exits }
+        ProxyMetrics { running, exits: registered(registry, exits) }
     }
 }
 
@@ -129,12 +134,8 @@ impl Default for Metrics {
             labels,
         )
         .expect("valid metric");
-        for c in [&requests, &errors] {
-            registry.register(Box::new(c.clone())).expect("registered once");
-        }
-        for h in [&latency, &error_latency] {
-            registry.register(Box::new(h.clone())).expect("registered once");
-        }
+        let (requests, errors) = (registered(&registry, requests), registered(&registry, errors));
+        let (latency, error_latency) = (registered(&registry, latency), registered(&registry, error_latency));
         let snapshot = SnapshotMetrics::new(&registry);
         let rbac = RbacMetrics::new(&registry);
         Metrics { registry, requests, errors, latency, error_latency, snapshot, rbac }
@@ -217,9 +218,7 @@ pub struct RbacMetrics {
 impl RbacMetrics {
     fn new(registry: &Registry) -> Self {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
+            registered(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let reconciles =
             counter("bcs_api_rbac_reconciles_total", "RBAC reconciles of a cluster by result", &["cluster", "result"]);
@@ -238,17 +237,17 @@ impl RbacMetrics {
             &["cluster"],
         )
         .expect("valid metric");
-        registry.register(Box::new(last_success.clone())).expect("registered once");
-        let connected =
-            IntGauge::new("bcs_api_rbac_subscription_connected", "1 while the permission subscription is connected")
-                .expect("valid metric");
-        registry.register(Box::new(connected.clone())).expect("registered once");
-        let wanted = IntGauge::new(
+        let last_success = registered(registry, last_success);
+        let connected = int_gauge(
+            registry,
+            "bcs_api_rbac_subscription_connected",
+            "1 while the permission subscription is connected",
+        );
+        let wanted = int_gauge(
+            registry,
             "bcs_api_rbac_subscription_wanted",
             "1 while this instance should hold the permission subscription (it leads, and rbac.turn_on_auth)",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(wanted.clone())).expect("registered once");
+        );
         RbacMetrics { reconciles, objects, last_success, messages, connected, wanted }
     }
 }

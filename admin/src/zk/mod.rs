@@ -99,11 +99,7 @@ struct StatusInner {
 
 impl Status {
     pub fn new(registry: &prometheus::Registry) -> Status {
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
+        let gauge = |name: &str, help: &str| crate::metrics::int_gauge(registry, name, help);
         Status {
             inner: Mutex::new(StatusInner { state: "connecting", ..StatusInner::default() }),
             connected: gauge("bcs_api_zookeeper_connected", "1 while the ZooKeeper session is connected"),
@@ -155,9 +151,11 @@ pub struct Leadership {
 
 impl Leadership {
     pub fn new(flag: Arc<AtomicBool>, registry: &prometheus::Registry) -> Leadership {
-        let gauge = IntGauge::new("bcs_api_leader", "1 while this instance holds the ZooKeeper leader lock")
-            .expect("valid metric");
-        registry.register(Box::new(gauge.clone())).expect("registered once");
+        let gauge = crate::metrics::int_gauge(
+            registry,
+            "bcs_api_leader",
+            "1 while this instance holds the ZooKeeper leader lock",
+        );
         flag.store(false, Ordering::SeqCst);
         Leadership { flag, holding: AtomicBool::new(false), connected: AtomicBool::new(false), gauge }
     }
