@@ -109,6 +109,8 @@ async fn read_head<C: AsyncReadRent>(
     let mut deadline: Option<Instant> = None;
     // How much of `inbuf` is known to be an incomplete head: only what comes after is searched.
     let mut checked = 0;
+    // A head split over reads is a request the drain waits for (a whole one costs nothing here).
+    let mut _arriving = None;
     loop {
         if !inbuf.is_empty() {
             if let Some((head, used)) = parse_request_after(inbuf, checked)? {
@@ -117,7 +119,10 @@ async fn read_head<C: AsyncReadRent>(
             }
             checked = inbuf.len();
             // The head's time runs from its first bytes (a head that came whole sets no deadline).
-            deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + settings.header_timeout);
+                _arriving = Some(crate::drain::InFlight::arriving());
+            }
         }
         let wait = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),

@@ -1,6 +1,6 @@
 //! The graceful stop. On SIGTERM (bcs-api stops or restarts its proxy so) the proxy stops
 //! accepting, answers `/readyz` 503, ends the connections waiting for a request, lets the
-//! requests in flight finish within a grace period, closes each kept-alive connection as its
+//! requests in flight (and the heads that have begun to arrive) finish within a grace period, closes each kept-alive connection as its
 //! request ends, and exits. Requests that run until the client leaves (watches, `logs -f`,
 //! exec/attach/port-forward) are not waited for: they never end by themselves, and their
 //! clients reconnect.
@@ -37,6 +37,14 @@ impl InFlight {
         IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         Some(InFlight(()))
     }
+
+    /// A request whose head has begun to arrive and is not whole yet: the drain waits for the
+    /// rest (its read is not among the [`Waiting`] ones, which the drain ends), then for the
+    /// request itself if [`InFlight::start`] counts it.
+    pub fn arriving() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight(())
+    }
 }
 
 impl Drop for InFlight {
@@ -49,8 +57,8 @@ impl Drop for InFlight {
 /// its read returns. The drain shuts the read side of each one whose socket holds nothing
 /// (`shutdown(SHUT_RD)`): its read ends, the connection closes, and its client sees the end
 /// before it sends another request on it, rather than a reset at exit. One whose socket holds
-/// bytes is left to read them and answer (with `Connection: close`). (Not covered: a request
-/// whose first bytes were read just before the sweep and whose rest was still on its way.)
+/// bytes is left to read them and answer (with `Connection: close`); one whose head's first
+/// bytes were read before the sweep is no longer waiting but [`InFlight::arriving`].
 pub struct Waiting(RawFd);
 
 impl Waiting {

@@ -899,6 +899,29 @@ async fn sigterm_lets_the_requests_in_flight_finish_and_accepts_no_more() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_waits_for_a_request_head_whose_first_bytes_have_come() {
+    let mut s = setup(Arc::new(|_| Reply::Bytes(ok_json("{}")))).await;
+    let mut split = s.proxy.connect().await;
+    let request = get("/api", USER_TOKEN, "");
+    let (first, rest) = request.split_at(12);
+    split.write_all(first.as_bytes()).await.unwrap();
+    // The proxy reads the first bytes (and starts the head's timer) before it is stopped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = s.proxy.process.pid().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    // Longer than the drain's look for an empty proxy (twice, 50 ms apart).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    split.write_all(rest.as_bytes()).await.unwrap();
+    let r = read_response(&mut split).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "{}"), "the request whose head was arriving is answered");
+    assert!(r.head.to_ascii_lowercase().contains("connection: close"), "{}", r.head);
+    assert!(closed(&mut split, Duration::from_secs(5)).await, "then its connection ends");
+    assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(5)), Some(0));
+    let stderr = s.proxy.process.stderr();
+    assert!(stderr.contains("cut=0"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_a_tls_connection_waiting_for_a_request_while_a_request_still_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_config, ca_pem) = proxy_certificate(dir.path());
