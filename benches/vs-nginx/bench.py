@@ -52,6 +52,7 @@ import instructions
 import latency
 import mesos
 import scenarios
+import targets
 
 SIZES = {"1k": 1024, "64k": 65536, "1m": 1048576}
 CONFIGS = ["direct-origin", "nginx-proxy", "bcs-proxy", "nginx-proxy-tls", "bcs-proxy-tls"]
@@ -1334,6 +1335,7 @@ def report(bench, env):
         "for direct-origin, the origin), normalised to 10 s.",
         "",
     ]
+    md += ["### Issue 6's targets", "", targets.table(bench, rows), ""]
     if a.sizes:
         md += [tables(bench, rows), "### Against the targets of perf.md §6", "", target_check(bench, rows), ""]
     if CLOSE in a.workloads:

@@ -160,6 +160,26 @@ def p99_verdict(ours, theirs, nginx_rounds):
     return "**missed**"
 
 
+def verdicts(bench):
+    """{bcs configuration: (figures, verdict, detail)} for the p99 target, from the rounds in which both
+    proxies were measured cleanly (two such rounds at least), paired by round number."""
+    runs = bench.extra["latency"]["runs"]
+    out = {}
+    for c in ("bcs-proxy", "bcs-proxy-tls"):
+        base = "nginx-proxy-tls" if c.endswith("tls") else "nginx-proxy"
+        if c not in runs or base not in runs:
+            continue
+        pairs = [(rb, rn) for rb, rn in zip(runs[c], runs[base]) if not rb["invalid"] and not rn["invalid"]]
+        if len(pairs) < 2:
+            out[c] = ("–", "inconclusive", f"{len(pairs)} round(s) in which both proxies were measured cleanly")
+            continue
+        ours, theirs = b.med([rb["p99_ms"] for rb, _ in pairs]), b.med([rn["p99_ms"] for _, rn in pairs])
+        wins = sum(rb["p99_ms"] <= rn["p99_ms"] for rb, rn in pairs)
+        out[c] = (f"p99 {ours:.2f} / {theirs:.2f} ms", p99_verdict(ours, theirs, [rn["p99_ms"] for _, rn in pairs]),
+                  f"no higher than nginx's in {wins} of {len(pairs)} clean rounds")
+    return out
+
+
 def _med(runs, key):
     return b.med([r[key] for r in runs])
 
@@ -187,19 +207,8 @@ def table(bench):
             f"{_med(k, 'p999_ms'):.2f} | {_med(k, 'max_ms'):.2f} | {sum(r['held_up'] for r in rs):,} | "
             f"{sum(r['errors'] + r['non_2xx'] for r in rs):,} | {_med(rs, 'load_busy'):.0%} | {cpu[c]:.3f} | "
             f"{ratio(p99)} | {ratio(cpu)} |")
-    checks = []
-    for c in ("bcs-proxy", "bcs-proxy-tls"):
-        base = "nginx-proxy-tls" if c.endswith("tls") else "nginx-proxy"
-        if c not in runs or base not in runs:
-            continue
-        pairs = [(rb, rn) for rb, rn in zip(runs[c], runs[base]) if not rb["invalid"] and not rn["invalid"]]
-        if len(pairs) < 2:
-            checks.append(f"{c}: inconclusive ({len(pairs)} round(s) in which both proxies were measured cleanly)")
-            continue
-        ours, theirs = b.med([rb["p99_ms"] for rb, _ in pairs]), b.med([rn["p99_ms"] for _, rn in pairs])
-        wins = sum(rb["p99_ms"] <= rn["p99_ms"] for rb, rn in pairs)
-        checks.append(f"{c}: p99 {ours:.2f} / {theirs:.2f} ms, {p99_verdict(ours, theirs, [rn['p99_ms'] for _, rn in pairs])} "
-                      f"(no higher than nginx's in {wins} of {len(pairs)} clean rounds)")
+    checks = [f"{c}: " + (f"{figures}, {verdict} ({detail})" if figures != "–" else f"{verdict} ({detail})")
+              for c, (figures, verdict, detail) in verdicts(bench).items()]
     reasons = {}
     for rs in runs.values():
         for r in rs:
