@@ -91,8 +91,13 @@ fn every_yaml_parses_and_the_agent_manifest_is_consistent() {
         if docs.iter().all(|d| d.get("kind").is_some() && d.get("apiVersion").is_some()) {
             objects.extend(docs.into_iter().map(|d| (path.clone(), d)));
         } else if path.parent().is_some_and(|dir| dir.ends_with("prometheus")) {
-            // Alerting rules and their unit tests: admin/tests/alert_rules.rs runs promtool on them.
-            assert!(docs[0].get("groups").is_some() || docs[0].get("rule_files").is_some(), "{}", path.display());
+            // Alerting rules and their unit tests, the example Prometheus and Alertmanager
+            // configurations: admin/tests/alert_rules.rs and alert_inhibition.rs check them.
+            assert!(
+                ["groups", "rule_files", "inhibit_rules"].iter().any(|key| docs[0].get(key).is_some()),
+                "{}",
+                path.display()
+            );
         } else {
             // A bcs-api configuration: loads with the real loader.
             bcs_shared::config::Config::parse(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
