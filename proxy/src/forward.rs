@@ -620,8 +620,12 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     let out_framing = if unframed { BodyFraming::None } else { BodyFraming::from(response.framing) };
     let close = close || unframed;
     // Room for the body bytes already read, which follow the head in one write (and a
-    // chunk's framing).
-    let room = (buf.len() - head_len).min(GATHER) + 16;
+    // chunk's framing); for a body that may come whole, room for all of it (its later reads go
+    // straight after the head: `onto_out` below).
+    let room = match response.framing {
+        Framing::Length(n) if n <= WHOLE as u64 => n as usize,
+        _ => (buf.len() - head_len).min(GATHER),
+    } + 16;
     let mut out = rewrite::to_client(response, out_framing, close, None, room).map_err(|_| ())?;
     buf.drain(..head_len);
     let (_registration, mut revoked) = match stream_owner {
@@ -652,12 +656,22 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
     // body is flowing. Anything else writes its head and first part at once, as a stream must.
     let mut last_read = if fits_whole(out.len(), left) { buf.len() + head_len } else { 0 };
     let mut wake = 1usize;
+    // Where the last read's bytes start in `out`, when it read onto `out` instead of `buf`.
+    let mut onto_out: Option<usize> = None;
     loop {
         // Turn what arrived into what the client gets.
         match response.framing {
             Framing::None => {
                 clean = buf.is_empty();
                 buf.clear();
+            }
+            Framing::Length(_) if onto_out.is_some() => {
+                let from = onto_out.take().unwrap_or_default();
+                let got = out.len() - from;
+                let take = (left as usize).min(got);
+                left -= take as u64;
+                clean = left == 0 && got == take;
+                out.truncate(from + take);
             }
             Framing::Length(_) => {
                 let take = (left as usize).min(buf.len());
@@ -707,9 +721,6 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         // they arrive, so a watch event is never held back.
         let whole = fits_whole(out.len(), left);
         let gather = !finished && last_read >= FULL_READ && (out.len() < gather_limit || whole);
-        if gather && whole && buf.capacity() - buf.len() < left as usize {
-            buf.reserve(left as usize);
-        }
         if bulk && !finished {
             let want = low_water::for_body(left, conn.held());
             if want != wake {
@@ -725,8 +736,8 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
         let (r, b) = if !out.is_empty() && !gather && !finished && revoked.is_none() {
             // A body still coming: write this part while the next is read, so that neither
             // leg waits for the other (io_uring runs both operations at once).
-            if bulk && buf.capacity() < BULK {
-                buf.reserve(BULK);
+            if bulk {
+                crate::io::make_room(&mut buf, BULK);
             }
             // Boxed: the relay's future, which an idle stream keeps, need not hold this state.
             let drain = !response.close && matches!(response.framing, Framing::Length(_)) && left <= DRAIN_MAX;
@@ -770,6 +781,16 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                 break;
             }
             match revoked.as_mut() {
+                // The rest of a body that comes whole is read straight after what `out` holds,
+                // not into `buf` and copied over (a 64 KiB list: 48 KiB fewer bytes moved).
+                None if gather && whole => {
+                    let from = out.len();
+                    crate::io::make_room(&mut out, left as usize);
+                    let (r, o) = crate::io::read_into_spare(&mut conn, out).await;
+                    out = o;
+                    onto_out = Some(from);
+                    (r, buf)
+                }
                 None => read_more(&mut conn, buf).await,
                 Some(revoked) => {
                     drop(buf);

@@ -302,11 +302,30 @@ pub async fn linger<S: AsyncReadRent + AsyncWriteRent>(stream: &mut S) {
     let _ = timeout(LINGER, drain).await;
 }
 
+/// Makes room for `n` more bytes at the end of `buf`. An empty buffer too small is replaced,
+/// not grown: growing copies its whole old capacity, dead bytes and all.
+pub fn make_room(buf: &mut Vec<u8>, n: usize) {
+    if buf.capacity() - buf.len() >= n {
+        return;
+    }
+    if buf.is_empty() {
+        *buf = Vec::with_capacity(n);
+    } else {
+        buf.reserve(n);
+    }
+}
+
 /// Reads more bytes onto the end of `buf`. Ok(0) is end of stream.
 pub async fn read_more<S: AsyncReadRent>(stream: &mut S, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(BUFFER.max(buf.len() / 2));
+        let more = BUFFER.max(buf.len() / 2);
+        make_room(&mut buf, more);
     }
+    read_into_spare(stream, buf).await
+}
+
+/// Reads into the room `buf` has after its bytes (which the caller made), never growing it.
+pub async fn read_into_spare<S: AsyncReadRent>(stream: &mut S, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
     let (len, cap) = (buf.len(), buf.capacity());
     let (result, slice) = stream.read(buf.slice_mut(len..cap)).await;
     (result, slice.into_inner())

@@ -710,6 +710,45 @@ async fn bodies_of_every_size_class_arrive_byte_for_byte_on_one_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bytes_past_a_content_length_body_reach_no_client_and_the_connection_is_not_reused() {
+    // Bodies read whole (forward.rs: WHOLE) and in parts, each with the start of a made-up answer
+    // right behind it in the same write: the client gets the body and nothing more, and the
+    // upstream connection is not pooled, so the next request's answer is the upstream's own.
+    let s = setup(Arc::new(|request| {
+        let line = request.request_line();
+        if !line.contains("size=") {
+            return Reply::Bytes(ok_json("{}"));
+        }
+        let mut reply = sized_reply(line);
+        reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged");
+        Reply::Bytes(reply)
+    }))
+    .await;
+    let mut stream = s.proxy.connect().await;
+    for (i, size) in [40 * 1024, 1024, 200 * 1024].into_iter().enumerate() {
+        stream.write_all(get(&format!("/api/v1/pods?size={size}"), USER_TOKEN, "").as_bytes()).await.unwrap();
+        // Everything that comes until the connection has been quiet for 300 ms: the answer, and
+        // nothing after it.
+        let mut received = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut chunk)).await {
+            assert!(n > 0, "the connection ended");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        let head_len = received.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        assert!(received.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&received[..head_len]));
+        assert_eq!(received.len() - head_len, size, "the {size}-byte body and not a byte more");
+        assert!(received[head_len..] == patterned(size), "the {size}-byte body differs from what the upstream sent");
+        stream.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+        let next = read_response(&mut stream).await;
+        assert_eq!((next.status, next.text().as_str()), (200, "{}"), "the answer after the {size}-byte body");
+        // Each sized answer ends its connection's reuse; each `/api` answer is clean, and its
+        // connection serves the next sized request.
+        assert_eq!(s.upstream.connections(), i + 2, "a connection that sent more than its answer is not reused");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_small_body_that_trickles_is_not_held_back_for_its_rest() {
     // 64 KiB announced, 512 bytes sent (the head and the body's first bytes), the rest 3 s
     // later. The relay gathers a small body whole only while it flows (forward.rs: WHOLE), so
