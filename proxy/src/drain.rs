@@ -1,7 +1,7 @@
 //! The graceful stop. On SIGTERM (bcs-api stops or restarts its proxy so) the proxy stops
 //! accepting, answers `/readyz` 503, ends the connections waiting for a request, lets the
-//! requests in flight (and the heads that have begun to arrive) finish within a grace period, closes each kept-alive connection as its
-//! request ends, and exits. Requests that run until the client leaves (watches, `logs -f`,
+//! requests in flight (and the heads that have begun to arrive) finish within a grace period,
+//! closes each kept-alive connection as its request ends, and exits. Requests that run until the client leaves (watches, `logs -f`,
 //! exec/attach/port-forward) are not waited for: they never end by themselves, and their
 //! clients reconnect.
 use std::os::fd::RawFd;

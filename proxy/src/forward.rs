@@ -665,24 +665,21 @@ async fn relay_response<C: AsyncReadRent + AsyncWriteRent + Readable>(
                 clean = buf.is_empty();
                 buf.clear();
             }
-            Framing::Length(_) if onto_out.is_some() => {
-                let from = onto_out.take().unwrap_or_default();
-                let got = out.len() - from;
+            Framing::Length(_) => {
+                // What the last read brought: onto `out` (from `from` on), or into `buf`. Bytes
+                // past the body's length are dropped, and the connection is not clean.
+                let got = onto_out.map_or(buf.len(), |from| out.len() - from);
                 let take = (left as usize).min(got);
                 left -= take as u64;
                 clean = left == 0 && got == take;
-                out.truncate(from + take);
-            }
-            Framing::Length(_) => {
-                let take = (left as usize).min(buf.len());
-                left -= take as u64;
-                clean = left == 0 && buf.len() == take;
-                if out.is_empty() {
-                    // Nothing else to send first: write the read buffer itself, no copy.
-                    std::mem::swap(&mut out, &mut buf);
-                    out.truncate(take);
-                } else {
-                    out.extend_from_slice(&buf[..take]);
+                match onto_out.take() {
+                    Some(from) => out.truncate(from + take),
+                    None if out.is_empty() => {
+                        // Nothing else to send first: write the read buffer itself, no copy.
+                        std::mem::swap(&mut out, &mut buf);
+                        out.truncate(take);
+                    }
+                    None => out.extend_from_slice(&buf[..take]),
                 }
                 buf.clear();
             }
