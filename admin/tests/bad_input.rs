@@ -340,6 +340,19 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
         )
         .await;
     assert!(!r.1.to_string().contains("secret-value"), "{}", r.1);
+    // Nor a password in an address, whatever else is wrong with it (the agent logs refusals).
+    for (address, needle) in [
+        ("http://kube:pw-secret-value@10.0.0.1:6443", "not an https://host[:port] URL"),
+        ("https://kube:pw-secret-value@10.0.0.1:99999", "invalid URL"),
+        ("https://kube:pw-secret-value@[fe80::1]:6443", "credentials"),
+        ("ftp://kube:pw-secret-value@10.0.0.1/x", "not an https://host[:port] URL"),
+        ("kube:pw-secret-value@10.0.0.1:6443", "field 'server_addresses'"),
+        ("https://10.0.0.1:6443;http://a:pw@b@pw-secret-value@10.0.0.2", "not an https://host[:port] URL"),
+    ] {
+        let r = admin.call(Method::PUT, &path, None, Some(report(rt, address, ca, "new"))).await;
+        assert_error(&r, 400, "VALIDATION_ERROR", needle);
+        assert!(!r.1.to_string().contains("pw-secret-value"), "{address}: {}", r.1);
+    }
 
     let stored = admin.call(Method::GET, &path, admin.admin(), None).await;
     assert_eq!(stored.1["UserToken"], "sa-hana");

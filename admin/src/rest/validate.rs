@@ -50,12 +50,15 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         if address.len() > 300 {
             return Err(ApiError::validation(FIELD, "has an address longer than 300 characters"));
         }
+        // Errors quote the address as `shown`: a user name and password in it would otherwise
+        // reach the answer and the agent's log, whatever else is wrong with the address.
+        let shown = without_userinfo(address);
         let url = url::Url::parse(address)
-            .map_err(|e| ApiError::validation(FIELD, format_args!("has an invalid URL {address:?}: {e}")))?;
+            .map_err(|e| ApiError::validation(FIELD, format_args!("has an invalid URL {shown:?}: {e}")))?;
         if url.scheme() != "https" || url.host_str().is_none() {
             return Err(ApiError::validation(
                 FIELD,
-                format_args!("has {address:?}, which is not an https://host[:port] URL"),
+                format_args!("has {shown:?}, which is not an https://host[:port] URL"),
             ));
         }
         if !url.username().is_empty() || url.password().is_some() {
@@ -69,7 +72,7 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
             if !reachable_apiserver_ip(ip) {
                 return Err(ApiError::validation(
                     FIELD,
-                    format_args!("has {address:?}, whose IP is link-local, unspecified, multicast or broadcast"),
+                    format_args!("has {shown:?}, whose IP is link-local, unspecified, multicast or broadcast"),
                 ));
             }
         }
@@ -77,11 +80,25 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
         if bcs_shared::snapshot::parse_address(address).is_none() {
             return Err(ApiError::validation(
                 FIELD,
-                format_args!("has {address:?}, which is not https://host[:port] without a path"),
+                format_args!("has {shown:?}, which is not https://host[:port] without a path"),
             ));
         }
     }
     Ok(addresses)
+}
+
+/// `address` with the user information of its authority (`user:password@`) replaced by `***@`,
+/// for quoting in an error. The authority is what follows `://` (or the start, where no scheme
+/// parses) up to the first `/`, `?` or `#`; the last `@` in it ends the user information, as
+/// RFC 3986 reads it and as a URL parser would.
+fn without_userinfo(address: &str) -> std::borrow::Cow<'_, str> {
+    let start = address.find("://").map_or(0, |i| i + 3);
+    let authority = &address[start..];
+    let authority = &authority[..authority.find(['/', '?', '#']).unwrap_or(authority.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &address[..start], &address[start + at..]).into(),
+        None => address.into(),
+    }
 }
 
 /// Whether an apiserver can be at `ip`. Link-local addresses hold cloud metadata services
