@@ -32,7 +32,6 @@ pub async fn create_plain(
     validate::id("id", &id, CLUSTER_ID_MAX)?;
     let cluster = new_cluster(format!("plain-{id}"), provider::PLAIN, cluster_type::K8S, &caller);
     let cluster = create(&app, &caller, cluster, None).await?;
-    app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created cluster");
     Ok(Json(cluster.into()))
 }
@@ -71,7 +70,6 @@ pub async fn create_bcs(
     let cluster = new_cluster(id, provider::BCS, kind, &caller);
     let info = BcsClusterInfo { source_project_id: project_id, source_cluster_id: source_id };
     let cluster = create(&app, &caller, cluster, Some(info)).await?;
-    app.snapshots.changed();
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "created bcs cluster");
     Ok(Json(cluster.into()))
 }
@@ -123,10 +121,12 @@ pub async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
+    let change = app.snapshots.change();
     if !app.store.delete_cluster(&cluster.id).await? {
+        change.nothing();
         return Err(not_found(&id));
     }
-    app.snapshots.changed();
+    drop(change);
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, "deleted cluster");
     Ok(Json(serde_json::json!({})))
 }
@@ -173,7 +173,8 @@ async fn create(
     bcs: Option<BcsClusterInfo>,
 ) -> Result<Cluster, ApiError> {
     let most = if caller.user.is_super_user { None } else { app.max_clusters_per_user };
-    app.store.create_cluster_within(cluster, bcs, most).await.map_err(|e| match e {
+    let change = app.snapshots.change();
+    change.settle(app.store.create_cluster_within(cluster, bcs, most).await).map_err(|e| match e {
         StoreError::Conflict(what) => ApiError::conflict("CLUSTER_ALREADY_EXISTS", what),
         StoreError::OverLimit(held) => ApiError::forbidden_as(
             "CLUSTER_QUOTA_EXCEEDED",

@@ -69,12 +69,14 @@ pub async fn put(
         user_token_sealed: app.sealer.seal(&cluster_token_purpose(&cluster.id), &cluster_token),
         fingerprint,
     };
+    let change = app.snapshots.change();
     let Some(saved) = app.store.upsert_credentials(new, &stored.token_sealed, crate::now()).await? else {
         // Rotated or deleted since the check above: the token presented is no longer valid.
+        change.nothing();
         tracing::warn!(cluster = %cluster.id, "credentials report with a register token replaced while it was checked");
         return Err(register_token_not_valid(&cluster));
     };
-    app.snapshots.changed();
+    drop(change);
     tracing::info!(cluster = %cluster.id, version = saved.version, addresses = %saved.server_addresses, "stored cluster credentials");
     Ok(Json(serde_json::json!({})))
 }

@@ -43,7 +43,8 @@ pub struct App {
     /// ([`onboarding::gateway_ca`]); None without TLS.
     pub gateway_ca: Option<String>,
     /// The proxies' snapshot: a handler that writes what a proxy must see (users, user
-    /// tokens, clusters, credentials) calls `snapshots.changed()` right after the write.
+    /// tokens, clusters, credentials) holds `snapshots.change()` across the write, which asks
+    /// for a rebuild when the write is over, even if the handler is dropped during it.
     pub snapshots: Arc<Publisher>,
     /// True while this instance may run the singleton jobs (RBAC sync). Without ZooKeeper the
     /// only instance is the leader; with it, the ZooKeeper leader lock sets it.

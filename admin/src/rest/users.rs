@@ -30,13 +30,15 @@ pub async fn create(
     caller.require_super()?;
     let name = required_field("user_name", body.required()?.user_name)?;
     validate::name("user_name", &name)?;
-    let user = app.store.create_user(&plain_user_name(&name), false, crate::now()).await.map_err(|e| match e {
-        StoreError::Conflict(_) => {
-            ApiError::conflict("USER_ALREADY_EXISTS", format_args!("user {name} already exists"))
-        }
-        e => e.into(),
-    })?;
-    app.snapshots.changed();
+    let change = app.snapshots.change();
+    let user = change.settle(app.store.create_user(&plain_user_name(&name), false, crate::now()).await).map_err(
+        |e| match e {
+            StoreError::Conflict(_) => {
+                ApiError::conflict("USER_ALREADY_EXISTS", format_args!("user {name} already exists"))
+            }
+            e => e.into(),
+        },
+    )?;
     tracing::info!(user = %user.name, by = %caller.user.name, "created user");
     Ok(Json(user.into()))
 }
@@ -84,19 +86,20 @@ pub async fn create_token(
     }
     let value = random_token(USER_TOKEN_LEN);
     let now = crate::now();
-    let token = app
-        .store
-        .create_user_token(
-            NewUserToken {
-                user_id: user.id,
-                kind: token_type::KUBECONFIG_PLAIN,
-                digest: value.digest(),
-                expires_at: now + lifetime,
-            },
-            now,
-        )
-        .await?;
-    app.snapshots.changed();
+    let change = app.snapshots.change();
+    let token = change.settle(
+        app.store
+            .create_user_token(
+                NewUserToken {
+                    user_id: user.id,
+                    kind: token_type::KUBECONFIG_PLAIN,
+                    digest: value.digest(),
+                    expires_at: now + lifetime,
+                },
+                now,
+            )
+            .await,
+    )?;
     tracing::info!(user = %user.name, token_id = token.id, by = %caller.user.name, "created user token");
     Ok(Json(UserTokenView::new(token, Some(value.expose().to_owned()))))
 }
@@ -123,10 +126,12 @@ pub async fn revoke_token(
     let token_id: i64 = token_id.parse().map_err(|_| {
         ApiError::bad_request("TOKEN_ID_INVALID", format_args!("token id {token_id:?} is not an integer"))
     })?;
+    let change = app.snapshots.change();
     if !app.store.revoke_user_token(user.id, token_id, crate::now()).await? {
+        change.nothing();
         return Err(ApiError::not_found("TOKEN_NOT_FOUND", format_args!("user {} has no token {token_id}", user.id)));
     }
-    app.snapshots.changed();
+    drop(change);
     tracing::info!(user = %user.name, token_id, by = %caller.user.name, "revoked user token");
     Ok(Json(serde_json::json!({})))
 }

@@ -5,8 +5,8 @@
 //! queueing them (every message is a whole snapshot, so nothing is lost by skipping).
 //!
 //! Rebuilds are triggered three ways:
-//! - [`Publisher::changed`], called by every REST handler right after a write that a proxy
-//!   must see. Calls coalesce: while a rebuild is pending, more calls add nothing, and a call
+//! - [`Publisher::changed`], called when a REST handler's write that a proxy must see is over
+//!   (through the guard [`Publisher::change`], so also when the handler is dropped mid-write). Calls coalesce: while a rebuild is pending, more calls add nothing, and a call
 //!   made during a rebuild causes exactly one more (whose store read sees the write).
 //! - Every [`PERIOD`]: catches writes made by another admin instance on the same MySQL. A
 //!   rebuild whose content (everything but `revision` and `generated_at`) equals the current
@@ -39,7 +39,7 @@ use super::builder::{self, Stamp};
 use crate::metrics::SnapshotMetrics;
 use crate::sealer::Sealer;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How often the store is read even without a local change.
 pub const PERIOD: Duration = Duration::from_secs(5);
@@ -56,6 +56,36 @@ pub struct Published {
 impl Published {
     pub fn revision(&self) -> u64 {
         self.snapshot.revision
+    }
+}
+
+/// A write under way that a proxy must see ([`Publisher::change`]): a rebuild follows when
+/// this is dropped, unless the store refused the write.
+#[must_use = "the rebuild comes when the guard is dropped: hold it across the write"]
+pub struct Change<'a>(Option<&'a Publisher>);
+
+impl Change<'_> {
+    /// Passes the write's result through and settles the guard: a write the store refused
+    /// outright (a conflict, a limit) changed nothing and causes no rebuild; anything else does,
+    /// now. That includes the store not answering in time, which may come after a commit.
+    pub fn settle<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(result, Err(StoreError::Conflict(_) | StoreError::OverLimit(_))) {
+            self.0 = None;
+        }
+        result
+    }
+
+    /// The write found nothing to change (a token that was not there): no rebuild.
+    pub fn nothing(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if let Some(publisher) = self.0.take() {
+            publisher.changed();
+        }
     }
 }
 
@@ -137,6 +167,16 @@ impl Publisher {
     pub fn changed(&self) {
         self.announce();
         self.wake.notify_one();
+    }
+
+    /// For a REST handler about to write what a proxy must see: the guard calls
+    /// [`Publisher::changed`] when it is dropped, however the handler ends. Calling `changed`
+    /// after the write's `.await` instead would skip it when the handler is dropped in that
+    /// await (hyper drops a handler whose client went away) or when the store's timeout fires
+    /// after COMMIT was sent: the write may have landed, and the proxies would then hear of it
+    /// only at the next [`PERIOD`]ic rebuild, a revoked token working until then.
+    pub fn change(&self) -> Change<'_> {
+        Change(Some(self))
     }
 
     /// Something other instances must hear of, but no proxy, was written: announce it only.
@@ -408,5 +448,36 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), publisher.wake.notified()).await.unwrap();
         // ...and no second one.
         assert!(tokio::time::timeout(Duration::from_millis(50), publisher.wake.notified()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_write_under_way_asks_for_a_rebuild_however_its_handler_ends() {
+        let publisher = Publisher::new(true, crate::metrics::Metrics::default().snapshot.clone());
+        let mut local = publisher.local_writes();
+        let mut rebuilds = || {
+            let asked = local.has_changed().unwrap();
+            local.borrow_and_update();
+            asked
+        };
+        // A handler dropped in the middle of its write's await (its client went away, or the
+        // store's timeout fired after COMMIT was sent): the write may have landed.
+        let handler = async {
+            let _change = publisher.change();
+            std::future::pending::<()>().await;
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(10), handler).await.is_err());
+        assert!(rebuilds(), "a handler dropped mid-write");
+
+        let ok: Result<u8, StoreError> = publisher.change().settle(Ok(1));
+        assert_eq!(ok.unwrap(), 1);
+        assert!(rebuilds(), "a write that landed");
+        let _ = publisher.change().settle::<()>(Err(StoreError::Unavailable("no answer within 5s".into())));
+        assert!(rebuilds(), "the store did not answer in time: the commit may have landed");
+        let _ = publisher.change().settle::<()>(Err(StoreError::Conflict("users.name".into())));
+        assert!(!rebuilds(), "a conflict changed nothing");
+        let _ = publisher.change().settle::<()>(Err(StoreError::OverLimit(3)));
+        assert!(!rebuilds(), "a limit changed nothing");
+        publisher.change().nothing();
+        assert!(!rebuilds(), "nothing to change");
     }
 }
