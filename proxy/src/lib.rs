@@ -32,6 +32,7 @@ pub mod io;
 pub mod listen;
 pub mod low_water;
 pub mod metrics;
+pub mod resolve;
 pub mod respond;
 pub mod rewrite;
 pub mod route;

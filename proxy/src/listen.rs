@@ -62,6 +62,7 @@ fn start(plan: Plan) -> anyhow::Result<()> {
             let result = if legacy {
                 monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                     .enable_timer()
+                    .attach_thread_pool(crate::resolve::pool())
                     .build()
                     .map(|mut rt| rt.block_on(run))
             } else {
@@ -103,11 +104,15 @@ fn fusion_runtime() -> std::io::Result<Fusion> {
     cooperative.setup_coop_taskrun().setup_taskrun_flag();
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
+        .attach_thread_pool(crate::resolve::pool())
         .uring_builder(cooperative)
         .build()
         .or_else(|e| {
             tracing::info!(error = %e, "io_uring without cooperative task running");
-            monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .attach_thread_pool(crate::resolve::pool())
+                .build()
         })
         .or_else(|e| {
             RING_FAILED.fetch_add(1, Ordering::Relaxed);
@@ -118,6 +123,7 @@ fn fusion_runtime() -> std::io::Result<Fusion> {
             );
             monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
+                .attach_thread_pool(crate::resolve::pool())
                 .build()
                 .map(monoio::FusionRuntime::Legacy)
         })

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bcs_shared::snapshot::Address;
-use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 
 use crate::error::ProxyError;
@@ -301,7 +300,7 @@ pub fn probe_ejected() {
     });
     for authority in ejected {
         monoio::spawn(async move {
-            let probe = monoio::time::timeout(Duration::from_secs(2), TcpStream::connect(authority.as_str())).await;
+            let probe = monoio::time::timeout(Duration::from_secs(2), crate::resolve::connect(&authority)).await;
             if matches!(probe, Ok(Ok(_))) {
                 // Unless it was set aside meanwhile for not answering, which a connect does not disprove.
                 let taken_back = EJECTED.with(|e| {
@@ -442,7 +441,7 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
     // hung (the address accepts connections, so a TCP probe would prove nothing).
     let connected = std::cell::Cell::new(false);
     let work = async {
-        let tcp = TcpStream::connect(authority.as_str())
+        let tcp = crate::resolve::connect(authority)
             .await
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
         connected.set(true);

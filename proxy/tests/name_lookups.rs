@@ -1,0 +1,134 @@
+//! Apiservers given by name, through the real proxy: the name is looked up off the core, so a
+//! silent name server holds up only the requests for that name, and every address the name has
+//! is tried. The proxy runs in a mount namespace of its own whose /etc/resolv.conf names only a
+//! name server played by the test (the test runs as root, as the suite does for apt).
+mod common;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bcs_shared::snapshot::Cluster;
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UdpSocket;
+
+/// A loopback address no other test uses; port 53, as resolv.conf allows no other.
+const NAME_SERVER: &str = "127.83.83.83";
+const NAME: &str = "apiserver.bcs-name-test";
+const BY_IP: &str = "bcs-k8s-002-ipaddress-0123456789abcdef";
+
+/// Starts the proxy with `/etc/resolv.conf` replaced, for it alone, by `conf`.
+fn spawn_with_resolv_conf(dir: &Path, conf: &Path) -> Proxy {
+    let source = CString::new(conf.as_os_str().as_bytes()).unwrap();
+    Proxy::spawn_with(dir, &ProxyOptions { cores: 1, ..ProxyOptions::default() }, move |command| {
+        // SAFETY: only system calls between fork and exec, on strings made before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                let (none, root) = (std::ptr::null(), c"/".as_ptr());
+                if libc::mount(none, root, none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                    return fail();
+                }
+                let target = c"/etc/resolv.conf".as_ptr();
+                if libc::mount(source.as_ptr(), target, none, libc::MS_BIND, std::ptr::null()) != 0 {
+                    return fail();
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+/// A DNS answer to `query`: `v4` for an A question, `v6` for AAAA, none for any other.
+fn answer(query: &[u8], v4: &[[u8; 4]], v6: &[[u8; 16]]) -> Vec<u8> {
+    let question_end = 12 + query[12..].iter().position(|&b| b == 0).expect("a question name") + 1 + 4;
+    let records: Vec<&[u8]> = match u16::from_be_bytes([query[question_end - 4], query[question_end - 3]]) {
+        1 => v4.iter().map(|a| &a[..]).collect(),
+        28 => v6.iter().map(|a| &a[..]).collect(),
+        _ => vec![],
+    };
+    let mut out = Vec::new();
+    out.extend_from_slice(&query[..2]); // the query's id
+    out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, records.len() as u8, 0, 0, 0, 0]);
+    out.extend_from_slice(&query[12..question_end]);
+    for address in records {
+        // The name by pointer to the question, the question's type, IN, TTL 0, the length.
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&query[question_end - 4..question_end - 2]);
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, address.len() as u8]);
+        out.extend_from_slice(address);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_name_server_holds_up_only_the_requests_for_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok: Script = Arc::new(|_| Reply::Bytes(ok_json(r#"{"kind":"PodList","items":[]}"#)));
+    let (named, by_ip) = (RawUpstream::start(ok.clone()).await, RawUpstream::start(ok).await);
+    let name_server = UdpSocket::bind((NAME_SERVER, 53)).await.expect("port 53 on a loopback address (root)");
+    let conf = dir.path().join("resolv.conf");
+    std::fs::write(&conf, format!("nameserver {NAME_SERVER}\noptions timeout:30 attempts:1\n")).unwrap();
+
+    let mut snapshot = snapshot(1, &format!("http://{NAME}:{}", named.address.port()), "");
+    let mut second: Cluster = snapshot.clusters[0].clone();
+    second.id = "bcs-k8s-002-IpAddres".into();
+    second.identifier = BY_IP.into();
+    second.credentials.as_mut().unwrap().addresses = vec![by_ip.url()];
+    snapshot.clusters.push(second);
+    let mut proxy = spawn_with_resolv_conf(dir.path(), &conf);
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot).await;
+    proxy.wait_ready().await;
+
+    // A request for the named cluster: its lookup reaches the name server, which says nothing.
+    let mut waiting = proxy.connect().await;
+    waiting.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut queries = Vec::new();
+    let mut buf = [0u8; 512];
+    let (n, asker) = tokio::time::timeout(Duration::from_secs(10), name_server.recv_from(&mut buf))
+        .await
+        .expect("the proxy asked the name server")
+        .unwrap();
+    queries.push((buf[..n].to_vec(), asker));
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("bcs-name-test"),
+        "the question names the apiserver: {:?}",
+        &buf[..n]
+    );
+
+    // Meanwhile the proxy's one core serves another cluster, given by IP.
+    let other = format!(
+        "GET /tunnels/clusters/{BY_IP}/api/v1/pods HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {USER_TOKEN}\r\n\r\n"
+    );
+    let served = tokio::time::timeout(Duration::from_secs(10), proxy.send(&other))
+        .await
+        .expect("the core answered another cluster while a name lookup waited");
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(by_ip.requests().len(), 1);
+    assert!(named.requests().is_empty());
+
+    // The name server answers with two addresses: ::1, which getaddrinfo puts first (RFC 6724's
+    // default precedence) and where the apiserver does not listen, and 127.0.0.1, where it does.
+    // The request that waited goes on, to the second.
+    let (v4, v6) = ([[127, 0, 0, 1]], [std::net::Ipv6Addr::LOCALHOST.octets()]);
+    while let Ok(Ok((n, from))) =
+        tokio::time::timeout(Duration::from_millis(200), name_server.recv_from(&mut buf)).await
+    {
+        queries.push((buf[..n].to_vec(), from));
+    }
+    for (query, from) in &queries {
+        name_server.send_to(&answer(query, &v4, &v6), from).await.unwrap();
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(10), read_response(&mut waiting))
+        .await
+        .expect("the request for the named cluster was answered once its name was");
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert_eq!(named.requests().len(), 1);
+}
