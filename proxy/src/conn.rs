@@ -200,7 +200,13 @@ where
             flow
         }
         Err(Failed { mut client, error, in_sync, upstream }) => {
-            let close = !in_sync || error.closes_connection() || head.close || head.upgrade.is_some();
+            // While the proxy stops (drain.rs) the connection ends after this answer, which
+            // says so, as a served one does (RFC 9112 §9.6).
+            let close = !in_sync
+                || error.closes_connection()
+                || head.close
+                || head.upgrade.is_some()
+                || crate::drain::draining();
             let written = match error {
                 ProxyError::ClientGone => Err(()),
                 _ => {

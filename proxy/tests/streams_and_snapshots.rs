@@ -944,6 +944,12 @@ async fn sigterm_waits_for_a_request_head_whose_first_bytes_have_come() {
     let request = get("/api", USER_TOKEN, "");
     let (first, rest) = request.split_at(12);
     split.write_all(first.as_bytes()).await.unwrap();
+    // And one the gateway itself will refuse (an unknown token): its error answer, too, must
+    // say that the connection ends.
+    let mut refused = s.proxy.connect().await;
+    let unknown = get("/api", "anUnknownTokenOf32Characters0123", "");
+    let (unknown_first, unknown_rest) = unknown.split_at(12);
+    refused.write_all(unknown_first.as_bytes()).await.unwrap();
     // The proxy reads the first bytes (and starts the head's timer) before it is stopped.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = s.proxy.process.pid().unwrap();
@@ -955,6 +961,11 @@ async fn sigterm_waits_for_a_request_head_whose_first_bytes_have_come() {
     assert_eq!((r.status, r.text().as_str()), (200, "{}"), "the request whose head was arriving is answered");
     assert!(r.head.to_ascii_lowercase().contains("connection: close"), "{}", r.head);
     assert!(closed(&mut split, Duration::from_secs(5)).await, "then its connection ends");
+    refused.write_all(unknown_rest.as_bytes()).await.unwrap();
+    let r = read_response(&mut refused).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.head.to_ascii_lowercase().contains("connection: close"), "{}", r.head);
+    assert!(closed(&mut refused, Duration::from_secs(5)).await, "then its connection ends");
     assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(5)), Some(0));
     let stderr = s.proxy.process.stderr();
     assert!(stderr.contains("cut=0"), "{stderr}");
