@@ -117,6 +117,7 @@ store_suite! {
         ping_and_describe,
         snapshot_rows_hold_what_a_proxy_needs,
         rbac_grants_are_unique_per_source_and_replaced_by_source,
+        a_grant_in_one_cluster_is_stored_only_while_the_cluster_is_there,
     ]
 }
 
@@ -674,6 +675,35 @@ fn grant(user: &str, cluster: &str, namespace: &str, role: &str, source: &str) -
         role: role.into(),
         source: source.into(),
     }
+}
+
+async fn a_grant_in_one_cluster_is_stored_only_while_the_cluster_is_there(store: &Store, engine: &Engine) {
+    let creator = store.create_user("creator", false, 1_000).await.unwrap();
+    let there = cluster("plain-team-a", "ident-a", creator.id, 1_000);
+    store.create_cluster(there.clone(), None).await.unwrap();
+    let added = store.add_cluster_grant(grant("plain:alice", &there.id, "", "cluster-readonly", "rest"), 1_100).await;
+    assert_eq!(added.unwrap().map(|g| g.cluster_id), Some(there.id.clone()));
+    assert_conflict(
+        store.add_cluster_grant(grant("plain:alice", &there.id, "", "cluster-readonly", "rest"), 1_101).await,
+    );
+
+    // Deleted (with its grants) before the grant's transaction: nothing is written, so a later
+    // cluster of the same id starts without it.
+    assert!(store.delete_cluster(&there.id).await.unwrap());
+    let late = store.add_cluster_grant(grant("plain:bob", &there.id, "", "cluster-manage", "rest"), 1_200).await;
+    assert_eq!(late.unwrap(), None);
+    // Nor for an id that differs only in case or trailing spaces (MySQL's collation matches those).
+    let kept = cluster("plain-team-b", "ident-b", creator.id, 1_300);
+    store.create_cluster(kept.clone(), None).await.unwrap();
+    for near in ["PLAIN-TEAM-B", "plain-team-b "] {
+        assert_eq!(
+            store.add_cluster_grant(grant("plain:bob", near, "", "cluster-manage", "rest"), 1_301).await.unwrap(),
+            None
+        );
+    }
+    assert_eq!(engine.count("SELECT COUNT(*) FROM rbac_grants").await, 0);
+    store.create_cluster(cluster("plain-team-a", "ident-a2", creator.id, 1_400), None).await.unwrap();
+    assert!(store.grants_for_cluster("plain-team-a").await.unwrap().is_empty(), "the new cluster inherits nothing");
 }
 
 async fn rbac_grants_are_unique_per_source_and_replaced_by_source(store: &Store, engine: &Engine) {

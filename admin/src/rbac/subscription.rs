@@ -529,8 +529,15 @@ async fn store_change(app: &AppState, change: Change, cluster_ids: Vec<String>) 
     for id in &cluster_ids {
         let grant = NewGrant { cluster_id: id.clone(), ..grant.clone() };
         if operation == "add" {
-            match app.store.add_grant(grant, crate::now()).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
+            // In one cluster, only while the cluster is there (Store::add_cluster_grant).
+            let added = if id == "*" {
+                app.store.add_grant(grant, crate::now()).await.map(Some)
+            } else {
+                app.store.add_cluster_grant(grant, crate::now()).await
+            };
+            match added {
+                Ok(Some(_)) | Err(StoreError::Conflict(_)) => {}
+                Ok(None) => tracing::info!(cluster = %id, "a permission for a cluster deleted meanwhile; not stored"),
                 Err(e) => return Err(format!("store: {e}")),
             }
         } else {

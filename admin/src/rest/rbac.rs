@@ -108,10 +108,8 @@ pub async fn add(
     })?;
     if cluster_id != "*" {
         validate::id("cluster_id", &cluster_id, 200)?;
-        if app.store.cluster(&cluster_id).await?.is_none() {
-            return Err(ApiError::not_found("CLUSTER_NOT_FOUND", format_args!("cluster {cluster_id} not found")));
-        }
     }
+    let not_found = ApiError::not_found("CLUSTER_NOT_FOUND", format_args!("cluster {cluster_id} not found"));
     let new = NewGrant {
         user_name: user.name,
         cluster_id,
@@ -119,10 +117,18 @@ pub async fn add(
         role: role.to_owned(),
         source: grant_source::REST.to_owned(),
     };
-    let grant = app.store.add_grant(new, crate::now()).await.map_err(|e| match e {
-        StoreError::Conflict(what) => ApiError::conflict("GRANT_ALREADY_EXISTS", what),
-        e => e.into(),
-    })?;
+    // A grant in one cluster is stored only in the transaction that finds the cluster there.
+    let added = if new.cluster_id == "*" {
+        app.store.add_grant(new, crate::now()).await.map(Some)
+    } else {
+        app.store.add_cluster_grant(new, crate::now()).await
+    };
+    let grant = added
+        .map_err(|e| match e {
+            StoreError::Conflict(what) => ApiError::conflict("GRANT_ALREADY_EXISTS", what),
+            e => e.into(),
+        })?
+        .ok_or(not_found)?;
     crate::rbac::grants_written(&app, Some(&grant.cluster_id)).await;
     tracing::info!(grant = grant.id, user = %grant.user_name, cluster = %grant.cluster_id, role = %grant.role,
         by = %caller.user.name, "added an RBAC grant");

@@ -740,16 +740,26 @@ impl Store {
 
     /// Adds a grant; `Conflict` if the same grant from the same source exists.
     pub async fn add_grant(&self, new: NewGrant, now: i64) -> Result<Grant, StoreError> {
+        self.transaction(move |tx| Box::pin(add_grant_in(tx, new, now))).await
+    }
+
+    /// [`Store::add_grant`] for a grant in one cluster (not `*`), in the transaction that finds
+    /// the cluster there, locked: None, and nothing written, if it is not. A grant checked apart
+    /// from its insert could outlive a cluster deleted in between and be inherited by the next
+    /// cluster of that id (a plain cluster's id is the name its creator chose). On MySQL the
+    /// lock orders this against [`Store::delete_cluster`]: whichever comes second sees the
+    /// other's outcome, or one of them is refused as a deadlock.
+    pub async fn add_cluster_grant(&self, new: NewGrant, now: i64) -> Result<Option<Grant>, StoreError> {
+        let lock = self.lock_clause();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let sql = format!("SELECT {GRANT_COLUMNS} FROM rbac_grants WHERE {GRANT_KEY}");
-                if first(tx.query(&sql, grant_key(&new)).await?, grant_from)?.is_some() {
-                    return Err(StoreError::Conflict(format!(
-                        "{} already has {} in {} from {}",
-                        new.user_name, new.role, new.cluster_id, new.source
-                    )));
+                let sql = format!("SELECT id FROM clusters WHERE id = ?{lock}");
+                let found = tx.query(&sql, vec![new.cluster_id.clone().into()]).await?;
+                // Exactly: MySQL's collation would also match trailing spaces and other cases.
+                if first(found, |r| r.text(0))?.as_deref() != Some(new.cluster_id.as_str()) {
+                    return Ok(None);
                 }
-                insert_grant(tx, new, now).await
+                add_grant_in(tx, new, now).await.map(Some)
             })
         })
         .await
@@ -830,6 +840,17 @@ fn grant_key(g: &NewGrant) -> Vec<Value> {
         g.role.clone().into(),
         g.source.clone().into(),
     ]
+}
+
+async fn add_grant_in(tx: &mut dyn Tx, new: NewGrant, now: i64) -> Result<Grant, StoreError> {
+    let sql = format!("SELECT {GRANT_COLUMNS} FROM rbac_grants WHERE {GRANT_KEY}");
+    if first(tx.query(&sql, grant_key(&new)).await?, grant_from)?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "{} already has {} in {} from {}",
+            new.user_name, new.role, new.cluster_id, new.source
+        )));
+    }
+    insert_grant(tx, new, now).await
 }
 
 async fn insert_grant(tx: &mut dyn Tx, new: NewGrant, now: i64) -> Result<Grant, StoreError> {
