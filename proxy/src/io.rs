@@ -256,6 +256,17 @@ pub fn keep_alive(tcp: &TcpStream, which: &str) {
     }
 }
 
+/// How long what is written to `tcp` may stay unacknowledged before the kernel cuts the
+/// connection (`TCP_USER_TIMEOUT`): a peer that stopped reading (its window closed) or vanished.
+/// Without it a write to such a peer waits for ever: keepalive probes do not go out while data
+/// is queued, and zero-window probes are answered.
+pub fn send_timeout(tcp: &TcpStream, timeout: std::time::Duration, which: &str) {
+    let ms = usize::try_from(timeout.as_millis()).unwrap_or(usize::MAX);
+    if let Err(e) = set_int_option(tcp.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {
+        tracing::debug!(error = %e, which, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
 pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -40,6 +40,7 @@ impl Plan {
 
 fn start(plan: Plan) -> anyhow::Result<()> {
     crate::metrics::set_connection_limit(plan.max_connections_per_core * plan.cores);
+    crate::upstream::set_send_timeout(plan.settings.send_timeout);
     let forced = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let legacy = forced || plan.epoll;
     let uring = !legacy && monoio::utils::detect_uring();
@@ -224,7 +225,7 @@ async fn accept_loop(
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let _ = stream.set_nodelay(true);
-        set_send_timeout(&stream, settings.send_timeout);
+        crate::io::send_timeout(&stream, settings.send_timeout, "client");
         crate::io::keep_alive(&stream, "client");
         let settings = settings.clone();
         let tls = tls.clone();
@@ -259,14 +260,6 @@ async fn accept_loop(
 /// Cuts the connection once data written to it has gone unacknowledged for `timeout`: a
 /// client that stopped reading (its window stays shut) or vanished. The kernel keeps the clock,
 /// so no write of the request path carries a timer; an idle connection is not affected.
-fn set_send_timeout(stream: &monoio::net::TcpStream, timeout: Duration) {
-    use std::os::fd::AsRawFd;
-    let ms = usize::try_from(timeout.as_millis()).unwrap_or(usize::MAX);
-    if let Err(e) = crate::io::set_int_option(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {
-        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
-    }
-}
-
 /// Answers 503 with Retry-After and closes (after the handshake on the TLS listener).
 async fn overloaded(stream: monoio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let error = crate::error::ProxyError::Overloaded;

@@ -17,6 +17,18 @@ use crate::io::Conn;
 use crate::tables::Upstream;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `proxy_config.send_timeout_seconds`, for upstream sockets as for clients' (set once at start).
+static SEND_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60_000);
+
+pub fn set_send_timeout(timeout: Duration) {
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    SEND_TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn send_timeout() -> Duration {
+    Duration::from_millis(SEND_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
 /// Idle pooled connections older than this are closed (below apiservers' keep-alive).
 pub const POOL_IDLE: Duration = Duration::from_secs(30);
 /// A pooled connection idle this long is checked for an upstream close before reuse (one
@@ -447,6 +459,9 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
         connected.set(true);
         let _ = tcp.set_nodelay(true);
         crate::io::keep_alive(&tcp, "upstream");
+        // An apiserver that stops reading a request body (or a tunnel's bytes) is cut as a
+        // client that stops reading is: the request then ends with 502 instead of hanging.
+        crate::io::send_timeout(&tcp, send_timeout(), "upstream");
         if !address.tls {
             return Ok(Conn::Plain(tcp));
         }

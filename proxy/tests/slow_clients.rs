@@ -2,7 +2,8 @@
 //! `send_timeout_seconds` at 1 s: a request body that stops arriving gets 408 and the connection
 //! closes; a client that stops reading is cut once what was written to it has gone
 //! unacknowledged that long (the kernel's `TCP_USER_TIMEOUT`), which frees the upstream
-//! connection; an idle keep-alive client is affected by neither.
+//! connection; so is an upstream that stops reading a request body (the client gets 502); an
+//! idle keep-alive client is affected by neither.
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -145,4 +146,56 @@ async fn timeouts_fire_on_a_connection_that_follows_others() {
     stream.write_all(request.as_bytes()).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream)).await;
     assert_eq!(r.expect("no answer within 10 s: the 1-s body timeout did not fire").status, 408);
+}
+
+/// An apiserver that takes a connection and never reads it: its receive window closes, and what
+/// the proxy sends it stays unacknowledged.
+async fn deaf_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<tokio::net::TcpStream>>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let address = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await {
+            held.push(stream);
+        }
+        held
+    });
+    (address, held)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_stops_reading_a_request_body_is_cut_and_the_client_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, _held) = deaf_upstream().await;
+    let options = ProxyOptions {
+        proxy_config_extra: "  client_body_timeout_seconds: 1\n  send_timeout_seconds: 1\n".into(),
+        ..ProxyOptions::default()
+    };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &format!("http://{address}"), "")).await;
+    proxy.wait_ready().await;
+
+    // A body larger than what the kernel's buffers on the way can hold, sent as fast as the
+    // proxy takes it (a client that keeps sending is never idle for the body timeout).
+    let body_len = 3 * 1024 * 1024 - 1;
+    let stream = proxy.connect().await;
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /tunnels/clusters/{IDENTIFIER}/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: g\r\n\
+         Authorization: Bearer {USER_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b' '; body_len]).await
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer while the upstream did not read: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    sender.abort();
 }
