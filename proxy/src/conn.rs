@@ -342,7 +342,10 @@ fn plan_with<'h>(
                     "host_ip {ip} is not in proxy_config.webconsole_allowed_hosts"
                 ))));
             };
-            let address = Address { tls: false, host: ip.to_string(), port: settings.console_port };
+            // As the original: TLS, verified against ca_file and the host's IP, with the client
+            // certificate, when cert_config has one; plain otherwise.
+            let tls = settings.internal_tls.clone().filter(|c| c.client_auth_cert_resolver.has_certs());
+            let address = Address { tls: tls.is_some(), host: ip.to_string(), port: settings.console_port };
             Ok(Plan {
                 kind,
                 target: Cow::Owned(upstream_target),
@@ -350,7 +353,7 @@ fn plan_with<'h>(
                     addresses: vec![Endpoint::from(address)],
                     owner: crate::upstream::CONSOLE_OWNER.into(),
                     cluster: String::new(),
-                    tls: None,
+                    tls,
                     caller,
                 },
             })

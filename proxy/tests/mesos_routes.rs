@@ -374,6 +374,34 @@ async fn https_drivers_get_the_client_certificate_and_are_verified_against_ca_fi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn with_a_client_certificate_the_webconsole_is_reached_over_tls_as_the_original_did() {
+    use bcs_testkit::apiserver::CertPair;
+    let console_certs = CertPair::generate_for("console-ca", &["127.0.0.1"]);
+    let client_certs = CertPair::generate_for("bcs-client-ca", &["bcs-api"]);
+    let (port, _console) = tls_driver(&console_certs, &client_certs).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &console_certs.ca_pem).unwrap();
+    std::fs::write(dir.path().join("client.pem"), &client_certs.cert_pem).unwrap();
+    std::fs::write(dir.path().join("client.key"), &client_certs.key_pem).unwrap();
+    let options = ProxyOptions {
+        cert_config: Some(
+            "  ca_file: ./ca.pem\n  client_cert_file: ./client.pem\n  client_key_file: ./client.key\n".into(),
+        ),
+        console_port: port,
+        console_allowed: vec!["127.0.0.0/8".into()],
+        ..ProxyOptions::default()
+    };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot(1, "http://127.0.0.1:1", "")).await;
+    proxy.wait_ready().await;
+
+    let r = proxy.send(&console_get("?host_ip=127.0.0.1&container_id=c1", Some(USER_TOKEN))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["client_cert"], true, "the console proxy saw the gateway's client certificate");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_certificate_without_its_key_stops_the_start_naming_both() {
     // Half a client identity for mesos-drivers is a mistake: the proxy used to present no
     // certificate at all, silently. Now it does not start, and says which half is missing.
