@@ -118,6 +118,7 @@ store_suite! {
         snapshot_rows_hold_what_a_proxy_needs,
         rbac_grants_are_unique_per_source_and_replaced_by_source,
         a_grant_in_one_cluster_is_stored_only_while_the_cluster_is_there,
+        writes_for_a_cluster_never_reach_the_cluster_that_took_its_id,
     ]
 }
 
@@ -151,6 +152,12 @@ fn credentials(cluster_id: &str, addresses: &str, token: &str, fingerprint: u64)
         user_token_sealed: token.into(),
         fingerprint: digest(fingerprint),
     }
+}
+
+/// The identifier of the cluster `id` (empty when there is none): what the REST handlers pass
+/// to the writes that act on one cluster.
+async fn ident(store: &Store, id: &str) -> String {
+    store.cluster(id).await.unwrap().map(|c| c.identifier).unwrap_or_default()
 }
 
 #[track_caller]
@@ -332,8 +339,8 @@ async fn a_creator_past_its_cluster_limit_is_refused(store: &Store, engine: &Eng
     // Another creator counts its own; without a limit, or after a deletion, alice may create again.
     store.create_cluster_within(cluster("BCS-B1", "ident-b1", bob.id, 1_004), None, Some(1)).await.unwrap();
     store.create_cluster_within(third.clone(), None, None).await.unwrap();
-    assert!(store.delete_cluster("BCS-A1").await.unwrap());
-    assert!(store.delete_cluster("BCS-A2").await.unwrap());
+    assert!(store.delete_cluster("BCS-A1", &ident(store, "BCS-A1").await).await.unwrap());
+    assert!(store.delete_cluster("BCS-A2", &ident(store, "BCS-A2").await).await.unwrap());
     store.create_cluster_within(cluster("BCS-A4", "ident-a4", alice.id, 1_005), None, Some(2)).await.unwrap();
 
     // One user's creates at once are counted in turn: exactly up to the limit succeed.
@@ -359,7 +366,11 @@ async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &En
     }
     assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), None);
 
-    let created = store.create_register_token("BCS-K8S-00001", "sealed-1".into(), 1_100).await.unwrap();
+    let created = store
+        .create_register_token("BCS-K8S-00001", &ident(store, "BCS-K8S-00001").await, "sealed-1".into(), 1_100)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     assert!(created.id > 0, "{created:?}");
     assert_eq!(
         (created.cluster_id.as_str(), created.token_sealed.as_str(), created.created_at),
@@ -368,11 +379,19 @@ async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &En
     assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(created.clone()));
 
     // A second one is refused and changes nothing.
-    assert_conflict(store.create_register_token("BCS-K8S-00001", "sealed-x".into(), 1_200).await);
+    assert_conflict(
+        store
+            .create_register_token("BCS-K8S-00001", &ident(store, "BCS-K8S-00001").await, "sealed-x".into(), 1_200)
+            .await,
+    );
     assert_eq!(store.register_token("BCS-K8S-00001").await.unwrap(), Some(created.clone()));
 
     // Rotation replaces it with the new sealed value.
-    let rotated = store.rotate_register_token("BCS-K8S-00001", "sealed-2".into(), 1_300).await.unwrap();
+    let rotated = store
+        .rotate_register_token("BCS-K8S-00001", &ident(store, "BCS-K8S-00001").await, "sealed-2".into(), 1_300)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     assert_eq!(rotated.id, created.id, "replaced in its row");
     assert_eq!(
         (rotated.cluster_id.as_str(), rotated.token_sealed.as_str(), rotated.created_at),
@@ -389,7 +408,11 @@ async fn register_tokens_are_created_once_and_rotated(store: &Store, engine: &En
     assert_eq!(store.register_token_owner(&digest(2)).await.unwrap().as_deref(), Some("BCS-K8S-00001"));
 
     // Rotating a cluster without a token creates its first; the other cluster is untouched.
-    let first_of_second = store.rotate_register_token("BCS-K8S-00002", "sealed-3".into(), 1_400).await.unwrap();
+    let first_of_second = store
+        .rotate_register_token("BCS-K8S-00002", &ident(store, "BCS-K8S-00002").await, "sealed-3".into(), 1_400)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     assert_eq!(
         (first_of_second.cluster_id.as_str(), first_of_second.token_sealed.as_str(), first_of_second.created_at),
         ("BCS-K8S-00002", "sealed-3", 1_400)
@@ -403,7 +426,11 @@ async fn credentials_versions_follow_the_fingerprint(store: &Store, _engine: &En
     let creator = store.create_user("creator", false, 1_000).await.unwrap();
     store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);
-    store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_050).await.unwrap();
+    store
+        .create_register_token("BCS-K8S-00001", &ident(store, "BCS-K8S-00001").await, "rt-1".into(), 1_050)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
 
     let inserted = store
         .upsert_credentials(credentials("BCS-K8S-00001", "https://10.0.0.1:6443", "sealed-a", 1), "rt-1", 1_100)
@@ -482,11 +509,19 @@ async fn credentials_are_stored_only_under_the_register_token_they_were_checked_
     assert_eq!(store.upsert_credentials(report(1), "rt-1", 1_050).await.unwrap(), None);
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), None);
 
-    store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_100).await.unwrap();
+    store
+        .create_register_token("BCS-K8S-00001", &ident(store, "BCS-K8S-00001").await, "rt-1".into(), 1_100)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     let stored = store.upsert_credentials(report(1), "rt-1", 1_200).await.unwrap().expect("stored");
 
     // A report checked against the token a rotation has since replaced changes nothing.
-    store.rotate_register_token("BCS-K8S-00001", "rt-2".into(), 1_300).await.unwrap();
+    store
+        .rotate_register_token("BCS-K8S-00001", &ident(store, "BCS-K8S-00001").await, "rt-2".into(), 1_300)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     assert_eq!(store.upsert_credentials(report(2), "rt-1", 1_400).await.unwrap(), None);
     assert_eq!(store.credentials("BCS-K8S-00001").await.unwrap(), Some(stored));
     let under_new = store.upsert_credentials(report(2), "rt-2", 1_500).await.unwrap().expect("stored");
@@ -501,7 +536,11 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     store.create_cluster(kept.clone(), bcs("project-a", "K8S-002")).await.unwrap();
     for id in [&doomed.id, &kept.id] {
         let register = format!("sealed-{id}");
-        store.create_register_token(id, register.clone(), 1_100).await.unwrap();
+        store
+            .create_register_token(id, &ident(store, id).await, register.clone(), 1_100)
+            .await
+            .unwrap()
+            .expect("the cluster is there");
         store
             .upsert_credentials(credentials(id, "https://10.0.0.1:6443", "sealed-sa", 1), &register, 1_200)
             .await
@@ -516,7 +555,7 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
         store.add_grant(grant("plain:alice", cluster_id, "", "cluster-readonly", source), 1_300).await.unwrap();
     }
 
-    assert!(store.delete_cluster(&doomed.id).await.unwrap());
+    assert!(store.delete_cluster(&doomed.id, &ident(store, &doomed.id).await).await.unwrap());
 
     assert_eq!(store.cluster(&doomed.id).await.unwrap(), None);
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), None);
@@ -543,8 +582,8 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
     assert!(!store.cluster_was_deleted("BCS-K8S-00009").await.unwrap());
 
     // Unknown now, and never known.
-    assert!(!store.delete_cluster(&doomed.id).await.unwrap());
-    assert!(!store.delete_cluster("BCS-K8S-00009").await.unwrap());
+    assert!(!store.delete_cluster(&doomed.id, &ident(store, &doomed.id).await).await.unwrap());
+    assert!(!store.delete_cluster("BCS-K8S-00009", &ident(store, "BCS-K8S-00009").await).await.unwrap());
     assert_eq!(store.clusters().await.unwrap(), vec![kept.clone()]);
 
     // The (project, source id), the id and the identifier are free again.
@@ -559,11 +598,17 @@ async fn delete_cluster_removes_everything_of_the_cluster(store: &Store, engine:
             .await
             .unwrap();
     }
-    let deletes = (0..12).map(|n| async move { store.delete_cluster(&format!("BCS-M{n}")).await });
+    let deletes = (0..12).map(|n| async move {
+        store.delete_cluster(&format!("BCS-M{n}"), &ident(store, &format!("BCS-M{n}")).await).await
+    });
     let results = futures_util::future::join_all(deletes).await;
     assert!(results.iter().all(|r| matches!(r, Ok(true))), "{results:?}");
     assert_eq!(store.bcs_cluster(Some("project-a"), "K8S-001").await.unwrap(), Some(again.clone()));
-    let token = store.create_register_token(&again.id, "sealed-new".into(), 3_100).await.unwrap();
+    let token = store
+        .create_register_token(&again.id, &ident(store, &again.id).await, "sealed-new".into(), 3_100)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     assert_eq!(store.register_token(&again.id).await.unwrap(), Some(token));
     let fresh =
         store.upsert_credentials(credentials(&again.id, "https://10.0.0.9:6443", "sealed-sa", 7), "sealed-new", 3_200);
@@ -584,7 +629,11 @@ async fn data_survives_reopening_and_migrations_run_once(store: &Store, engine: 
         .unwrap();
     let first = cluster("BCS-K8S-00001", "ident-1", alice.id, 1_000);
     store.create_cluster(first.clone(), bcs("project-a", "K8S-001")).await.unwrap();
-    let register = store.create_register_token(&first.id, "sealed-1".into(), 1_100).await.unwrap();
+    let register = store
+        .create_register_token(&first.id, &ident(store, &first.id).await, "sealed-1".into(), 1_100)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     let creds =
         store.upsert_credentials(credentials(&first.id, "https://10.0.0.1:6443", "sealed-sa", 1), "sealed-1", 1_200);
     let creds = creds.await.unwrap().expect("stored");
@@ -594,7 +643,11 @@ async fn data_survives_reopening_and_migrations_run_once(store: &Store, engine: 
     assert_eq!(second.user_by_name("alice").await.unwrap(), Some(alice.clone()));
     let bob = second.create_user("bob", false, 2_000).await.unwrap();
     assert!(second.revoke_user_token(alice.id, token.id, 2_100).await.unwrap());
-    let rotated = second.rotate_register_token(&first.id, "sealed-2".into(), 2_200).await.unwrap();
+    let rotated = second
+        .rotate_register_token(&first.id, &ident(&second, &first.id).await, "sealed-2".into(), 2_200)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
     drop(second);
 
     // Closed and opened again: everything both stores wrote is there.
@@ -649,7 +702,11 @@ async fn snapshot_rows_hold_what_a_proxy_needs(store: &Store, _engine: &Engine) 
     let gone = cluster("BCS-C", "ident-c", bob.id, 1_600);
     for c in [&later, &earlier, &gone] {
         store.create_cluster(c.clone(), None).await.unwrap();
-        store.create_register_token(&c.id, format!("rt-{}", c.id), 2_000).await.unwrap();
+        store
+            .create_register_token(&c.id, &ident(store, &c.id).await, format!("rt-{}", c.id), 2_000)
+            .await
+            .unwrap()
+            .expect("the cluster is there");
     }
     let reported =
         store.upsert_credentials(credentials("BCS-B", "https://10.0.0.1:6443", "sealed-b", 1), "rt-BCS-B", 2_100);
@@ -658,7 +715,7 @@ async fn snapshot_rows_hold_what_a_proxy_needs(store: &Store, _engine: &Engine) 
         .upsert_credentials(credentials("BCS-C", "https://10.0.0.3:6443", "sealed-c", 3), "rt-BCS-C", 2_100)
         .await
         .unwrap();
-    assert!(store.delete_cluster("BCS-C").await.unwrap());
+    assert!(store.delete_cluster("BCS-C", &ident(store, "BCS-C").await).await.unwrap());
 
     let rows = store.snapshot_rows().await.unwrap();
     assert_eq!(rows.users, vec![alice, bob]);
@@ -677,6 +734,29 @@ fn grant(user: &str, cluster: &str, namespace: &str, role: &str, source: &str) -
     }
 }
 
+async fn writes_for_a_cluster_never_reach_the_cluster_that_took_its_id(store: &Store, _engine: &Engine) {
+    let alice = store.create_user("alice", false, 1_000).await.unwrap();
+    let bob = store.create_user("bob", false, 1_000).await.unwrap();
+    store.create_cluster(cluster("plain-x", "ident-old", alice.id, 1_000), None).await.unwrap();
+    store.create_register_token("plain-x", "ident-old", "rt-alice".into(), 1_100).await.unwrap().unwrap();
+    assert!(store.delete_cluster("plain-x", "ident-old").await.unwrap());
+    store.create_cluster(cluster("plain-x", "ident-new", bob.id, 2_000), None).await.unwrap();
+    store.create_register_token("plain-x", "ident-new", "rt-bob".into(), 2_100).await.unwrap().unwrap();
+
+    // What alice's requests, which loaded her cluster before it was deleted, go on to do.
+    assert_eq!(store.register_token_of("plain-x", "ident-old").await.unwrap(), None, "bob's token is not read");
+    assert_eq!(store.rotate_register_token("plain-x", "ident-old", "rt-2".into(), 3_000).await.unwrap(), None);
+    assert_eq!(store.create_register_token("plain-x", "ident-old", "rt-3".into(), 3_000).await.unwrap(), None);
+    assert!(!store.delete_cluster("plain-x", "ident-old").await.unwrap(), "bob's cluster is not deleted");
+    // Exactly the identifier (MySQL's collation would match other cases and trailing spaces).
+    assert_eq!(store.register_token_of("plain-x", "IDENT-NEW").await.unwrap(), None);
+    assert!(!store.delete_cluster("plain-x", "ident-new ").await.unwrap());
+
+    let kept = store.register_token_of("plain-x", "ident-new").await.unwrap().expect("bob's token");
+    assert_eq!(kept.token_sealed, "rt-bob");
+    assert_eq!(store.cluster("plain-x").await.unwrap().map(|c| c.identifier).as_deref(), Some("ident-new"));
+}
+
 async fn a_grant_in_one_cluster_is_stored_only_while_the_cluster_is_there(store: &Store, engine: &Engine) {
     let creator = store.create_user("creator", false, 1_000).await.unwrap();
     let there = cluster("plain-team-a", "ident-a", creator.id, 1_000);
@@ -689,7 +769,7 @@ async fn a_grant_in_one_cluster_is_stored_only_while_the_cluster_is_there(store:
 
     // Deleted (with its grants) before the grant's transaction: nothing is written, so a later
     // cluster of the same id starts without it.
-    assert!(store.delete_cluster(&there.id).await.unwrap());
+    assert!(store.delete_cluster(&there.id, &ident(store, &there.id).await).await.unwrap());
     let late = store.add_cluster_grant(grant("plain:bob", &there.id, "", "cluster-manage", "rest"), 1_200).await;
     assert_eq!(late.unwrap(), None);
     // Nor for an id that differs only in case or trailing spaces (MySQL's collation matches those).
@@ -802,7 +882,11 @@ async fn mysql_a_report_written_during_a_rotation_waits_for_it_and_stores_nothin
     let store = std::sync::Arc::new(engine.open().await);
     let creator = store.create_user("creator", false, 1_000).await.unwrap();
     store.create_cluster(cluster("BCS-K8S-00001", "ident-1", creator.id, 1_000), None).await.unwrap();
-    store.create_register_token("BCS-K8S-00001", "rt-1".into(), 1_100).await.unwrap();
+    store
+        .create_register_token("BCS-K8S-00001", &ident(&store, "BCS-K8S-00001").await, "rt-1".into(), 1_100)
+        .await
+        .unwrap()
+        .expect("the cluster is there");
 
     // A rotation's write, not yet committed (what rotate_register_token runs).
     let mut rotation = db.connect().await;

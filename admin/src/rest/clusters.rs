@@ -122,7 +122,8 @@ pub async fn delete(
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
     let change = app.snapshots.change();
-    if !app.store.delete_cluster(&cluster.id).await? {
+    // This cluster only: not one that took its id after a delete since `load`.
+    if !app.store.delete_cluster(&cluster.id, &cluster.identifier).await? {
         change.nothing();
         return Err(not_found(&id));
     }
@@ -145,7 +146,7 @@ pub fn require_creator_or_super(caller: &Caller, cluster: &Cluster) -> Result<()
     }
 }
 
-fn not_found(id: &str) -> ApiError {
+pub fn not_found(id: &str) -> ApiError {
     ApiError::not_found("CLUSTER_NOT_FOUND", format_args!("cluster {id} not found"))
 }
 

@@ -42,7 +42,7 @@ pub async fn agent_yaml(
     {
         return Err(ApiError::validation("image", "must be a container image reference"));
     }
-    let stored = app.store.register_token(&cluster.id).await?.ok_or_else(|| {
+    let stored = app.store.register_token_of(&cluster.id, &cluster.identifier).await?.ok_or_else(|| {
         ApiError::not_found(
             "RTOKEN_NOT_FOUND",
             format_args!("cluster {} has no register token; create one with POST .../register_tokens", cluster.id),

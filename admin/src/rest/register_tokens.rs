@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use bcs_shared::secret::{random_token, Secret, REGISTER_TOKEN_LEN};
 
-use super::clusters::{load, require_creator_or_super};
+use super::clusters::{load, not_found, require_creator_or_super};
 use super::error::ApiError;
 use super::extract::Caller;
 use super::views::RegisterTokenView;
@@ -21,7 +21,8 @@ pub async fn get(
 ) -> Result<Json<Vec<RegisterTokenView>>, ApiError> {
     let cluster = load(&app, &id).await?;
     require_creator_or_super(&caller, &cluster)?;
-    let token = app.store.register_token(&cluster.id).await?.ok_or_else(|| {
+    // Of this cluster only: not of one that took its id after a delete since `load`.
+    let token = app.store.register_token_of(&cluster.id, &cluster.identifier).await?.ok_or_else(|| {
         ApiError::not_found("RTOKEN_NOT_FOUND", format_args!("cluster {} has no register token", cluster.id))
     })?;
     Ok(Json(vec![view(&app, token)?]))
@@ -56,17 +57,25 @@ async fn issue(
     require_creator_or_super(&caller, &cluster)?;
     let value = random_token(REGISTER_TOKEN_LEN);
     let sealed = app.sealer.seal(&register_token_purpose(&cluster.id), &value);
+    // Written only while the cluster of this id is still the one loaded (and checked) above:
+    // a plain cluster's id may have been deleted and taken by another user's cluster since.
+    let (id, identifier) = (&cluster.id, &cluster.identifier);
     let token = if rotate {
-        app.store.rotate_register_token(&cluster.id, sealed, crate::now()).await?
+        app.store.rotate_register_token(id, identifier, sealed, crate::now()).await
     } else {
-        app.store.create_register_token(&cluster.id, sealed, crate::now()).await.map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::conflict(
-                "RTOKEN_ALREADY_EXISTS",
-                format_args!("cluster {} already has a register token", cluster.id),
-            ),
+        app.store.create_register_token(id, identifier, sealed, crate::now()).await
+    };
+    let token = token
+        .map_err(|e| match e {
+            // A rotation's conflict is its insert meeting the cluster's delete (a foreign key):
+            // the cluster is gone. The store's own words (schema, constraint) are not passed on.
+            StoreError::Conflict(_) if rotate => not_found(id),
+            StoreError::Conflict(_) => {
+                ApiError::conflict("RTOKEN_ALREADY_EXISTS", format_args!("cluster {id} already has a register token"))
+            }
             e => e.into(),
         })?
-    };
+        .ok_or_else(|| not_found(id))?;
     record_digest(&app, &token, &value).await;
     tracing::info!(cluster = %cluster.id, by = %caller.user.name, rotate, "issued a register token");
     Ok(Json(vec![RegisterTokenView::new(token, value.expose().to_owned())]))

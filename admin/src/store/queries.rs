@@ -319,13 +319,18 @@ impl Store {
     }
 
     /// Deletes a cluster with its mapping, register token, credentials and the RBAC grants that
-    /// name it (not those for every cluster, `*`); false if unknown. A cluster created again
+    /// name it (not those for every cluster, `*`); false if unknown, or no longer the cluster
+    /// created as `identifier`. A cluster created again
     /// under the same id starts without the old one's grants (the config file's come back when
     /// it is next applied).
-    pub async fn delete_cluster(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_owned();
+    pub async fn delete_cluster(&self, id: &str, identifier: &str) -> Result<bool, StoreError> {
+        let (id, identifier) = (id.to_owned(), identifier.to_owned());
         self.transaction(move |tx| {
             Box::pin(async move {
+                // Only the cluster created as `identifier`: a plain cluster's id is reused.
+                if !cluster_is(tx, &id, &identifier).await? {
+                    return Ok(false);
+                }
                 // The register token first: a credentials report locks it before the credentials.
                 for table in ["register_tokens", "cluster_credentials", "bcs_cluster_infos", "rbac_grants"] {
                     let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
@@ -346,20 +351,26 @@ impl Store {
 
     // Register tokens.
 
-    /// Stores a cluster's first register token; `Conflict` if it has one.
+    /// Stores a cluster's first register token; `Conflict` if it has one. `identifier` is the
+    /// cluster the caller was allowed to act on (ids of plain clusters are reused after a
+    /// delete): None, and nothing written, if the cluster of that id is no longer that one.
     pub async fn create_register_token(
         &self,
         cluster_id: &str,
+        identifier: &str,
         token_sealed: String,
         now: i64,
-    ) -> Result<RegisterToken, StoreError> {
-        let cluster_id = cluster_id.to_owned();
+    ) -> Result<Option<RegisterToken>, StoreError> {
+        let (cluster_id, identifier) = (cluster_id.to_owned(), identifier.to_owned());
         self.transaction(move |tx| {
             Box::pin(async move {
+                if !cluster_is(tx, &cluster_id, &identifier).await? {
+                    return Ok(None);
+                }
                 if find_register_token(tx, cluster_id.clone()).await?.is_some() {
                     return Err(StoreError::Conflict(format!("cluster {cluster_id} already has a register token")));
                 }
-                insert_register_token(tx, cluster_id, token_sealed, now).await
+                insert_register_token(tx, cluster_id, token_sealed, now).await.map(Some)
             })
         })
         .await
@@ -368,15 +379,20 @@ impl Store {
     /// Replaces a cluster's register token in its row (or creates the first one). In place,
     /// not deleted and inserted again: an insert's duplicate-key check would queue behind a
     /// credentials report waiting to lock the row, a deadlock on older MariaDB and MySQL.
+    /// None, and nothing written, if the cluster `cluster_id` is no longer `identifier`.
     pub async fn rotate_register_token(
         &self,
         cluster_id: &str,
+        identifier: &str,
         token_sealed: String,
         now: i64,
-    ) -> Result<RegisterToken, StoreError> {
-        let cluster_id = cluster_id.to_owned();
+    ) -> Result<Option<RegisterToken>, StoreError> {
+        let (cluster_id, identifier) = (cluster_id.to_owned(), identifier.to_owned());
         self.transaction(move |tx| {
             Box::pin(async move {
+                if !cluster_is(tx, &cluster_id, &identifier).await? {
+                    return Ok(None);
+                }
                 tx.exec(
                     "UPDATE register_tokens SET token_sealed = ?, token_digest = NULL, created_at = ? \
                      WHERE cluster_id = ?",
@@ -385,8 +401,8 @@ impl Store {
                 .await?;
                 // Found (not counted: MySQL counts changed rows only), or the first one.
                 match find_register_token(tx, cluster_id.clone()).await? {
-                    Some(token) => Ok(token),
-                    None => insert_register_token(tx, cluster_id, token_sealed, now).await,
+                    Some(token) => Ok(Some(token)),
+                    None => insert_register_token(tx, cluster_id, token_sealed, now).await.map(Some),
                 }
             })
         })
@@ -396,6 +412,32 @@ impl Store {
     pub async fn register_token(&self, cluster_id: &str) -> Result<Option<RegisterToken>, StoreError> {
         let cluster_id = cluster_id.to_owned();
         self.transaction(move |tx| Box::pin(find_register_token(tx, cluster_id))).await
+    }
+
+    /// [`Store::register_token`] of the cluster `cluster_id` only while it is `identifier`
+    /// (one statement, so never the token of a cluster that took the id after a delete).
+    pub async fn register_token_of(
+        &self,
+        cluster_id: &str,
+        identifier: &str,
+    ) -> Result<Option<RegisterToken>, StoreError> {
+        let (cluster_id, identifier) = (cluster_id.to_owned(), identifier.to_owned());
+        self.transaction(move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT t.id, t.cluster_id, t.token_sealed, t.created_at, c.identifier \
+                         FROM register_tokens t JOIN clusters c ON c.id = t.cluster_id \
+                         WHERE t.cluster_id = ? AND c.identifier = ?",
+                        vec![cluster_id.clone().into(), identifier.clone().into()],
+                    )
+                    .await?;
+                // Exactly: MySQL's collation would also match other cases and trailing spaces.
+                let found = first(rows, |r| Ok((register_token_from(r)?, r.text(4)?)))?;
+                Ok(found.filter(|(t, i)| t.cluster_id == cluster_id && *i == identifier).map(|(t, _)| t))
+            })
+        })
+        .await
     }
 
     /// Records the SHA-256 digest of a cluster's register token, if none is recorded (after
@@ -641,9 +683,21 @@ async fn find_register_token(tx: &mut dyn Tx, cluster_id: String) -> Result<Opti
             vec![cluster_id.into()],
         )
         .await?;
-    first(rows, |r| {
-        Ok(RegisterToken { id: r.int(0)?, cluster_id: r.text(1)?, token_sealed: r.text(2)?, created_at: r.int(3)? })
-    })
+    first(rows, register_token_from)
+}
+
+fn register_token_from(r: &Row) -> Result<RegisterToken, StoreError> {
+    Ok(RegisterToken { id: r.int(0)?, cluster_id: r.text(1)?, token_sealed: r.text(2)?, created_at: r.int(3)? })
+}
+
+/// Whether the cluster `id` is there and is the one created as `identifier` (a plain cluster's
+/// id is reused after a delete; its identifier is new each time). A plain read, not a locking
+/// one: locking the cluster row first would order these writes against a credentials report
+/// (which locks the register token, then the cluster for its foreign key) the other way round.
+async fn cluster_is(tx: &mut dyn Tx, id: &str, identifier: &str) -> Result<bool, StoreError> {
+    let rows = tx.query("SELECT id, identifier FROM clusters WHERE id = ?", vec![id.to_owned().into()]).await?;
+    let found = first(rows, |r| Ok((r.text(0)?, r.text(1)?)))?;
+    Ok(found.is_some_and(|(i, ident)| i == id && ident == identifier))
 }
 
 async fn insert_register_token(
