@@ -348,10 +348,14 @@ async fn bad_credential_reports_are_refused_and_keep_the_stored_ones() {
         ("ftp://kube:pw-secret-value@10.0.0.1/x", "not an https://host[:port] URL"),
         ("kube:pw-secret-value@10.0.0.1:6443", "field 'server_addresses'"),
         ("https://10.0.0.1:6443;http://a:pw@b@pw-secret-value@10.0.0.2", "not an https://host[:port] URL"),
+        ("http:/kube:pw-secret-value@10.0.0.1:6443", "not an https://host[:port] URL"),
+        ("https://kube:pw/secret-value@10.0.0.1:99999", "field 'server_addresses'"),
+        ("https://kube:pw-secret-value?x@10.0.0.1:99999", "field 'server_addresses'"),
     ] {
         let r = admin.call(Method::PUT, &path, None, Some(report(rt, address, ca, "new"))).await;
         assert_error(&r, 400, "VALIDATION_ERROR", needle);
-        assert!(!r.1.to_string().contains("pw-secret-value"), "{address}: {}", r.1);
+        let body = r.1.to_string();
+        assert!(!body.contains("pw-secret-value") && !body.contains("pw/secret"), "{address}: {body}");
     }
 
     let stored = admin.call(Method::GET, &path, admin.admin(), None).await;

@@ -87,18 +87,15 @@ pub fn server_addresses(value: &str) -> Result<Vec<String>, ApiError> {
     Ok(addresses)
 }
 
-/// `address` with the user information of its authority (`user:password@`) replaced by `***@`,
-/// for quoting in an error. The authority is what follows `://` (or the start, where no scheme
-/// parses) up to the first `/`, `?` or `#`; the last `@` in it ends the user information, as
-/// RFC 3986 reads it and as a URL parser would.
+/// `address` with everything before its last `@` replaced by `***`, but for a scheme's
+/// `scheme://` before it, for quoting in an error. A URL parser takes the user information to
+/// end at the last `@` of the authority, and is lenient about the rest (`http:/u:pw@h` parses,
+/// and a password may hold `/`, `?` or `#`), so the cut goes to the last `@` anywhere: an `@` in
+/// a path hides a little too much of an address that is being refused anyway.
 fn without_userinfo(address: &str) -> std::borrow::Cow<'_, str> {
-    let start = address.find("://").map_or(0, |i| i + 3);
-    let authority = &address[start..];
-    let authority = &authority[..authority.find(['/', '?', '#']).unwrap_or(authority.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{}***{}", &address[..start], &address[start + at..]).into(),
-        None => address.into(),
-    }
+    let Some(at) = address.rfind('@') else { return address.into() };
+    let scheme = address[..at].find("://").map_or(0, |i| i + 3);
+    format!("{}***{}", &address[..scheme], &address[at..]).into()
 }
 
 /// Whether an apiserver can be at `ip`. Link-local addresses hold cloud metadata services

@@ -44,6 +44,23 @@ impl Store {
         .await
     }
 
+    /// [`Store::transaction`] whose work may find it must not stand: None rolls it back.
+    async fn transaction_unless<T, F>(&self, work: F) -> Result<Option<T>, StoreError>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> futures_box::BoxFuture<'t, Result<Option<T>, StoreError>>,
+    {
+        bounded(async {
+            let mut tx = self.backend.begin().await?;
+            let Some(out) = work(tx.as_mut()).await? else {
+                // Dropped uncommitted: rolled back.
+                return Ok(None);
+            };
+            tx.commit().await?;
+            Ok(Some(out))
+        })
+        .await
+    }
+
     /// What a `SELECT` that must lock the rows it reads ends with: MySQL reads a snapshot
     /// unless told to lock; SQLite's transactions are `BEGIN IMMEDIATE`, one at a time.
     fn lock_clause(&self) -> &'static str {
@@ -325,28 +342,34 @@ impl Store {
     /// it is next applied).
     pub async fn delete_cluster(&self, id: &str, identifier: &str) -> Result<bool, StoreError> {
         let (id, identifier) = (id.to_owned(), identifier.to_owned());
-        self.transaction(move |tx| {
-            Box::pin(async move {
-                // Only the cluster created as `identifier`: a plain cluster's id is reused.
-                if !cluster_is(tx, &id, &identifier).await? {
-                    return Ok(false);
-                }
-                // The register token first: a credentials report locks it before the credentials.
-                for table in ["register_tokens", "cluster_credentials", "bcs_cluster_infos", "rbac_grants"] {
-                    let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
-                    tx.exec(&sql, vec![id.clone().into()]).await?;
-                }
-                let done = tx.exec("DELETE FROM clusters WHERE id = ?", vec![id.clone().into()]).await?;
-                if done.affected > 0 {
+        let lock = self.lock_clause();
+        let deleted = self
+            .transaction_unless(move |tx| {
+                Box::pin(async move {
+                    // The register token first: a credentials report locks it before the
+                    // credentials (and the cluster, for the foreign key).
+                    for table in ["register_tokens", "cluster_credentials", "bcs_cluster_infos"] {
+                        let sql = format!("DELETE FROM {table} WHERE cluster_id = ?");
+                        tx.exec(&sql, vec![id.clone().into()]).await?;
+                    }
+                    // Only the cluster created as `identifier` (a plain cluster's id is reused),
+                    // read as it is now, locked: otherwise all of the above is rolled back.
+                    if !cluster_is(tx, &id, &identifier, lock).await? {
+                        return Ok(None);
+                    }
+                    tx.exec("DELETE FROM clusters WHERE id = ?", vec![id.clone().into()]).await?;
+                    // After the cluster, which a grant's insert locks first (add_cluster_grant):
+                    // the other way round, the two could deadlock. No foreign key orders them.
+                    tx.exec("DELETE FROM rbac_grants WHERE cluster_id = ?", vec![id.clone().into()]).await?;
                     // Never there already: a create of the id takes it out. (Only an insert: on
                     // MySQL a delete of an absent row would lock a gap, and two deletes of
                     // clusters at once would deadlock on it.)
                     tx.exec("INSERT INTO deleted_clusters (id) VALUES (?)", vec![id.into()]).await?;
-                }
-                Ok(done.affected > 0)
+                    Ok(Some(()))
+                })
             })
-        })
-        .await
+            .await?;
+        Ok(deleted.is_some())
     }
 
     // Register tokens.
@@ -362,15 +385,18 @@ impl Store {
         now: i64,
     ) -> Result<Option<RegisterToken>, StoreError> {
         let (cluster_id, identifier) = (cluster_id.to_owned(), identifier.to_owned());
-        self.transaction(move |tx| {
+        let lock = self.lock_clause();
+        self.transaction_unless(move |tx| {
             Box::pin(async move {
-                if !cluster_is(tx, &cluster_id, &identifier).await? {
+                // Gone already: None (404), not the foreign key's conflict (409).
+                if !cluster_is(tx, &cluster_id, &identifier, "").await? {
                     return Ok(None);
                 }
                 if find_register_token(tx, cluster_id.clone()).await?.is_some() {
                     return Err(StoreError::Conflict(format!("cluster {cluster_id} already has a register token")));
                 }
-                insert_register_token(tx, cluster_id, token_sealed, now).await.map(Some)
+                let token = insert_register_token(tx, cluster_id.clone(), token_sealed, now).await?;
+                Ok(cluster_is(tx, &cluster_id, &identifier, lock).await?.then_some(token))
             })
         })
         .await
@@ -388,11 +414,9 @@ impl Store {
         now: i64,
     ) -> Result<Option<RegisterToken>, StoreError> {
         let (cluster_id, identifier) = (cluster_id.to_owned(), identifier.to_owned());
-        self.transaction(move |tx| {
+        let lock = self.lock_clause();
+        self.transaction_unless(move |tx| {
             Box::pin(async move {
-                if !cluster_is(tx, &cluster_id, &identifier).await? {
-                    return Ok(None);
-                }
                 tx.exec(
                     "UPDATE register_tokens SET token_sealed = ?, token_digest = NULL, created_at = ? \
                      WHERE cluster_id = ?",
@@ -400,10 +424,11 @@ impl Store {
                 )
                 .await?;
                 // Found (not counted: MySQL counts changed rows only), or the first one.
-                match find_register_token(tx, cluster_id.clone()).await? {
-                    Some(token) => Ok(Some(token)),
-                    None => insert_register_token(tx, cluster_id, token_sealed, now).await.map(Some),
-                }
+                let token = match find_register_token(tx, cluster_id.clone()).await? {
+                    Some(token) => token,
+                    None => insert_register_token(tx, cluster_id.clone(), token_sealed, now).await?,
+                };
+                Ok(cluster_is(tx, &cluster_id, &identifier, lock).await?.then_some(token))
             })
         })
         .await
@@ -691,11 +716,14 @@ fn register_token_from(r: &Row) -> Result<RegisterToken, StoreError> {
 }
 
 /// Whether the cluster `id` is there and is the one created as `identifier` (a plain cluster's
-/// id is reused after a delete; its identifier is new each time). A plain read, not a locking
-/// one: locking the cluster row first would order these writes against a credentials report
-/// (which locks the register token, then the cluster for its foreign key) the other way round.
-async fn cluster_is(tx: &mut dyn Tx, id: &str, identifier: &str) -> Result<bool, StoreError> {
-    let rows = tx.query("SELECT id, identifier FROM clusters WHERE id = ?", vec![id.to_owned().into()]).await?;
+/// id is reused after a delete; its identifier is new each time). `lock` is the store's
+/// [`Store::lock_clause`]: on MySQL a locking read sees the row as it is now, where a plain
+/// one may see the transaction's older snapshot. Callers take it after their register-token
+/// rows, the order a credentials report locks them in (the token, then the cluster for its
+/// foreign key), so the two never wait on each other in a circle.
+async fn cluster_is(tx: &mut dyn Tx, id: &str, identifier: &str, lock: &str) -> Result<bool, StoreError> {
+    let sql = format!("SELECT id, identifier FROM clusters WHERE id = ?{lock}");
+    let rows = tx.query(&sql, vec![id.to_owned().into()]).await?;
     let found = first(rows, |r| Ok((r.text(0)?, r.text(1)?)))?;
     Ok(found.is_some_and(|(i, ident)| i == id && ident == identifier))
 }
