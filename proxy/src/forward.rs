@@ -506,12 +506,19 @@ async fn more_body<C: AsyncReadRent>(client: &mut C, inbuf: &mut Vec<u8>, timeou
     }
 }
 
-/// Writes `out` (if anything) to the upstream and gives the cleared buffer back.
+/// Writes `out` (if anything) to the upstream and gives the cleared buffer back, within
+/// `send_timeout_seconds` (nginx's `proxy_send_timeout`): an apiserver that stops reading a
+/// body would otherwise hold the request, and its client, for ever (its kernel answers the
+/// zero-window probes, so nothing else ends it). Bodies only: a head fits in the socket's
+/// buffer, and an answer that never comes is the response timeout's.
 async fn send_upstream(conn: &mut Conn, out: Vec<u8>) -> Result<Vec<u8>, BodyError> {
     if out.is_empty() {
         return Ok(out);
     }
-    let (r, out) = write_all(conn, out).await;
+    let limit = upstream::send_timeout();
+    let (r, out) = crate::io::timeout(limit, write_all(conn, out))
+        .await
+        .map_err(|()| BodyError::Upstream(format!("it took none of the body for {limit:?}")))?;
     r.map_err(|e| BodyError::Upstream(e.to_string()))?;
     Ok(out)
 }

@@ -256,10 +256,12 @@ pub fn keep_alive(tcp: &TcpStream, which: &str) {
     }
 }
 
-/// How long what is written to `tcp` may stay unacknowledged before the kernel cuts the
-/// connection (`TCP_USER_TIMEOUT`): a peer that stopped reading (its window closed) or vanished.
-/// Without it a write to such a peer waits for ever: keepalive probes do not go out while data
-/// is queued, and zero-window probes are answered.
+/// Cuts a client's connection once data written to it has gone unacknowledged for `timeout`
+/// (`TCP_USER_TIMEOUT`): a client that stopped reading (its window stays shut) or vanished. The
+/// kernel keeps the clock, so no write of the request path carries a timer; an idle connection
+/// is not affected. (Not for upstream sockets: with keepalive, the kernel then cuts an idle
+/// connection at its first unanswered probe once it has idled `timeout`, and an idle watch to a
+/// distant apiserver would end at one lost packet; their request bodies carry a timer instead.)
 pub fn send_timeout(tcp: &TcpStream, timeout: std::time::Duration, which: &str) {
     let ms = usize::try_from(timeout.as_millis()).unwrap_or(usize::MAX);
     if let Err(e) = set_int_option(tcp.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {

@@ -257,9 +257,6 @@ async fn accept_loop(
     }
 }
 
-/// Cuts the connection once data written to it has gone unacknowledged for `timeout`: a
-/// client that stopped reading (its window stays shut) or vanished. The kernel keeps the clock,
-/// so no write of the request path carries a timer; an idle connection is not affected.
 /// Answers 503 with Retry-After and closes (after the handshake on the TLS listener).
 async fn overloaded(stream: monoio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let error = crate::error::ProxyError::Overloaded;

@@ -18,7 +18,8 @@ use crate::tables::Upstream;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `proxy_config.send_timeout_seconds`, for upstream sockets as for clients' (set once at start).
+/// `proxy_config.send_timeout_seconds`, set once at start: how long a write of a request body
+/// to an upstream may wait (clients' sockets get it as `TCP_USER_TIMEOUT`).
 static SEND_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60_000);
 
 pub fn set_send_timeout(timeout: Duration) {
@@ -26,7 +27,7 @@ pub fn set_send_timeout(timeout: Duration) {
     SEND_TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn send_timeout() -> Duration {
+pub fn send_timeout() -> Duration {
     Duration::from_millis(SEND_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 /// Idle pooled connections older than this are closed (below apiservers' keep-alive).
@@ -459,9 +460,6 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
         connected.set(true);
         let _ = tcp.set_nodelay(true);
         crate::io::keep_alive(&tcp, "upstream");
-        // An apiserver that stops reading a request body (or a tunnel's bytes) is cut as a
-        // client that stops reading is: the request then ends with 502 instead of hanging.
-        crate::io::send_timeout(&tcp, send_timeout(), "upstream");
         if !address.tls {
             return Ok(Conn::Plain(tcp));
         }

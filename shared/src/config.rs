@@ -230,9 +230,10 @@ pub struct ProxyConfig {
     /// New: seconds a request body may go without a byte before the client gets 408 and the
     /// connection closes (nginx's `client_body_timeout`). Default 60.
     pub client_body_timeout_seconds: Option<u64>,
-    /// New: seconds data written to a client or an upstream may stay unacknowledged (a peer
-    /// that stopped reading, or vanished) before its connection is cut (`TCP_USER_TIMEOUT`;
-    /// nginx's `send_timeout` and `proxy_send_timeout`). Default 60.
+    /// New: seconds data written to a client may stay unacknowledged (a client that stopped
+    /// reading, or vanished) before its connection is cut (`TCP_USER_TIMEOUT`; nginx's
+    /// `send_timeout`), and a write of a request body to an upstream may wait (nginx's
+    /// `proxy_send_timeout`). Default 60.
     pub send_timeout_seconds: Option<u64>,
 }
 
