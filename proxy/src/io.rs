@@ -243,13 +243,20 @@ impl Readable for Conn {
 /// [`KEEPALIVE_INTERVAL`] of silence (2 minutes), so a watch, a body or an idle exec tunnel
 /// waiting on it ends instead of holding its sockets for good. Set once per connection, on
 /// both legs (`which` names the leg in the log); nothing per request.
-pub fn keep_alive(tcp: &TcpStream, which: &str) {
+///
+/// `cut_after`: the socket's `TCP_USER_TIMEOUT` ([`send_timeout`]), if it has one. The kernel
+/// then ends a connection that has been silent that long at its first unanswered probe, so one
+/// lost probe of a watch idle over the internet would end it: the probes start and follow each
+/// other sooner ([`probes_within`]), six of them inside that time.
+pub fn keep_alive(tcp: &TcpStream, which: &str, cut_after: Option<std::time::Duration>) {
+    let (idle, interval) = match cut_after {
+        Some(limit) => probes_within(limit),
+        None => (KEEPALIVE_IDLE.as_secs(), KEEPALIVE_INTERVAL.as_secs()),
+    };
     let fd = tcp.as_raw_fd();
     let done = set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
-        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE.as_secs() as usize))
-        .and_then(|()| {
-            set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL.as_secs() as usize)
-        })
+        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle as usize))
+        .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval as usize))
         .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6));
     if let Err(e) = done {
         tracing::debug!(error = %e, which, "cannot set TCP keepalive");
@@ -267,6 +274,16 @@ pub fn send_timeout(tcp: &TcpStream, timeout: std::time::Duration, which: &str) 
     if let Err(e) = set_int_option(tcp.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {
         tracing::debug!(error = %e, which, "cannot set TCP_USER_TIMEOUT");
     }
+}
+
+/// Keepalive's idle time and probe interval, in seconds, for a socket cut after `limit` of
+/// silence: six probes before `limit` where it allows (5 s apart from 30 s for the default
+/// 60 s), never later than the defaults, never under a second.
+pub fn probes_within(limit: std::time::Duration) -> (u64, u64) {
+    let limit = limit.as_secs();
+    let interval = (limit / 12).clamp(1, KEEPALIVE_INTERVAL.as_secs());
+    let idle = limit.saturating_sub(6 * interval).clamp(1, KEEPALIVE_IDLE.as_secs());
+    (idle, interval)
 }
 
 pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -359,4 +376,25 @@ pub async fn write_from<S: AsyncWriteRent>(stream: &mut S, buf: Vec<u8>, from: u
     let end = buf.len();
     let (result, slice) = stream.write_all(buf.slice(from..end)).await;
     (result.map(|_| ()), slice.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::probes_within;
+
+    #[test]
+    fn keepalive_probes_fit_inside_the_user_timeout() {
+        // The default send_timeout_seconds: probes from 30 s, 5 s apart; the sixth at 55 s.
+        assert_eq!(probes_within(Duration::from_secs(60)), (30, 5));
+        for secs in [12, 30, 60, 90, 120, 3_600] {
+            let (idle, interval) = probes_within(Duration::from_secs(secs));
+            assert!(idle + 5 * interval < secs, "{secs} s: six probes at {idle} s + n × {interval} s");
+            assert!(idle <= 60 && (1..=10).contains(&interval), "{secs} s: no later than the defaults");
+        }
+        // Below what six probes can fit: a probe a second, from the first second.
+        assert_eq!(probes_within(Duration::from_secs(1)), (1, 1));
+        assert_eq!(probes_within(Duration::from_millis(500)), (1, 1));
+    }
 }

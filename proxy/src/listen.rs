@@ -226,7 +226,7 @@ async fn accept_loop(
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let _ = stream.set_nodelay(true);
         crate::io::send_timeout(&stream, settings.send_timeout, "client");
-        crate::io::keep_alive(&stream, "client");
+        crate::io::keep_alive(&stream, "client", Some(settings.send_timeout));
         let settings = settings.clone();
         let tls = tls.clone();
         let over_limit = open.get() >= max_open;

@@ -459,7 +459,7 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
             .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
         connected.set(true);
         let _ = tcp.set_nodelay(true);
-        crate::io::keep_alive(&tcp, "upstream");
+        crate::io::keep_alive(&tcp, "upstream", None);
         if !address.tls {
             return Ok(Conn::Plain(tcp));
         }

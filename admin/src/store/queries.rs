@@ -829,8 +829,8 @@ impl Store {
     /// the cluster there, locked: None, and nothing written, if it is not. A grant checked apart
     /// from its insert could outlive a cluster deleted in between and be inherited by the next
     /// cluster of that id (a plain cluster's id is the name its creator chose). On MySQL the
-    /// lock orders this against [`Store::delete_cluster`]: whichever comes second sees the
-    /// other's outcome, or one of them is refused as a deadlock.
+    /// lock orders this against [`Store::delete_cluster`], which locks the cluster row before
+    /// it deletes the grants: whichever comes second sees the other's outcome.
     pub async fn add_cluster_grant(&self, new: NewGrant, now: i64) -> Result<Option<Grant>, StoreError> {
         let lock = self.lock_clause();
         self.transaction(move |tx| {
