@@ -515,7 +515,7 @@ async fn send_upstream(conn: &mut Conn, out: Vec<u8>) -> Result<Vec<u8>, BodyErr
     if out.is_empty() {
         return Ok(out);
     }
-    let limit = upstream::send_timeout();
+    let limit = upstream::body_write_limit();
     let (r, out) = crate::io::timeout(limit, write_all(conn, out))
         .await
         .map_err(|()| BodyError::Upstream(format!("it took none of the body for {limit:?}")))?;

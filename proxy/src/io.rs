@@ -244,35 +244,32 @@ impl Readable for Conn {
 /// waiting on it ends instead of holding its sockets for good. Set once per connection, on
 /// both legs (`which` names the leg in the log); nothing per request.
 ///
-/// `cut_after`: the socket's `TCP_USER_TIMEOUT` ([`send_timeout`]), if it has one. The kernel
-/// then ends a connection that has been silent that long at its first unanswered probe, so one
-/// lost probe of a watch idle over the internet would end it: the probes start and follow each
-/// other sooner ([`probes_within`]), six of them inside that time.
+/// `cut_after` (clients' sockets: `send_timeout_seconds`) also cuts the connection once data
+/// written to it has gone unacknowledged that long (`TCP_USER_TIMEOUT`): a client that stopped
+/// reading (its window stays shut) or vanished. The kernel keeps the clock, so no write of the
+/// request path carries a timer. The kernel then also ends a connection that has been silent
+/// that long at its first unanswered keepalive probe, so one lost probe of a watch idle over the
+/// internet would end it: the probes start and follow each other sooner ([`probes_within`]), six
+/// of them inside that time. (Not for upstream sockets, whose idle watches to distant
+/// apiservers keep the defaults; their request bodies carry a timer instead.)
 pub fn keep_alive(tcp: &TcpStream, which: &str, cut_after: Option<std::time::Duration>) {
+    let fd = tcp.as_raw_fd();
     let (idle, interval) = match cut_after {
-        Some(limit) => probes_within(limit),
+        Some(limit) => {
+            let ms = usize::try_from(limit.as_millis()).unwrap_or(usize::MAX);
+            if let Err(e) = set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {
+                tracing::debug!(error = %e, which, "cannot set TCP_USER_TIMEOUT");
+            }
+            probes_within(limit)
+        }
         None => (KEEPALIVE_IDLE.as_secs(), KEEPALIVE_INTERVAL.as_secs()),
     };
-    let fd = tcp.as_raw_fd();
     let done = set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
         .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle as usize))
         .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval as usize))
         .and_then(|()| set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6));
     if let Err(e) = done {
         tracing::debug!(error = %e, which, "cannot set TCP keepalive");
-    }
-}
-
-/// Cuts a client's connection once data written to it has gone unacknowledged for `timeout`
-/// (`TCP_USER_TIMEOUT`): a client that stopped reading (its window stays shut) or vanished. The
-/// kernel keeps the clock, so no write of the request path carries a timer; an idle connection
-/// is not affected. (Not for upstream sockets: with keepalive, the kernel then cuts an idle
-/// connection at its first unanswered probe once it has idled `timeout`, and an idle watch to a
-/// distant apiserver would end at one lost packet; their request bodies carry a timer instead.)
-pub fn send_timeout(tcp: &TcpStream, timeout: std::time::Duration, which: &str) {
-    let ms = usize::try_from(timeout.as_millis()).unwrap_or(usize::MAX);
-    if let Err(e) = set_int_option(tcp.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms) {
-        tracing::debug!(error = %e, which, "cannot set TCP_USER_TIMEOUT");
     }
 }
 

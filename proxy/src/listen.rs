@@ -40,7 +40,7 @@ impl Plan {
 
 fn start(plan: Plan) -> anyhow::Result<()> {
     crate::metrics::set_connection_limit(plan.max_connections_per_core * plan.cores);
-    crate::upstream::set_send_timeout(plan.settings.send_timeout);
+    crate::upstream::set_body_write_limit(plan.settings.send_timeout);
     let forced = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let legacy = forced || plan.epoll;
     let uring = !legacy && monoio::utils::detect_uring();
@@ -225,7 +225,6 @@ async fn accept_loop(
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let _ = stream.set_nodelay(true);
-        crate::io::send_timeout(&stream, settings.send_timeout, "client");
         crate::io::keep_alive(&stream, "client", Some(settings.send_timeout));
         let settings = settings.clone();
         let tls = tls.clone();

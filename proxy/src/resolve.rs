@@ -29,6 +29,15 @@ const MAX_LOOKUPS: usize = 64;
 static POOL: LazyLock<DefaultThreadPool> = LazyLock::new(|| DefaultThreadPool::new(LOOKUP_THREADS));
 static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
 
+/// One of the [`MAX_LOOKUPS`], taken; given back when dropped.
+struct Slot;
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        LOOKUPS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The lookup threads, for each core's runtime (`RuntimeBuilder::attach_thread_pool`).
 pub fn pool() -> Box<dyn ThreadPool + Send + 'static> {
     Box::new(POOL.clone())
@@ -45,12 +54,12 @@ pub async fn addresses(authority: &str) -> io::Result<Vec<SocketAddr>> {
         return Err(io::Error::other(format!("{MAX_LOOKUPS} name lookups are already waiting for an answer")));
     }
     let name = authority.to_owned();
-    // The count is given back when the lookup ends, not when this future does: a request that
-    // gave up leaves its lookup running on a thread.
+    // The slot is given back when the lookup ends (or is dropped unrun), not when this future
+    // does: a request that gave up leaves its lookup running on a thread.
+    let slot = Slot;
     let lookup = monoio::spawn_blocking(move || {
-        let found = name.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
-        LOOKUPS.fetch_sub(1, Ordering::Relaxed);
-        found
+        let _slot = slot;
+        name.to_socket_addrs().map(Iterator::collect::<Vec<_>>)
     });
     let found = lookup.await.map_err(|_| io::Error::other("the name lookup was cancelled"))??;
     if found.is_empty() {

@@ -18,17 +18,17 @@ use crate::tables::Upstream;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `proxy_config.send_timeout_seconds`, set once at start: how long a write of a request body
-/// to an upstream may wait (clients' sockets get it as `TCP_USER_TIMEOUT`).
-static SEND_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60_000);
+/// How long a write of a request body to an upstream may wait: `proxy_config.
+/// send_timeout_seconds`, set once at start (clients' sockets get it as `TCP_USER_TIMEOUT`).
+static BODY_WRITE_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60_000);
 
-pub fn set_send_timeout(timeout: Duration) {
-    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    SEND_TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+pub fn set_body_write_limit(limit: Duration) {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    BODY_WRITE_LIMIT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
-pub fn send_timeout() -> Duration {
-    Duration::from_millis(SEND_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+pub fn body_write_limit() -> Duration {
+    Duration::from_millis(BODY_WRITE_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 /// Idle pooled connections older than this are closed (below apiservers' keep-alive).
 pub const POOL_IDLE: Duration = Duration::from_secs(30);
