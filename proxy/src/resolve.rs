@@ -9,11 +9,17 @@
 //! for any other I/O, and the request's own connect timeout bounds that wait.
 //!
 //! Every address a name has is tried in the resolver's order until one accepts (a name with an
-//! A record per apiserver keeps working while one of them is down).
+//! A record per apiserver keeps working while one of them is down). Each core looks a name up
+//! once however many requests want it at the time, and keeps the answer for [`KNOWN_FOR`].
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use monoio::blocking::{DefaultThreadPool, ThreadPool};
 use monoio::net::TcpStream;
@@ -21,9 +27,9 @@ use monoio::net::TcpStream;
 /// Lookups run at once, for all cores together: each waits on the network, not the CPU.
 const LOOKUP_THREADS: usize = 4;
 
-/// Lookups queued or running, for all cores together. Past this a connect to a name fails at
-/// once: with its name servers silent, a cluster's requests would otherwise pile up lookups
-/// that outlive them, ahead of other clusters' names.
+/// Lookups queued or running, for all cores together (at most one per name and core). Past
+/// this a connect to a name fails at once: silent name servers would otherwise pile up lookups
+/// that outlive their requests, ahead of other clusters' names.
 const MAX_LOOKUPS: usize = 64;
 
 static POOL: LazyLock<DefaultThreadPool> = LazyLock::new(|| DefaultThreadPool::new(LOOKUP_THREADS));
@@ -43,35 +49,114 @@ pub fn pool() -> Box<dyn ThreadPool + Send + 'static> {
     Box::new(POOL.clone())
 }
 
+/// How long a name's addresses are used without asking again. Short: an apiserver moved to
+/// another address is reached within it; long enough that a burst of new connections to a
+/// named cluster (a proxy's start, a credential rotation emptying its pool) asks once.
+const KNOWN_FOR: Duration = Duration::from_secs(10);
+
+/// A name as this core knows it: its addresses until `until`, or a lookup under way that
+/// every request for the name waits on (one lookup per name per core, not one per request).
+enum Name {
+    Known { addresses: Rc<[SocketAddr]>, until: Instant },
+    Looking(Rc<Lookup>),
+}
+
+#[derive(Default)]
+struct Lookup {
+    /// The answer, once the lookup is over: the addresses, or what went wrong.
+    answer: RefCell<Option<Result<Rc<[SocketAddr]>, String>>>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+thread_local! {
+    static NAMES: RefCell<HashMap<String, Name>> = RefCell::new(HashMap::new());
+}
+
 /// The addresses of `authority` (`host:port`; an IPv6 host in brackets): an IP without a
-/// lookup, a name through the lookup threads.
-pub async fn addresses(authority: &str) -> io::Result<Vec<SocketAddr>> {
+/// lookup; a name from what this core learnt in the last [`KNOWN_FOR`], or from the lookup
+/// under way for it, or from a new one on the lookup threads.
+pub async fn addresses(authority: &str) -> io::Result<Rc<[SocketAddr]>> {
     if let Ok(address) = authority.parse::<SocketAddr>() {
-        return Ok(vec![address]);
+        return Ok(Rc::new([address]));
     }
-    if LOOKUPS.fetch_add(1, Ordering::Relaxed) >= MAX_LOOKUPS {
-        LOOKUPS.fetch_sub(1, Ordering::Relaxed);
-        return Err(io::Error::other(format!("{MAX_LOOKUPS} name lookups are already waiting for an answer")));
-    }
-    let name = authority.to_owned();
-    // The slot is given back when the lookup ends (or is dropped unrun), not when this future
-    // does: a request that gave up leaves its lookup running on a thread.
-    let slot = Slot;
-    let lookup = monoio::spawn_blocking(move || {
-        let _slot = slot;
-        name.to_socket_addrs().map(Iterator::collect::<Vec<_>>)
+    let lookup = NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        match names.get(authority) {
+            Some(Name::Known { addresses, until }) if *until > Instant::now() => Ok(addresses.clone()),
+            Some(Name::Looking(lookup)) => Err(lookup.clone()),
+            _ => {
+                let lookup = Rc::new(Lookup::default());
+                names.insert(authority.to_owned(), Name::Looking(lookup.clone()));
+                // A task of its own: the answer is kept even if every request waiting for it
+                // gives up first.
+                monoio::spawn(look_up(authority.to_owned(), lookup.clone()));
+                Err(lookup)
+            }
+        }
     });
-    let found = lookup.await.map_err(|_| io::Error::other("the name lookup was cancelled"))??;
-    if found.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "the name has no address"));
+    let lookup = match lookup {
+        Ok(known) => return Ok(known),
+        Err(lookup) => lookup,
+    };
+    std::future::poll_fn(|cx| match &*lookup.answer.borrow() {
+        Some(answer) => Poll::Ready(answer.clone().map_err(io::Error::other)),
+        None => {
+            let mut waiting = lookup.waiting.borrow_mut();
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Looks `name` up on the lookup threads, keeps the addresses for [`KNOWN_FOR`] (a failure is
+/// not kept: the next request asks again) and wakes every request waiting for them.
+async fn look_up(name: String, lookup: Rc<Lookup>) {
+    let answer = if LOOKUPS.fetch_add(1, Ordering::Relaxed) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::Relaxed);
+        Err(format!("{MAX_LOOKUPS} name lookups are already waiting for an answer"))
+    } else {
+        // The slot is given back when the lookup ends (or is dropped unrun).
+        let slot = Slot;
+        let asked = name.clone();
+        let found = monoio::spawn_blocking(move || {
+            let _slot = slot;
+            asked.to_socket_addrs().map(Iterator::collect::<Vec<_>>)
+        })
+        .await;
+        match found {
+            Ok(Ok(found)) if !found.is_empty() => Ok(Rc::<[SocketAddr]>::from(found)),
+            Ok(Ok(_)) => Err("the name has no address".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the name lookup was cancelled".to_owned()),
+        }
+    };
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        match &answer {
+            Ok(addresses) => {
+                let until = Instant::now() + KNOWN_FOR;
+                names.insert(name, Name::Known { addresses: addresses.clone(), until });
+            }
+            Err(_) => {
+                names.remove(&name);
+            }
+        }
+        // Names not asked for again are not kept for good.
+        names.retain(|_, n| !matches!(n, Name::Known { until, .. } if *until <= Instant::now()));
+    });
+    *lookup.answer.borrow_mut() = Some(answer);
+    for waker in lookup.waiting.take() {
+        waker.wake();
     }
-    Ok(found)
 }
 
 /// A TCP connection to the first of `authority`'s addresses that accepts.
 pub async fn connect(authority: &str) -> io::Result<TcpStream> {
     let mut refused = None;
-    for address in addresses(authority).await? {
+    for &address in addresses(authority).await?.iter() {
         match TcpStream::connect_addr(address).await {
             Ok(stream) => return Ok(stream),
             Err(e) => refused = Some(e),

@@ -16,8 +16,10 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
 
-/// A loopback address no other test uses; port 53, as resolv.conf allows no other.
+/// Loopback addresses no other test uses, one per test here (tests run at once); port 53, as
+/// resolv.conf allows no other.
 const NAME_SERVER: &str = "127.83.83.83";
+const BUSY_NAME_SERVER: &str = "127.83.83.84";
 const NAME: &str = "apiserver.bcs-name-test";
 const BY_IP: &str = "bcs-k8s-002-ipaddress-0123456789abcdef";
 
@@ -131,4 +133,56 @@ async fn a_silent_name_server_holds_up_only_the_requests_for_its_name() {
         .expect("the request for the named cluster was answered once its name was");
     assert_eq!(answered.status, 200, "{}", answered.text());
     assert_eq!(named.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_requests_for_a_name_asks_the_name_server_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each answer closes its connection: every request needs a new one, so a connect (and the
+    // name's addresses) per request.
+    let body = r#"{"kind":"PodList","items":[]}"#;
+    let closing = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let named = RawUpstream::start(Arc::new(move |_| Reply::Bytes(closing.clone().into_bytes()))).await;
+    let name_server = Arc::new(UdpSocket::bind((BUSY_NAME_SERVER, 53)).await.expect("port 53 (root)"));
+    let conf = dir.path().join("resolv.conf");
+    std::fs::write(&conf, format!("nameserver {BUSY_NAME_SERVER}\noptions timeout:30 attempts:1\n")).unwrap();
+    // Answers at once, and counts the A questions (one per lookup; AAAA ones get no record).
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (server, counted) = (name_server.clone(), asked.clone());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = server.recv_from(&mut buf).await {
+            let end = 12 + buf[12..n].iter().position(|&b| b == 0).unwrap() + 1;
+            if buf[end..end + 2] == [0, 1] {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = server.send_to(&answer(&buf[..n], &[[127, 0, 0, 1]], &[]), from).await;
+        }
+    });
+
+    let snapshot = snapshot(1, &format!("http://{NAME}:{}", named.address.port()), "");
+    let mut proxy = spawn_with_resolv_conf(dir.path(), &conf);
+    let _admin = FakeAdmin::start(&proxy.socket(), snapshot).await;
+    proxy.wait_ready().await;
+
+    // 100 requests at once on 100 connections, each needing a connection to the named
+    // apiserver: more than the 64 lookups that may wait at once.
+    for burst in 1..=2 {
+        let mut clients = Vec::new();
+        for _ in 0..100 {
+            let mut stream = proxy.connect().await;
+            stream.write_all(get("/api/v1/pods", USER_TOKEN, "Connection: close\r\n").as_bytes()).await.unwrap();
+            clients.push(stream);
+        }
+        for mut stream in clients {
+            let r = tokio::time::timeout(Duration::from_secs(20), read_response(&mut stream)).await.expect("answered");
+            assert_eq!(r.status, 200, "burst {burst}: {}", r.text());
+        }
+        assert_eq!(named.connections(), 100 * burst, "a connection, so a connect, per request");
+        let lookups = asked.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(lookups, 1, "burst {burst}: one lookup for the name, kept for the next burst");
+    }
 }
