@@ -11,7 +11,9 @@ fn the_tuning_check_prints_a_value_for_every_setting() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("limits read from: "), "{text}");
     let rows: Vec<&str> = text.lines().skip(2).collect();
-    for setting in ["nofile", "memlock", "kernel.io_uring_disabled", "net.core.somaxconn", "ip_local_port_range"] {
+    let settings =
+        ["nofile", "memlock", "kernel.io_uring_disabled", "net.core.somaxconn", "ip_local_port_range", "resolv.conf"];
+    for setting in settings {
         assert!(rows.iter().any(|r| r.contains(setting)), "{setting} missing:\n{text}");
     }
     for row in &rows {
