@@ -46,7 +46,18 @@ fn the_limits_are_the_proxy_process_s_own() {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
+    // The copy was just written: a child another test forks meanwhile holds its descriptor
+    // until that child's exec, and the kernel refuses to run a file open for writing (ETXTBSY).
+    let mut tries = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tuning/check");
     let out = Command::new("bash").arg(&script).arg(child.id().to_string()).output().unwrap();
     let _ = child.kill();
