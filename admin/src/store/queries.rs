@@ -722,10 +722,16 @@ fn register_token_from(r: &Row) -> Result<RegisterToken, StoreError> {
 /// rows, the order a credentials report locks them in (the token, then the cluster for its
 /// foreign key), so the two never wait on each other in a circle.
 async fn cluster_is(tx: &mut dyn Tx, id: &str, identifier: &str, lock: &str) -> Result<bool, StoreError> {
+    Ok(cluster_identifier(tx, id, lock).await?.as_deref() == Some(identifier))
+}
+
+/// The identifier of the cluster `id`, if it is there; `lock` as for [`cluster_is`]. The id
+/// matches exactly: MySQL's collation would also match other cases and trailing spaces.
+async fn cluster_identifier(tx: &mut dyn Tx, id: &str, lock: &str) -> Result<Option<String>, StoreError> {
     let sql = format!("SELECT id, identifier FROM clusters WHERE id = ?{lock}");
     let rows = tx.query(&sql, vec![id.to_owned().into()]).await?;
     let found = first(rows, |r| Ok((r.text(0)?, r.text(1)?)))?;
-    Ok(found.is_some_and(|(i, ident)| i == id && ident == identifier))
+    Ok(found.filter(|(i, _)| i == id).map(|(_, identifier)| identifier))
 }
 
 async fn insert_register_token(
@@ -835,10 +841,7 @@ impl Store {
         let lock = self.lock_clause();
         self.transaction(move |tx| {
             Box::pin(async move {
-                let sql = format!("SELECT id FROM clusters WHERE id = ?{lock}");
-                let found = tx.query(&sql, vec![new.cluster_id.clone().into()]).await?;
-                // Exactly: MySQL's collation would also match trailing spaces and other cases.
-                if first(found, |r| r.text(0))?.as_deref() != Some(new.cluster_id.as_str()) {
+                if cluster_identifier(tx, &new.cluster_id, lock).await?.is_none() {
                     return Ok(None);
                 }
                 add_grant_in(tx, new, now).await.map(Some)
