@@ -312,6 +312,13 @@ where
             crate::io::linger(&mut client).await;
             answered(Flow::Done, response.status)
         }
+        Ok(true) if !inbuf.is_empty() || client.came() == Came::Bytes => {
+            // The client sent more (its next request, as the drain closed the connection):
+            // closed with those bytes unread, the kernel would reset the connection and drop
+            // what of the answer it still held. Drain them, as after a cut body.
+            crate::io::linger(&mut client).await;
+            answered(Flow::Done, response.status)
+        }
         Ok(true) => {
             // A complete response on a connection that closes: end it cleanly (a TLS client
             // gets close_notify, which tells a body read until close from a cut one).

@@ -972,6 +972,52 @@ async fn sigterm_waits_for_a_request_head_whose_first_bytes_have_come() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sent_its_next_request_as_the_drain_closed_gets_the_whole_answer_not_a_reset() {
+    // The answer (8 MiB, after 1 s) is longer than the sockets hold; the client sends its next
+    // request while it waits, as a kept-alive client may, and reads slowly, through a small
+    // receive buffer. The proxy, stopping, ends the connection after the answer: closed with
+    // that request unread, the kernel would reset it and drop the answer's tail.
+    const SIZE: usize = 8 << 20;
+    let mut answer =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+    answer.extend(patterned(SIZE));
+    let mut s =
+        setup(Arc::new(move |_| Reply::Paused(Vec::new(), vec![(Duration::from_secs(1), answer.clone())]))).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut client = socket.connect(([127, 0, 0, 1], s.proxy.plain_port).into()).await.unwrap();
+    client.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let started = Instant::now();
+    while s.upstream.requests().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = s.proxy.process.pid().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+    // Reading starts once the proxy has written all it can.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk)).await.expect("data or the end") {
+            Ok(0) => break Ok(()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200") && head.contains("connection: close"), "{head}");
+    assert_eq!(received.len() - head_end, SIZE, "the whole answer arrived (then: {end:?})");
+    assert!(received[head_end..] == patterned(SIZE)[..], "the answer's bytes as sent");
+    assert!(end.is_ok(), "the connection ended with a FIN, not a reset: {end:?}");
+    assert_eq!(s.upstream.requests().len(), 1, "the request sent during the drain was not served");
+    assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_a_tls_connection_waiting_for_a_request_while_a_request_still_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_config, ca_pem) = proxy_certificate(dir.path());
