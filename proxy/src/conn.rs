@@ -29,8 +29,11 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// The longest a request body may go without a byte (408, then close).
     pub body_timeout: Duration,
-    /// The longest data written to a client may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    /// The longest data written to a client may stay unacknowledged (`TCP_USER_TIMEOUT`), and a
+    /// write of a request body to an upstream may wait.
     pub send_timeout: Duration,
+    /// The longest an upstream may take to start answering (504).
+    pub response_head_timeout: Duration,
     /// TLS towards mesos-drivers and console proxies (`cert_config`); None: http only.
     pub internal_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// `consoleproxy_port` on the webconsole hosts.
@@ -47,6 +50,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(120),
             body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            response_head_timeout: Duration::from_secs(120),
             internal_tls: None,
             console_port: 8083,
             console_allowed: Vec::new(),

@@ -36,9 +36,6 @@ pub const MAX_BODY: u64 = 3 << 20;
 /// How long an answer is waited for from an upstream that stopped taking the request body.
 const EARLY_ANSWER: Duration = Duration::from_secs(1);
 
-/// How long an upstream may take to start answering.
-pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// How long an upstream may take to start answering before its client is watched for hanging
 /// up (most answers come sooner, and watching costs an operation).
 const CLIENT_QUIET: Duration = Duration::from_secs(1);
@@ -419,8 +416,12 @@ async fn send<'d, C: AsyncReadRent + Readable>(
                     // requests try the others first, and this one, if it only reads (a GET or
                     // HEAD, not an upgrade: an exec may have started) and nothing came back,
                     // goes to the next address.
+                    // One that timed out while it answered others (on this core) is not:
+                    // the request was slow, and a user's slow request must not move everyone's
+                    // traffic to another address.
                     let unanswered = nothing_received && !reused;
-                    if unanswered || matches!(e, ProxyError::UpstreamTimeout) {
+                    let hung = matches!(e, ProxyError::UpstreamTimeout) && !upstream::answered_lately(endpoint);
+                    if unanswered || hung {
                         tracing::warn!(address = %endpoint.authority, error = %e, "the upstream took the request and did not answer");
                         upstream::eject_unanswered(endpoint);
                     }
@@ -530,7 +531,7 @@ async fn send_upstream(conn: &mut Conn, out: Vec<u8>) -> Result<Vec<u8>, BodyErr
     Ok(out)
 }
 
-/// Reads a whole response head, as [`receive_head`], within [`RESPONSE_HEAD_TIMEOUT`].
+/// Reads a whole response head, as [`receive_head`], within [`upstream::response_head_limit`].
 ///
 /// After [`CLIENT_QUIET`] the client is watched too. One that hangs up (or resets, or sends
 /// close_notify) ends the wait with [`ProxyError::ClientGone`], and the upstream connection is
@@ -542,9 +543,10 @@ async fn read_response_head<C: Readable>(
     method: &str,
     client: &mut C,
 ) -> Result<(ResponseHead, Vec<u8>, usize), (ProxyError, bool)> {
+    let limit = upstream::response_head_limit();
     let work = receive_head(conn, method);
     let mut work = std::pin::pin!(work);
-    if let Ok(result) = crate::io::timeout(CLIENT_QUIET, &mut work).await {
+    if let Ok(result) = crate::io::timeout(CLIENT_QUIET.min(limit), &mut work).await {
         return result;
     }
     let watched = async {
@@ -564,7 +566,7 @@ async fn read_response_head<C: Readable>(
     };
     // Boxed: inline, this rarer wait (the client's readiness future among it) would enlarge the
     // future of every exchange, which each request moves onto the heap whole.
-    match crate::io::timeout(RESPONSE_HEAD_TIMEOUT - CLIENT_QUIET, Box::pin(watched)).await {
+    match crate::io::timeout(limit.saturating_sub(CLIENT_QUIET), Box::pin(watched)).await {
         Ok(result) => result,
         Err(_) => Err((ProxyError::UpstreamTimeout, false)),
     }

@@ -40,7 +40,7 @@ impl Plan {
 
 fn start(plan: Plan) -> anyhow::Result<()> {
     crate::metrics::set_connection_limit(plan.max_connections_per_core * plan.cores);
-    crate::upstream::set_body_write_limit(plan.settings.send_timeout);
+    crate::upstream::set_limits(plan.settings.send_timeout, plan.settings.response_head_timeout);
     let forced = std::env::var("BCS_PROXY_DRIVER").is_ok_and(|d| d == "legacy");
     let legacy = forced || plan.epoll;
     let uring = !legacy && monoio::utils::detect_uring();

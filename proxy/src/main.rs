@@ -201,14 +201,17 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let console_port = config.consoleproxy_port.unwrap_or(8083);
     let max_connections = config.proxy_config.max_connections.unwrap_or(20_000).max(1) as usize;
     let max_connections_per_core = max_connections.div_ceil(cores);
-    let seconds = |value: Option<u64>, what: &str| -> anyhow::Result<std::time::Duration> {
-        match value.unwrap_or(60) {
+    let seconds = |value: Option<u64>, what: &str, default: u64| -> anyhow::Result<std::time::Duration> {
+        match value.unwrap_or(default) {
             0 => anyhow::bail!("proxy_config.{what} must be at least 1"),
             s => Ok(std::time::Duration::from_secs(s)),
         }
     };
-    let body_timeout = seconds(config.proxy_config.client_body_timeout_seconds, "client_body_timeout_seconds")?;
-    let send_timeout = seconds(config.proxy_config.send_timeout_seconds, "send_timeout_seconds")?;
+    let proxy_config = &config.proxy_config;
+    let body_timeout = seconds(proxy_config.client_body_timeout_seconds, "client_body_timeout_seconds", 60)?;
+    let send_timeout = seconds(proxy_config.send_timeout_seconds, "send_timeout_seconds", 60)?;
+    let response_head_timeout =
+        seconds(proxy_config.response_head_timeout_seconds, "response_head_timeout_seconds", 120)?;
     let settings = bcs_proxy::conn::Settings {
         admin: admin.into(),
         internal_tls,
@@ -216,6 +219,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         console_allowed,
         body_timeout,
         send_timeout,
+        response_head_timeout,
         ..Default::default()
     };
     bcs_proxy::listen::Plan {

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,15 +21,24 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a write of a request body to an upstream may wait: `proxy_config.
 /// send_timeout_seconds`, set once at start (clients' sockets get it as `TCP_USER_TIMEOUT`).
-static BODY_WRITE_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60_000);
+static BODY_WRITE_LIMIT_MS: AtomicU64 = AtomicU64::new(60_000);
+/// How long an upstream may take to start answering (504 after it): `proxy_config.
+/// response_head_timeout_seconds`, set once at start.
+static RESPONSE_HEAD_LIMIT_MS: AtomicU64 = AtomicU64::new(120_000);
 
-pub fn set_body_write_limit(limit: Duration) {
-    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-    BODY_WRITE_LIMIT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+/// Sets what an upstream may take, once at start, for every core.
+pub fn set_limits(body_write: Duration, response_head: Duration) {
+    let ms = |limit: Duration| u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    BODY_WRITE_LIMIT_MS.store(ms(body_write), Ordering::Relaxed);
+    RESPONSE_HEAD_LIMIT_MS.store(ms(response_head), Ordering::Relaxed);
 }
 
 pub fn body_write_limit() -> Duration {
-    Duration::from_millis(BODY_WRITE_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed))
+    Duration::from_millis(BODY_WRITE_LIMIT_MS.load(Ordering::Relaxed))
+}
+
+pub fn response_head_limit() -> Duration {
+    Duration::from_millis(RESPONSE_HEAD_LIMIT_MS.load(Ordering::Relaxed))
 }
 /// Idle pooled connections older than this are closed (below apiservers' keep-alive).
 pub const POOL_IDLE: Duration = Duration::from_secs(30);
@@ -90,6 +100,14 @@ struct Idle {
     since: Instant,
 }
 
+/// One key's idle connections, and when an exchange on one of its connections last ended
+/// cleanly: an address that answers others is not set aside for one slow request
+/// ([`answered_lately`]).
+struct Pooled {
+    idle: Vec<Idle>,
+    answered: Instant,
+}
+
 /// The owner of console proxies' connections (`conn.rs`): their addresses are clients' choice.
 pub const CONSOLE_OWNER: &str = "console";
 /// The owner of connections to admin's REST API.
@@ -102,10 +120,10 @@ pub const MESOS_OWNER_PREFIX: &str = "mesos:";
 struct Pools {
     /// foldhash: clusters', admin's and mesos-drivers' addresses come from the snapshot and
     /// the configuration, not from clients, and every pooled request hashes its key twice.
-    ours: hashbrown::HashMap<StoredKey, Vec<Idle>>,
+    ours: hashbrown::HashMap<StoredKey, Pooled>,
     /// SipHash (std's default): a webconsole request's address is the client's `host_ip`
     /// (within `webconsole_allowed_hosts`), so a client chooses these keys.
-    clients: hashbrown::HashMap<StoredKey, Vec<Idle>, std::hash::RandomState>,
+    clients: hashbrown::HashMap<StoredKey, Pooled, std::hash::RandomState>,
 }
 
 thread_local! {
@@ -149,14 +167,14 @@ pub fn take_pooled(key: &PoolKey<'_>) -> Option<Conn> {
 }
 
 fn take_from<S: BuildHasher>(
-    pool: &mut hashbrown::HashMap<StoredKey, Vec<Idle>, S>,
+    pool: &mut hashbrown::HashMap<StoredKey, Pooled, S>,
     key: &PoolKey<'_>,
     changed: bool,
 ) -> Option<Conn> {
     if changed {
         pool.retain(|k, _| k.owner != key.owner || k.version == key.version);
     }
-    let idle = pool.get_mut(key)?;
+    let idle = &mut pool.get_mut(key)?.idle;
     while let Some(mut entry) = idle.pop() {
         let idle_for = entry.since.elapsed();
         if idle_for >= POOL_IDLE {
@@ -181,13 +199,18 @@ pub fn put_pooled(key: PoolKey<'_>, mut conn: Conn) {
     }
     // The next read on it is a response head, which must wake at its first byte (low_water.rs).
     debug_assert_eq!(conn.wake_mark().ok(), Some(1), "a pooled connection keeps a receive low-water mark");
-    fn put<S: BuildHasher>(pool: &mut hashbrown::HashMap<StoredKey, Vec<Idle>, S>, key: PoolKey<'_>, conn: Conn) {
-        let idle = Idle { conn, since: Instant::now() };
+    fn put<S: BuildHasher>(pool: &mut hashbrown::HashMap<StoredKey, Pooled, S>, key: PoolKey<'_>, conn: Conn) {
+        let now = Instant::now();
+        let idle = Idle { conn, since: now };
         match pool.get_mut(&key) {
-            Some(pooled) if pooled.len() < POOL_MAX_PER_KEY => pooled.push(idle),
-            Some(_) => {}
+            Some(pooled) => {
+                pooled.answered = now;
+                if pooled.idle.len() < POOL_MAX_PER_KEY {
+                    pooled.idle.push(idle);
+                }
+            }
             None => {
-                pool.insert(key.stored(), vec![idle]);
+                pool.insert(key.stored(), Pooled { idle: vec![idle], answered: now });
             }
         }
     }
@@ -202,13 +225,15 @@ pub fn put_pooled(key: PoolKey<'_>, mut conn: Conn) {
 }
 
 /// Closes pooled connections idle for longer than [`POOL_IDLE`] (the housekeeping tick calls
-/// it every second, so the request path never scans the pool).
+/// it every second, so the request path never scans the pool). A key without idle connections
+/// is forgotten once its last answer is older than an answer may take.
 pub fn expire_idle() {
-    fn expire<S>(pool: &mut hashbrown::HashMap<StoredKey, Vec<Idle>, S>) {
-        for idle in pool.values_mut() {
-            idle.retain(|e| e.since.elapsed() < POOL_IDLE);
-        }
-        pool.retain(|_, idle| !idle.is_empty());
+    fn expire<S>(pool: &mut hashbrown::HashMap<StoredKey, Pooled, S>) {
+        let remembered = response_head_limit();
+        pool.retain(|_, pooled| {
+            pooled.idle.retain(|e| e.since.elapsed() < POOL_IDLE);
+            !pooled.idle.is_empty() || pooled.answered.elapsed() < remembered
+        });
     }
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
@@ -256,7 +281,7 @@ pub fn tls_config_count() -> usize {
 pub fn pooled_count() -> usize {
     POOL.with(|pool| {
         let pool = pool.borrow();
-        pool.ours.values().chain(pool.clients.values()).map(Vec::len).sum()
+        pool.ours.values().chain(pool.clients.values()).map(|pooled| pooled.idle.len()).sum()
     })
 }
 
@@ -393,6 +418,21 @@ pub fn eject(endpoint: &Endpoint, error: &ProxyError, whose: &str) {
 /// `endpoint` took a request and closed or timed out unanswered.
 pub fn eject_unanswered(endpoint: &Endpoint) {
     set_aside(endpoint, Why::Unanswered);
+}
+
+/// Whether an exchange with `endpoint` (for any cluster) ended cleanly on this core within the
+/// last [`response_head_limit`]: a request that waited that long for its answer then met an
+/// address that answers others, so the request was slow (a `…/proxy/…` call to a slow
+/// service, a long list), not the address. Looked up only when a request timed out.
+pub fn answered_lately(endpoint: &Endpoint) -> bool {
+    fn answered<S>(pool: &hashbrown::HashMap<StoredKey, Pooled, S>, authority: &str, within: Duration) -> bool {
+        pool.iter().any(|(key, pooled)| key.authority == authority && pooled.answered.elapsed() < within)
+    }
+    let within = response_head_limit();
+    POOL.with(|pool| {
+        let pool = pool.borrow();
+        answered(&pool.ours, &endpoint.authority, within) || answered(&pool.clients, &endpoint.authority, within)
+    })
 }
 
 fn set_aside(endpoint: &Endpoint, why: Why) {

@@ -3,7 +3,9 @@
 //! closes; a client that stops reading is cut once what was written to it has gone
 //! unacknowledged that long (the kernel's `TCP_USER_TIMEOUT`), which frees the upstream
 //! connection; so is an upstream that stops reading a request body (the client gets 502); an
-//! idle keep-alive client is affected by neither.
+//! idle keep-alive client is affected by neither. Upstreams slow to answer, with
+//! `response_head_timeout_seconds` at 2 s: 504, and the address is set aside only if it
+//! answered nothing else meanwhile.
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -198,4 +200,71 @@ async fn an_upstream_that_stops_reading_a_request_body_is_cut_and_the_client_ans
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
     sender.abort();
+}
+
+/// A proxy with `response_head_timeout_seconds: 2` serving the test cluster at two apiserver
+/// addresses: the first delays `delayed` requests (all when `None`) 5 s, the second answers.
+async fn two_addresses(delayed: Option<&'static str>) -> (Setup, RawUpstream) {
+    let dir = tempfile::tempdir().unwrap();
+    let first = RawUpstream::start(Arc::new(move |request: &RecordedRequest| {
+        let ok = ok_json(r#"{"kind":"PodList","items":[]}"#);
+        if delayed.is_none_or(|path| request.request_line().contains(path)) {
+            Reply::Paused(Vec::new(), vec![(Duration::from_secs(5), ok)])
+        } else {
+            Reply::Bytes(ok)
+        }
+    }))
+    .await;
+    let second = RawUpstream::start(json_ok()).await;
+    let options =
+        ProxyOptions { proxy_config_extra: "  response_head_timeout_seconds: 2\n".into(), ..ProxyOptions::default() };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let mut cluster = snapshot(1, &first.url(), "");
+    cluster.clusters[0].credentials.as_mut().unwrap().addresses = vec![first.url(), second.url()];
+    let admin = FakeAdmin::start(&proxy.socket(), cluster).await;
+    proxy.wait_ready().await;
+    (Setup { _dir: dir, _admin: admin, upstream: first, proxy }, second)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_request_to_an_address_that_answers_others_is_504_and_does_not_set_it_aside() {
+    // One user's slow call (a service proxied through the apiserver) times out while the same
+    // address answers everyone else: the address keeps the traffic.
+    let (s, second) = two_addresses(Some("/slow")).await;
+    let proxy = Arc::new(s.proxy);
+    let slow = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            let started = Instant::now();
+            let status = proxy.send(&get("/api/v1/namespaces/a/services/b:80/proxy/slow", USER_TOKEN, "")).await.status;
+            (status, started.elapsed())
+        }
+    });
+    while !slow.is_finished() {
+        assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, took) = slow.await.unwrap();
+    assert_eq!(status, 504, "the slow request times out");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(5), "after the 2-s limit: {took:?}");
+    for _ in 0..3 {
+        assert_eq!(proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    }
+    assert!(s.upstream.requests().len() >= 5, "the first address took the others' requests");
+    assert_eq!(second.requests().len(), 0, "the first address was not set aside for one slow request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_timed_out_by_an_address_that_answers_nothing_sets_it_aside() {
+    let (s, second) = two_addresses(None).await;
+    let started = Instant::now();
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(1900), "after the 2-s limit: {:?}", started.elapsed());
+    assert_eq!(second.requests().len(), 0, "a request the first address took is not sent again");
+    // The next requests go to the second address first, at once.
+    let started = Instant::now();
+    assert_eq!(s.proxy.send(&get("/api", USER_TOKEN, "")).await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "not delayed by the hung address");
+    assert_eq!(second.requests().len(), 1, "the hung address was set aside");
+    assert_eq!(s.upstream.requests().len(), 1);
 }

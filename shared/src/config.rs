@@ -235,6 +235,10 @@ pub struct ProxyConfig {
     /// `send_timeout`), and a write of a request body to an upstream may wait (nginx's
     /// `proxy_send_timeout`). Default 60.
     pub send_timeout_seconds: Option<u64>,
+    /// New: seconds an upstream may take to start answering a request before the client gets
+    /// 504 (nginx's `proxy_read_timeout`, but for the response head only: a watch or a log
+    /// stream may then stay quiet for any time). Default 120.
+    pub response_head_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
