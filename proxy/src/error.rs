@@ -33,6 +33,9 @@ pub enum ProxyError {
     UpstreamConnect(String),
     #[error("cannot reach the upstream: {0}")]
     ConnectTimeout(String),
+    /// The address is a host name the name servers did not resolve (in time).
+    #[error("cannot reach the upstream: {0}")]
+    NameLookup(String),
     /// TCP connected, the TLS handshake did not finish in time.
     #[error("cannot reach the upstream: {0}")]
     HandshakeTimeout(String),
@@ -73,6 +76,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamConnect(_)
             | ProxyError::ConnectTimeout(_)
+            | ProxyError::NameLookup(_)
             | ProxyError::HandshakeTimeout(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamConfig(_)
@@ -92,6 +96,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_)
             | ProxyError::ConnectTimeout(_)
+            | ProxyError::NameLookup(_)
             | ProxyError::HandshakeTimeout(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamConfig(_) => "cannot reach the upstream (the gateway's log says why)".into(),
@@ -119,6 +124,7 @@ impl ProxyError {
             ProxyError::NoDrivers(_) => "no_drivers",
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::ConnectTimeout(_) => "upstream_connect_timeout",
+            ProxyError::NameLookup(_) => "upstream_name_lookup",
             ProxyError::HandshakeTimeout(_) => "upstream_tls_timeout",
             ProxyError::UpstreamTls(_) => "upstream_tls",
             ProxyError::UpstreamConfig(_) => "upstream_config",

@@ -6,11 +6,13 @@
 //! by default. Run on a core, as monoio's `TcpStream::connect` runs it, one slow name server
 //! would stop every client, watch and exec tunnel of that core for as long, on every pool miss
 //! of that cluster and every probe of its address. Here the core only waits for the answer, as
-//! for any other I/O, and the request's own connect timeout bounds that wait.
+//! for any other I/O, for at most its own budget (`upstream::LOOKUP_TIMEOUT`), apart from the
+//! connect timeout: a slow answer is not a silent address.
 //!
 //! Every address a name has is tried in the resolver's order until one accepts (a name with an
-//! A record per apiserver keeps working while one of them is down). Each core looks a name up
-//! once however many requests want it at the time, and keeps the answer for [`KNOWN_FOR`].
+//! A record per apiserver keeps working while one of them is down), each with its share of the
+//! connect budget ([`connect_any`]). Each core looks a name up once however many requests want
+//! it at the time, and keeps the answer for [`KNOWN_FOR`].
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
@@ -153,14 +155,48 @@ async fn look_up(name: String, lookup: Rc<Lookup>) {
     }
 }
 
-/// A TCP connection to the first of `authority`'s addresses that accepts.
-pub async fn connect(authority: &str) -> io::Result<TcpStream> {
-    let mut refused = None;
-    for &address in addresses(authority).await?.iter() {
-        match TcpStream::connect_addr(address).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => refused = Some(e),
+/// A TCP connection to the first of `authority`'s addresses that accepts, the lookup
+/// included, within `within` for the connections (the lookup is bounded by its caller).
+pub async fn connect(authority: &str, within: Duration) -> io::Result<TcpStream> {
+    connect_any(&addresses(authority).await?, within).await
+}
+
+/// The least share of the budget an address gets while more than that is left (Go's dialer
+/// takes the same): a name with many addresses still gives each a fair chance to answer.
+const LEAST_SHARE: Duration = Duration::from_secs(2);
+
+/// A TCP connection to the first of `addresses` that accepts, all of them within `within`.
+/// Each address gets an even share of what is left of it (at least [`LEAST_SHARE`]): one that
+/// drops connection attempts (a host down behind a firewall) no longer takes the whole budget
+/// from those after it. The error is the last address's, of kind [`io::ErrorKind::TimedOut`]
+/// only when every address tried timed out.
+pub async fn connect_any(addresses: &[SocketAddr], within: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + within;
+    let (mut last, mut all_timed_out) = (None, true);
+    for (tried, &address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
         }
+        let share = (left / (addresses.len() - tried) as u32).max(LEAST_SHARE).min(left);
+        let failed = match crate::io::timeout(share, TcpStream::connect_addr(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => {
+                all_timed_out = false;
+                e
+            }
+            Err(()) => io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {share:?}")),
+        };
+        // Which of a name's addresses failed how; an IP is its own address.
+        last = Some(match addresses.len() {
+            1 => failed,
+            _ => io::Error::new(failed.kind(), format!("{address}: {failed}")),
+        });
     }
-    Err(refused.expect("addresses() returns at least one"))
+    match last {
+        Some(e) if all_timed_out == (e.kind() == io::ErrorKind::TimedOut) => Err(e),
+        // The last timed out, an earlier one refused: the name is not silent.
+        Some(e) => Err(io::Error::other(e.to_string())),
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {within:?}"))),
+    }
 }

@@ -18,6 +18,10 @@ use crate::io::Conn;
 use crate::tables::Upstream;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a host name's lookup may take, before and apart from [`CONNECT_TIMEOUT`]: a name
+/// server slow to answer (or lookups queued behind silent ones) fails the request with
+/// [`ProxyError::NameLookup`], which does not set the address aside as silent.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a write of a request body to an upstream may wait: `proxy_config.
 /// send_timeout_seconds`, set once at start (clients' sockets get it as `TCP_USER_TIMEOUT`).
@@ -338,7 +342,8 @@ pub fn probe_ejected() {
     });
     for authority in ejected {
         monoio::spawn(async move {
-            let probe = monoio::time::timeout(Duration::from_secs(2), crate::resolve::connect(&authority)).await;
+            let within = Duration::from_secs(2);
+            let probe = monoio::time::timeout(within, crate::resolve::connect(&authority, within)).await;
             if matches!(probe, Ok(Ok(_))) {
                 // Unless it was set aside meanwhile for not answering, which a connect does not disprove.
                 let taken_back = EJECTED.with(|e| {
@@ -402,7 +407,8 @@ struct Ejected {
 /// `endpoint` could not be connected to (`error`), for `whose` requests (the `cluster` label of
 /// `bcs_api_upstream_connect_errors_total`: a cluster id, `admin` or `console`).
 pub fn eject(endpoint: &Endpoint, error: &ProxyError, whose: &str) {
-    // `connect`, `connect_timeout`, `tls`, `tls_timeout`, `config`: the metric says "upstream".
+    // `connect`, `connect_timeout`, `name_lookup`, `tls`, `tls_timeout`, `config`: the metric
+    // says "upstream".
     crate::metrics::upstream_connect_error(whose, error.reason().trim_start_matches("upstream_"));
     let why = match error {
         ProxyError::ConnectTimeout(_) => Why::TimedOut,
@@ -492,11 +498,24 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
     let (address, authority) = (&endpoint.address, &endpoint.authority);
     // Whether the timeout, if it comes, found TCP connected: then it is the TLS handshake that
     // hung (the address accepts connections, so a TCP probe would prove nothing).
+    let addresses = match crate::io::timeout(LOOKUP_TIMEOUT, crate::resolve::addresses(authority)).await {
+        Ok(Ok(addresses)) => addresses,
+        Ok(Err(e)) => return Err(ProxyError::NameLookup(format!("{authority}: name lookup: {e}"))),
+        Err(()) => {
+            return Err(ProxyError::NameLookup(format!(
+                "{authority}: no answer from the name servers within {LOOKUP_TIMEOUT:?}"
+            )))
+        }
+    };
     let connected = std::cell::Cell::new(false);
     let work = async {
-        let tcp = crate::resolve::connect(authority)
-            .await
-            .map_err(|e| ProxyError::UpstreamConnect(format!("{authority}: {e}")))?;
+        let tcp = crate::resolve::connect_any(&addresses, CONNECT_TIMEOUT).await.map_err(|e| {
+            let error = format!("{authority}: {e}");
+            match e.kind() {
+                std::io::ErrorKind::TimedOut => ProxyError::ConnectTimeout(error),
+                _ => ProxyError::UpstreamConnect(error),
+            }
+        })?;
         connected.set(true);
         let _ = tcp.set_nodelay(true);
         crate::io::keep_alive(&tcp, "upstream", None);

@@ -794,33 +794,6 @@ async fn an_early_answer_the_proxy_refuses_still_closes_so_the_rest_of_the_body_
     assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1, "the smuggled request reached the upstream");
 }
 
-/// A loopback address that never completes a connection: a listener whose one-place accept
-/// queue is full, so the kernel drops every further SYN (a host that is down, or a firewall
-/// that drops, without leaving loopback).
-fn blackhole() -> (std::net::TcpListener, Vec<std::net::TcpStream>, u16) {
-    use std::os::fd::FromRawFd;
-    // SAFETY: a fresh socket, bound, listening with a backlog of 0, then owned by the listener.
-    let listener = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let mut address: libc::sockaddr_in = std::mem::zeroed();
-        address.sin_family = libc::AF_INET as libc::sa_family_t;
-        address.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(libc::bind(fd, (&address as *const libc::sockaddr_in).cast(), size), 0);
-        assert_eq!(libc::listen(fd, 0), 0);
-        std::net::TcpListener::from_raw_fd(fd)
-    };
-    let port = listener.local_addr().unwrap().port();
-    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut filling = Vec::new();
-    while let Ok(stream) = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)) {
-        filling.push(stream);
-        assert!(filling.len() < 16, "the accept queue never filled");
-    }
-    (listener, filling, port)
-}
-
 /// A GET's status and how long its answer took, waiting up to `patience` (past the 10 s of
 /// `Proxy::send`: a connect timeout is that long).
 async fn status_within(proxy: &Proxy, patience: Duration) -> (String, Duration) {

@@ -1,7 +1,9 @@
 //! Apiservers given by name, through the real proxy: the name is looked up off the core, so a
 //! silent name server holds up only the requests for that name, and every address the name has
-//! is tried. The proxy runs in a mount namespace of its own whose /etc/resolv.conf names only a
-//! name server played by the test (the test runs as root, as the suite does for apt).
+//! is tried, each with its share of the connect budget; a lookup has a budget of its own, and
+//! one that runs out does not set the name aside as silent. The proxy runs in a mount
+//! namespace of its own whose /etc/resolv.conf names only a name server played by the test
+//! (the test runs as root, as the suite does for apt).
 mod common;
 
 use std::ffi::CString;
@@ -20,6 +22,8 @@ use tokio::net::UdpSocket;
 /// resolv.conf allows no other.
 const NAME_SERVER: &str = "127.83.83.83";
 const BUSY_NAME_SERVER: &str = "127.83.83.84";
+const SLOW_NAME_SERVER: &str = "127.83.83.85";
+const SPLIT_NAME_SERVER: &str = "127.83.83.86";
 const NAME: &str = "apiserver.bcs-name-test";
 const BY_IP: &str = "bcs-k8s-002-ipaddress-0123456789abcdef";
 
@@ -185,4 +189,108 @@ async fn a_burst_of_requests_for_a_name_asks_the_name_server_once() {
         let lookups = asked.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(lookups, 1, "burst {burst}: one lookup for the name, kept for the next burst");
     }
+}
+
+/// A name server on `ip`:53 for the proxy alone (its resolv.conf in `dir`, glibc waiting 30 s
+/// for an answer), and the named cluster's snapshot at `port`.
+async fn name_server_for(dir: &Path, ip: &str, port: u16) -> (UdpSocket, Proxy, FakeAdmin) {
+    let name_server = UdpSocket::bind((ip, 53)).await.expect("port 53 on a loopback address (root)");
+    let conf = dir.join("resolv.conf");
+    std::fs::write(&conf, format!("nameserver {ip}\noptions timeout:30 attempts:1\n")).unwrap();
+    let mut proxy = spawn_with_resolv_conf(dir, &conf);
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &format!("http://{NAME}:{port}"), "")).await;
+    proxy.wait_ready().await;
+    (name_server, proxy, admin)
+}
+
+/// The queries that reach `name_server` until it has been quiet for 300 ms (glibc asks A and
+/// AAAA at once), at least one.
+async fn queries(name_server: &UdpSocket, first_within: Duration) -> Vec<(Vec<u8>, std::net::SocketAddr)> {
+    let mut queries = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut patience = first_within;
+    while let Ok(Ok((n, from))) = tokio::time::timeout(patience, name_server.recv_from(&mut buf)).await {
+        queries.push((buf[..n].to_vec(), from));
+        patience = Duration::from_millis(300);
+    }
+    assert!(!queries.is_empty(), "the proxy asked the name server");
+    queries
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lookup_slower_than_its_budget_fails_its_request_without_silencing_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = RawUpstream::start(Arc::new(|_| Reply::Bytes(ok_json(r#"{"kind":"PodList","items":[]}"#)))).await;
+    let (name_server, proxy, _admin) = name_server_for(dir.path(), SLOW_NAME_SERVER, named.address.port()).await;
+
+    // The name server says nothing for longer than the lookup's 10 s: 502, and the log and the
+    // metrics say it was the name.
+    let asked = tokio::spawn({
+        let request = get("/api/v1/pods", USER_TOKEN, "");
+        let mut stream = proxy.connect().await;
+        async move {
+            let started = std::time::Instant::now();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            (read_response_within(&mut stream, Duration::from_secs(20)).await, started.elapsed())
+        }
+    });
+    let pending = queries(&name_server, Duration::from_secs(10)).await;
+    let (response, took) = asked.await.unwrap();
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "after the lookup's budget: {took:?}");
+    let metrics = proxy.metrics().await;
+    let line = "bcs_api_upstream_connect_errors_total{cluster=\"bcs-k8s-001-AbCdEfGh\",reason=\"name_lookup\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    assert!(proxy.process.stderr().contains("no answer from the name servers"), "the log says why");
+
+    // The answer comes late; the lookup, still under way, keeps it. The name was not set aside
+    // as silent (which fails requests at once for 10 s): the next request is served at once.
+    for (query, from) in &pending {
+        name_server.send_to(&answer(query, &[[127, 0, 0, 1]], &[]), from).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let served = tokio::time::timeout(Duration::from_secs(5), proxy.send(&get("/api/v1/pods", USER_TOKEN, "")))
+        .await
+        .expect("answered");
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(named.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_whose_first_address_drops_connections_is_reached_at_its_second_within_the_budget() {
+    // 127.0.0.1:port drops every SYN; 127.0.0.2:port (loopback too) answers. The name has both,
+    // the dropping one first (first in the answer, and the longest prefix match with the
+    // source address 127.0.0.1 for glibc's sort).
+    let (_listener, _filling, port) = blackhole();
+    let answering = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+    let named = RawUpstream::start_on_address(
+        answering,
+        Arc::new(|_| Reply::Bytes(ok_json(r#"{"kind":"PodList","items":[]}"#))),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (name_server, proxy, _admin) = name_server_for(dir.path(), SPLIT_NAME_SERVER, port).await;
+    let name_server = Arc::new(name_server);
+    let server = name_server.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = server.recv_from(&mut buf).await {
+            let _ = server.send_to(&answer(&buf[..n], &[[127, 0, 0, 1], [127, 0, 0, 2]], &[]), from).await;
+        }
+    });
+
+    // The first address gets half of the 10-s connect budget, the second the rest.
+    let started = std::time::Instant::now();
+    let mut stream = proxy.connect().await;
+    stream.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let response = read_response_within(&mut stream, Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
+        "after the first address's share: {took:?}"
+    );
+    assert_eq!(named.requests().len(), 1);
 }

@@ -238,8 +238,21 @@ impl RawUpstream {
         Self::start_at(script, certs, 0).await
     }
 
+    /// As [`RawUpstream::start`], on this address (one of loopback's other addresses).
+    pub async fn start_on_address(address: SocketAddr, script: Script) -> RawUpstream {
+        Self::start_bound(script, None, address).await
+    }
+
     async fn start_at(script: Script, certs: Option<bcs_testkit::apiserver::CertPair>, port: u16) -> RawUpstream {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::start_bound(script, certs, SocketAddr::from(([127, 0, 0, 1], port))).await
+    }
+
+    async fn start_bound(
+        script: Script,
+        certs: Option<bcs_testkit::apiserver::CertPair>,
+        address: SocketAddr,
+    ) -> RawUpstream {
+        let listener = TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         let acceptor = certs.as_ref().map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
         let records = Records {
@@ -703,7 +716,12 @@ impl Response {
 
 /// Reads one response (Content-Length, chunked, or until close); 10 s at most.
 pub async fn read_response(stream: &mut TcpStream) -> Response {
-    tokio::time::timeout(Duration::from_secs(10), read_response_inner(stream)).await.expect("a response within 10 s")
+    read_response_within(stream, Duration::from_secs(10)).await
+}
+
+/// [`read_response`] with more (or less) patience.
+pub async fn read_response_within(stream: &mut TcpStream, patience: Duration) -> Response {
+    tokio::time::timeout(patience, read_response_inner(stream)).await.expect("a response in time")
 }
 
 async fn read_response_inner(stream: &mut TcpStream) -> Response {
@@ -784,4 +802,31 @@ pub async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// A loopback address that never completes a connection: a listener whose one-place accept
+/// queue is full, so the kernel drops every further SYN (a host that is down, or a firewall
+/// that drops, without leaving loopback).
+pub fn blackhole() -> (std::net::TcpListener, Vec<std::net::TcpStream>, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh socket, bound, listening with a backlog of 0, then owned by the listener.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut address: libc::sockaddr_in = std::mem::zeroed();
+        address.sin_family = libc::AF_INET as libc::sa_family_t;
+        address.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&address as *const libc::sockaddr_in).cast(), size), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let port = listener.local_addr().unwrap().port();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut filling = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)) {
+        filling.push(stream);
+        assert!(filling.len() < 16, "the accept queue never filled");
+    }
+    (listener, filling, port)
 }
