@@ -85,9 +85,20 @@ where
         let started = Instant::now();
         let in_flight = crate::drain::InFlight::start(&head);
         match handle(client, &mut inbuf, &head, peer.ip(), &settings, &mut memo, started).await {
-            // Stopping: a kept-alive connection ends with the request it served.
-            Flow::Next(_) if crate::drain::draining() => return,
+            // Stopping: a kept-alive connection ends with the request it served (lingering
+            // if the client already sent its next one).
+            Flow::Next(mut client) if crate::drain::draining() => {
+                if crate::io::sent_more(&mut client, &inbuf) {
+                    crate::io::linger(&mut client).await;
+                }
+                return;
+            }
             Flow::Next(c) => client = c,
+            // The drain waits for it: `in_flight` is held until the return.
+            Flow::Linger(mut client) => {
+                crate::io::linger(&mut client).await;
+                return;
+            }
             Flow::Done => return,
         }
         drop(in_flight);
@@ -224,10 +235,10 @@ where
             let took = started.elapsed();
             log_request(&head.method, path, user, cluster, upstream, error.status(), took, Some(&error));
             crate::metrics::gateway_error(kind, &head.method, &error, Some(took.as_secs_f64()));
-            if !in_sync && written.is_ok() {
-                // What the client sends next is part of a request not read: let it drain.
-                crate::io::linger(&mut client).await;
-                Flow::Done
+            if written.is_ok() && (!in_sync || close && crate::io::sent_more(&mut client, inbuf)) {
+                // What the client sends next is part of a request not read, or a request that
+                // will not be: let it drain.
+                Flow::Linger(client)
             } else if close || written.is_err() {
                 Flow::Done
             } else {

@@ -103,6 +103,10 @@ pub enum Flow<C> {
     Next(C),
     /// The connection is finished (closed, or handed over to an upgrade that has ended).
     Done,
+    /// The connection ends once what the client still sends has drained ([`crate::io::linger`]):
+    /// the rest of a body not read, or a next request that will not be. Done after the
+    /// request's log line, so the wait is not counted as the request's time.
+    Linger(C),
 }
 
 /// An error before anything was written to the client. `in_sync`: the request was read
@@ -304,17 +308,10 @@ where
         .await
     {
         Ok(false) => answered(Flow::Next(client), response.status),
-        Ok(true) if body_cut => {
-            // The rest of the request body is still coming: let it drain before the close.
-            crate::io::linger(&mut client).await;
-            answered(Flow::Done, response.status)
-        }
-        Ok(true) if !inbuf.is_empty() || client.came() == Came::Bytes => {
-            // The client sent more (its next request, as the drain closed the connection):
-            // closed with those bytes unread, the kernel would reset the connection and drop
-            // what of the answer it still held. Drain them, as after a cut body.
-            crate::io::linger(&mut client).await;
-            answered(Flow::Done, response.status)
+        // The rest of the request body is still coming, or the client sent more (its next
+        // request, as the drain closed the connection): let it drain before the close.
+        Ok(true) if body_cut || crate::io::sent_more(&mut client, inbuf) => {
+            answered(Flow::Linger(client), response.status)
         }
         Ok(true) => {
             // A complete response on a connection that closes: end it cleanly (a TLS client

@@ -78,6 +78,10 @@ pub trait Readable {
     /// Once `readable` has returned: what came (nothing, after a spurious wake-up; bytes a reader
     /// can take; or the peer's end: EOF, close_notify, a reset, a failed session).
     fn came(&mut self) -> Came;
+
+    /// Whether bytes have come that no reader took, waiting in the socket (a peek) or, on TLS,
+    /// held by the session. Any time, not only after `readable`.
+    fn holds_input(&mut self) -> bool;
 }
 
 /// What a connection holds now, without taking it.
@@ -96,6 +100,10 @@ impl Readable for TcpStream {
     fn came(&mut self) -> Came {
         peek(self)
     }
+
+    fn holds_input(&mut self) -> bool {
+        peek(self) == Came::Bytes
+    }
 }
 
 impl<C, D> Readable for TlsStream<C>
@@ -109,6 +117,10 @@ where
 
     fn came(&mut self) -> Came {
         TlsStream::came(self)
+    }
+
+    fn holds_input(&mut self) -> bool {
+        !self.drained() || peek(self) == Came::Bytes
     }
 }
 
@@ -236,6 +248,13 @@ impl Readable for Conn {
             Conn::Tls(s) => s.came(),
         }
     }
+
+    fn holds_input(&mut self) -> bool {
+        match self {
+            Conn::Plain(s) => s.holds_input(),
+            Conn::Tls(s) => s.holds_input(),
+        }
+    }
 }
 
 /// TCP keepalive: a peer that vanished without a FIN (a dead node, a partition, a laptop that
@@ -300,6 +319,14 @@ pub async fn timeout<F: std::future::Future>(limit: std::time::Duration, work: F
         out = &mut work => Ok(out),
         _ = &mut timer => Err(()),
     }
+}
+
+/// Whether a client whose connection is to close has sent more than the request answered (its
+/// next request, read already or waiting in the socket): closed with bytes unread, the kernel
+/// resets the connection, which drops what of the answer it still holds, so such a connection
+/// is ended with [`linger`].
+pub fn sent_more<C: Readable>(client: &mut C, inbuf: &[u8]) -> bool {
+    !inbuf.is_empty() || client.holds_input()
 }
 
 /// How long a connection closed with its request body unread keeps reading (and dropping) it.

@@ -973,45 +973,134 @@ async fn sigterm_waits_for_a_request_head_whose_first_bytes_have_come() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_sent_its_next_request_as_the_drain_closed_gets_the_whole_answer_not_a_reset() {
-    // The answer (8 MiB, after 1 s) is longer than the sockets hold; the client sends its next
-    // request while it waits, as a kept-alive client may, and reads slowly, through a small
-    // receive buffer. The proxy, stopping, ends the connection after the answer: closed with
-    // that request unread, the kernel would reset it and drop the answer's tail.
+    next_request_during_the_drain(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_client_that_sent_its_next_request_as_the_drain_closed_gets_the_whole_answer_not_a_reset() {
+    next_request_during_the_drain(true).await;
+}
+
+/// The answer (8 MiB, after 0.5 s, before the proxy watches the client) is longer than the
+/// sockets hold; the client sends its next request while it waits, as a kept-alive client may,
+/// and reads slowly, through a small receive buffer. The proxy, stopping, ends the connection
+/// after the answer: closed with that request unread in its socket, the kernel would reset it
+/// and drop the answer's tail.
+async fn next_request_during_the_drain(tls: bool) {
     const SIZE: usize = 8 << 20;
     let mut answer =
         format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
     answer.extend(patterned(SIZE));
-    let mut s =
-        setup(Arc::new(move |_| Reply::Paused(Vec::new(), vec![(Duration::from_secs(1), answer.clone())]))).await;
+    let upstream = RawUpstream::start(Arc::new(move |_| {
+        Reply::Paused(Vec::new(), vec![(Duration::from_millis(500), answer.clone())])
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_config, ca_pem) = proxy_certificate(dir.path());
+    let mut proxy =
+        Proxy::spawn(dir.path(), &ProxyOptions { cert_config: Some(cert_config), ..ProxyOptions::default() });
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    let mut s = Setup { _dir: dir, admin: Some(admin), upstream, proxy };
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut client = socket.connect(([127, 0, 0, 1], s.proxy.plain_port).into()).await.unwrap();
+    let port = if tls { s.proxy.tls_port } else { s.proxy.plain_port };
+    let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut client: Box<dyn Duplex> = if tls { Box::new(tls_over(tcp, &ca_pem).await) } else { Box::new(tcp) };
     client.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
     let started = Instant::now();
     while s.upstream.requests().is_empty() {
         assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the upstream");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = s.proxy.process.pid().unwrap();
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    client.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+    stop_then_send_the_next_request(&s, &mut client).await;
     // Reading starts once the proxy has written all it can.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut received = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let end = loop {
-        match tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk)).await.expect("data or the end") {
-            Ok(0) => break Ok(()),
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-            Err(e) => break Err(e),
-        }
-    };
+    let (received, end) = read_to_end(&mut client).await;
     let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
     let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200") && head.contains("connection: close"), "{head}");
     assert_eq!(received.len() - head_end, SIZE, "the whole answer arrived (then: {end:?})");
     assert!(received[head_end..] == patterned(SIZE)[..], "the answer's bytes as sent");
+    assert!(end.is_ok(), "the connection ended cleanly, not with a reset: {end:?}");
+    assert_eq!(s.upstream.requests().len(), 1, "the request sent during the drain was not served");
+    assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// A client connection, plain or TLS.
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// Reads what `client` gets until its end: the bytes, and whether the end was a FIN (Ok) or a
+/// reset (Err).
+async fn read_to_end(client: &mut (impl tokio::io::AsyncRead + Unpin)) -> (Vec<u8>, std::io::Result<()>) {
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk)).await.expect("data or the end") {
+            Ok(0) => return (received, Ok(())),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) => return (received, Err(e)),
+        }
+    }
+}
+
+/// Stops the proxy (SIGTERM), then sends `client`'s next request while its current one runs.
+async fn stop_then_send_the_next_request(s: &Setup, client: &mut (impl tokio::io::AsyncWrite + Unpin)) {
+    let pid = s.proxy.process.pid().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.write_all(get("/api", USER_TOKEN, "").as_bytes()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_error_that_ends_a_connection_whose_client_sent_more_ends_it_with_a_fin() {
+    // The upstream never answers: 504 after `response_head_timeout_seconds`, during the drain,
+    // with the client's next request unread.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream =
+        RawUpstream::start(Arc::new(|_| Reply::Paused(Vec::new(), vec![(Duration::from_secs(30), vec![])]))).await;
+    let options =
+        ProxyOptions { proxy_config_extra: "  response_head_timeout_seconds: 2\n".into(), ..ProxyOptions::default() };
+    let mut proxy = Proxy::spawn(dir.path(), &options);
+    let admin = FakeAdmin::start(&proxy.socket(), snapshot(1, &upstream.url(), "")).await;
+    proxy.wait_ready().await;
+    let mut s = Setup { _dir: dir, admin: Some(admin), upstream, proxy };
+    let mut client = s.proxy.connect().await;
+    client.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let started = Instant::now();
+    while s.upstream.requests().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_then_send_the_next_request(&s, &mut client).await;
+    let (received, end) = read_to_end(&mut client).await;
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 504") && text.contains("connection: close"), "{text}");
+    assert!(end.is_ok(), "the connection ended with a FIN, not a reset: {end:?}");
+    assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_the_drain_ends_after_its_answer_lingers_for_a_next_request_sent() {
+    // The answer's head goes out before the drain begins (so it keeps the connection alive),
+    // its body after; the client sends its next request in between.
+    let mut s = setup(Arc::new(|_| {
+        Reply::Paused(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n".to_vec(),
+            vec![(Duration::from_secs(1), b"{}".to_vec())],
+        )
+    }))
+    .await;
+    let mut client = s.proxy.connect().await;
+    client.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut head)).await.expect("a head").unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+    stop_then_send_the_next_request(&s, &mut client).await;
+    let (body, end) = read_to_end(&mut client).await;
+    assert_eq!(body, b"{}");
     assert!(end.is_ok(), "the connection ended with a FIN, not a reset: {end:?}");
     assert_eq!(s.upstream.requests().len(), 1, "the request sent during the drain was not served");
     assert_eq!(s.proxy.process.wait_exit(Duration::from_secs(10)), Some(0));

@@ -564,9 +564,13 @@ pub fn proxy_certificate(dir: &Path) -> (String, String) {
 
 /// A TLS connection to the proxy's TLS listener on `port`, trusting only `ca_pem`.
 pub async fn connect_tls(port: u16, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_over(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), ca_pem).await
+}
+
+/// TLS to the proxy over `tcp` (a socket set up by the caller), trusting only `ca_pem`.
+pub async fn tls_over(tcp: TcpStream, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
     let roots = bcs_shared::tls::roots_from_pem(ca_pem.as_bytes()).unwrap();
     let connector = tokio_rustls::TlsConnector::from(bcs_shared::tls::http1_client(roots));
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     connector.connect(name, tcp).await.expect("TLS to the proxy")
 }
