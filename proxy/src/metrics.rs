@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::tables;
 
 /// Latency buckets in seconds: exponential from 0.25 ms, the original's 16 (to 8.192 s) and four
-/// more to 131 s, so the 10-s connect timeout and the 120-s response-head timeout land in a
+/// more to 131 s, so the 10-s connect timeout and the default 120-s response-head timeout land in a
 /// bucket of their own instead of +Inf.
 const BUCKET_COUNT: usize = 20;
 const BUCKETS: [f64; BUCKET_COUNT] = {

@@ -496,56 +496,58 @@ pub enum Tls<'a> {
 /// A new connection to `endpoint` (TLS when `https://`).
 pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyError> {
     let (address, authority) = (&endpoint.address, &endpoint.authority);
-    // Whether the timeout, if it comes, found TCP connected: then it is the TLS handshake that
-    // hung (the address accepts connections, so a TCP probe would prove nothing).
-    let addresses = match crate::io::timeout(LOOKUP_TIMEOUT, crate::resolve::addresses(authority)).await {
-        Ok(Ok(addresses)) => addresses,
-        Ok(Err(e)) => return Err(ProxyError::NameLookup(format!("{authority}: name lookup: {e}"))),
-        Err(()) => {
-            return Err(ProxyError::NameLookup(format!(
-                "{authority}: no answer from the name servers within {LOOKUP_TIMEOUT:?}"
-            )))
+    let addresses = lookup(authority).await?;
+    // TCP and the TLS handshake within one budget; the TCP part bounds itself (each of a
+    // name's addresses gets its share), the handshake gets what is left.
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let tcp = crate::resolve::connect_any(&addresses, CONNECT_TIMEOUT).await.map_err(|e| {
+        let error = format!("{authority}: {e}");
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => ProxyError::ConnectTimeout(error),
+            _ => ProxyError::UpstreamConnect(error),
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+    crate::io::keep_alive(&tcp, "upstream", None);
+    if !address.tls {
+        return Ok(Conn::Plain(tcp));
+    }
+    let (config, name) = match tls {
+        Tls::Cluster(upstream) => {
+            (tls_config(upstream)?, ServerName::try_from("kubernetes").expect("a valid DNS name"))
+        }
+        Tls::Internal(Some(config)) => {
+            let ip: std::net::IpAddr = address.host.parse().map_err(|_| {
+                ProxyError::UpstreamConfig(format!("{authority}: an internal https address must be an IP"))
+            })?;
+            (config.clone(), ServerName::IpAddress(ip.into()))
+        }
+        Tls::Internal(None) => {
+            return Err(ProxyError::UpstreamConfig(format!("{authority}: https needs cert_config.ca_file")));
         }
     };
-    let connected = std::cell::Cell::new(false);
-    let work = async {
-        let tcp = crate::resolve::connect_any(&addresses, CONNECT_TIMEOUT).await.map_err(|e| {
-            let error = format!("{authority}: {e}");
-            match e.kind() {
-                std::io::ErrorKind::TimedOut => ProxyError::ConnectTimeout(error),
-                _ => ProxyError::UpstreamConnect(error),
-            }
-        })?;
-        connected.set(true);
-        let _ = tcp.set_nodelay(true);
-        crate::io::keep_alive(&tcp, "upstream", None);
-        if !address.tls {
-            return Ok(Conn::Plain(tcp));
-        }
-        let (config, name) = match tls {
-            Tls::Cluster(upstream) => {
-                (tls_config(upstream)?, ServerName::try_from("kubernetes").expect("a valid DNS name"))
-            }
-            Tls::Internal(Some(config)) => {
-                let ip: std::net::IpAddr = address.host.parse().map_err(|_| {
-                    ProxyError::UpstreamConfig(format!("{authority}: an internal https address must be an IP"))
-                })?;
-                (config.clone(), ServerName::IpAddress(ip.into()))
-            }
-            Tls::Internal(None) => {
-                return Err(ProxyError::UpstreamConfig(format!("{authority}: https needs cert_config.ca_file")));
-            }
-        };
-        let tls = crate::tls::connect(tcp, config, name)
-            .await
-            .map_err(|e| ProxyError::UpstreamTls(format!("{authority}: TLS: {e}")))?;
-        Ok(Conn::Tls(tls))
-    };
-    match crate::io::timeout(CONNECT_TIMEOUT, work).await {
-        Ok(result) => result,
-        Err(_) if connected.get() => Err(ProxyError::HandshakeTimeout(format!(
+    // A hang here is the handshake's (the address accepts connections, so a TCP probe would
+    // prove nothing): HandshakeTimeout, not ConnectTimeout.
+    let left = deadline.saturating_duration_since(Instant::now());
+    match crate::io::timeout(left, crate::tls::connect(tcp, config, name)).await {
+        Ok(Ok(tls)) => Ok(Conn::Tls(tls)),
+        Ok(Err(e)) => Err(ProxyError::UpstreamTls(format!("{authority}: TLS: {e}"))),
+        Err(()) => Err(ProxyError::HandshakeTimeout(format!(
             "{authority}: TCP connected, but the TLS handshake did not finish within {CONNECT_TIMEOUT:?}"
         ))),
-        Err(_) => Err(ProxyError::ConnectTimeout(format!("{authority}: no connection within {CONNECT_TIMEOUT:?}"))),
+    }
+}
+
+/// `authority`'s addresses: an IP's at once, a name's within [`LOOKUP_TIMEOUT`].
+async fn lookup(authority: &str) -> Result<std::rc::Rc<[std::net::SocketAddr]>, ProxyError> {
+    if let Ok(address) = authority.parse::<std::net::SocketAddr>() {
+        return Ok(std::rc::Rc::new([address]));
+    }
+    match crate::io::timeout(LOOKUP_TIMEOUT, crate::resolve::addresses(authority)).await {
+        Ok(Ok(addresses)) => Ok(addresses),
+        Ok(Err(e)) => Err(ProxyError::NameLookup(format!("{authority}: name lookup: {e}"))),
+        Err(()) => Err(ProxyError::NameLookup(format!(
+            "{authority}: no answer from the name servers within {LOOKUP_TIMEOUT:?}"
+        ))),
     }
 }
