@@ -156,12 +156,18 @@ impl Tables {
         self.mesos.get(cluster_id).filter(|d| !d.is_empty())
     }
 
-    /// Whether `upstream` is still how these tables reach its cluster: the cluster exists and
-    /// its credentials are the same (version and identifier).
+    /// Whether a stream opened with `upstream` may go on under these tables: its cluster (the
+    /// same registration: identifier and id) is still there with the token and CA the stream's
+    /// connection was made with. Only the addresses changed (an agent's report without one
+    /// master that failed a probe, and with it again next time): the connection is to an
+    /// apiserver the cluster's CA verified, with the cluster's token, and cutting every watch
+    /// and exec of the cluster on each such report would gain nothing.
     pub fn serves(&self, upstream: &Upstream) -> bool {
-        self.cluster(&upstream.identifier)
-            .and_then(|c| c.upstream.as_ref())
-            .is_some_and(|now| now.version == upstream.version && now.cluster_id == upstream.cluster_id)
+        self.cluster(&upstream.identifier).and_then(|c| c.upstream.as_ref()).is_some_and(|now| {
+            now.cluster_id == upstream.cluster_id
+                && (now.version == upstream.version
+                    || now.ca_pem == upstream.ca_pem && now.token.ct_eq(upstream.token.expose()))
+        })
     }
 
     /// Every cluster's credentials.

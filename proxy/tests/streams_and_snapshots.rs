@@ -144,9 +144,10 @@ async fn metric_reaching(proxy: &Proxy, name: &str, want: f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn new_credentials_or_deleting_the_cluster_close_its_streams_and_free_its_tls_state() {
-    // A watch keeps the connection it was opened on: with the cluster's token rotated (or the
-    // cluster deleted) it would go on with what the gateway no longer holds. Closed within a
-    // sweep; the TLS configuration (CA roots, session tickets) of a deleted cluster is freed.
+    // A watch keeps the connection it was opened on: with the cluster's token rotated, another
+    // CA (or the cluster deleted) it would go on with what the gateway no longer holds. Closed
+    // within a sweep; the TLS configuration (CA roots, session tickets) of a deleted cluster is
+    // freed. New addresses alone leave it open.
     let upstream = RawUpstream::start_tls(watch_script(Duration::from_secs(60))).await;
     let s = setup_with(upstream, 1).await;
     let admin = s.admin.as_ref().unwrap();
@@ -164,13 +165,40 @@ async fn new_credentials_or_deleting_the_cluster_close_its_streams_and_free_its_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!closed(&mut watch, Duration::from_millis(100)).await, "closed without a change of credentials");
 
-    let mut rotated = snapshot(3, &s.upstream.url(), &s.upstream.ca_pem);
-    rotated.clusters[0].credentials.as_mut().unwrap().version = 2;
+    // Only the addresses change (an agent's report without a master that failed its probe, and
+    // the next one with it again): a new credential version, the same token and CA. Open.
+    for (revision, version, addresses) in
+        [(3, 2, vec![s.upstream.url()]), (4, 3, vec![s.upstream.url(), "https://127.0.0.1:1".into()])]
+    {
+        let mut moved = snapshot(revision, &s.upstream.url(), &s.upstream.ca_pem);
+        let credentials = moved.clusters[0].credentials.as_mut().unwrap();
+        (credentials.version, credentials.addresses) = (version, addresses);
+        admin.publish(moved);
+        admin.wait_ack(revision).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!closed(&mut watch, Duration::from_millis(100)).await, "closed when only the addresses changed");
+    }
+
+    // The token rotated: closed.
+    let rotated_token = bcs_shared::secret::Secret::new("aRotatedClusterToken");
+    let mut rotated = snapshot(5, &s.upstream.url(), &s.upstream.ca_pem);
+    let credentials = rotated.clusters[0].credentials.as_mut().unwrap();
+    (credentials.version, credentials.token) = (4, rotated_token.clone());
     admin.publish(rotated);
     assert!(closed(&mut watch, Duration::from_secs(5)).await, "a watch on rotated credentials is closed");
 
+    // Another CA: closed.
     let mut watch = open_watch().await;
-    let mut deleted = snapshot(4, &s.upstream.url(), &s.upstream.ca_pem);
+    let mut recertified = snapshot(6, &s.upstream.url(), &s.upstream.ca_pem);
+    let credentials = recertified.clusters[0].credentials.as_mut().unwrap();
+    (credentials.version, credentials.token) = (5, rotated_token);
+    credentials.ca_pem =
+        format!("{}{}", s.upstream.ca_pem, bcs_testkit::apiserver::CertPair::generate("other-ca").ca_pem);
+    admin.publish(recertified);
+    assert!(closed(&mut watch, Duration::from_secs(5)).await, "a watch on another CA is closed");
+
+    let mut watch = open_watch().await;
+    let mut deleted = snapshot(7, &s.upstream.url(), &s.upstream.ca_pem);
     deleted.clusters.clear();
     admin.publish(deleted);
     assert!(closed(&mut watch, Duration::from_secs(5)).await, "a watch on a deleted cluster is closed");
