@@ -31,13 +31,6 @@ pub enum HttpError {
     Url(String),
 }
 
-impl HttpError {
-    /// The TCP connection was refused (nothing listens there).
-    pub fn refused(&self) -> bool {
-        matches!(self, HttpError::Connect(_, e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
-    }
-}
-
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,

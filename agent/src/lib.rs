@@ -7,6 +7,7 @@
 //! | [`cli`] | the original's flags and environment, checked at start |
 //! | [`kube`] | the apiserver, its CA and the token (re-read before every report); Endpoints |
 //! | [`probe`] | which apiserver addresses answer a TLS handshake |
+//! | [`sticky`] | which of them a report carries: one reported before, while listed, until it fails three reports in a row |
 //! | [`report`] | the report loop: `PUT /rest/clusters/{id}/credentials`, retries, backoff |
 //! | [`http`] | a small HTTP/1.1 client over rustls (ring) |
 //! | [`metrics`] | `/metrics`, `/healthz`, `/readyz` on `--listen-addr` |
@@ -16,6 +17,7 @@ pub mod kube;
 pub mod metrics;
 pub mod probe;
 pub mod report;
+pub mod sticky;
 
 use std::process::ExitCode;
 

@@ -12,6 +12,7 @@ use crate::http;
 use crate::kube;
 use crate::metrics::{Failure, Metrics};
 use crate::probe;
+use crate::sticky::Sticky;
 
 /// Every request (apiserver or bcs-api) must finish within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,6 +41,7 @@ pub struct Reporter {
     settings: Settings,
     gateway_tls: Option<Arc<rustls::ClientConfig>>,
     metrics: Arc<Metrics>,
+    sticky: std::sync::Mutex<Sticky>,
 }
 
 impl Reporter {
@@ -49,7 +51,7 @@ impl Reporter {
             (Some(pem), false) => Some(http::tls_trusting(pem).map_err(|e| format!("SERVER_CERT: {e}"))?),
             (None, false) => None,
         };
-        Ok(Reporter { settings, gateway_tls, metrics })
+        Ok(Reporter { settings, gateway_tls, metrics, sticky: Default::default() })
     }
 
     /// Reports forever: at start, then every period; retries as described above.
@@ -101,17 +103,17 @@ impl Reporter {
                     return Outcome::Retry;
                 }
             };
-            let found = candidates.len();
+            let listed: Vec<String> = candidates.iter().map(|(ip, port)| probe::url(ip, *port)).collect();
             let reachable = probe::reachable(candidates).await;
             if reachable.is_empty() {
                 tracing::error!(
-                    listed = found,
+                    listed = listed.len(),
                     "no apiserver address of Endpoints default/kubernetes is reachable; nothing reported"
                 );
                 self.metrics.failure(Failure::NoAddress);
                 return Outcome::Retry;
             }
-            reachable
+            self.sticky.lock().expect("never poisoned").choose(&listed, &reachable)
         } else {
             self.settings.external_addresses.clone()
         };

@@ -245,6 +245,51 @@ async fn an_unreachable_apiserver_is_retried_and_nothing_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_stops_answering_stays_reported_two_reports_and_one_the_endpoints_drop_goes_at_once() {
+    // Each change of the reported addresses gives the cluster new credentials at bcs-api (and
+    // a new version to every proxy): one lost handshake must not change them twice.
+    let env = InCluster::new().await;
+    let me = env.fake.address();
+    let second = FakeApiserver::start(FakeOptions::with_token(SA_TOKEN)).await;
+    let (second_address, second_url) = (second.address(), second.url());
+    env.fake.set_endpoint_addresses(&[me, second_address]);
+    let mut agent = env.spawn(&[], REGISTER_TOKEN);
+    let mut both = [env.fake.url(), second_url.clone()];
+    both.sort();
+    let both = both.join(";");
+    assert_eq!(env.gateway.wait_for(1, T).await[0].body["server_addresses"], both);
+
+    // The second master stops answering (still listed): the two reports after the one that
+    // saw it answer last still carry it, the third does not.
+    drop(second);
+    let answered_last = env.gateway.received().len();
+    let reports = env.gateway.wait_for(answered_last + 3, Duration::from_secs(40)).await;
+    let addresses: Vec<&str> = reports[answered_last..answered_last + 3]
+        .iter()
+        .map(|r| r.body["server_addresses"].as_str().unwrap())
+        .collect();
+    // A report already under way when it stopped may have seen it answer.
+    let kept = addresses.iter().take_while(|a| **a == both).count();
+    assert!((2..=3).contains(&kept), "kept in {kept} reports: {addresses:?}; {}", agent.stderr());
+    let after = env.gateway.wait_for(answered_last + kept + 1, Duration::from_secs(20)).await;
+    assert_eq!(after[answered_last + kept].body["server_addresses"], env.fake.url(), "then left out");
+
+    // It answers again and is reported; then the Endpoints drop it: left out at once.
+    let back = FakeApiserver::start_on(second_address.port(), FakeOptions::with_token(SA_TOKEN)).await;
+    let deadline = Instant::now() + T;
+    while env.gateway.received().last().unwrap().body["server_addresses"] != both {
+        assert!(Instant::now() < deadline, "the master that answers again was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.fake.set_endpoint_addresses(&[me]);
+    let seen = env.gateway.received().len();
+    let next = env.gateway.wait_for(seen + 2, T).await;
+    assert_eq!(next[seen + 1].body["server_addresses"], env.fake.url(), "no longer listed: not reported");
+    drop(back);
+    assert_eq!(terminate(&mut agent), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_cluster_it_waits_for_a_service_account_token_not_there_yet() {
     // The manifest's token Secret is filled by Kubernetes after it is created: the pod may
     // start before its files exist.

@@ -168,7 +168,12 @@ pub struct FakeApiserver {
 impl FakeApiserver {
     /// Listens on 127.0.0.1 (ephemeral port) with fresh certificates.
     pub async fn start(options: FakeOptions) -> FakeApiserver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake apiserver");
+        Self::start_on(0, options).await
+    }
+
+    /// As [`FakeApiserver::start`], on this port of 127.0.0.1 (an apiserver that comes back).
+    pub async fn start_on(port: u16, options: FakeOptions) -> FakeApiserver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the fake apiserver");
         let address = listener.local_addr().expect("local address");
         let certs = CertPair::generate("fake-apiserver-ca");
         let wrong = CertPair::generate("some-other-ca");
