@@ -1,6 +1,7 @@
 //! The report loop (reference §4.3): a report at start, then one every period. A network error
-//! (bcs-api, the apiserver, or no reachable address) is retried with capped exponential backoff;
-//! a refusal (4xx) is logged with bcs-api's message and retried at the next period. Nothing
+//! (bcs-api, the apiserver, or no reachable address), a 5xx, 408 or 429 is retried with capped
+//! exponential backoff; a refusal (another 4xx) is logged with bcs-api's message and retried at
+//! the next period, and makes the pod not ready. Nothing
 //! here ends the agent, and no token is ever logged.
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +163,8 @@ impl Reporter {
         // before anything is cut short (a token cut in two would not be found).
         let body = redact(&String::from_utf8_lossy(&answer.body), &[register_token.expose(), access.token.expose()]);
         let (code_name, message) = error_body(&body);
-        if answer.status >= 500 {
+        // 408 and 429 (from bcs-api, or a load balancer in front of it) say "later", not "no".
+        if answer.status >= 500 || matches!(answer.status, 408 | 429) {
             tracing::error!(status = answer.status, code_name = %code_name, message = %message, "bcs-api failed the report");
             self.metrics.failure(Failure::ServerError);
             return Outcome::Retry;

@@ -144,6 +144,25 @@ async fn a_refused_report_is_logged_with_the_message_and_retried_every_period_wi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_or_a_timeout_from_in_front_of_bcs_api_is_retried_not_a_refusal() {
+    let env = InCluster::new().await;
+    let mut agent = env.spawn(&[], REGISTER_TOKEN);
+    env.gateway.wait_for(1, T).await;
+    wait_metric(env.metrics_port, "bcs_kube_agent_reports_sent_total", 1.0, T).await;
+    assert_eq!(get(env.metrics_port, "/readyz").await.0, 200);
+    let counted = "bcs_kube_agent_reports_failed_total{reason=\"server_error\"}";
+    let mut failed = 0.0;
+    for status in [429, 408] {
+        env.gateway.answer_with(status, "<html>slow down</html>");
+        let text = wait_metric(env.metrics_port, counted, failed + 1.0, T).await;
+        failed = metric(&text, counted).unwrap();
+        assert_eq!(metric(&text, "bcs_kube_agent_reports_failed_total{reason=\"rejected\"}"), Some(0.0), "{text}");
+        assert_eq!(get(env.metrics_port, "/readyz").await.0, 200, "{status} is not a refusal");
+    }
+    assert_eq!(terminate(&mut agent), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_errors_back_off_and_the_agent_reports_once_bcs_api_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeApiserver::start(FakeOptions::with_token(SA_TOKEN)).await;
