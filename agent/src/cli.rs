@@ -15,8 +15,8 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
     version,
     about = "Reports this cluster's apiserver addresses, CA and service-account token to bcs-api",
     after_help = "Environment: REGISTER_TOKEN (the cluster's register token, required unless \
-                  --register-token-file), SERVER_CERT (PEM CA of bcs-api; the only root trusted unless \
-                  --insecureSkipVerify), BCS_LOG (log filter, e.g. debug)."
+                  --register-token-file), SERVER_CERT (PEM CA of bcs-api, unless --server-cert-file; the only root \
+                  trusted unless --insecureSkipVerify), BCS_LOG (log filter, e.g. debug)."
 )]
 pub struct Args {
     /// bcs-api base URL, e.g. https://bcs-api.example.com:8443
@@ -63,6 +63,11 @@ pub struct Args {
     #[arg(long = "register-token-file", env = "REGISTER_TOKEN_FILE", value_name = "FILE")]
     pub register_token_file: Option<PathBuf>,
 
+    /// File holding bcs-api's CA (PEM), read again before every report (a mounted Secret follows
+    /// a rotation of that CA with no restart); instead of SERVER_CERT
+    #[arg(long = "server-cert-file", env = "SERVER_CERT_FILE", value_name = "FILE")]
+    pub server_cert_file: Option<PathBuf>,
+
     /// Log format: text or json (logs go to stderr)
     #[arg(long = "log-format", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -78,11 +83,35 @@ pub struct Settings {
     pub listen_addr: std::net::SocketAddr,
     pub source: Source,
     pub register_token: RegisterToken,
-    /// PEM of the gateway's CA (`SERVER_CERT`); `None` with `--insecureSkipVerify` or http.
-    pub server_ca: Option<String>,
+    /// The gateway's CA; `None` with `--insecureSkipVerify` or http.
+    pub server_ca: Option<ServerCa>,
     pub insecure_skip_verify: bool,
     /// `--external-proxy-addresses`, split and checked; empty: read the Endpoints.
     pub external_addresses: Vec<String>,
+}
+
+/// Where bcs-api's CA comes from.
+#[derive(Debug, Clone)]
+pub enum ServerCa {
+    /// `SERVER_CERT`, read at start.
+    Fixed(String),
+    /// `--server-cert-file`, read before every report.
+    File(PathBuf),
+}
+
+impl ServerCa {
+    /// The CA's PEM now, checked: it holds at least one certificate.
+    pub fn current(&self) -> Result<String, String> {
+        let (pem, what) = match self {
+            ServerCa::Fixed(pem) => (pem.clone(), "SERVER_CERT".to_owned()),
+            ServerCa::File(path) => (
+                std::fs::read_to_string(path).map_err(|e| format!("--server-cert-file {}: {e}", path.display()))?,
+                format!("--server-cert-file {}", path.display()),
+            ),
+        };
+        crate::http::roots_from_pem(&pem).map_err(|e| format!("{what}: {e}"))?;
+        Ok(pem)
+    }
 }
 
 /// Where the cluster's register token comes from.
@@ -184,18 +213,19 @@ impl Args {
                 ))
             }
         };
-        let server_ca = match env("SERVER_CERT").filter(|c| !c.trim().is_empty()) {
-            Some(pem) => {
-                crate::http::roots_from_pem(&pem).map_err(|e| format!("SERVER_CERT: {e}"))?;
-                Some(pem)
-            }
-            None if base.scheme() == "https" && !self.insecure_skip_verify => {
-                return Err("the environment variable SERVER_CERT (bcs-api's CA, PEM) is not set; set it or pass \
-                     --insecureSkipVerify"
+        let server_ca = match (&self.server_cert_file, env("SERVER_CERT").filter(|c| !c.trim().is_empty())) {
+            (Some(path), _) => Some(ServerCa::File(path.clone())),
+            (None, Some(pem)) => Some(ServerCa::Fixed(pem)),
+            (None, None) if base.scheme() == "https" && !self.insecure_skip_verify => {
+                return Err("the environment variable SERVER_CERT (bcs-api's CA, PEM) is not set, and no \
+                     --server-cert-file; set one or pass --insecureSkipVerify"
                     .into())
             }
-            None => None,
+            (None, None) => None,
         };
+        if let Some(ca) = &server_ca {
+            ca.current()?;
+        }
 
         let source = if self.kubeconfig.trim().is_empty() {
             let host = env("KUBERNETES_SERVICE_HOST").unwrap_or_default();
@@ -331,6 +361,27 @@ mod tests {
                 .settings(&e)
                 .unwrap();
         assert_eq!(s.external_addresses, vec!["https://a:1", "https://b:2"]);
+    }
+
+    #[test]
+    fn a_server_cert_file_is_checked_at_start_and_read_again_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let flag = format!("--server-cert-file={}", path.display());
+        let a = args(&["--kubeconfig=/k", &flag]);
+        let err = a.settings(env(&[("REGISTER_TOKEN", "t")])).unwrap_err();
+        assert!(err.contains("--server-cert-file"), "{err}");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let err = a.settings(env(&[("REGISTER_TOKEN", "t")])).unwrap_err();
+        assert!(err.contains("--server-cert-file"), "{err}");
+
+        std::fs::write(&path, CA).unwrap();
+        // The file wins over the environment.
+        let s = a.settings(env(&[("REGISTER_TOKEN", "t"), ("SERVER_CERT", "junk")])).unwrap();
+        let ca = s.server_ca.expect("a CA");
+        assert_eq!(ca.current().unwrap(), CA);
+        std::fs::write(&path, "gone bad").unwrap();
+        assert!(ca.current().unwrap_err().contains("--server-cert-file"), "read again");
     }
 
     #[test]

@@ -27,12 +27,14 @@ pub enum Failure {
     Network,
     /// bcs-api refused the report (4xx).
     Rejected,
-    /// bcs-api failed (5xx).
+    /// bcs-api failed (5xx), or asked for a retry (408, 429).
     ServerError,
+    /// `--server-cert-file` could not be read, or holds no certificate.
+    ServerCert,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 7] = [
+    pub const ALL: [Failure; 8] = [
         Failure::KubeAccess,
         Failure::RegisterToken,
         Failure::Endpoints,
@@ -40,6 +42,7 @@ impl Failure {
         Failure::Network,
         Failure::Rejected,
         Failure::ServerError,
+        Failure::ServerCert,
     ];
 
     pub fn label(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Failure {
             Failure::Network => "network",
             Failure::Rejected => "rejected",
             Failure::ServerError => "server_error",
+            Failure::ServerCert => "server_cert",
         }
     }
 }

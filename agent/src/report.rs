@@ -40,19 +40,37 @@ pub fn backoff_cap(period: Duration) -> Duration {
 
 pub struct Reporter {
     settings: Settings,
-    gateway_tls: Option<Arc<rustls::ClientConfig>>,
+    /// How bcs-api is trusted: the configuration made from the CA's PEM last read (None over
+    /// http), kept while the PEM stays the same (its TLS sessions resume).
+    gateway_tls: std::sync::Mutex<(String, Option<Arc<rustls::ClientConfig>>)>,
     metrics: Arc<Metrics>,
     sticky: std::sync::Mutex<Sticky>,
 }
 
 impl Reporter {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Result<Reporter, String> {
-        let gateway_tls = match (&settings.server_ca, settings.insecure_skip_verify) {
-            (_, true) => Some(http::tls_insecure()),
-            (Some(pem), false) => Some(http::tls_trusting(pem).map_err(|e| format!("SERVER_CERT: {e}"))?),
-            (None, false) => None,
-        };
-        Ok(Reporter { settings, gateway_tls, metrics, sticky: Default::default() })
+        let reporter = Reporter { settings, gateway_tls: Default::default(), metrics, sticky: Default::default() };
+        reporter.gateway_tls()?;
+        Ok(reporter)
+    }
+
+    /// The TLS configuration to reach bcs-api with now: with `--server-cert-file`, from the
+    /// file as it is now (a rotated CA is trusted from the next report on, with no restart).
+    fn gateway_tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        let mut held = self.gateway_tls.lock().expect("never poisoned");
+        if self.settings.insecure_skip_verify {
+            if held.1.is_none() {
+                held.1 = Some(http::tls_insecure());
+            }
+            return Ok(held.1.clone());
+        }
+        let Some(ca) = &self.settings.server_ca else { return Ok(None) };
+        let pem = ca.current()?;
+        if held.1.is_none() || held.0 != pem {
+            let config = http::tls_trusting(&pem)?;
+            *held = (pem, Some(config));
+        }
+        Ok(held.1.clone())
     }
 
     /// Reports forever: at start, then every period; retries as described above.
@@ -122,6 +140,14 @@ impl Reporter {
     }
 
     async fn put(&self, register_token: &Secret, access: &kube::Access, addresses: Vec<String>) -> Outcome {
+        let gateway_tls = match self.gateway_tls() {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read bcs-api's CA");
+                self.metrics.failure(Failure::ServerCert);
+                return Outcome::Retry;
+            }
+        };
         let server_addresses = addresses.join(";");
         let body = serde_json::json!({
             "register_token": register_token.expose(),
@@ -139,7 +165,7 @@ impl Reporter {
                 ("user-agent", concat!("bcs-kube-agent/", env!("CARGO_PKG_VERSION")).into()),
             ],
             Some(body.to_string().into_bytes()),
-            self.gateway_tls.clone(),
+            gateway_tls,
             REQUEST_TIMEOUT,
         )
         .await;

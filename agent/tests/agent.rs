@@ -309,6 +309,33 @@ async fn a_master_that_stops_answering_stays_reported_two_reports_and_one_the_en
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bcs_api_ca_rotated_in_the_server_cert_file_is_trusted_from_the_next_report_with_no_restart() {
+    let env = InCluster::new().await;
+    let ca_file = env.dir.path().join("bcs-api-ca.pem");
+    std::fs::write(&ca_file, &env.gateway.certs.ca_pem).unwrap();
+    let flag = format!("--server-cert-file={}", ca_file.display());
+    let mut agent = env.spawn(&[&flag], REGISTER_TOKEN);
+    env.gateway.wait_for(1, T).await;
+    let InCluster { dir: _dir, fake: _fake, gateway, metrics_port } = env;
+
+    // bcs-api's certificate is renewed under a new CA; the Secret's file follows.
+    let port = gateway.port;
+    drop(gateway);
+    // The aborted accept task lets go of the port once the runtime gets to it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let renewed = CertPair::generate_for("renewed-bcs-api-ca", &["127.0.0.1", "localhost"]);
+    std::fs::write(&ca_file, &renewed.ca_pem).unwrap();
+    let gateway = FakeGateway::start_on(port, renewed).await;
+    let got = gateway.wait_for(1, T).await;
+    assert_eq!(got[0].body["register_token"], REGISTER_TOKEN, "reported to the renewed bcs-api");
+    // A file that stops holding a certificate is a failure of its own, and the agent goes on.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    wait_metric(metrics_port, "bcs_kube_agent_reports_failed_total{reason=\"server_cert\"}", 1.0, T).await;
+    assert!(agent.running(), "{}", agent.stderr());
+    assert_eq!(terminate(&mut agent), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_cluster_it_waits_for_a_service_account_token_not_there_yet() {
     // The manifest's token Secret is filled by Kubernetes after it is created: the pod may
     // start before its files exist.

@@ -217,6 +217,10 @@ fn every_yaml_parses_and_the_agent_manifest_is_consistent() {
             };
             let register = plain_env("REGISTER_TOKEN_FILE").expect("REGISTER_TOKEN_FILE");
             assert_eq!(s(mounted(&register), &["metadata", "name"]), "bke-info");
+            // bcs-api's CA, likewise read before each report, from bke-info's `bke-cert`.
+            let server_cert = plain_env("SERVER_CERT_FILE").expect("SERVER_CERT_FILE");
+            assert_eq!(s(mounted(&server_cert), &["metadata", "name"]), "bke-info");
+            assert_eq!(server_cert.file_name().unwrap(), "bke-cert");
             let sa_dir = plain_env("BCS_AGENT_SERVICE_ACCOUNT_DIR").unwrap_or(parsed.service_account_dir.clone());
             let token = mounted(&sa_dir.join("token"));
             assert_eq!(s(token, &["type"]), "kubernetes.io/service-account-token");
