@@ -25,7 +25,7 @@ fn checked(tool: &str, args: &[&str]) -> String {
 #[test]
 fn the_example_configurations_load() {
     let prometheus = checked("promtool", &["check", "config", "prometheus.example.yml"]);
-    assert!(prometheus.contains("SUCCESS: 19 rules found"), "{prometheus}");
+    assert!(prometheus.contains("SUCCESS: 20 rules found"), "{prometheus}");
     let alertmanager = checked("amtool", &["check-config", "alertmanager.example.yml"]);
     assert!(alertmanager.contains("4 inhibit rules"), "{alertmanager}");
 }
