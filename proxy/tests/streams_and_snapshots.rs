@@ -1036,11 +1036,6 @@ async fn next_request_during_the_drain(tls: bool) {
     let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
     let mut client: Box<dyn Duplex> = if tls { Box::new(tls_over(tcp, &ca_pem).await) } else { Box::new(tcp) };
     client.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
-    let started = Instant::now();
-    while s.upstream.requests().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the upstream");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     stop_then_send_the_next_request(&s, &mut client).await;
     // Reading starts once the proxy has written all it can.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1073,8 +1068,14 @@ async fn read_to_end(client: &mut (impl tokio::io::AsyncRead + Unpin)) -> (Vec<u
     }
 }
 
-/// Stops the proxy (SIGTERM), then sends `client`'s next request while its current one runs.
+/// Once `client`'s current request has reached the upstream: stops the proxy (SIGTERM), then
+/// sends `client`'s next request while the current one runs.
 async fn stop_then_send_the_next_request(s: &Setup, client: &mut (impl tokio::io::AsyncWrite + Unpin)) {
+    let started = Instant::now();
+    while s.upstream.requests().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pid = s.proxy.process.pid().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1096,11 +1097,6 @@ async fn a_gateway_error_that_ends_a_connection_whose_client_sent_more_ends_it_w
     let mut s = Setup { _dir: dir, admin: Some(admin), upstream, proxy };
     let mut client = s.proxy.connect().await;
     client.write_all(get("/api/v1/pods", USER_TOKEN, "").as_bytes()).await.unwrap();
-    let started = Instant::now();
-    while s.upstream.requests().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the upstream");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     stop_then_send_the_next_request(&s, &mut client).await;
     let (received, end) = read_to_end(&mut client).await;
     let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
