@@ -6,8 +6,9 @@
 //! by default. Run on a core, as monoio's `TcpStream::connect` runs it, one slow name server
 //! would stop every client, watch and exec tunnel of that core for as long, on every pool miss
 //! of that cluster and every probe of its address. Here the core only waits for the answer, as
-//! for any other I/O, for at most its own budget (`upstream::LOOKUP_TIMEOUT`), apart from the
-//! connect timeout: a slow answer is not a silent address.
+//! for any other I/O, for at most its own budget (`upstream::LOOKUP_TIMEOUT`; an IP and a name
+//! known already arm no timer), apart from the connect timeout: a slow answer is not a silent
+//! address.
 //!
 //! Every address a name has is tried in the resolver's order until one accepts (a name with an
 //! A record per apiserver keeps working while one of them is down), each with its share of the
@@ -76,8 +77,9 @@ thread_local! {
 
 /// The addresses of `authority` (`host:port`; an IPv6 host in brackets): an IP without a
 /// lookup; a name from what this core learnt in the last [`KNOWN_FOR`], or from the lookup
-/// under way for it, or from a new one on the lookup threads.
-pub async fn addresses(authority: &str) -> io::Result<Rc<[SocketAddr]>> {
+/// under way for it, or from a new one on the lookup threads, waited for `within` at most (the
+/// lookup goes on, and its answer is kept for the next request).
+pub async fn addresses(authority: &str, within: Duration) -> io::Result<Rc<[SocketAddr]>> {
     if let Ok(address) = authority.parse::<SocketAddr>() {
         return Ok(Rc::new([address]));
     }
@@ -100,7 +102,7 @@ pub async fn addresses(authority: &str) -> io::Result<Rc<[SocketAddr]>> {
         Ok(known) => return Ok(known),
         Err(lookup) => lookup,
     };
-    std::future::poll_fn(|cx| match &*lookup.answer.borrow() {
+    let answer = std::future::poll_fn(|cx| match &*lookup.answer.borrow() {
         Some(answer) => Poll::Ready(answer.clone().map_err(io::Error::other)),
         None => {
             let mut waiting = lookup.waiting.borrow_mut();
@@ -109,8 +111,10 @@ pub async fn addresses(authority: &str) -> io::Result<Rc<[SocketAddr]>> {
             }
             Poll::Pending
         }
+    });
+    crate::io::timeout(within, answer).await.unwrap_or_else(|()| {
+        Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer from the name servers within {within:?}")))
     })
-    .await
 }
 
 /// Looks `name` up on the lookup threads, keeps the addresses for [`KNOWN_FOR`] (a failure is
@@ -155,10 +159,10 @@ async fn look_up(name: String, lookup: Rc<Lookup>) {
     }
 }
 
-/// A TCP connection to the first of `authority`'s addresses that accepts, the lookup
-/// included, within `within` for the connections (the lookup is bounded by its caller).
+/// A TCP connection to the first of `authority`'s addresses that accepts, the lookup and the
+/// connections each within `within`.
 pub async fn connect(authority: &str, within: Duration) -> io::Result<TcpStream> {
-    connect_any(&addresses(authority).await?, within).await
+    connect_any(&addresses(authority, within).await?, within).await
 }
 
 /// The least share of the budget an address gets while more than that is left (Go's dialer

@@ -540,14 +540,7 @@ pub async fn connect(endpoint: &Endpoint, tls: Tls<'_>) -> Result<Conn, ProxyErr
 
 /// `authority`'s addresses: an IP's at once, a name's within [`LOOKUP_TIMEOUT`].
 async fn lookup(authority: &str) -> Result<std::rc::Rc<[std::net::SocketAddr]>, ProxyError> {
-    if let Ok(address) = authority.parse::<std::net::SocketAddr>() {
-        return Ok(std::rc::Rc::new([address]));
-    }
-    match crate::io::timeout(LOOKUP_TIMEOUT, crate::resolve::addresses(authority)).await {
-        Ok(Ok(addresses)) => Ok(addresses),
-        Ok(Err(e)) => Err(ProxyError::NameLookup(format!("{authority}: name lookup: {e}"))),
-        Err(()) => Err(ProxyError::NameLookup(format!(
-            "{authority}: no answer from the name servers within {LOOKUP_TIMEOUT:?}"
-        ))),
-    }
+    crate::resolve::addresses(authority, LOOKUP_TIMEOUT)
+        .await
+        .map_err(|e| ProxyError::NameLookup(format!("{authority}: name lookup: {e}")))
 }
