@@ -243,7 +243,7 @@ async fn drivers_appear_and_leave_within_the_session_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_node_bcs_api_may_not_read_is_left_out_and_the_others_still_follow() {
     use zookeeper_client::{Acl, Acls, AuthId, CreateMode, Permission};
-    let zk = ZooKeeper::start();
+    let mut zk = ZooKeeper::start();
     let test = zk_client(&zk).await;
     // Another client's cluster node whose access list allows anything but reading.
     test.mkdir(DRIVERS, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await.unwrap();
@@ -270,6 +270,20 @@ async fn a_cluster_node_bcs_api_may_not_read_is_left_out_and_the_others_still_fo
     let driver = FakeMesosDriver::start(&zk.address(), CLUSTER).await;
     let (_, s) = proxy.until(PATIENCE, "a new cluster's driver", |s| drivers(s, CLUSTER) == of(&[&driver])).await;
     assert_eq!(drivers(&s, KEPT), of(&[&kept]), "the unreadable cluster's drivers were dropped");
+
+    // And through a new session: ZooKeeper is away past bcs-api's session timeout, and the new
+    // session still cannot read the node.
+    zk.kill();
+    healthz_until(&admin, ADMIN_SESSION + PATIENCE, |h| {
+        matches!(h["zookeeper"]["state"].as_str(), Some("connecting" | "unreachable"))
+    })
+    .await;
+    zk.restart();
+    healthz_until(&admin, PATIENCE, |h| h["zookeeper"]["state"] == "connected").await;
+    const LATE: &str = "BCS-MESOS-LATE";
+    let late = FakeMesosDriver::start(&zk.address(), LATE).await;
+    let (_, s) = proxy.until(PATIENCE, "a driver after the new session", |s| drivers(s, LATE) == of(&[&late])).await;
+    assert_eq!(drivers(&s, KEPT), of(&[&kept]), "a new session dropped the unreadable cluster's drivers");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -217,6 +217,11 @@ impl Publisher {
         }
     }
 
+    /// The driver sets last given to [`Publisher::set_mesos`] (None before the first read).
+    pub fn mesos_sets(&self) -> Option<Vec<MesosDrivers>> {
+        self.mesos.lock().expect("never poisoned: no panic while held").clone()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Current> {
         self.sender.subscribe()
     }

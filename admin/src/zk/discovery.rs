@@ -24,8 +24,10 @@ const REREAD_DENIED: Duration = Duration::from_secs(30);
 /// Returns only when the session ended.
 pub async fn run(session: &Session, publisher: &Publisher, status: &Status) {
     let mut warned: BTreeMap<String, String> = BTreeMap::new();
-    // The sets last published, for a cluster whose node stops being readable.
-    let mut last: BTreeMap<String, Vec<MesosDriver>> = BTreeMap::new();
+    // The sets last published, for a cluster whose node stops being readable: from the
+    // publisher, so that a new session (after an expiry) keeps them too.
+    let mut last: BTreeMap<String, Vec<MesosDriver>> =
+        publisher.mesos_sets().unwrap_or_default().into_iter().map(|set| (set.cluster_id, set.drivers)).collect();
     loop {
         let Ok(Read { sets, unreadable, denied, watches }) =
             retrying("reading the mesos-drivers", || read(session)).await
